@@ -1,0 +1,96 @@
+/*
+ * accesslog.c — one JSON object per finished request, written with a single
+ * write(2) to the worker's access log fd (stdout, stderr or an O_APPEND
+ * file), so lines from several workers never interleave.
+ */
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http1.h"
+#include "worker.h"
+
+/* Appends s as a JSON string (with quotes), or null. */
+static void json_str(sk_buf *b, const char *s, size_t n)
+{
+    if (!s) {
+        sk_buf_append(b, "null", 4);
+        return;
+    }
+    static const char hex[] = "0123456789abcdef";
+    sk_buf_append(b, "\"", 1);
+    size_t start = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch < 0x7f) continue;
+        sk_buf_append(b, s + start, i - start);
+        char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
+        if (ch == '"' || ch == '\\') {
+            esc[1] = (char)ch;
+            sk_buf_append(b, esc, 2);
+        } else {
+            sk_buf_append(b, esc, 6);
+        }
+        start = i + 1;
+    }
+    sk_buf_append(b, s + start, n - start);
+    sk_buf_append(b, "\"", 1);
+}
+
+static void json_cstr(sk_buf *b, const char *s) { json_str(b, s, s ? strlen(s) : 0); }
+
+/* Writes the access log line of a finished (or aborted) request. */
+void sk_accesslog_write(sk_request *r)
+{
+    sk_worker *w = r->worker;
+    if (w->accesslog_fd < 0) return;
+    sk_conn *c = r->conn;
+    sk_buf *b = &w->logline;
+    sk_buf_reset(b);
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    uint64_t now = sk_now_ns();
+    double dur = r->start_ns ? (double)(now - r->start_ns) / 1e6 : 0.0;
+    double updur = -1;
+    if (r->upstream_start_ns) updur = (double)((r->upstream_end_ns ? r->upstream_end_ns : now) - r->upstream_start_ns) / 1e6;
+
+    sk_buf_printf(b, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"generation\":%llu,\"listener\":",
+                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  ts.tv_nsec / 1000000, (unsigned long long)r->config->generation);
+    json_cstr(b, c->listener->name);
+    sk_buf_append(b, ",\"route\":", 9);
+    json_cstr(b, r->route ? r->route->name : NULL);
+    sk_buf_append(b, ",\"cluster\":", 11);
+    json_cstr(b, r->cluster ? r->cluster->name : NULL);
+    sk_buf_append(b, ",\"endpoint\":", 12);
+    json_cstr(b, r->endpoint ? r->endpoint->address.text : NULL);
+    sk_buf_append(b, ",\"client\":", 10);
+    json_cstr(b, c->client_addr);
+    sk_buf_append(b, ",\"method\":", 10);
+    json_cstr(b, r->method);
+    sk_buf_append(b, ",\"authority\":", 13);
+    json_str(b, r->authority, r->authority_len);
+    sk_buf_append(b, ",\"path\":", 8);
+    if (r->head.url_len && r->head.raw.data) json_str(b, r->head.raw.data + r->head.url, r->head.url_len);
+    else json_str(b, NULL, 0);
+    sk_buf_printf(b, ",\"protocol\":\"HTTP/1.%d\",\"status\":%d,\"reason\":", r->http_minor, r->status);
+    json_cstr(b, r->reason);
+    sk_buf_printf(b, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,\"upstream_duration_ms\":",
+                  (unsigned long long)r->bytes_received, (unsigned long long)r->bytes_sent, dur);
+    if (updur >= 0) sk_buf_printf(b, "%.3f", updur);
+    else sk_buf_append(b, "null", 4);
+    sk_buf_printf(b, ",\"attempts\":%u,\"request_id\":", r->attempts);
+    json_cstr(b, r->request_id[0] ? r->request_id : NULL);
+    sk_buf_append(b, ",\"trace_id\":", 12);
+    const sk_header *tp = r->head.views && r->state != SK_REQ_HEAD ? sk_head_get(&r->head, "traceparent") : NULL;
+    if (tp && tp->value_len >= 35 && tp->value[2] == '-') json_str(b, tp->value + 3, 32);
+    else json_str(b, NULL, 0);
+    sk_buf_append(b, "}\n", 2);
+    if (b->len && b->data) {
+        ssize_t n = write(w->accesslog_fd, b->data, b->len);
+        SK_UNUSED(n);
+    }
+}

@@ -1,0 +1,170 @@
+/*
+ * config.h — the typed, validated configuration built from one INI file.
+ *
+ * sk_config_load() parses the file with inih and validates it into an
+ * sk_config: immutable after load (except the documented runtime counters of
+ * sk_cluster) and reference-counted, so that a later reload can publish a new
+ * one while requests still hold the old one. Every object below is owned by
+ * its sk_config and lives exactly as long as it.
+ */
+#ifndef SK_CONFIG_H
+#define SK_CONFIG_H
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "sk.h"
+
+typedef struct sk_config sk_config;
+typedef struct sk_listener sk_listener;
+typedef struct sk_route sk_route;
+typedef struct sk_cluster sk_cluster;
+
+/* A socket address parsed from "host:port" or "[v6]:port". */
+typedef struct sk_addr {
+    struct sockaddr_storage ss; /* the address, AF_INET or AF_INET6 */
+    socklen_t len;              /* its length for bind/connect */
+    char text[64];              /* canonical "ip:port" / "[ip]:port" for logs and JSON */
+} sk_addr;
+
+enum sk_protocol { SK_PROTO_HTTP = 0, SK_PROTO_TCP = 1 };
+enum sk_lb { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST, SK_LB_RANDOM };
+
+/* One `header = NAME[: VALUE]` condition of a route. */
+typedef struct sk_header_match {
+    char *name;  /* lower-cased header name */
+    char *value; /* exact value required, or NULL: the header only has to be present */
+} sk_header_match;
+
+/* One entry of a route's `cluster = a 90, b 10`. */
+typedef struct sk_weighted_cluster {
+    sk_cluster *cluster; /* the target (owned by the config) */
+    unsigned weight;     /* relative weight, >= 1; 1 when a single cluster is named */
+} sk_weighted_cluster;
+
+/* [listener NAME] */
+struct sk_listener {
+    char *name;                  /* section name */
+    int index;                   /* position in sk_config.listeners */
+    sk_addr address;             /* `address`, required */
+    int protocol;                /* `protocol`, enum sk_protocol, default http */
+    sk_cluster *cluster;         /* `cluster`, protocol = tcp only (required there) */
+    unsigned max_connections;    /* `max_connections`, default 10000 */
+    uint64_t header_timeout_ms;  /* `header_timeout`, default 10s */
+    uint64_t idle_timeout_ms;    /* `idle_timeout`, default 60s */
+    uint64_t max_header_bytes;   /* `max_header_bytes`, default 64k */
+    unsigned max_headers;        /* `max_headers`, default 100 */
+    uint64_t max_body_bytes;     /* `max_body_bytes`, default 0 = unlimited */
+    sk_route **routes;           /* routes naming this listener, in file order */
+    size_t nroutes;              /* number of routes */
+    int line;                    /* line of the section header, for messages */
+};
+
+/* [route NAME] */
+struct sk_route {
+    char *name;                    /* section name */
+    int index;                     /* position in sk_config.routes */
+    sk_listener *listener;         /* `listener`, required */
+    char *host;                    /* `host`, lower-cased; "*.suffix" matches subdomains; NULL = any */
+    char *prefix;                  /* `prefix`, default "/" (NULL when `path` is set) */
+    char *path;                    /* `path`, exact match, or NULL */
+    char **methods;                /* `method`, upper-case names; NULL = any */
+    size_t nmethods;               /* number of methods */
+    sk_header_match *headers;      /* `header`, all must match */
+    size_t nheaders;               /* number of header conditions */
+    sk_weighted_cluster *clusters; /* `cluster`, NULL when `respond` is set */
+    size_t nclusters;              /* number of clusters */
+    unsigned total_weight;         /* sum of weights */
+    char *rewrite_prefix;          /* `rewrite_prefix`, replaces the matched prefix, or NULL */
+    uint64_t timeout_ms;           /* `timeout`, default 15s; 0 = none */
+    unsigned retries;              /* `retries`, default 0 */
+    int respond_status;            /* `respond` status, or 0 */
+    char *respond_body;            /* `respond` body (may be ""), or NULL */
+    int line;                      /* line of the section header */
+};
+
+/* One static endpoint of a cluster. */
+typedef struct sk_endpoint {
+    sk_addr address;   /* where to connect */
+    int index;         /* position in the cluster's endpoint array */
+} sk_endpoint;
+
+/* [cluster NAME] */
+struct sk_cluster {
+    char *name;                  /* section name */
+    int index;                   /* position in sk_config.clusters */
+    sk_endpoint *endpoints;      /* `endpoints`, at least one */
+    size_t nendpoints;           /* number of endpoints */
+    int lb;                      /* `lb`, enum sk_lb, default round_robin */
+    uint64_t connect_timeout_ms; /* `connect_timeout`, default 1s */
+    unsigned max_connections;    /* `max_connections`, default 1024, across all workers */
+    unsigned max_pending;        /* `max_pending`, default 1024 */
+    unsigned max_requests;       /* `max_requests`, default 1024 */
+    int line;                    /* line of the section header */
+
+    /* Runtime circuit-breaker counters, shared by all workers (atomics).
+     * The only mutable part of a config. */
+    unsigned active_connections; /* open upstream connections */
+    unsigned active_pending;     /* requests waiting for a connection */
+    unsigned active_requests;    /* requests in flight to this cluster */
+};
+
+/* The whole configuration: one generation. */
+struct sk_config {
+    int refcnt;                 /* references (atomic); freed at 0 */
+    uint64_t generation;        /* generation number, 1 for the first load */
+    char *file;                 /* absolute path of the INI file */
+    time_t loaded_at;           /* wall-clock load time */
+
+    /* [sidekick] */
+    int workers;                /* `workers`, resolved: auto = number of CPUs */
+    bool admin_enabled;         /* false when `admin = off` */
+    sk_addr admin;              /* `admin`, default 127.0.0.1:15000 */
+    char *plugin_dir;           /* `plugin_dir`, resolved against the file's directory */
+    char *lua_dir;              /* `lua_dir`, resolved likewise */
+    int log_level;              /* `log_level`, SK_LOG_*, default info */
+    char *access_log;           /* "stdout", "stderr", "off" or an absolute path; default stdout */
+    uint64_t drain_timeout_ms;  /* `drain_timeout`, default 15s */
+
+    sk_listener **listeners;    /* in file order */
+    size_t nlisteners;
+    sk_route **routes;          /* in file order */
+    size_t nroutes;
+    sk_cluster **clusters;      /* in file order */
+    size_t nclusters;
+};
+
+/*
+ * Loads and validates `path`. Returns a config with refcnt 1, or NULL with
+ * *err set to a malloc'd message naming file, line, section and key
+ * ("conf/x.ini:12: [route api] timeout: bad duration 'x'"); the caller frees
+ * *err. Never exits, never logs.
+ */
+sk_config *sk_config_load(const char *path, char **err);
+
+/* Takes a reference. Thread-safe. */
+void sk_config_ref(sk_config *c);
+/* Drops a reference; frees everything at zero. Thread-safe. NULL is ignored. */
+void sk_config_unref(sk_config *c);
+
+/* Parses "250ms", "10s", "2m", or a bare number of seconds. 0 or -1. */
+int sk_parse_duration(const char *s, uint64_t *ms);
+/* Parses "512", "64k", "10m" (k = 1024). 0 or -1. */
+int sk_parse_size(const char *s, uint64_t *bytes);
+/* Parses "host:port" / "[v6]:port" with a numeric host or "localhost". 0 or -1. */
+int sk_parse_addr(const char *s, sk_addr *out);
+
+/*
+ * Finds the first route of listener `l` matching the request, or NULL.
+ * `host` is the request authority without port (any case); `path` excludes
+ * the query string. Headers are matched case-insensitively by name.
+ */
+const sk_route *sk_route_match(const sk_listener *l, const char *method, size_t method_len,
+                               const char *host, size_t host_len, const char *path,
+                               size_t path_len, const sk_header *headers, size_t nheaders);
+
+/* Picks one cluster of a route by weight; `rnd` is any random 32-bit value. */
+sk_cluster *sk_route_pick_cluster(const sk_route *r, uint32_t rnd);
+
+#endif

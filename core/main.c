@@ -1,0 +1,201 @@
+/*
+ * main.c — command line, start-up, signals and shutdown.
+ *
+ * The main thread loads the config, binds every listener (so a bad address
+ * fails start-up with a clear message), starts the workers and then runs its
+ * own loop: signals and the admin endpoint. SIGTERM/SIGINT (or POST /drain)
+ * drain: workers stop accepting, finish in-flight requests, and the process
+ * exits 0 when they are done or at drain_timeout.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "server.h"
+#include "worker.h"
+
+sk_server sk_srv;
+
+static ev_signal sig_term, sig_int, sig_hup, sig_usr1;
+static ev_timer drain_poll;
+static uint64_t drain_deadline_ms;
+static int accesslog_fd = -1;
+static char *accesslog_path;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: sidekick -c FILE        run with this config (foreground)\n"
+               "       sidekick -t -c FILE     check the config and exit 0 (valid) or 1\n"
+               "       sidekick --version      print the version\n");
+}
+
+static void on_drain_poll(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    if (sk_workers_running() == 0) {
+        sk_info("drained, exiting");
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    if (sk_now_ms() >= drain_deadline_ms) {
+        sk_warn("drain_timeout reached with requests in flight, exiting");
+        ev_break(loop, EVBREAK_ALL);
+    }
+}
+
+/* Starts the graceful drain (idempotent). */
+void sk_server_drain(void)
+{
+    if (__atomic_exchange_n(&sk_srv.draining, 1, __ATOMIC_RELAXED)) return;
+    sk_info("draining: no new connections, finishing in-flight requests (up to %llums)",
+            (unsigned long long)sk_srv.config->drain_timeout_ms);
+    drain_deadline_ms = sk_now_ms() + sk_srv.config->drain_timeout_ms;
+    sk_workers_drain();
+    ev_timer_init(&drain_poll, on_drain_poll, 0.01, 0.01);
+    ev_timer_start(sk_srv.loop, &drain_poll);
+}
+
+static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    switch (s->signum) {
+    case SIGTERM:
+    case SIGINT:
+        sk_server_drain();
+        break;
+    case SIGHUP:
+        sk_warn("SIGHUP: configuration reload is not supported in this version; ignored");
+        break;
+    case SIGUSR1:
+        if (accesslog_path) {
+            int fd = open(accesslog_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+            if (fd < 0) {
+                sk_error("reopen access log %s: %s", accesslog_path, strerror(errno));
+            } else {
+                /* dup2 swaps the file under the workers' fd atomically. */
+                dup2(fd, accesslog_fd);
+                close(fd);
+                sk_info("reopened access log %s", accesslog_path);
+            }
+        }
+        break;
+    }
+}
+
+static int open_accesslog(const sk_config *cfg)
+{
+    const char *a = cfg->access_log;
+    if (!a || strcmp(a, "stdout") == 0) return STDOUT_FILENO;
+    if (strcmp(a, "stderr") == 0) return STDERR_FILENO;
+    if (strcmp(a, "off") == 0) return -1;
+    int fd = open(a, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "sidekick: %s: [sidekick] access_log: cannot open %s: %s\n", cfg->file, a, strerror(errno));
+        return -2;
+    }
+    accesslog_path = strdup(a);
+    return fd;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"test", no_argument, NULL, 't'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *file = NULL;
+    bool test = false;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:thV", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c': file = optarg; break;
+        case 't': test = true; break;
+        case 'V': printf("sidekick %s\n", SK_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!file || optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    char *err = NULL;
+    sk_config *cfg = sk_config_load(file, &err);
+    if (!cfg) {
+        fprintf(stderr, "sidekick: %s\n", err ? err : "cannot load the configuration");
+        free(err);
+        return 1;
+    }
+    if (test) {
+        printf("sidekick: %s: configuration OK\n", cfg->file);
+        sk_config_unref(cfg);
+        return 0;
+    }
+    sk_log_level = cfg->log_level;
+    signal(SIGPIPE, SIG_IGN);
+
+    accesslog_fd = open_accesslog(cfg);
+    if (accesslog_fd == -2) return 1;
+
+    sk_srv.config = cfg;
+    sk_srv.loop = ev_default_loop(EVBACKEND_EPOLL);
+    sk_srv.started_at = time(NULL);
+    sk_srv.nworkers = (size_t)cfg->workers;
+    sk_srv.metrics = calloc(sk_srv.nworkers, sizeof(*sk_srv.metrics));
+    if (!sk_srv.metrics) return 1;
+    for (size_t i = 0; i < sk_srv.nworkers; i++) {
+        sk_srv.metrics[i] = sk_metrics_new(cfg);
+        if (!sk_srv.metrics[i]) {
+            fprintf(stderr, "sidekick: out of memory\n");
+            return 1;
+        }
+    }
+
+    /* Block the signals we handle in every thread; only the main loop takes them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+
+    if (cfg->admin_enabled && sk_admin_start(sk_srv.loop, cfg, &err) < 0) {
+        fprintf(stderr, "sidekick: %s: %s\n", cfg->file, err);
+        return 1;
+    }
+    if (sk_workers_start(cfg, sk_srv.metrics, cfg->workers, accesslog_fd, &err) < 0) {
+        fprintf(stderr, "sidekick: %s: %s\n", cfg->file, err);
+        return 1;
+    }
+    ev_signal_init(&sig_term, on_signal, SIGTERM);
+    ev_signal_init(&sig_int, on_signal, SIGINT);
+    ev_signal_init(&sig_hup, on_signal, SIGHUP);
+    ev_signal_init(&sig_usr1, on_signal, SIGUSR1);
+    ev_signal_start(sk_srv.loop, &sig_term);
+    ev_signal_start(sk_srv.loop, &sig_int);
+    ev_signal_start(sk_srv.loop, &sig_hup);
+    ev_signal_start(sk_srv.loop, &sig_usr1);
+    pthread_sigmask(SIG_UNBLOCK, &set, NULL);
+
+    __atomic_store_n(&sk_srv.ready, 1, __ATOMIC_RELAXED);
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        sk_info("listener %s on %s (%s)", cfg->listeners[i]->name, cfg->listeners[i]->address.text,
+                cfg->listeners[i]->protocol == SK_PROTO_TCP ? "tcp" : "http");
+    sk_info("sidekick %s started: %d worker%s, admin %s", SK_VERSION, cfg->workers, cfg->workers == 1 ? "" : "s",
+            cfg->admin_enabled ? cfg->admin.text : "off");
+
+    ev_run(sk_srv.loop, 0);
+
+    sk_admin_stop();
+    /* Workers still running past drain_timeout are abandoned: exit ends them. */
+    fflush(stdout);
+    return 0;
+}

@@ -1,0 +1,54 @@
+/*
+ * metrics.h — per-worker counters and the renderers used by the admin
+ * endpoint. Each worker owns one sk_metrics and is its only writer (SK_INC /
+ * SK_ADD, relaxed atomics); the admin thread sums all workers when it
+ * renders, so the hot path never takes a lock or a locked instruction.
+ */
+#ifndef SK_METRICS_H
+#define SK_METRICS_H
+
+#include "config.h"
+#include "sk.h"
+
+/* Status codes 100..599 map to slot status - 100. */
+#define SK_STATUS_SLOTS 500
+/* Upper bounds of the request duration histogram, in microseconds. */
+#define SK_HIST_BOUNDS_US                                                                          \
+    { 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,        \
+      5000000, 10000000 }
+#define SK_HIST_BUCKETS 15 /* the bounds above plus +Inf */
+
+typedef struct sk_metrics {
+    /* requests by route and status: (nroutes + 1) rows of SK_STATUS_SLOTS;
+     * row nroutes counts requests that matched no route */
+    uint64_t *route_status;
+    size_t nroutes;                 /* number of routes the table was sized for */
+    uint64_t downstream_active;     /* open client connections (gauge) */
+    uint64_t downstream_total;      /* accepted client connections */
+    uint64_t upstream_active;       /* open upstream connections (gauge) */
+    uint64_t upstream_opened;       /* upstream connections opened */
+    uint64_t upstream_reused;       /* requests sent on a pooled connection */
+    uint64_t upstream_connect_failures; /* failed connects (refused, timeout) */
+    uint64_t bytes_received;        /* bytes read from clients */
+    uint64_t bytes_sent;            /* bytes written to clients */
+    uint64_t duration_buckets[SK_HIST_BUCKETS]; /* non-cumulative bucket counts */
+    uint64_t duration_sum_us;       /* sum of request durations */
+    uint64_t duration_count;        /* number of requests observed */
+} sk_metrics;
+
+/* Allocates a zeroed sk_metrics sized for cfg's routes; NULL on OOM. */
+sk_metrics *sk_metrics_new(const sk_config *cfg);
+/* Frees it. */
+void sk_metrics_free(sk_metrics *m);
+/* Counts one finished request (worker thread only). route may be NULL. */
+void sk_metrics_request(sk_metrics *m, const sk_route *route, int status, uint64_t duration_us);
+
+/*
+ * Renders the sum of the `n` workers' metrics as Prometheus text (prefix
+ * sidekick_) or JSON into `out`. Runs on the admin (main) thread.
+ * Returns 0 or -1 on allocation failure.
+ */
+int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, sk_metrics *const *m, size_t n);
+int sk_metrics_render_json(sk_buf *out, const sk_config *cfg, sk_metrics *const *m, size_t n);
+
+#endif

@@ -1,0 +1,421 @@
+/*
+ * proxy.c — a request's way through the proxy once its head is parsed:
+ * route match, local replies, cluster and endpoint choice with circuit
+ * breakers, the upstream request head (hop-by-hop removal, x-forwarded-*,
+ * x-request-id), body streaming with re-framing, the response head back to
+ * the client, retries and upstream errors.
+ *
+ * This file does not know HTTP/1 wire details of the downstream side beyond
+ * the sk_conn calls, so that an HTTP/2 codec can drive it later; the filter
+ * chain (plugins, Lua) slots in between route match and start_upstream().
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "http1.h"
+#include "worker.h"
+
+/* Is this header hop-by-hop, or one the proxy sets itself? `conn` is the
+ * Connection header's value (tokens named there are hop-by-hop too). */
+static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
+{
+    const char *n = h->name;
+    size_t l = h->name_len;
+    if (sk_streq_nocase(n, l, "connection") || sk_streq_nocase(n, l, "keep-alive") ||
+        sk_streq_nocase(n, l, "te") || sk_streq_nocase(n, l, "transfer-encoding") ||
+        sk_streq_nocase(n, l, "upgrade") || sk_streq_nocase(n, l, "trailer") ||
+        sk_streq_nocase(n, l, "content-length") || (l >= 6 && strncasecmp(n, "proxy-", 6) == 0))
+        return true;
+    if (request &&
+        (sk_streq_nocase(n, l, "expect") || sk_streq_nocase(n, l, "x-forwarded-for") ||
+         sk_streq_nocase(n, l, "x-forwarded-proto") || sk_streq_nocase(n, l, "x-request-id")))
+        return true;
+    if (conn) {
+        const char *p = conn->value, *e = conn->value + conn->value_len;
+        while (p < e) {
+            while (p < e && (*p == ',' || *p == ' ' || *p == '\t')) p++;
+            const char *s = p;
+            while (p < e && *p != ',' && *p != ' ' && *p != '\t') p++;
+            if (p > s && (size_t)(p - s) == l && strncasecmp(s, n, l) == 0) return true;
+        }
+    }
+    return false;
+}
+
+static void gen_request_id(sk_worker *w, char out[40])
+{
+    uint32_t a = sk_worker_rand(w), b = sk_worker_rand(w), c = sk_worker_rand(w), d = sk_worker_rand(w);
+    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%04x%08x", a, b >> 16, b & 0xfff,
+             (c & 0x3fff) | 0x8000, c >> 16, d);
+}
+
+/* Releases the cluster circuit-breaker slots the request holds. */
+static void release_cluster(sk_request *r)
+{
+    if (r->counted_request) {
+        __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
+        r->counted_request = false;
+    }
+}
+
+static void stop_timeout(sk_request *r)
+{
+    if (ev_is_active(&r->timeout)) ev_timer_stop(r->worker->loop, &r->timeout);
+}
+
+/* Builds the request head as it goes upstream into r->uphead. */
+static int build_upstream_head(sk_request *r)
+{
+    sk_buf *b = &r->uphead;
+    const sk_route *rt = r->route;
+    sk_buf_reset(b);
+    int rc = sk_buf_printf(b, "%s ", r->method);
+    if (rt->rewrite_prefix && rt->prefix) {
+        size_t plen = strlen(rt->prefix);
+        rc |= sk_buf_append(b, rt->rewrite_prefix, strlen(rt->rewrite_prefix));
+        const char *rest = r->path + plen;
+        size_t rlen = r->path_len - plen;
+        /* "/api/" → "/" with path "/api/x": avoid "//x" when both carry a slash. */
+        size_t rwl = strlen(rt->rewrite_prefix);
+        if (rlen && rest[0] == '/' && rwl && rt->rewrite_prefix[rwl - 1] == '/') rest++, rlen--;
+        rc |= sk_buf_append(b, rest, rlen);
+    } else {
+        rc |= sk_buf_append(b, r->path, r->path_len);
+    }
+    if (r->query) {
+        rc |= sk_buf_append(b, "?", 1);
+        rc |= sk_buf_append(b, r->query, r->query_len);
+    }
+    rc |= sk_buf_append(b, " HTTP/1.1\r\n", 11);
+
+    const sk_head *h = &r->head;
+    const sk_header *conn = sk_head_get(h, "connection");
+    for (size_t i = 0; i < h->nhdrs; i++) {
+        const sk_header *x = &h->views[i];
+        if (skip_header(x, conn, true)) continue;
+        rc |= sk_buf_append(b, x->name, x->name_len);
+        rc |= sk_buf_append(b, ": ", 2);
+        rc |= sk_buf_append(b, x->value, x->value_len);
+        rc |= sk_buf_append(b, "\r\n", 2);
+    }
+    rc |= sk_buf_append(b, "x-forwarded-for: ", 17);
+    for (size_t i = 0; i < h->nhdrs; i++) {
+        const sk_header *x = &h->views[i];
+        if (!sk_streq_nocase(x->name, x->name_len, "x-forwarded-for") || x->value_len == 0) continue;
+        rc |= sk_buf_append(b, x->value, x->value_len);
+        rc |= sk_buf_append(b, ", ", 2);
+    }
+    rc |= sk_buf_printf(b, "%s\r\nx-forwarded-proto: http\r\n", r->conn->client_ip);
+    rc |= sk_buf_printf(b, "x-request-id: %s\r\n", r->request_id);
+    if (r->req_framing == SK_BODY_LENGTH)
+        rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)r->req_content_length);
+    else if (r->req_framing == SK_BODY_CHUNKED)
+        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
+    else if (r->method_id == HTTP_POST || r->method_id == HTTP_PUT || r->method_id == HTTP_PATCH)
+        rc |= sk_buf_append(b, "content-length: 0\r\n", 19);
+    rc |= sk_buf_append(b, "\r\n", 2);
+    return rc ? -1 : 0;
+}
+
+static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    sk_request *r = t->data;
+    sk_conn *c = r->conn;
+    sk_proxy_upstream_error(r, 504, "upstream_timeout", false);
+    sk_conn_flush(c);
+}
+
+static const sk_endpoint *pick_endpoint(sk_request *r)
+{
+    sk_worker *w = r->worker;
+    sk_cluster *cl = r->cluster;
+    sk_wcluster *wc = &w->clusters[cl->index];
+    size_t n = cl->nendpoints;
+    if (n == 1) return &cl->endpoints[0];
+    switch (cl->lb) {
+    case SK_LB_RANDOM:
+        return &cl->endpoints[sk_worker_rand(w) % n];
+    case SK_LB_LEAST_REQUEST: {
+        /* power of two choices over this worker's in-flight counts */
+        size_t a = sk_worker_rand(w) % n, b = sk_worker_rand(w) % n;
+        if (a == b) b = (a + 1) % n;
+        if (r->endpoint && (size_t)r->endpoint->index == a) a = b;
+        return &cl->endpoints[wc->pools[a].active <= wc->pools[b].active ? a : b];
+    }
+    default:
+        return &cl->endpoints[wc->rr++ % n];
+    }
+}
+
+/* Starts (or restarts, for a retry) the upstream exchange. */
+static void start_upstream(sk_request *r)
+{
+    r->endpoint = pick_endpoint(r);
+    r->attempts++;
+    r->upstream_start_ns = sk_now_ns();
+    int rc = sk_upstream_attach(r);
+    if (rc == -2) {
+        sk_proxy_upstream_error(r, 503, "overloaded", false);
+        return;
+    }
+    if (rc < 0) {
+        sk_proxy_upstream_error(r, 502, "upstream_connect_failure", true);
+        return;
+    }
+    /* Inside the client's parser, process() flushes once the body pieces of
+     * this read are queued too: one write for head and body. */
+    if (!r->conn->in_parser) sk_upstream_flush(r->up);
+}
+
+/* Routes a complete request head. Returns 0, or -1 if parsing must stop. */
+int sk_proxy_head(sk_request *r)
+{
+    sk_conn *c = r->conn;
+    const sk_listener *l = c->listener;
+    /* x-request-id: the client's (if sane) or a new one; logged either way. */
+    const sk_header *rid = sk_head_get(&r->head, "x-request-id");
+    if (rid && rid->value_len && rid->value_len < sizeof(r->request_id)) {
+        memcpy(r->request_id, rid->value, rid->value_len);
+        r->request_id[rid->value_len] = 0;
+    } else {
+        gen_request_id(r->worker, r->request_id);
+    }
+    const sk_route *rt = sk_route_match(l, r->method, strlen(r->method), r->host, r->host_len, r->path,
+                                        r->path_len, r->head.views, r->head.nhdrs);
+    if (!rt) {
+        sk_conn_local_reply(c, 404, "no_route", NULL, false);
+        return 0;
+    }
+    r->route = rt;
+    if (rt->respond_status) {
+        sk_conn_local_reply(c, rt->respond_status, NULL, rt->respond_body, false);
+        return 0;
+    }
+    r->cluster = sk_route_pick_cluster(rt, sk_worker_rand(r->worker));
+    if (__atomic_add_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED) > r->cluster->max_requests) {
+        __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
+        sk_conn_local_reply(c, 503, "overloaded", NULL, false);
+        return 0;
+    }
+    r->counted_request = true;
+    if (build_upstream_head(r) < 0) {
+        release_cluster(r);
+        sk_conn_local_reply(c, 500, "internal_error", NULL, true);
+        return -1;
+    }
+    if (rt->timeout_ms) {
+        ev_timer_init(&r->timeout, on_route_timeout, (double)rt->timeout_ms / 1000.0, 0.);
+        r->timeout.data = r;
+        ev_timer_start(r->worker->loop, &r->timeout);
+    }
+    if (r->expect_continue) sk_conn_send_copy(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    start_upstream(r);
+    return c->dead ? -1 : 0;
+}
+
+/* Forwards a piece of decoded request body, re-framed for the upstream. */
+int sk_proxy_body(sk_request *r, const char *p, size_t n)
+{
+    sk_upconn *u = r->up;
+    if (!u) return 0; /* the exchange failed; a reply is on its way */
+    int rc = 0;
+    if (r->req_framing == SK_BODY_CHUNKED) {
+        char hdr[24];
+        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+        rc |= sk_out_copy(&u->out, hdr, (size_t)hl);
+        rc |= sk_out_ref(&u->out, p, n);
+        rc |= sk_out_copy(&u->out, "\r\n", 2);
+    } else {
+        rc |= sk_out_ref(&u->out, p, n);
+    }
+    if (rc) {
+        sk_proxy_upstream_error(r, 500, "internal_error", false);
+        return -1;
+    }
+    return 0;
+}
+
+/* The request body is complete: terminates chunked framing. */
+int sk_proxy_body_end(sk_request *r)
+{
+    sk_upconn *u = r->up;
+    r->up_body_done = true;
+    if (!u) return 0;
+    if (r->req_framing == SK_BODY_CHUNKED && sk_out_copy(&u->out, "0\r\n\r\n", 5) < 0) {
+        sk_proxy_upstream_error(r, 500, "internal_error", false);
+        return -1;
+    }
+    return 0;
+}
+
+/* The client went away (or the request is being cut): drop upstream work. */
+void sk_proxy_abort(sk_request *r)
+{
+    stop_timeout(r);
+    if (r->up) {
+        sk_upconn *u = r->up;
+        r->up = NULL;
+        sk_upstream_release(u, false);
+    }
+    release_cluster(r);
+}
+
+/* Client output drained: let the upstream send more. */
+void sk_proxy_client_drained(sk_request *r)
+{
+    if (r->up) sk_upstream_resume_read(r->up);
+}
+
+static bool idempotent(int m)
+{
+    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT || m == HTTP_DELETE ||
+           m == HTTP_TRACE;
+}
+
+static bool may_retry(const sk_request *r)
+{
+    return !r->response_started && r->route && r->attempts <= r->route->retries &&
+           idempotent(r->method_id) && r->req_framing == SK_BODY_NONE;
+}
+
+/* A 502/503/504 answer is retried (not forwarded) while retries are left. */
+bool sk_proxy_retry_status(sk_request *r, int status)
+{
+    return (status == 502 || status == 503 || status == 504) && may_retry(r);
+}
+
+/* Starts the next attempt after a retried response. */
+void sk_proxy_retry(sk_request *r)
+{
+    sk_buf_reset(&r->rhead.raw);
+    r->rhead.nhdrs = 0;
+    r->rhead.url_len = 0;
+    r->rhead.in_value = false;
+    sk_debug("retrying %s %.*s after an upstream %s (attempt %u)", r->method, (int)r->path_len, r->path,
+             "5xx", r->attempts + 1);
+    start_upstream(r);
+}
+
+/* An upstream attempt failed (connect failure, reset, garbage, timeout).
+ * Retries when allowed, else answers with a local reply, or cuts the
+ * client connection when part of the response is already sent. */
+void sk_proxy_upstream_error(sk_request *r, int status, const char *reason, bool retryable)
+{
+    sk_conn *c = r->conn;
+    if (r->up) {
+        sk_upconn *u = r->up;
+        r->up = NULL;
+        sk_upstream_release(u, false);
+    }
+    if (strcmp(reason, "upstream_connect_failure") == 0) SK_INC(r->worker->metrics->upstream_connect_failures);
+    if (retryable && may_retry(r)) {
+        sk_debug("retrying %s %.*s after %s (attempt %u)", r->method, (int)r->path_len, r->path, reason,
+                 r->attempts + 1);
+        start_upstream(r);
+        return;
+    }
+    stop_timeout(r);
+    release_cluster(r);
+    if (r->response_started) {
+        r->reason = reason;
+        sk_conn_close(c);
+        return;
+    }
+    sk_conn_local_reply(c, status, reason, NULL, false);
+}
+
+/* Builds the response head towards the client from the upstream's. */
+int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chunked, bool up_length,
+                           uint64_t length)
+{
+    sk_conn *c = r->conn;
+    sk_head *h = &r->rhead;
+    if (sk_head_finish(h) < 0) return -1;
+    sk_buf *b = &r->uphead; /* the request head was sent: reuse its storage */
+    sk_buf_reset(b);
+    const char *reason = h->url_len ? h->raw.data + h->url : sk_status_text(status);
+    size_t reason_len = h->url_len ? h->url_len : strlen(reason);
+    int rc = sk_buf_printf(b, "HTTP/1.1 %d %.*s\r\n", status, (int)reason_len, reason);
+    const sk_header *conn = sk_head_get(h, "connection");
+    for (size_t i = 0; i < h->nhdrs; i++) {
+        const sk_header *x = &h->views[i];
+        if (skip_header(x, conn, false)) continue;
+        rc |= sk_buf_append(b, x->name, x->name_len);
+        rc |= sk_buf_append(b, ": ", 2);
+        rc |= sk_buf_append(b, x->value, x->value_len);
+        rc |= sk_buf_append(b, "\r\n", 2);
+    }
+    bool close = r->close_after || !r->keep_alive || c->worker->draining || c->read_eof;
+    if (no_body) {
+        r->resp_framing = SK_BODY_NONE;
+        if (up_length && (r->method_id == HTTP_HEAD || status == 304))
+            rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)length);
+    } else if (up_length) {
+        r->resp_framing = SK_BODY_LENGTH;
+        rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)length);
+    } else if (r->http_minor >= 1) {
+        r->resp_framing = SK_BODY_CHUNKED;
+        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
+    } else {
+        r->resp_framing = SK_BODY_EOF;
+        close = true;
+    }
+    SK_UNUSED(up_chunked);
+    if (close) {
+        r->close_after = true;
+        rc |= sk_buf_append(b, "connection: close\r\n", 19);
+    } else if (r->http_minor == 0) {
+        rc |= sk_buf_append(b, "connection: keep-alive\r\n", 24);
+    }
+    rc |= sk_buf_append(b, "\r\n", 2);
+    if (rc || sk_conn_send_ref(c, b->data, b->len) < 0) return -1;
+    r->status = status;
+    r->response_started = true;
+    r->state = SK_REQ_RESPONDING;
+    r->bytes_sent += b->len;
+    return 0;
+}
+
+/* Forwards response body bytes, re-framed for the client. */
+int sk_proxy_response_body(sk_request *r, const char *p, size_t n)
+{
+    sk_conn *c = r->conn;
+    int rc = 0;
+    if (r->resp_framing == SK_BODY_NONE) return 0;
+    if (r->resp_framing == SK_BODY_CHUNKED) {
+        char hdr[24];
+        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+        rc |= sk_conn_send_copy(c, hdr, (size_t)hl);
+        rc |= sk_conn_send_ref(c, p, n);
+        rc |= sk_conn_send_copy(c, "\r\n", 2);
+        r->bytes_sent += (size_t)hl + n + 2;
+    } else {
+        rc |= sk_conn_send_ref(c, p, n);
+        r->bytes_sent += n;
+    }
+    return rc ? -1 : 0;
+}
+
+/* The upstream response is complete: flush, release the upstream
+ * connection (pooled if it is still cleanly framed), finish the request. */
+void sk_proxy_response_end(sk_request *r)
+{
+    sk_conn *c = r->conn;
+    if (r->resp_framing == SK_BODY_CHUNKED) {
+        sk_conn_send_copy(c, "0\r\n\r\n", 5);
+        r->bytes_sent += 5;
+    }
+    r->upstream_end_ns = sk_now_ns();
+    stop_timeout(r);
+    /* Flush while the body still points into the upstream read buffer. */
+    sk_conn_flush(c);
+    if (c->dead) return; /* closing aborted the request and released everything */
+    sk_upconn *u = r->up;
+    r->up = NULL;
+    if (u) sk_upstream_release(u, u->reusable && r->up_body_done);
+    release_cluster(r);
+    sk_conn_response_done(c);
+}

@@ -1,0 +1,97 @@
+/*
+ * sk.h — common definitions shared by every core file: logging, byte
+ * buffers, header views and small helpers. Types of wider subsystems live in
+ * their own headers (config.h, worker.h, metrics.h).
+ */
+#ifndef SK_SK_H
+#define SK_SK_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define SK_VERSION "0.1.0"
+
+#define SK_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SK_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SK_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SK_UNUSED(x) ((void)(x))
+
+/* Counters written by one thread and read by another (the admin endpoint):
+ * relaxed atomics, no locked instructions on the writer's side. */
+#define SK_INC(x) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED)
+#define SK_ADD(x, n) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define SK_DEC(x) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED)
+#define SK_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+
+/* Log levels, in the order of `[sidekick] log_level`. */
+enum { SK_LOG_ERROR = 0, SK_LOG_WARN, SK_LOG_INFO, SK_LOG_DEBUG };
+
+extern int sk_log_level;
+
+/*
+ * sk_log() writes one line "<time> <level> <message>" to stderr when `level`
+ * is at or below sk_log_level. Thread-safe (one write(2) per line).
+ */
+void sk_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#define sk_error(...) sk_log(SK_LOG_ERROR, __VA_ARGS__)
+#define sk_warn(...)                                                                               \
+    do {                                                                                           \
+        if (sk_log_level >= SK_LOG_WARN) sk_log(SK_LOG_WARN, __VA_ARGS__);                         \
+    } while (0)
+#define sk_info(...)                                                                               \
+    do {                                                                                           \
+        if (sk_log_level >= SK_LOG_INFO) sk_log(SK_LOG_INFO, __VA_ARGS__);                         \
+    } while (0)
+#define sk_debug(...)                                                                              \
+    do {                                                                                           \
+        if (sk_log_level >= SK_LOG_DEBUG) sk_log(SK_LOG_DEBUG, __VA_ARGS__);                       \
+    } while (0)
+
+/*
+ * A view of one header: pointers into memory owned by whoever produced it
+ * (a request's arena, a config). Never NUL-terminated by contract.
+ */
+typedef struct sk_header {
+    const char *name;  /* header name as received (case preserved) */
+    size_t name_len;   /* length of name */
+    const char *value; /* value, leading/trailing whitespace trimmed */
+    size_t value_len;  /* length of value */
+} sk_header;
+
+/*
+ * A growable byte buffer with a read offset. `data[off..len)` is pending.
+ * Owned by its embedding object; freed with sk_buf_free().
+ */
+typedef struct sk_buf {
+    char *data; /* heap storage, or NULL when empty */
+    size_t off; /* first byte not yet consumed */
+    size_t len; /* end of valid bytes */
+    size_t cap; /* allocated size of data */
+} sk_buf;
+
+/* Returns the number of pending bytes. */
+static inline size_t sk_buf_pending(const sk_buf *b) { return b->len - b->off; }
+
+/* Appends n bytes; returns 0 or -1 on allocation failure (buffer unchanged). */
+int sk_buf_append(sk_buf *b, const void *p, size_t n);
+/* Appends formatted text; returns 0 or -1. */
+int sk_buf_printf(sk_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Marks n pending bytes consumed; resets the buffer when it becomes empty. */
+void sk_buf_consume(sk_buf *b, size_t n);
+/* Drops all content, keeping the storage for reuse. */
+static inline void sk_buf_reset(sk_buf *b) { b->off = b->len = 0; }
+/* Releases the storage. */
+void sk_buf_free(sk_buf *b);
+
+/* Case-insensitive comparison of a length-delimited string with a C string. */
+bool sk_streq_nocase(const char *a, size_t alen, const char *b);
+
+/* Monotonic clock in milliseconds / nanoseconds. */
+uint64_t sk_now_ms(void);
+uint64_t sk_now_ns(void);
+
+#endif

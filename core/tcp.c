@@ -1,0 +1,272 @@
+/*
+ * tcp.c — `protocol = tcp` listeners: each accepted connection is relayed
+ * byte for byte to an endpoint of the listener's cluster (round robin over
+ * the worker's cursor), with one bounded buffer per direction, back-pressure,
+ * half-close propagation, connect_timeout and the listener's idle_timeout.
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+void sk__listener_conn_closed(const sk_listener *l);
+
+typedef struct side {
+    sk_transport tr;
+    ev_io rio, wio;
+    char *buf;     /* bytes read from this side, waiting for the other */
+    size_t off, len;
+    bool eof;      /* this side sent FIN */
+    bool shut;     /* we sent FIN to this side */
+    struct sk_tcp *t;
+} side;
+
+typedef struct sk_tcp {
+    sk_worker *worker;
+    const sk_listener *listener;
+    sk_config *config;
+    sk_link link;           /* in worker->tcp_conns */
+    side down, up;          /* client side, upstream side */
+    bool connected;
+    ev_timer timer;         /* connect timeout, then idle timeout */
+    const sk_endpoint *endpoint;
+    uint64_t start_ns;
+    uint64_t bytes_in, bytes_out;
+    char client_addr[64];
+    const char *reason;
+} sk_tcp;
+
+static void tcp_close(sk_tcp *t)
+{
+    sk_worker *w = t->worker;
+    side *s[2] = {&t->down, &t->up};
+    for (int i = 0; i < 2; i++) {
+        ev_io_stop(w->loop, &s[i]->rio);
+        ev_io_stop(w->loop, &s[i]->wio);
+        if (s[i]->tr.ops) s[i]->tr.ops->close(&s[i]->tr);
+        sk_worker_buf_put(w, s[i]->buf);
+    }
+    ev_timer_stop(w->loop, &t->timer);
+    if (t->up.tr.ops) {
+        __atomic_sub_fetch(&t->listener->cluster->active_connections, 1, __ATOMIC_RELAXED);
+        SK_DEC(w->metrics->upstream_active);
+    }
+    if (w->accesslog_fd >= 0) {
+        char line[768];
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        int n = snprintf(line, sizeof(line),
+                         "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"generation\":%llu,"
+                         "\"listener\":\"%s\",\"protocol\":\"tcp\",\"cluster\":\"%s\",\"endpoint\":%s%s%s,"
+                         "\"client\":\"%s\",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,"
+                         "\"reason\":%s%s%s}\n",
+                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                         ts.tv_nsec / 1000000, (unsigned long long)t->config->generation, t->listener->name,
+                         t->listener->cluster->name, t->endpoint ? "\"" : "",
+                         t->endpoint ? t->endpoint->address.text : "null", t->endpoint ? "\"" : "",
+                         t->client_addr, (unsigned long long)t->bytes_in, (unsigned long long)t->bytes_out,
+                         (double)(sk_now_ns() - t->start_ns) / 1e6, t->reason ? "\"" : "",
+                         t->reason ? t->reason : "null", t->reason ? "\"" : "");
+        if (n > 0) {
+            ssize_t wr = write(w->accesslog_fd, line, SK_MIN((size_t)n, sizeof(line) - 1));
+            SK_UNUSED(wr);
+        }
+    }
+    sk__listener_conn_closed(t->listener);
+    SK_DEC(w->metrics->downstream_active);
+    sk_list_remove(&t->link);
+    w->nconns--;
+    sk_config_unref(t->config);
+    free(t);
+}
+
+static side *other(side *s) { return s == &s->t->down ? &s->t->up : &s->t->down; }
+
+static void touch(sk_tcp *t)
+{
+    if (!t->connected) return;
+    t->timer.repeat = (double)t->listener->idle_timeout_ms / 1000.0;
+    ev_timer_again(t->worker->loop, &t->timer);
+}
+
+/* Writes s's pending bytes to the other side. Returns -1 when the
+ * connection was closed. */
+static int pump(side *s)
+{
+    sk_tcp *t = s->t;
+    side *o = other(s);
+    sk_worker *w = t->worker;
+    while (s->off < s->len) {
+        struct iovec iov = {s->buf + s->off, s->len - s->off};
+        ssize_t n = o->tr.ops->writev(&o->tr, &iov, 1);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                ev_io_start(w->loop, &o->wio);
+                ev_io_stop(w->loop, &s->rio);
+                return 0;
+            }
+            t->reason = s == &t->down ? "upstream_reset" : "client_abort";
+            tcp_close(t);
+            return -1;
+        }
+        s->off += (size_t)n;
+        if (s == &t->down) t->bytes_in += (uint64_t)n;
+        else t->bytes_out += (uint64_t)n;
+    }
+    s->off = s->len = 0;
+    ev_io_stop(w->loop, &o->wio);
+    if (s->eof) {
+        if (!o->shut) {
+            o->tr.ops->shutdown(&o->tr);
+            o->shut = true;
+        }
+        if (o->eof && o->off == o->len) {
+            tcp_close(t);
+            return -1;
+        }
+    } else {
+        ev_io_start(w->loop, &s->rio);
+    }
+    return 0;
+}
+
+static void on_side_read(struct ev_loop *loop, ev_io *io, int revents)
+{
+    side *s = io->data;
+    sk_tcp *t = s->t;
+    if (!s->buf && !(s->buf = sk_worker_buf_get(t->worker))) {
+        tcp_close(t);
+        return;
+    }
+    ssize_t n = s->tr.ops->read(&s->tr, s->buf, SK_READ_BUF);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        t->reason = s == &t->up ? "upstream_reset" : "client_abort";
+        tcp_close(t);
+        return;
+    }
+    touch(t);
+    if (n == 0) {
+        s->eof = true;
+        ev_io_stop(loop, &s->rio);
+    } else {
+        s->off = 0;
+        s->len = (size_t)n;
+        if (s == &t->down) SK_ADD(t->worker->metrics->bytes_received, (uint64_t)n);
+        else SK_ADD(t->worker->metrics->bytes_sent, (uint64_t)n);
+    }
+    pump(s);
+}
+
+static void on_side_write(struct ev_loop *loop, ev_io *io, int revents)
+{
+    side *o = io->data;
+    sk_tcp *t = o->t;
+    if (o == &t->up && !t->connected) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(o->tr.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint->address.text, strerror(err));
+            SK_INC(t->worker->metrics->upstream_connect_failures);
+            t->reason = "upstream_connect_failure";
+            tcp_close(t);
+            return;
+        }
+        t->connected = true;
+        ev_io_stop(loop, &o->wio);
+        ev_io_start(loop, &t->down.rio);
+        ev_io_start(loop, &t->up.rio);
+        touch(t);
+        return;
+    }
+    /* The other side's buffer is what waits for this side to be writable. */
+    pump(other(o));
+}
+
+static void on_tcp_timer(struct ev_loop *loop, ev_timer *tm, int revents)
+{
+    sk_tcp *t = tm->data;
+    if (!t->connected) {
+        SK_INC(t->worker->metrics->upstream_connect_failures);
+        t->reason = "upstream_connect_failure";
+    } else {
+        t->reason = "idle_timeout";
+    }
+    tcp_close(t);
+}
+
+static void side_init(sk_tcp *t, side *s, int fd)
+{
+    s->t = t;
+    sk_transport_plain(&s->tr, fd);
+    ev_io_init(&s->rio, on_side_read, fd, EV_READ);
+    ev_io_init(&s->wio, on_side_write, fd, EV_WRITE);
+    s->rio.data = s->wio.data = s;
+}
+
+/* Takes over an accepted socket of a tcp listener and connects upstream. */
+void sk_tcp_accept(sk_worker *w, const sk_listener *l, int fd, const char *client_addr)
+{
+    sk_tcp *t = calloc(1, sizeof(*t));
+    if (!t) {
+        close(fd);
+        sk__listener_conn_closed(l);
+        return;
+    }
+    t->worker = w;
+    t->listener = l;
+    t->config = w->config;
+    sk_config_ref(t->config);
+    t->start_ns = sk_now_ns();
+    snprintf(t->client_addr, sizeof(t->client_addr), "%s", client_addr);
+    sk_list_insert(&w->tcp_conns, &t->link);
+    w->nconns++;
+    SK_INC(w->metrics->downstream_active);
+    SK_INC(w->metrics->downstream_total);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    side_init(t, &t->down, fd);
+    ev_init(&t->timer, on_tcp_timer);
+    t->timer.data = t;
+
+    sk_cluster *cl = l->cluster;
+    sk_wcluster *wc = &w->clusters[cl->index];
+    t->endpoint = &cl->endpoints[wc->rr++ % cl->nendpoints];
+    if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
+        __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+        t->reason = "overloaded";
+        tcp_close(t);
+        return;
+    }
+    const sk_addr *a = &t->endpoint->address;
+    int ufd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (ufd < 0) {
+        __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+        t->reason = "upstream_connect_failure";
+        tcp_close(t);
+        return;
+    }
+    setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    side_init(t, &t->up, ufd);
+    SK_INC(w->metrics->upstream_active);
+    SK_INC(w->metrics->upstream_opened);
+    if (connect(ufd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno != EINPROGRESS) {
+        SK_INC(w->metrics->upstream_connect_failures);
+        t->reason = "upstream_connect_failure";
+        tcp_close(t);
+        return;
+    }
+    ev_io_start(w->loop, &t->up.wio);
+    t->timer.repeat = (double)cl->connect_timeout_ms / 1000.0;
+    ev_timer_again(w->loop, &t->timer);
+}

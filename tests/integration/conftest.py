@@ -1,0 +1,66 @@
+"""
+Fixtures for sidekick's integration tests (see harness.py for the helpers).
+
+* sidekick(ini, **ports) -> Sidekick: writes the INI into tmp_path, starts
+  the binary with -c, waits for /ready; always killed at teardown. On a test
+  failure the tail of its stderr is printed.
+* upstream(handler=None, **kw) -> Upstream: a recording origin server,
+  closed at teardown.
+"""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import SIDEKICK_BIN, Sidekick, Upstream  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def sidekick_bin():
+    if not os.path.exists(SIDEKICK_BIN):
+        pytest.fail(f"sidekick binary not found: {SIDEKICK_BIN} (set SIDEKICK_BIN)")
+    return SIDEKICK_BIN
+
+
+@pytest.fixture
+def sidekick(tmp_path, request, sidekick_bin):
+    started = []
+
+    def factory(ini: str, name: str = "sidekick.ini", wait_ready: bool = True, **ports):
+        sk = Sidekick(tmp_path, ini, ports, name)
+        started.append(sk)
+        sk.start(wait_ready=wait_ready)
+        return sk
+
+    yield factory
+    failed = getattr(request.node, "rep_call", None)
+    for sk in started:
+        sk.kill()
+        if failed is not None and failed.failed:
+            err = sk.stderr_text()
+            print(f"\n--- sidekick {sk.config} exit={sk.proc.returncode if sk.proc else None} "
+                  f"stderr (last 4000 chars) ---\n{err[-4000:]}")
+
+
+@pytest.fixture
+def upstream():
+    made = []
+
+    def factory(handler=None, **kw) -> Upstream:
+        u = Upstream(handler, **kw)
+        made.append(u)
+        return u
+
+    yield factory
+    for u in made:
+        u.close()

@@ -1,0 +1,155 @@
+"""Access log: one JSON object per request, its fields, its destinations."""
+
+import time
+
+import pytest
+
+from harness import echo_handler, http_request, sk_ini, wait_for
+
+BODY = """\
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route api]
+listener = main
+prefix = /api/
+cluster = backend
+
+[route ping]
+listener = main
+path = /ping
+respond = 200 pong
+
+[cluster backend]
+endpoints = 127.0.0.1:{up}
+"""
+
+FIELDS = ["time", "generation", "listener", "route", "cluster", "endpoint", "client", "method",
+          "authority", "path", "status", "reason", "bytes_received", "bytes_sent",
+          "duration_ms", "upstream_duration_ms", "request_id"]
+
+
+def run_requests(sk):
+    p = sk.port("listen")
+    r1 = http_request(p, "GET", "/api/one?x=1", host="svc.test", headers={"X-Request-Id": "rid-1"})
+    r2 = http_request(p, "POST", "/api/two", host="svc.test", body=b"0123456789")
+    r3 = http_request(p, "GET", "/nothing-here", host="svc.test")
+    return r1, r2, r3
+
+
+def by_path(lines, prefix):
+    found = [l for l in lines if str(l.get("path", "")).startswith(prefix)]
+    assert len(found) == 1, f"{prefix}: {found} in {lines}"
+    return found[0]
+
+
+def check_lines(lines, sk, up):
+    assert len(lines) == 3, lines
+    for l in lines:
+        missing = [f for f in FIELDS if f not in l]
+        assert not missing, f"missing {missing} in {l}"
+        assert l["generation"] == 1
+        assert l["listener"] == "main"
+        assert str(l["client"]).startswith("127.0.0.1")
+        assert l["authority"] == "svc.test"
+        assert isinstance(l["duration_ms"], (int, float)) and l["duration_ms"] >= 0
+        assert isinstance(l["bytes_received"], int) and l["bytes_received"] > 0
+        assert isinstance(l["bytes_sent"], int) and l["bytes_sent"] > 0
+        assert isinstance(l["time"], (str, int, float)) and l["time"]
+
+    one = by_path(lines, "/api/one")
+    assert one["method"] == "GET"
+    assert one["route"] == "api" and one["cluster"] == "backend"
+    assert one["endpoint"] == up.addr
+    assert one["status"] == 200
+    assert one["reason"] is None
+    assert one["request_id"] == "rid-1"
+    assert isinstance(one["upstream_duration_ms"], (int, float))
+
+    two = by_path(lines, "/api/two")
+    assert two["method"] == "POST"
+    assert two["status"] == 200 and two["reason"] is None
+    # the id the upstream received (generated) is the one logged
+    upreq = [q for q in up.requests if q.path == "/api/two"][0]
+    assert upreq.header("x-request-id")
+    assert two["request_id"] == upreq.header("x-request-id")
+    assert two["bytes_received"] >= 10  # at least the body
+
+    miss = by_path(lines, "/nothing-here")
+    assert miss["status"] == 404
+    assert miss["reason"] == "no_route"
+    assert miss["route"] in (None, "")
+    assert miss["upstream_duration_ms"] in (None, 0)
+    assert miss["request_id"]
+
+
+@pytest.fixture
+def up(upstream):
+    return upstream(echo_handler("up"))
+
+
+def test_access_log_to_relative_path(sidekick, up, tmp_path):
+    sk = sidekick(sk_ini(BODY, access_log="logs-access.json"), up=up.port)
+    run_requests(sk)
+    assert sk.stop() == 0
+    path = tmp_path / "logs-access.json"  # next to the config, not the cwd
+    assert path.exists(), list(tmp_path.iterdir())
+    check_lines(sk.access_log_lines(path), sk, up)
+    assert sk.stdout_bytes() == b""
+
+
+def test_access_log_relative_path_is_relative_to_config(sidekick, upstream, tmp_path):
+    """The config lives in a subdirectory; the process runs elsewhere."""
+    up = upstream(echo_handler("up"))
+    sub = tmp_path / "conf"
+    sub.mkdir()
+    sk = sidekick(sk_ini(BODY, access_log="../alog.json"), name="conf/sk.ini", up=up.port)
+    http_request(sk.port("listen"), "GET", "/api/x")
+    assert sk.stop() == 0
+    assert (tmp_path / "alog.json").exists(), list(tmp_path.rglob("*"))
+    assert len(sk.access_log_lines(tmp_path / "alog.json")) == 1
+
+
+def test_access_log_stdout(sidekick, up):
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
+    run_requests(sk)
+    assert sk.stop() == 0
+    check_lines(sk.access_log_lines(), sk, up)
+
+
+def test_access_log_written_promptly(sidekick, up):
+    """Lines appear while the process runs (log shippers tail the file)."""
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
+    http_request(sk.port("listen"), "GET", "/api/prompt")
+    assert wait_for(lambda: len(sk.access_log_lines()) == 1, 3), sk.stdout_bytes()
+
+
+def test_access_log_local_reply_respond(sidekick, up):
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
+    http_request(sk.port("listen"), "GET", "/ping")
+    assert sk.stop() == 0
+    [l] = sk.access_log_lines()
+    assert l["route"] == "ping"
+    assert l["status"] == 200
+    assert l["path"] == "/ping"
+
+
+def test_access_log_upstream_failure_reason(sidekick):
+    from harness import free_port
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=free_port())
+    r = http_request(sk.port("listen"), "GET", "/api/down")
+    assert r.status == 502
+    assert sk.stop() == 0
+    [l] = sk.access_log_lines()
+    assert l["status"] == 502
+    assert l["reason"] == "upstream_connect_failure"
+    assert l["route"] == "api" and l["cluster"] == "backend"
+
+
+def test_access_log_off(sidekick, up, tmp_path):
+    sk = sidekick(sk_ini(BODY, access_log="off"), up=up.port)
+    run_requests(sk)
+    time.sleep(0.3)
+    assert sk.stop() == 0
+    assert sk.stdout_bytes() == b""
+    assert not list(tmp_path.glob("*.json"))

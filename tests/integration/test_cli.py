@@ -1,0 +1,169 @@
+"""Command line: --version, -t, exit codes, config error messages."""
+
+import re
+
+import pytest
+
+from harness import free_port, run_sidekick
+
+VALID = """\
+[sidekick]
+workers = 1
+admin = 127.0.0.1:{admin}
+access_log = off
+drain_timeout = 2s
+
+[listener main]
+address = 127.0.0.1:{listen}
+header_timeout = 5s
+max_body_bytes = 1m
+
+[route api]
+listener = main
+prefix = /api/
+method = GET, POST
+timeout = 1500ms
+retries = 1
+cluster = api
+
+[route rest]
+listener = main
+respond = 200 ok
+
+[cluster api]
+endpoints = 127.0.0.1:{up}, 127.0.0.1:{up2}
+lb = round_robin
+connect_timeout = 1s
+"""
+
+
+def write(tmp_path, text, name="test.ini"):
+    p = tmp_path / name
+    p.write_text(text.format(admin=free_port(), listen=free_port(), up=free_port(),
+                             up2=free_port()))
+    return p
+
+
+def line_of(text: str, needle: str, nth: int = 1) -> int:
+    """1-based line number of the nth line containing needle."""
+    seen = 0
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            seen += 1
+            if seen == nth:
+                return i
+    raise AssertionError(f"{needle!r} not in config")
+
+
+def check_error(res, path, lines, section=None, key=None):
+    """Exit 1; stderr names file:line (one of `lines`), the section, the key."""
+    assert res.returncode == 1, f"exit {res.returncode}, stderr: {res.stderr!r}"
+    err = res.stderr
+    assert re.search(re.escape(path.name) + r":(" + "|".join(map(str, lines)) + r")\b", err), \
+        f"stderr does not name {path.name}:{lines}: {err!r}"
+    if section:
+        assert section in err, f"stderr does not name section {section!r}: {err!r}"
+    if key:
+        assert key in err, f"stderr does not name key {key!r}: {err!r}"
+
+
+def test_version(sidekick_bin):
+    res = run_sidekick(["--version"])
+    assert res.returncode == 0, res
+    out = res.stdout + res.stderr
+    assert re.search(r"\b\d+\.\d+\.\d+\b", out), f"no version number in {out!r}"
+
+
+def test_check_valid_config_exits_0(tmp_path, sidekick_bin):
+    p = write(tmp_path, VALID)
+    res = run_sidekick(["-t", "-c", str(p)])
+    assert res.returncode == 0, f"stderr: {res.stderr}"
+
+
+def test_check_does_not_start_serving(tmp_path, sidekick_bin):
+    # -t must exit promptly, not run the proxy
+    p = write(tmp_path, VALID)
+    res = run_sidekick(["-t", "-c", str(p)], timeout=5)
+    assert res.returncode == 0
+
+
+def test_unknown_key(tmp_path, sidekick_bin):
+    text = VALID.replace("retries = 1\n", "retries = 1\ntimeuot = 2s\n")
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    check_error(res, p, [line_of(text, "timeuot")], section="api", key="timeuot")
+
+
+def test_unknown_key_in_sidekick_section(tmp_path, sidekick_bin):
+    text = VALID.replace("access_log = off\n", "access_log = off\nwrokers = 2\n")
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    check_error(res, p, [line_of(text, "wrokers")], section="sidekick", key="wrokers")
+
+
+def test_unknown_section(tmp_path, sidekick_bin):
+    text = VALID + "\n[rotue typo]\nlistener = main\n"
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    # inih reports keys, so the line may be the section header's or its first key's
+    l = line_of(text, "[rotue typo]")
+    check_error(res, p, [l, l + 1], section="rotue")
+
+
+def test_bad_duration(tmp_path, sidekick_bin):
+    text = VALID.replace("timeout = 1500ms", "timeout = 15 parsecs")
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    check_error(res, p, [line_of(text, "15 parsecs")], section="api", key="timeout")
+
+
+def test_bad_listener_duration(tmp_path, sidekick_bin):
+    text = VALID.replace("header_timeout = 5s", "header_timeout = 5x")
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    check_error(res, p, [line_of(text, "header_timeout")], section="main", key="header_timeout")
+
+
+def test_route_names_unknown_cluster(tmp_path, sidekick_bin):
+    text = VALID.replace("cluster = api\n", "cluster = nope\n", 1)
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    # the key's line is best; the route section's line is acceptable
+    check_error(res, p, [line_of(text, "cluster = nope"), line_of(text, "[route api]")],
+                section="api", key="cluster")
+    assert "nope" in res.stderr
+
+
+def test_duplicate_route_name(tmp_path, sidekick_bin):
+    text = VALID + "\n[route api]\nlistener = main\nrespond = 200 dup\n"
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    l = line_of(text, "[route api]", nth=2)
+    check_error(res, p, [l, l + 1, l + 2], section="api")
+
+
+def test_config_error_at_start_exits_1(tmp_path, sidekick_bin):
+    text = VALID.replace("retries = 1\n", "retries = 1\nbogus = 1\n")
+    p = write(tmp_path, text)
+    res = run_sidekick(["-c", str(p)])
+    check_error(res, p, [line_of(text, "bogus")], key="bogus")
+
+
+def test_no_args_is_usage_error(sidekick_bin):
+    res = run_sidekick([])
+    assert res.returncode == 2, res
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["-x"], ["-c"]])
+def test_bad_flag_is_usage_error(sidekick_bin, args):
+    res = run_sidekick(args)
+    assert res.returncode == 2, res
+
+
+def test_missing_file(tmp_path, sidekick_bin):
+    p = tmp_path / "does-not-exist.ini"
+    res = run_sidekick(["-c", str(p)])
+    assert res.returncode == 1, res
+    assert "does-not-exist.ini" in res.stderr
+    res = run_sidekick(["-t", "-c", str(p)])
+    assert res.returncode == 1, res

@@ -1,0 +1,214 @@
+"""Upstream failures, timeouts, load balancing, connection reuse, retries."""
+
+import time
+
+import pytest
+
+from harness import (RawClient, Reply, assert_local_reply, echo_handler, free_port,
+                     http_request, sk_ini)
+
+
+def config(endpoints, timeout="15s", retries=0, extra_route="", extra_cluster=""):
+    eps = ", ".join(f"127.0.0.1:{p}" for p in endpoints)
+    return sk_ini(f"""
+[listener main]
+address = 127.0.0.1:{{listen}}
+
+[route all]
+listener = main
+cluster = up
+timeout = {timeout}
+retries = {retries}
+{extra_route}
+
+[cluster up]
+endpoints = {eps}
+connect_timeout = 1s
+{extra_cluster}
+""")
+
+
+def test_upstream_down_502_fast(sidekick):
+    dead = free_port()
+    sk = sidekick(config([dead]))
+    t0 = time.monotonic()
+    r = http_request(sk.port("listen"), "GET", "/", timeout=10)
+    elapsed = time.monotonic() - t0
+    assert_local_reply(r, 502, "upstream_connect_failure")
+    assert r.body
+    assert elapsed < 3, f"took {elapsed:.2f}s"
+
+
+def test_upstream_down_keeps_client_connection_usable(sidekick):
+    sk = sidekick(config([free_port()]))
+    with RawClient(sk.port("listen")) as c:
+        for _ in range(3):
+            r = c.request("GET", "/")
+            assert_local_reply(r, 502, "upstream_connect_failure")
+
+
+def test_slow_upstream_504(sidekick, upstream):
+    up = upstream(lambda req: Reply(delay=3.0, body=b"too late"))
+    sk = sidekick(config([up.port], timeout="500ms"))
+    t0 = time.monotonic()
+    r = http_request(sk.port("listen"), "GET", "/slow", timeout=10)
+    elapsed = time.monotonic() - t0
+    assert_local_reply(r, 504, "upstream_timeout")
+    assert 0.3 < elapsed < 2.5, f"took {elapsed:.2f}s for a 500ms timeout"
+    assert up.requests[0].target == "/slow"
+
+
+def test_slow_upstream_within_timeout_ok(sidekick, upstream):
+    up = upstream(lambda req: Reply(delay=0.3, body=b"in time"))
+    sk = sidekick(config([up.port], timeout="2s"))
+    r = http_request(sk.port("listen"), "GET", "/")
+    assert r.status == 200 and r.body == b"in time"
+
+
+def test_upstream_garbage_502(sidekick, upstream):
+    up = upstream(lambda req: Reply(raw=b"SSH-2.0-OpenSSH_9.2 garbage\r\n\r\n"))
+    sk = sidekick(config([up.port]))
+    r = http_request(sk.port("listen"), "GET", "/")
+    assert_local_reply(r, 502, "upstream_protocol_error")
+    assert b"SSH" not in r.body
+
+
+def test_upstream_bad_status_line_502(sidekick, upstream):
+    up = upstream(lambda req: Reply(raw=b"HTTP/1.1 abc Weird\r\nContent-Length: 0\r\n\r\n"))
+    sk = sidekick(config([up.port]))
+    r = http_request(sk.port("listen"), "GET", "/")
+    assert_local_reply(r, 502, "upstream_protocol_error")
+
+
+def test_upstream_conflicting_framing_502(sidekick, upstream):
+    up = upstream(lambda req: Reply(raw=b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n"
+                                        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
+    sk = sidekick(config([up.port]))
+    r = http_request(sk.port("listen"), "GET", "/")
+    # RFC 9112 lets a proxy treat this as an error; it must not pass it on as-is
+    assert r.status == 502 or (r.status == 200 and r.body == b"abc"), r
+    if r.status == 502:
+        assert r.header("x-sidekick-reason") == "upstream_protocol_error"
+
+
+def test_upstream_reset_502(sidekick, upstream):
+    up = upstream(lambda req: Reply(reset=True))
+    sk = sidekick(config([up.port]))
+    r = http_request(sk.port("listen"), "GET", "/")
+    assert_local_reply(r, 502, "upstream_reset")
+    assert up.requests[0].target == "/"
+
+
+def test_upstream_closes_without_answer_502(sidekick, upstream):
+    up = upstream(lambda req: Reply(raw=b""))
+    sk = sidekick(config([up.port]))
+    r = http_request(sk.port("listen"), "GET", "/")
+    assert r.status == 502, r
+    assert r.header("x-sidekick-reason") in ("upstream_reset", "upstream_protocol_error"), r
+
+
+def test_round_robin_alternates(sidekick, upstream):
+    a = upstream(echo_handler("a"), name="a")
+    b = upstream(echo_handler("b"), name="b")
+    sk = sidekick(config([a.port, b.port]))
+    seq = []
+    with RawClient(sk.port("listen")) as c:
+        for i in range(10):
+            r = c.request("GET", f"/{i}")
+            assert r.status == 200
+            seq.append(r.body.split(b" ")[0].decode())
+    assert all(x != y for x, y in zip(seq, seq[1:])), seq
+    assert len(a.requests) == 5 and len(b.requests) == 5
+    # pooled: each endpoint used one keep-alive connection
+    assert a.accepted == 1 and b.accepted == 1, (a.accepted, b.accepted)
+
+
+def test_reuse_after_clean_response(sidekick, upstream):
+    up = upstream(echo_handler("up"))
+    sk = sidekick(config([up.port]))
+    for i in range(5):  # separate client connections, shared upstream pool
+        assert http_request(sk.port("listen"), "GET", f"/{i}").status == 200
+    assert up.accepted == 1, f"{up.accepted} upstream connections, expected reuse"
+    assert len(up.connections[0].requests) == 5
+
+
+def test_no_reuse_after_close_delimited_response(sidekick, upstream):
+    def h(req):
+        if req.path == "/eof":
+            return Reply(body=b"delimited by close", no_length=True)
+        return Reply(body=b"fine")
+    up = upstream(h)
+    sk = sidekick(config([up.port]))
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/eof")
+        assert r.status == 200 and r.body == b"delimited by close"
+    r = http_request(sk.port("listen"), "GET", "/next")
+    assert r.status == 200 and r.body == b"fine", r
+    assert up.accepted == 2
+    assert [len(c.requests) for c in up.connections] == [1, 1]
+
+
+def test_no_reuse_after_connection_close_header(sidekick, upstream):
+    """The upstream says Connection: close but keeps the socket open for a
+    while: the proxy must not send the next request on it."""
+    def h(req):
+        if req.path == "/first":
+            return Reply(body=b"first", close=True, linger=2.0)
+        return Reply(body=b"second")
+    up = upstream(h)
+    sk = sidekick(config([up.port]))
+    r = http_request(sk.port("listen"), "GET", "/first")
+    assert r.status == 200 and r.body == b"first"
+    time.sleep(0.1)
+    r = http_request(sk.port("listen"), "GET", "/second", timeout=10)
+    assert r.status == 200 and r.body == b"second", r
+    assert up.accepted == 2
+    first = up.connections[0]
+    assert b"/second" not in bytes(first.raw), f"request sent on a closing connection: {first.raw!r}"
+
+
+def test_no_reuse_after_timeout(sidekick, upstream):
+    """After a 504 the late response must not be served to the next request."""
+    def h(req):
+        if req.path == "/slow":
+            return Reply(delay=1.0, body=b"LATE")
+        return Reply(body=b"fresh")
+    up = upstream(h)
+    sk = sidekick(config([up.port], timeout="300ms"))
+    r = http_request(sk.port("listen"), "GET", "/slow")
+    assert_local_reply(r, 504, "upstream_timeout")
+    time.sleep(1.2)
+    r = http_request(sk.port("listen"), "GET", "/next")
+    assert r.status == 200 and r.body == b"fresh", r
+
+
+def test_retry_on_connect_failure_get(sidekick, upstream):
+    up = upstream(echo_handler("live"), name="live")
+    dead = free_port()
+    sk = sidekick(config([dead, up.port], retries=1))
+    for i in range(6):  # round robin: half of them try the dead endpoint first
+        r = http_request(sk.port("listen"), "GET", f"/r{i}")
+        assert r.status == 200, f"request {i}: {r!r}"
+        assert r.body == f"live GET /r{i}".encode()
+    assert len(up.requests) == 6
+
+
+def test_no_retry_without_retries(sidekick, upstream):
+    up = upstream(echo_handler("live"), name="live")
+    dead = free_port()
+    sk = sidekick(config([dead, up.port], retries=0))
+    statuses = [http_request(sk.port("listen"), "GET", f"/{i}").status for i in range(4)]
+    assert statuses.count(502) == 2 and statuses.count(200) == 2, statuses
+
+
+def test_retry_on_503_idempotent_only(sidekick, upstream):
+    a = upstream(lambda req: Reply(status=503, body=b"a busy"), name="a")
+    b = upstream(echo_handler("b"), name="b")
+    sk = sidekick(config([a.port, b.port], retries=1))
+    # few requests: a's 503s stay under the default outlier_failures (5)
+    gets = [http_request(sk.port("listen"), "GET", f"/g{i}") for i in range(2)]
+    assert [r.status for r in gets] == [200] * 2, gets
+    posts = [http_request(sk.port("listen"), "POST", f"/p{i}", body=b"x") for i in range(4)]
+    # POST is not retried: the one that went to `a` gets a's 503
+    assert sorted(r.status for r in posts) == [200, 200, 503, 503], posts
+    assert len([q for q in a.requests if q.method == "POST"]) == 2

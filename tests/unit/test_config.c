@@ -1,0 +1,873 @@
+/*
+ * test_config.c — unit tests of config.c: duration, size and address syntax,
+ * a full configuration with every key, the defaults, and every error path
+ * (the message must name file, line, section and key).
+ *
+ * Each test writes its INI text to t.ini in a private temporary directory
+ * (the working directory while the tests run), so messages read "t.ini:N: ...".
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+
+static int checks, failures;
+
+#define CHECK(c)                                                                                   \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (!(c)) {                                                                                \
+            failures++;                                                                            \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
+        }                                                                                          \
+    } while (0)
+/* Like CHECK, but leaves the test function (for pointers about to be used). */
+#define ASSERT(c)                                                                                  \
+    do {                                                                                           \
+        checks++;                                                                                  \
+        if (!(c)) {                                                                                \
+            failures++;                                                                            \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c);              \
+            return;                                                                                \
+        }                                                                                          \
+    } while (0)
+#define CHECK_STR(a, b)                                                                            \
+    do {                                                                                           \
+        const char *a_ = (a), *b_ = (b);                                                           \
+        checks++;                                                                                  \
+        if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                                   \
+            failures++;                                                                            \
+            fprintf(stderr, "%s:%d: %s: got '%s', want '%s'\n", __FILE__, __LINE__, #a,            \
+                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
+        }                                                                                          \
+    } while (0)
+
+static char tmpdir[4096];
+
+static void write_file(const char *name, const char *text)
+{
+    FILE *f = fopen(name, "w");
+    if (!f) {
+        perror(name);
+        exit(2);
+    }
+    fputs(text, f);
+    fclose(f);
+}
+
+/* Loads `text` as t.ini; returns the config or NULL (then *err is set). */
+static sk_config *load_text(const char *text, char **err)
+{
+    write_file("t.ini", text);
+    return sk_config_load("t.ini", err);
+}
+
+/* ---- syntax helpers ---------------------------------------------------------------------- */
+
+static void test_durations(void)
+{
+    static const struct {
+        const char *s;
+        int rc;
+        uint64_t ms;
+    } cases[] = {
+        {"250ms", 0, 250},
+        {"10s", 0, 10000},
+        {"2m", 0, 120000},
+        {"7", 0, 7000},
+        {"0", 0, 0},
+        {"0ms", 0, 0},
+        {"18446744073709551615ms", 0, UINT64_MAX},
+        {"18446744073709551616ms", -1, 0},
+        {"18446744073709551615", -1, 0},
+        {"307445734561825861m", -1, 0},
+        {"", -1, 0},
+        {"-1s", -1, 0},
+        {"+1s", -1, 0},
+        {"1.5s", -1, 0},
+        {"10 s", -1, 0},
+        {" 10s", -1, 0},
+        {"10s ", -1, 0},
+        {"10h", -1, 0},
+        {"10S", -1, 0},
+        {"10sm", -1, 0},
+        {"ms", -1, 0},
+        {"x", -1, 0},
+        {"0x10", -1, 0},
+    };
+    for (size_t i = 0; i < SK_ARRAY_LEN(cases); i++) {
+        uint64_t ms = 12345;
+        int rc = sk_parse_duration(cases[i].s, &ms);
+        if (rc != cases[i].rc || (rc == 0 && ms != cases[i].ms))
+            fprintf(stderr, "duration '%s': rc %d ms %llu\n", cases[i].s, rc,
+                    (unsigned long long)ms);
+        CHECK(rc == cases[i].rc);
+        if (rc == 0) CHECK(ms == cases[i].ms);
+    }
+    uint64_t ms;
+    CHECK(sk_parse_duration(NULL, &ms) == -1);
+}
+
+static void test_sizes(void)
+{
+    static const struct {
+        const char *s;
+        int rc;
+        uint64_t n;
+    } cases[] = {
+        {"512", 0, 512},
+        {"0", 0, 0},
+        {"64k", 0, 65536},
+        {"64K", 0, 65536},
+        {"10m", 0, 10485760},
+        {"10M", 0, 10485760},
+        {"18446744073709551615", 0, UINT64_MAX},
+        {"18446744073709551616", -1, 0},
+        {"18014398509481984k", -1, 0},
+        {"17592186044416m", -1, 0},
+        {"", -1, 0},
+        {"k", -1, 0},
+        {"-1", -1, 0},
+        {"1.5k", -1, 0},
+        {"64kb", -1, 0},
+        {"64 k", -1, 0},
+        {"1g", -1, 0},
+        {"abc", -1, 0},
+    };
+    for (size_t i = 0; i < SK_ARRAY_LEN(cases); i++) {
+        uint64_t n = 12345;
+        int rc = sk_parse_size(cases[i].s, &n);
+        if (rc != cases[i].rc || (rc == 0 && n != cases[i].n))
+            fprintf(stderr, "size '%s': rc %d n %llu\n", cases[i].s, rc, (unsigned long long)n);
+        CHECK(rc == cases[i].rc);
+        if (rc == 0) CHECK(n == cases[i].n);
+    }
+}
+
+static unsigned port_of(const sk_addr *a)
+{
+    if (a->ss.ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+}
+
+static void test_addresses(void)
+{
+    static const struct {
+        const char *s;
+        const char *text; /* NULL = must fail */
+        int family;
+        unsigned port;
+    } cases[] = {
+        {"1.2.3.4:80", "1.2.3.4:80", AF_INET, 80},
+        {"0.0.0.0:0", "0.0.0.0:0", AF_INET, 0},
+        {"127.0.0.1:65535", "127.0.0.1:65535", AF_INET, 65535},
+        {"localhost:8080", "127.0.0.1:8080", AF_INET, 8080},
+        {"LocalHost:1", "127.0.0.1:1", AF_INET, 1},
+        {"[::1]:80", "[::1]:80", AF_INET6, 80},
+        {"[::]:443", "[::]:443", AF_INET6, 443},
+        {"[2001:DB8:0:0::1]:53", "[2001:db8::1]:53", AF_INET6, 53},
+        {"[::ffff:1.2.3.4]:9", "[::ffff:1.2.3.4]:9", AF_INET6, 9},
+        {"1.2.3.4:080", "1.2.3.4:80", AF_INET, 80},
+        {"1.2.3.4:65536", NULL, 0, 0},
+        {"1.2.3.4:", NULL, 0, 0},
+        {"1.2.3.4", NULL, 0, 0},
+        {"1.2.3.4:-1", NULL, 0, 0},
+        {"1.2.3.4:8x", NULL, 0, 0},
+        {"1.2.3.4:000080", NULL, 0, 0},
+        {":80", NULL, 0, 0},
+        {"1.2.3:80", NULL, 0, 0},
+        {"1:80", NULL, 0, 0},
+        {"0x7f.1:80", NULL, 0, 0},
+        {"256.1.1.1:80", NULL, 0, 0},
+        {"example.com:80", NULL, 0, 0},
+        {"::1:80", NULL, 0, 0},
+        {"[::1]80", NULL, 0, 0},
+        {"[::1]:", NULL, 0, 0},
+        {"[1.2.3.4]:80", NULL, 0, 0},
+        {"[]:80", NULL, 0, 0},
+        {"[::1:80", NULL, 0, 0},
+        {"", NULL, 0, 0},
+        {" 1.2.3.4:80", NULL, 0, 0},
+    };
+    for (size_t i = 0; i < SK_ARRAY_LEN(cases); i++) {
+        sk_addr a;
+        int rc = sk_parse_addr(cases[i].s, &a);
+        if (!cases[i].text) {
+            if (rc != -1) fprintf(stderr, "address '%s' accepted as %s\n", cases[i].s, a.text);
+            CHECK(rc == -1);
+            continue;
+        }
+        if (rc != 0) fprintf(stderr, "address '%s' refused\n", cases[i].s);
+        CHECK(rc == 0);
+        CHECK_STR(a.text, cases[i].text);
+        CHECK(a.ss.ss_family == cases[i].family);
+        CHECK(port_of(&a) == cases[i].port);
+        CHECK(a.len == (cases[i].family == AF_INET ? sizeof(struct sockaddr_in)
+                                                   : sizeof(struct sockaddr_in6)));
+    }
+    sk_addr a;
+    CHECK(sk_parse_addr(NULL, &a) == -1);
+}
+
+/* ---- whole files ------------------------------------------------------------------------- */
+
+static const char full_ini[] =
+    "; a comment\n"
+    "# another comment\n"
+    "[sidekick]\n"
+    "workers = 3\n"
+    "admin = [::1]:15099\n"
+    "plugin_dir = ../build/plugins\n"
+    "lua_dir = /opt/lua/\n"
+    "log_level = debug\n"
+    "access_log = logs/access.log\n"
+    "drain_timeout = 2m\n"
+    "\n"
+    "[listener outbound]\n"
+    "    address = 127.0.0.1:15001   ; indented, with a comment\n"
+    "protocol = http\n"
+    "max_connections = 500\n"
+    "header_timeout = 250ms\n"
+    "idle_timeout = 30\n"
+    "max_header_bytes = 16K\n"
+    "max_headers = 50\n"
+    "max_body_bytes = 1m\n"
+    "\n"
+    "[route api]\n"
+    "listener = outbound\n"
+    "host = API.Internal\n"
+    "prefix = /api/\n"
+    "method = get, POST ,Delete\n"
+    "header = X-Canary:  1 \n"
+    "header = x-debug\n"
+    "header = X-Multi: a: b\n"
+    "cluster = api-v1 90, api-v2 10\n"
+    "rewrite_prefix = /\n"
+    "timeout = 0\n"
+    "retries = 10\n"
+    "\n"
+    "[route static]\n"
+    "listener = outbound\n"
+    "host = *.Example.com\n"
+    "path = /healthz\n"
+    "respond = 204\n"
+    "\n"
+    "[listener raw]\n"
+    "address = [::1]:15002\n"
+    "protocol = tcp\n"
+    "cluster = db\n"
+    "\n"
+    "[route teapot]\n"
+    "listener = outbound\n"
+    "respond = 418 I'm a teapot  twice\n"
+    "\n"
+    "[cluster api-v1]\n"
+    "endpoints = 127.0.0.1:8080, [::1]:8081,localhost:8082\n"
+    "lb = least_request\n"
+    "connect_timeout = 5s\n"
+    "max_connections = 1\n"
+    "max_pending = 2\n"
+    "max_requests = 3\n"
+    "\n"
+    "[cluster api-v2]\n"
+    "endpoints = 10.0.0.1:80\n"
+    "lb = random\n"
+    "\n"
+    "[cluster db]\n"
+    "endpoints = 10.0.0.2:5432\n"
+    "lb = round_robin\n";
+
+static void test_full(void)
+{
+    char *err = NULL;
+    char want[8192];
+    sk_config *c = load_text(full_ini, &err);
+    if (!c) fprintf(stderr, "full config refused: %s\n", err);
+    ASSERT(c != NULL);
+    CHECK(err == NULL);
+
+    CHECK(c->refcnt == 1);
+    CHECK(c->generation == 1);
+    snprintf(want, sizeof(want), "%s/t.ini", tmpdir);
+    CHECK_STR(c->file, want);
+    CHECK(c->loaded_at > 0 && c->loaded_at <= time(NULL));
+
+    CHECK(c->workers == 3);
+    CHECK(c->admin_enabled);
+    CHECK_STR(c->admin.text, "[::1]:15099");
+    char parent[4096];
+    snprintf(parent, sizeof(parent), "%s", tmpdir);
+    *strrchr(parent, '/') = '\0';
+    snprintf(want, sizeof(want), "%s/build/plugins", parent);
+    CHECK_STR(c->plugin_dir, want);
+    CHECK_STR(c->lua_dir, "/opt/lua");
+    CHECK(c->log_level == SK_LOG_DEBUG);
+    snprintf(want, sizeof(want), "%s/logs/access.log", tmpdir);
+    CHECK_STR(c->access_log, want);
+    CHECK(c->drain_timeout_ms == 120000);
+
+    ASSERT(c->nlisteners == 2 && c->nroutes == 3 && c->nclusters == 3);
+    sk_listener *out = c->listeners[0], *raw = c->listeners[1];
+    sk_route *api = c->routes[0], *st = c->routes[1], *tea = c->routes[2];
+    sk_cluster *v1 = c->clusters[0], *v2 = c->clusters[1], *db = c->clusters[2];
+
+    CHECK_STR(out->name, "outbound");
+    CHECK(out->index == 0 && out->line == 12);
+    CHECK_STR(out->address.text, "127.0.0.1:15001");
+    CHECK(out->protocol == SK_PROTO_HTTP);
+    CHECK(out->cluster == NULL);
+    CHECK(out->max_connections == 500);
+    CHECK(out->header_timeout_ms == 250);
+    CHECK(out->idle_timeout_ms == 30000);
+    CHECK(out->max_header_bytes == 16384);
+    CHECK(out->max_headers == 50);
+    CHECK(out->max_body_bytes == 1048576);
+    ASSERT(out->nroutes == 3);
+    CHECK(out->routes[0] == api && out->routes[1] == st && out->routes[2] == tea);
+
+    CHECK_STR(raw->name, "raw");
+    CHECK(raw->index == 1 && raw->line == 41);
+    CHECK_STR(raw->address.text, "[::1]:15002");
+    CHECK(raw->protocol == SK_PROTO_TCP);
+    CHECK(raw->cluster == db);
+    CHECK(raw->nroutes == 0 && raw->routes == NULL);
+    CHECK(raw->max_connections == 10000);
+
+    CHECK_STR(api->name, "api");
+    CHECK(api->index == 0 && api->line == 22);
+    CHECK(api->listener == out);
+    CHECK_STR(api->host, "api.internal");
+    CHECK_STR(api->prefix, "/api/");
+    CHECK(api->path == NULL);
+    ASSERT(api->nmethods == 3);
+    CHECK_STR(api->methods[0], "GET");
+    CHECK_STR(api->methods[1], "POST");
+    CHECK_STR(api->methods[2], "DELETE");
+    ASSERT(api->nheaders == 3);
+    CHECK_STR(api->headers[0].name, "x-canary");
+    CHECK_STR(api->headers[0].value, "1");
+    CHECK_STR(api->headers[1].name, "x-debug");
+    CHECK(api->headers[1].value == NULL);
+    CHECK_STR(api->headers[2].name, "x-multi");
+    CHECK_STR(api->headers[2].value, "a: b");
+    ASSERT(api->nclusters == 2);
+    CHECK(api->clusters[0].cluster == v1 && api->clusters[0].weight == 90);
+    CHECK(api->clusters[1].cluster == v2 && api->clusters[1].weight == 10);
+    CHECK(api->total_weight == 100);
+    CHECK_STR(api->rewrite_prefix, "/");
+    CHECK(api->timeout_ms == 0);
+    CHECK(api->retries == 10);
+    CHECK(api->respond_status == 0 && api->respond_body == NULL);
+
+    CHECK_STR(st->host, "*.example.com");
+    CHECK(st->prefix == NULL);
+    CHECK_STR(st->path, "/healthz");
+    CHECK(st->nmethods == 0 && st->methods == NULL);
+    CHECK(st->nheaders == 0);
+    CHECK(st->nclusters == 0 && st->clusters == NULL);
+    CHECK(st->respond_status == 204);
+    CHECK_STR(st->respond_body, "");
+    CHECK(st->timeout_ms == 15000);
+    CHECK(st->index == 1);
+
+    CHECK(tea->respond_status == 418);
+    CHECK_STR(tea->respond_body, "I'm a teapot  twice");
+    CHECK_STR(tea->prefix, "/");
+    CHECK(tea->host == NULL);
+    CHECK(tea->index == 2);
+
+    CHECK_STR(v1->name, "api-v1");
+    CHECK(v1->index == 0 && v1->line == 50);
+    ASSERT(v1->nendpoints == 3);
+    CHECK_STR(v1->endpoints[0].address.text, "127.0.0.1:8080");
+    CHECK_STR(v1->endpoints[1].address.text, "[::1]:8081");
+    CHECK_STR(v1->endpoints[2].address.text, "127.0.0.1:8082");
+    CHECK(v1->endpoints[0].index == 0 && v1->endpoints[2].index == 2);
+    CHECK(v1->lb == SK_LB_LEAST_REQUEST);
+    CHECK(v1->connect_timeout_ms == 5000);
+    CHECK(v1->max_connections == 1 && v1->max_pending == 2 && v1->max_requests == 3);
+    CHECK(v1->active_connections == 0 && v1->active_pending == 0 && v1->active_requests == 0);
+    CHECK(v2->lb == SK_LB_RANDOM && v2->index == 1);
+    CHECK(v2->max_connections == 1024 && v2->connect_timeout_ms == 1000);
+    CHECK(db->lb == SK_LB_ROUND_ROBIN && db->index == 2);
+
+    sk_config_ref(c);
+    CHECK(c->refcnt == 2);
+    sk_config_unref(c);
+    CHECK(c->refcnt == 1);
+    sk_config_unref(c);
+    sk_config_unref(NULL);
+}
+
+static void test_defaults(void)
+{
+    char *err = NULL;
+    char want[8192];
+    sk_config *c = load_text("[listener in]\naddress = 127.0.0.1:0\n", &err);
+    if (!c) fprintf(stderr, "minimal config refused: %s\n", err);
+    ASSERT(c != NULL);
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    CHECK(c->workers == (cpus < 1 ? 1 : cpus > 256 ? 256 : cpus));
+    CHECK(c->admin_enabled);
+    CHECK_STR(c->admin.text, "127.0.0.1:15000");
+    snprintf(want, sizeof(want), "%s/plugins", tmpdir);
+    CHECK_STR(c->plugin_dir, want);
+    snprintf(want, sizeof(want), "%s/lua", tmpdir);
+    CHECK_STR(c->lua_dir, want);
+    CHECK(c->log_level == SK_LOG_INFO);
+    CHECK_STR(c->access_log, "stdout");
+    CHECK(c->drain_timeout_ms == 15000);
+    ASSERT(c->nlisteners == 1);
+    sk_listener *l = c->listeners[0];
+    CHECK(l->protocol == SK_PROTO_HTTP && l->max_connections == 10000);
+    CHECK(l->header_timeout_ms == 10000 && l->idle_timeout_ms == 60000);
+    CHECK(l->max_header_bytes == 65536 && l->max_headers == 100 && l->max_body_bytes == 0);
+    CHECK(c->nroutes == 0 && c->nclusters == 0);
+    sk_config_unref(c);
+
+    /* workers = auto, admin = off, access_log keywords, a route with defaults. */
+    c = load_text("[sidekick]\nworkers = auto\nadmin = off\naccess_log = stderr\n"
+                  "[listener in]\naddress = 127.0.0.1:0\n"
+                  "[route r]\nlistener = in\ncluster = c 5\n"
+                  "[cluster c]\nendpoints = 127.0.0.1:1\n",
+                  &err);
+    if (!c) fprintf(stderr, "config refused: %s\n", err);
+    ASSERT(c != NULL);
+    CHECK(c->workers >= 1);
+    CHECK(!c->admin_enabled);
+    CHECK_STR(c->access_log, "stderr");
+    ASSERT(c->nroutes == 1);
+    sk_route *r = c->routes[0];
+    CHECK_STR(r->prefix, "/");
+    CHECK(r->path == NULL && r->host == NULL && r->rewrite_prefix == NULL);
+    CHECK(r->timeout_ms == 15000 && r->retries == 0);
+    CHECK(r->nclusters == 1 && r->clusters[0].weight == 5 && r->total_weight == 5);
+    sk_cluster *cl = c->clusters[0];
+    CHECK(cl->lb == SK_LB_ROUND_ROBIN && cl->connect_timeout_ms == 1000);
+    CHECK(cl->max_connections == 1024 && cl->max_pending == 1024 && cl->max_requests == 1024);
+    sk_config_unref(c);
+
+    /* access_log = off; a weight of 0 is allowed as long as the total is not 0; a UTF-8 BOM. */
+    c = load_text("\xEF\xBB\xBF[sidekick]\naccess_log = off\n"
+                  "[listener in]\naddress = 127.0.0.1:0\n"
+                  "[route r]\nlistener = in\ncluster = a 0, b 1\n"
+                  "[cluster a]\nendpoints = 127.0.0.1:1\n[cluster b]\nendpoints = 127.0.0.1:2\n",
+                  &err);
+    if (!c) fprintf(stderr, "config refused: %s\n", err);
+    ASSERT(c != NULL);
+    CHECK_STR(c->access_log, "off");
+    CHECK(c->routes[0]->total_weight == 1 && c->routes[0]->clusters[0].weight == 0);
+    sk_config_unref(c);
+
+    /* Two listeners on port 0 are two ephemeral ports, not a conflict. */
+    c = load_text("[listener a]\naddress = 127.0.0.1:0\n[listener b]\naddress = 127.0.0.1:0\n",
+                  &err);
+    CHECK(c != NULL);
+    sk_config_unref(c);
+}
+
+/* Lines 1-4 of most error cases; the case's own text starts at line 5. */
+#define BASE "[listener in]\naddress = 127.0.0.1:0\n[cluster c]\nendpoints = 127.0.0.1:9000\n"
+
+static const struct {
+    const char *text;
+    const char *err; /* the whole message */
+} error_cases[] = {
+    /* file level */
+    {"", "t.ini: no [listener NAME] section: at least one is needed"},
+    {"[sidekick]\nworkers = 2\n", "t.ini: no [listener NAME] section: at least one is needed"},
+    {"workers = 2\n" BASE, "t.ini:1: workers: key outside of any section"},
+    {BASE "[sidekick]\nnot a key value line\n", "t.ini:6: [sidekick] expected 'key = value'"},
+    {BASE "garbage\n", "t.ini:5: [cluster c] expected 'key = value'"},
+
+    /* sections */
+    {BASE "[bogus x]\n", "t.ini:5: [bogus x] unknown section"},
+    {BASE "[Route x]\n", "t.ini:5: [Route x] unknown section"},
+    {BASE "[]\n", "t.ini:5: [] unknown section"},
+    {BASE "[tls mesh]\ncert = a.pem\n", "t.ini:5: [tls mesh] not supported yet in this version"},
+    {BASE "[plugin rl]\nload = rl.so\n", "t.ini:5: [plugin rl] not supported yet in this version"},
+    {BASE "[route]\n", "t.ini:5: [route] missing name (write [route NAME])"},
+    {BASE "[listener]\n", "t.ini:5: [listener] missing name (write [listener NAME])"},
+    {BASE "[cluster]\n", "t.ini:5: [cluster] missing name (write [cluster NAME])"},
+    {BASE "[route a b]\n", "t.ini:5: [route a b] bad name (letters, digits, '-', '_' and '.' only)"},
+    {BASE "[route a,b]\n", "t.ini:5: [route a,b] bad name (letters, digits, '-', '_' and '.' only)"},
+    {BASE "[cluster c]\nendpoints = 127.0.0.1:1\n",
+     "t.ini:5: [cluster c] duplicate section (first at line 3)"},
+    {BASE "[listener in]\n", "t.ini:5: [listener in] duplicate section (first at line 1)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\n[route r]\n",
+     "t.ini:8: [route r] duplicate section (first at line 5)"},
+    {BASE "[sidekick]\n[sidekick]\n", "t.ini:6: [sidekick] duplicate section (first at line 5)"},
+    {BASE "[sidekick x]\n", "t.ini:5: [sidekick x] [sidekick] takes no name"},
+    {BASE "[route x\n", "t.ini:5: section header without ']'"},
+    {BASE "[route x] junk\n", "t.ini:5: unexpected 'junk' after section header"},
+    {BASE "[route x]]\n", "t.ini:5: unexpected ']' after section header"},
+
+    /* keys in general */
+    {BASE "[sidekick]\nworkerz = 2\n", "t.ini:6: [sidekick] workerz: unknown key"},
+    {BASE "[sidekick]\nWorkers = 2\n", "t.ini:6: [sidekick] Workers: unknown key"},
+    {BASE "[sidekick]\nworkers = 2\n\nworkers = 3\n",
+     "t.ini:8: [sidekick] workers: duplicate key (first at line 6)"},
+    {BASE "[sidekick]\nworkers =\n", "t.ini:6: [sidekick] workers: missing value"},
+    {BASE "[sidekick]\nworkers = ; just a comment\n", "t.ini:6: [sidekick] workers: missing value"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nendpoints = 127.0.0.1:2\n",
+     "t.ini:7: [cluster d] endpoints: duplicate key (first at line 6)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nmethod = GET\nmethod = POST\n",
+     "t.ini:9: [route r] method: duplicate key (first at line 8)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nunknown = 1\n",
+     "t.ini:8: [route r] unknown: unknown key"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nendpoints = 127.0.0.1:2\n",
+     "t.ini:7: [listener l] endpoints: unknown key"},
+
+    /* not supported yet */
+    {BASE "[listener l]\ntls = mesh\n", "t.ini:6: [listener l] tls: not supported yet in this version"},
+    {BASE "[listener l]\nplugins = a\n",
+     "t.ini:6: [listener l] plugins: not supported yet in this version"},
+    {BASE "[route r]\nplugins = a, b\n", "t.ini:6: [route r] plugins: not supported yet in this version"},
+    {BASE "[route r]\nlua = x.lua\n", "t.ini:6: [route r] lua: not supported yet in this version"},
+    {BASE "[route r]\nlua_budget = 50ms\n",
+     "t.ini:6: [route r] lua_budget: not supported yet in this version"},
+    {BASE "[cluster d]\ndiscovery = dns\n",
+     "t.ini:6: [cluster d] discovery: not supported yet in this version"},
+    {BASE "[cluster d]\nhash_key = header:x\n",
+     "t.ini:6: [cluster d] hash_key: not supported yet in this version"},
+    {BASE "[cluster d]\nhealth_check = /h\n",
+     "t.ini:6: [cluster d] health_check: not supported yet in this version"},
+    {BASE "[cluster d]\nhealth_interval = 5s\n",
+     "t.ini:6: [cluster d] health_interval: not supported yet in this version"},
+    {BASE "[cluster d]\noutlier_failures = 5\n",
+     "t.ini:6: [cluster d] outlier_failures: not supported yet in this version"},
+    {BASE "[cluster d]\noutlier_ejection = 30s\n",
+     "t.ini:6: [cluster d] outlier_ejection: not supported yet in this version"},
+    {BASE "[cluster d]\ntls = client\n", "t.ini:6: [cluster d] tls: not supported yet in this version"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = ring_hash\n",
+     "t.ini:7: [cluster d] lb: ring_hash is not supported yet in this version"},
+
+    /* [sidekick] */
+    {BASE "[sidekick]\nworkers = 0\n", "t.ini:6: [sidekick] workers: bad value '0' (expected auto or 1..256)"},
+    {BASE "[sidekick]\nworkers = 257\n",
+     "t.ini:6: [sidekick] workers: bad value '257' (expected auto or 1..256)"},
+    {BASE "[sidekick]\nworkers = -1\n",
+     "t.ini:6: [sidekick] workers: bad value '-1' (expected auto or 1..256)"},
+    {BASE "[sidekick]\nworkers = 4x\n",
+     "t.ini:6: [sidekick] workers: bad value '4x' (expected auto or 1..256)"},
+    {BASE "[sidekick]\nworkers = 99999999999999999999999\n",
+     "t.ini:6: [sidekick] workers: bad value '99999999999999999999999' (expected auto or 1..256)"},
+    {BASE "[sidekick]\nadmin = on\n",
+     "t.ini:6: [sidekick] admin: bad address 'on' (expected ip:port, [ipv6]:port, localhost:port or off)"},
+    {BASE "[sidekick]\nadmin = 127.0.0.1\n",
+     "t.ini:6: [sidekick] admin: bad address '127.0.0.1' (expected ip:port, [ipv6]:port, localhost:port or off)"},
+    {BASE "[sidekick]\nadmin = 127.0.0.1:9000\n[listener x]\naddress = 127.0.0.1:9000\n",
+     "t.ini:6: [sidekick] admin: 127.0.0.1:9000 is already used by [listener x]"},
+    {"[listener x]\naddress = 127.0.0.1:15000\n",
+     "t.ini: admin: 127.0.0.1:15000 is already used by [listener x]"},
+    {BASE "[sidekick]\nlog_level = verbose\n",
+     "t.ini:6: [sidekick] log_level: bad value 'verbose' (expected error, warn, info or debug)"},
+    {BASE "[sidekick]\ndrain_timeout = x\n", "t.ini:6: [sidekick] drain_timeout: bad duration 'x'"},
+    {BASE "[sidekick]\ndrain_timeout = -5s\n", "t.ini:6: [sidekick] drain_timeout: bad duration '-5s'"},
+    {BASE "[sidekick]\ndrain_timeout = 50000m\n",
+     "t.ini:6: [sidekick] drain_timeout: duration '50000m' is too long (at most 43200m)"},
+
+    /* [listener] */
+    {BASE "[listener l]\nprotocol = http\n", "t.ini:5: [listener l] missing 'address'"},
+    {BASE "[listener l]\n", "t.ini:5: [listener l] missing 'address'"},
+    {BASE "[listener l]\naddress = 1.2.3:80\n",
+     "t.ini:6: [listener l] address: bad address '1.2.3:80' (expected ip:port, [ipv6]:port or localhost:port)"},
+    {BASE "[listener l]\naddress = example.com:80\n",
+     "t.ini:6: [listener l] address: bad address 'example.com:80' (expected ip:port, [ipv6]:port or localhost:port)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nprotocol = udp\n",
+     "t.ini:7: [listener l] protocol: bad value 'udp' (expected http or tcp)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nprotocol = tcp\n",
+     "t.ini:5: [listener l] protocol tcp needs a 'cluster'"},
+    {BASE "[listener l]\ncluster = c\naddress = 127.0.0.1:1\n",
+     "t.ini:6: [listener l] cluster: only for protocol = tcp (http listeners use routes)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nprotocol = tcp\ncluster = nope\n",
+     "t.ini:8: [listener l] cluster: unknown cluster 'nope'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_connections = 0\n",
+     "t.ini:7: [listener l] max_connections: 0 out of range (1..10000000)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_connections = 1e3\n",
+     "t.ini:7: [listener l] max_connections: bad number '1e3'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_connections = 18446744073709551616\n",
+     "t.ini:7: [listener l] max_connections: bad number '18446744073709551616'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_connections = 4294967297\n",
+     "t.ini:7: [listener l] max_connections: 4294967297 out of range (1..10000000)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nheader_timeout = 0\n",
+     "t.ini:7: [listener l] header_timeout: duration '0' must be greater than 0"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nheader_timeout = 10x\n",
+     "t.ini:7: [listener l] header_timeout: bad duration '10x'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nidle_timeout = 1.5s\n",
+     "t.ini:7: [listener l] idle_timeout: bad duration '1.5s'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_header_bytes = 512\n",
+     "t.ini:7: [listener l] max_header_bytes: size 512 out of range (1024..1048576 bytes)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_header_bytes = 2m\n",
+     "t.ini:7: [listener l] max_header_bytes: size 2m out of range (1024..1048576 bytes)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_header_bytes = 64q\n",
+     "t.ini:7: [listener l] max_header_bytes: bad size '64q'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_headers = 0\n",
+     "t.ini:7: [listener l] max_headers: 0 out of range (1..10000)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_headers = 10001\n",
+     "t.ini:7: [listener l] max_headers: 10001 out of range (1..10000)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_body_bytes = lots\n",
+     "t.ini:7: [listener l] max_body_bytes: bad size 'lots'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:7\n[listener m]\naddress = 127.0.0.1:7\n",
+     "t.ini:8: [listener m] address: 127.0.0.1:7 is already used by [listener l]"},
+    {BASE "[listener l]\naddress = localhost:7\n[listener m]\n\naddress = 127.0.0.1:7\n",
+     "t.ini:9: [listener m] address: 127.0.0.1:7 is already used by [listener l]"},
+
+    /* [route] */
+    {BASE "[route r]\nrespond = 200\n", "t.ini:5: [route r] missing 'listener'"},
+    {BASE "[route r]\nlistener = in\n", "t.ini:5: [route r] needs 'cluster' or 'respond'"},
+    {BASE "[route r]\nrespond = 200\nlistener = out\n",
+     "t.ini:7: [route r] listener: unknown listener 'out'"},
+    {BASE "[listener t]\naddress = 127.0.0.1:5\nprotocol = tcp\ncluster = c\n"
+          "[route r]\nlistener = t\nrespond = 200\n",
+     "t.ini:10: [route r] listener: [listener t] has protocol tcp; routes need an http listener"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nhost = a b\n",
+     "t.ini:8: [route r] host: bad host 'a b' (expected a name or *.suffix)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nhost = *.\n",
+     "t.ini:8: [route r] host: bad host '*.' (expected a name or *.suffix)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nhost = a.*.com\n",
+     "t.ini:8: [route r] host: bad host 'a.*.com' (expected a name or *.suffix)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nhost = *\n",
+     "t.ini:8: [route r] host: bad host '*' (expected a name or *.suffix)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nprefix = api\n",
+     "t.ini:8: [route r] prefix: 'api' must start with '/'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\npath = x/y\n",
+     "t.ini:8: [route r] path: 'x/y' must start with '/'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\npath = /a b\n",
+     "t.ini:8: [route r] path: '/a b' contains whitespace"},
+    {BASE "[route r]\nlistener = in\nprefix = /a\nrespond = 200\npath = /b\n",
+     "t.ini:9: [route r] path: 'prefix' and 'path' are exclusive"},
+    {BASE "[route r]\nlistener = in\npath = /b\nrespond = 200\nprefix = /a\n",
+     "t.ini:9: [route r] prefix: 'prefix' and 'path' are exclusive"},
+    {BASE "[route r]\nlistener = in\nrewrite_prefix = /x\npath = /b\ncluster = c\n",
+     "t.ini:7: [route r] rewrite_prefix: needs 'prefix', not 'path'"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nrewrite_prefix = x\n",
+     "t.ini:8: [route r] rewrite_prefix: 'x' must start with '/'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nmethod = GET,,POST\n",
+     "t.ini:8: [route r] method: empty entry in list 'GET,,POST'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nmethod = GET,\n",
+     "t.ini:8: [route r] method: empty entry in list 'GET,'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nmethod = G(T\n",
+     "t.ini:8: [route r] method: bad method 'G(T'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nmethod = GET POST\n",
+     "t.ini:8: [route r] method: bad method 'GET POST'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nmethod = GET, get\n",
+     "t.ini:8: [route r] method: duplicate method 'GET'"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nheader = x y: 1\n",
+     "t.ini:8: [route r] header: bad header name in 'x y: 1' (expected 'name' or 'name: value')"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nheader = : 1\n",
+     "t.ini:8: [route r] header: bad header name in ': 1' (expected 'name' or 'name: value')"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nheader = x-a:\n",
+     "t.ini:8: [route r] header: empty value in 'x-a:' (write just the name to require presence)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\nheader = x-a\nheader = x(b\n",
+     "t.ini:9: [route r] header: bad header name in 'x(b' (expected 'name' or 'name: value')"},
+    {BASE "[route r]\nlistener = in\ncluster = nope\n",
+     "t.ini:7: [route r] cluster: unknown cluster 'nope'"},
+    {BASE "[route r]\nlistener = in\ncluster = c 50, nope 50\n",
+     "t.ini:7: [route r] cluster: unknown cluster 'nope'"},
+    {BASE "[route r]\nlistener = in\ncluster = c 90, d\n",
+     "t.ini:7: [route r] cluster: missing weight for 'd' (write 'NAME WEIGHT, NAME WEIGHT')"},
+    {BASE "[route r]\nlistener = in\ncluster = c 10001\n",
+     "t.ini:7: [route r] cluster: bad weight '10001' for 'c' (expected 0..10000)"},
+    {BASE "[route r]\nlistener = in\ncluster = c -1\n",
+     "t.ini:7: [route r] cluster: bad weight '-1' for 'c' (expected 0..10000)"},
+    {BASE "[route r]\nlistener = in\ncluster = c 1 2\n",
+     "t.ini:7: [route r] cluster: bad weight '1 2' for 'c' (expected 0..10000)"},
+    {BASE "[route r]\nlistener = in\ncluster = c 0\n", "t.ini:7: [route r] cluster: weights add up to 0"},
+    {BASE "[route r]\nlistener = in\ncluster = c 1, c 2\n",
+     "t.ini:7: [route r] cluster: cluster 'c' named twice"},
+    {BASE "[route r]\nlistener = in\ncluster = c/d\n", "t.ini:7: [route r] cluster: bad cluster name 'c/d'"},
+    {BASE "[route r]\nlistener = in\ncluster = c,\n", "t.ini:7: [route r] cluster: empty entry in list 'c,'"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nrespond = 200\n",
+     "t.ini:8: [route r] respond: 'cluster' and 'respond' are exclusive"},
+    {BASE "[route r]\nlistener = in\nrespond = 200\ncluster = c\n",
+     "t.ini:8: [route r] cluster: 'cluster' and 'respond' are exclusive"},
+    {BASE "[route r]\nlistener = in\ncluster = c\ntimeout = soon\n",
+     "t.ini:8: [route r] timeout: bad duration 'soon'"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nretries = 11\n",
+     "t.ini:8: [route r] retries: 11 out of range (0..10)"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nretries = two\n",
+     "t.ini:8: [route r] retries: bad number 'two'"},
+    {BASE "[route r]\nlistener = in\nrespond = 99 x\n",
+     "t.ini:7: [route r] respond: bad value '99 x' (expected 'STATUS [BODY]', status 200..599)"},
+    {BASE "[route r]\nlistener = in\nrespond = 600\n",
+     "t.ini:7: [route r] respond: bad value '600' (expected 'STATUS [BODY]', status 200..599)"},
+    {BASE "[route r]\nlistener = in\nrespond = 199\n",
+     "t.ini:7: [route r] respond: bad value '199' (expected 'STATUS [BODY]', status 200..599)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200ok\n",
+     "t.ini:7: [route r] respond: bad value '200ok' (expected 'STATUS [BODY]', status 200..599)"},
+    {BASE "[route r]\nlistener = in\nrespond = 2000\n",
+     "t.ini:7: [route r] respond: bad value '2000' (expected 'STATUS [BODY]', status 200..599)"},
+    {BASE "[route r]\nlistener = in\nrespond = ok\n",
+     "t.ini:7: [route r] respond: bad value 'ok' (expected 'STATUS [BODY]', status 200..599)"},
+    {BASE "[route r]\nlistener = b@d\n", "t.ini:6: [route r] listener: bad name 'b@d'"},
+
+    /* [cluster] */
+    {BASE "[cluster d]\nlb = random\n", "t.ini:5: [cluster d] missing 'endpoints'"},
+    {BASE "[cluster d]\n", "t.ini:5: [cluster d] missing 'endpoints'"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1,,127.0.0.1:2\n",
+     "t.ini:6: [cluster d] endpoints: empty entry in list '127.0.0.1:1,,127.0.0.1:2'"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1, nope:2\n",
+     "t.ini:6: [cluster d] endpoints: bad address 'nope:2' (expected ip:port, [ipv6]:port or localhost:port)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:0\n",
+     "t.ini:6: [cluster d] endpoints: bad address '127.0.0.1:0': port 0"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1, localhost:1\n",
+     "t.ini:6: [cluster d] endpoints: duplicate endpoint '127.0.0.1:1'"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = fastest\n",
+     "t.ini:7: [cluster d] lb: bad value 'fastest' (expected round_robin, least_request or random)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nconnect_timeout = 0ms\n",
+     "t.ini:7: [cluster d] connect_timeout: duration '0ms' must be greater than 0"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nmax_connections = 0\n",
+     "t.ini:7: [cluster d] max_connections: 0 out of range (1..10000000)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nmax_pending = 0\n",
+     "t.ini:7: [cluster d] max_pending: 0 out of range (1..10000000)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nmax_requests = x\n",
+     "t.ini:7: [cluster d] max_requests: bad number 'x'"},
+};
+
+static int check_error(const char *text, size_t len, const char *want, int line)
+{
+    char *err = NULL;
+    FILE *f = fopen("t.ini", "w");
+    if (!f) return 0;
+    fwrite(text, 1, len, f);
+    fclose(f);
+    sk_config *c = sk_config_load("t.ini", &err);
+    checks++;
+    if (c || !err || strcmp(err, want) != 0) {
+        failures++;
+        fprintf(stderr, "%s:%d: error case:\n  got  '%s'\n  want '%s'\n", __FILE__, line,
+                c ? "(loaded)" : err ? err : "(null)", want);
+        sk_config_unref(c);
+        free(err);
+        return 0;
+    }
+    free(err);
+    return 1;
+}
+
+static void test_errors(void)
+{
+    for (size_t i = 0; i < SK_ARRAY_LEN(error_cases); i++) {
+        if (!error_cases[i].err) continue;
+        check_error(error_cases[i].text, strlen(error_cases[i].text), error_cases[i].err,
+                    __LINE__);
+    }
+
+    /* A NUL byte in the file. */
+    static const char nul[] = BASE "[sidekick]\nworkers = 2\0x\n";
+    check_error(nul, sizeof(nul) - 1, "t.ini:6: NUL byte in line", __LINE__);
+
+    /* A line longer than inih's line buffer (200 in Debian's build). */
+    char longline[600];
+    snprintf(longline, sizeof(longline), BASE "[cluster d]\nendpoints = 127.0.0.1:1%0300d\n", 0);
+    check_error(longline, strlen(longline), "t.ini:6: [cluster d] line too long (more than 198 characters)",
+                __LINE__);
+
+    /* Files that cannot be read. */
+    char *err = NULL;
+    CHECK(sk_config_load("nope.ini", &err) == NULL);
+    CHECK_STR(err, "nope.ini: cannot open: No such file or directory");
+    free(err);
+    err = NULL;
+    CHECK(sk_config_load("sub/nope.ini", &err) == NULL);
+    CHECK_STR(err, "sub/nope.ini: cannot open: No such file or directory");
+    free(err);
+    err = NULL;
+    CHECK(sk_config_load(".", &err) == NULL);
+    CHECK_STR(err, ".: read error: Is a directory");
+    free(err);
+    /* err may be NULL: the message is dropped, nothing leaks. */
+    CHECK(load_text("[bogus]\n", NULL) == NULL);
+}
+
+/* Errors name the file as the caller named it; relative paths in the file are
+ * relative to the file's directory, not to the working directory. */
+static void test_subdir(void)
+{
+    char *err = NULL, want[8192];
+    if (mkdir("conf", 0755) != 0 && errno != EEXIST) {
+        perror("mkdir");
+        ASSERT(0);
+    }
+    write_file("conf/x.ini", "[listener in]\naddress = 127.0.0.1:0\n[route api]\nlistener = in\n"
+                             "cluster = c\ntimeout = x\n");
+    CHECK(sk_config_load("conf/x.ini", &err) == NULL);
+    CHECK_STR(err, "conf/x.ini:6: [route api] timeout: bad duration 'x'");
+    free(err);
+
+    write_file("conf/y.ini", "[sidekick]\nplugin_dir = ../p\nlua_dir = ./l/./m/\naccess_log = a.log\n"
+                             "[listener in]\naddress = 127.0.0.1:0\n");
+    sk_config *c = sk_config_load("./conf/../conf/y.ini", &err);
+    ASSERT(c != NULL);
+    snprintf(want, sizeof(want), "%s/conf/y.ini", tmpdir);
+    CHECK_STR(c->file, want);
+    snprintf(want, sizeof(want), "%s/p", tmpdir);
+    CHECK_STR(c->plugin_dir, want);
+    snprintf(want, sizeof(want), "%s/conf/l/m", tmpdir);
+    CHECK_STR(c->lua_dir, want);
+    snprintf(want, sizeof(want), "%s/conf/a.log", tmpdir);
+    CHECK_STR(c->access_log, want);
+    sk_config_unref(c);
+}
+
+/* Indented keys are ordinary keys; the first error in file order wins even when
+ * inih's syntax error and one of ours are both in the file. */
+static void test_layout(void)
+{
+    char *err = NULL;
+    sk_config *c = load_text("  [listener in]\n\taddress = 127.0.0.1:0\r\n"
+                             "[cluster d]\nendpoints = 127.0.0.1:1\n    lb = random ; comment\n",
+                             &err);
+    if (!c) fprintf(stderr, "refused: %s\n", err);
+    ASSERT(c != NULL);
+    CHECK(c->clusters[0]->lb == SK_LB_RANDOM);
+    sk_config_unref(c);
+
+    check_error(BASE "[cluster d]\nendpoints = 127.0.0.1:1,\n    127.0.0.2\n",
+                strlen(BASE "[cluster d]\nendpoints = 127.0.0.1:1,\n    127.0.0.2\n"),
+                "t.ini:6: [cluster d] endpoints: empty entry in list '127.0.0.1:1,'", __LINE__);
+    check_error(BASE "[cluster d]\nendpoints = 127.0.0.1:1\n    127.0.0.2\n",
+                strlen(BASE "[cluster d]\nendpoints = 127.0.0.1:1\n    127.0.0.2\n"),
+                "t.ini:7: [cluster d] expected 'key = value'", __LINE__);
+    check_error(BASE "[cluster d]\nendpoints = 127.0.0.1:1\nbad line\n[route r]\nlb = x\n",
+                strlen(BASE "[cluster d]\nendpoints = 127.0.0.1:1\nbad line\n[route r]\nlb = x\n"),
+                "t.ini:7: [cluster d] expected 'key = value'", __LINE__);
+}
+
+int main(void)
+{
+    snprintf(tmpdir, sizeof(tmpdir), "/tmp/sk-unit-config-XXXXXX");
+    if (!mkdtemp(tmpdir) || chdir(tmpdir) != 0) {
+        perror("mkdtemp");
+        return 2;
+    }
+    char *real = realpath(tmpdir, NULL);
+    if (real) {
+        snprintf(tmpdir, sizeof(tmpdir), "%s", real);
+        free(real);
+    }
+
+    test_durations();
+    test_sizes();
+    test_addresses();
+    test_full();
+    test_defaults();
+    test_errors();
+    test_subdir();
+    test_layout();
+
+    unlink("t.ini");
+    unlink("conf/x.ini");
+    unlink("conf/y.ini");
+    rmdir("conf");
+    if (chdir("/") == 0) rmdir(tmpdir);
+
+    printf("test_config: %d checks, %d failed\n", checks, failures);
+    return failures ? 1 : 0;
+}
