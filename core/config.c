@@ -17,7 +17,9 @@
  * listeners naming listeners and clusters). The first error stops the load;
  * the message names file, line, section and key.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* asprintf */
+#endif
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
@@ -253,14 +255,14 @@ static const char *const kind_names[] = {"sidekick", "listener", "route", "clust
 
 /* One section of the file, with what pass 2 and 3 need to know about it. */
 typedef struct sect {
-    int kind;                /* SEC_* */
-    int line;                /* line of the section header */
-    const char *name;        /* the object's name ("" for [sidekick]), not owned */
-    void *obj;               /* sk_listener, sk_route, sk_cluster, or the sk_config */
-    int key_line[MAX_KEYS];  /* line of each key of the kind's table, 0 = absent */
-    char *ref;               /* listener: `cluster` name; route: `listener` name */
-    char **names;            /* route: the cluster names of `cluster`, parallel to clusters */
-    size_t nnames;           /* number of names */
+    int kind;               /* SEC_* */
+    int line;               /* line of the section header */
+    const char *name;       /* the object's name ("" for [sidekick]), not owned */
+    void *obj;              /* sk_listener, sk_route, sk_cluster, or the sk_config */
+    int key_line[MAX_KEYS]; /* line of each key of the kind's table, 0 = absent */
+    char *ref;              /* listener: `cluster` name; route: `listener` name */
+    char **names;           /* route: the cluster names of `cluster`, parallel to clusters */
+    size_t nnames;          /* number of names */
 } sect;
 
 typedef struct ctx ctx;
@@ -271,31 +273,33 @@ typedef int (*key_fn)(ctx *x, sect *s, const keydef *k, const char *v);
 struct keydef {
     const char *name;
     key_fn fn;
-    unsigned flags;      /* KEY_* */
-    size_t off;          /* generic handlers: offset of the field in the object */
-    uint64_t min, max;   /* generic handlers: accepted range */
+    unsigned flags;    /* KEY_* */
+    size_t off;        /* generic handlers: offset of the field in the object */
+    uint64_t min, max; /* generic handlers: accepted range */
 };
 
 struct ctx {
-    sk_config *cfg;     /* being built */
-    const char *path;   /* the file as named by the caller, for messages */
-    char *dir;          /* absolute directory of the file */
-    FILE *fp;           /* the file */
-    char *buf;          /* getline buffer */
-    size_t bufcap;      /* its size */
-    int lineno;         /* line last handed to inih */
-    char *err;          /* first error, malloc'd */
-    int err_line;       /* its line, 0 for file-level errors */
-    sect **sects;       /* every section, in file order */
-    size_t nsects;      /* number of sections */
-    sect *cur;          /* the section keys currently belong to, or NULL */
-    const char *key;    /* the key being handled, for messages */
+    sk_config *cfg;   /* being built */
+    const char *path; /* the file as named by the caller, for messages */
+    char *dir;        /* absolute directory of the file */
+    FILE *fp;         /* the file */
+    char *buf;        /* getline buffer */
+    size_t bufcap;    /* its size */
+    int lineno;       /* line last handed to inih */
+    bool failed;      /* an error was recorded: stop parsing */
+    char *err;        /* first error, malloc'd (NULL if even that failed) */
+    int err_line;     /* its line, 0 for file-level errors */
+    sect **sects;     /* every section, in file order */
+    size_t nsects;    /* number of sections */
+    sect *cur;        /* the section keys currently belong to, or NULL */
+    const char *key;  /* the key being handled, for messages */
 };
 
 static int vfail(ctx *x, int line, const sect *s, const char *key, const char *fmt, va_list ap)
 {
     char msg[512], where[300];
-    if (x->err) return -1;
+    if (x->failed) return -1;
+    x->failed = true;
     vsnprintf(msg, sizeof(msg), fmt, ap);
     size_t n = 0;
     where[0] = '\0';
@@ -312,8 +316,7 @@ static int vfail(ctx *x, int line, const sect *s, const char *key, const char *f
     else
         r = asprintf(&x->err, "%s: %s%s", x->path, where, msg);
     x->err_line = line;
-    if (r < 0) x->err = strdup("out of memory");
-    if (!x->err) x->err = (char *)""; /* marks "failed" even then; never freed, see load */
+    if (r < 0) x->err = strdup("out of memory"); /* NULL is possible: the caller copes */
     return -1;
 }
 
@@ -495,8 +498,9 @@ static int k_duration(ctx *x, sect *s, const keydef *k, const char *v)
     uint64_t ms;
     if (sk_parse_duration(v, &ms) < 0) return bad(x, "bad duration '%s'", v);
     if (ms < k->min) return bad(x, "duration '%s' must be greater than 0", v);
-    if (ms > k->max) return bad(x, "duration '%s' is too long (at most %llum)", v,
-                               (unsigned long long)(k->max / 60000));
+    if (ms > k->max)
+        return bad(x, "duration '%s' is too long (at most %llum)", v,
+                   (unsigned long long)(k->max / 60000));
     *(uint64_t *)field(s, k) = ms;
     return 0;
 }
@@ -554,8 +558,7 @@ static int k_admin(ctx *x, sect *s, const keydef *k, const char *v)
         return 0;
     }
     if (sk_parse_addr(v, &x->cfg->admin) < 0)
-        return bad(x, "bad address '%s' (expected ip:port, [ipv6]:port, localhost:port or off)",
-                   v);
+        return bad(x, "bad address '%s' (expected ip:port, [ipv6]:port, localhost:port or off)", v);
     x->cfg->admin_enabled = true;
     return 0;
 }
@@ -772,8 +775,7 @@ static int k_respond(ctx *x, sect *s, const keydef *k, const char *v)
     sk_route *r = s->obj;
     uint64_t status = 0;
     const char *p = v;
-    if (digits(&p, &status) < 0 || p - v != 3 || (*p && *p != ' ') || status < 200 ||
-        status > 599)
+    if (digits(&p, &status) < 0 || p - v != 3 || (*p && *p != ' ') || status < 200 || status > 599)
         return bad(x, "bad value '%s' (expected 'STATUS [BODY]', status 200..599)", v);
     r->respond_status = (int)status;
     return set_str(x, &r->respond_body, xstrdup(x, *p ? p + 1 : ""));
@@ -892,7 +894,7 @@ static void *new_object(ctx *x, int kind, const char *name)
     if (kind == SEC_SIDEKICK) return c;
     char *nm = strdup(name);
     void *obj = calloc(1, sizes[kind]);
-    int rc = !nm || !obj ? -1
+    int rc = !nm || !obj            ? -1
              : kind == SEC_LISTENER ? push(x, &c->listeners, &c->nlisteners, obj)
              : kind == SEC_ROUTE    ? push(x, &c->routes, &c->nroutes, obj)
                                     : push(x, &c->clusters, &c->nclusters, obj);
@@ -968,8 +970,8 @@ static int section_start(ctx *x, char *line)
                        "%s bad name (letters, digits, '-', '_' and '.' only)", label);
     sect *prev = find_sect(x, k, name);
     if (prev)
-        return fail_at(x, x->lineno, NULL, NULL, "%s duplicate section (first at line %d)",
-                       label, prev->line);
+        return fail_at(x, x->lineno, NULL, NULL, "%s duplicate section (first at line %d)", label,
+                       prev->line);
 
     sect *s = calloc(1, sizeof(*s));
     if (!s || push(x, &x->sects, &x->nsects, s) < 0) {
@@ -995,7 +997,7 @@ static int section_start(ctx *x, char *line)
 static char *read_line(char *str, int num, void *stream)
 {
     ctx *x = stream;
-    if (x->err) return NULL;
+    if (x->failed) return NULL;
     ssize_t n = getline(&x->buf, &x->bufcap, x->fp);
     if (n < 0) {
         if (ferror(x->fp)) fail_at(x, 0, NULL, NULL, "read error: %s", strerror(errno));
@@ -1008,9 +1010,18 @@ static char *read_line(char *str, int num, void *stream)
         return NULL;
     }
     if (x->lineno == 1 && strncmp(p, "\xEF\xBB\xBF", 3) == 0) p += 3;
-    while (n > 0 && isspace((unsigned char)x->buf[n - 1])) x->buf[--n] = '\0';
     while (isspace((unsigned char)*p)) p++;
+    if (*p == ';' || *p == '#') *p = '\0'; /* a comment line, however long */
+    /* Inline comments as inih sees them: ';' after whitespace. Removed here
+     * so that only the content counts against inih's line length. */
+    for (char *q = p; *q; q++) {
+        if (*q == ';' && q > p && isspace((unsigned char)q[-1])) {
+            *q = '\0';
+            break;
+        }
+    }
     size_t len = strlen(p);
+    while (len > 0 && isspace((unsigned char)p[len - 1])) p[--len] = '\0';
     if (num < 2 || len > (size_t)num - 2) {
         fail_at(x, x->lineno, x->cur, NULL, "line too long (more than %d characters)", num - 2);
         return NULL;
@@ -1026,7 +1037,7 @@ static int on_key(void *user, const char *section, const char *name, const char 
 {
     ctx *x = user;
     sect *s = x->cur;
-    if (x->err) return 1;
+    if (x->failed) return 1;
     x->key = name;
     if (!s) {
         fail_at(x, x->lineno, NULL, name, "key outside of any section");
@@ -1085,8 +1096,7 @@ static int check_section(ctx *x, sect *s)
             free(r->prefix);
             r->prefix = NULL;
         }
-        if (rw && ph)
-            return fail_at(x, rw, s, "rewrite_prefix", "needs 'prefix', not 'path'");
+        if (rw && ph) return fail_at(x, rw, s, "rewrite_prefix", "needs 'prefix', not 'path'");
         if (cl && rl)
             return fail_at(x, SK_MAX(cl, rl), s, cl > rl ? "cluster" : "respond",
                            "'cluster' and 'respond' are exclusive");
@@ -1110,8 +1120,7 @@ static int link_section(ctx *x, sect *s)
     if (s->kind == SEC_LISTENER && s->ref) {
         sk_listener *l = s->obj;
         if (!(l->cluster = find_cluster(x, s->ref)))
-            return fail_at(x, key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'",
-                           s->ref);
+            return fail_at(x, key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'", s->ref);
     } else if (s->kind == SEC_ROUTE) {
         sk_route *r = s->obj;
         sect *ls = find_sect(x, SEC_LISTENER, s->ref);
@@ -1121,8 +1130,7 @@ static int link_section(ctx *x, sect *s)
         sk_listener *l = ls->obj;
         if (l->protocol != SK_PROTO_HTTP)
             return fail_at(x, key_line(s, "listener"), s, "listener",
-                           "[listener %s] has protocol tcp; routes need an http listener",
-                           l->name);
+                           "[listener %s] has protocol tcp; routes need an http listener", l->name);
         for (size_t i = 0; i < r->nclusters; i++)
             if (!(r->clusters[i].cluster = find_cluster(x, s->names[i])))
                 return fail_at(x, key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'",
@@ -1191,14 +1199,15 @@ static int load(ctx *x)
     if (!x->fp) return fail_at(x, 0, NULL, NULL, "cannot open: %s", strerror(errno));
 
     int rc = ini_parse_stream(read_line, x, on_key, x);
-    if (rc > 0 && (!x->err || x->err_line > rc)) {
+    if (rc > 0 && (!x->failed || x->err_line > rc)) {
         /* inih found a line that is neither a section, "key = value" nor a
          * comment, before any error of ours (inih may go on after one). */
-        if (x->err && x->err[0]) free(x->err);
+        free(x->err);
         x->err = NULL;
+        x->failed = false;
         return fail_at(x, rc, sect_at(x, rc), NULL, "expected 'key = value'");
     }
-    if (x->err) return -1;
+    if (x->failed) return -1;
     if (rc == -2) return oom(x);
     if (rc != 0) return fail_at(x, 0, NULL, NULL, "cannot parse (inih error %d)", rc);
     if (c->nlisteners == 0)
@@ -1239,13 +1248,12 @@ sk_config *sk_config_load(const char *path, char **err)
         free(x.sects[i]);
     }
     free(x.sects);
-    if (rc < 0 || x.err) {
+    if (rc < 0 || x.failed) {
         config_free(x.cfg);
-        char *e = x.err && x.err[0] ? x.err : NULL; /* "" = allocating the message failed */
         if (err)
-            *err = e;
+            *err = x.err;
         else
-            free(e);
+            free(x.err);
         return NULL;
     }
     return x.cfg;

@@ -40,7 +40,7 @@ typedef struct sk_header_match {
 /* One entry of a route's `cluster = a 90, b 10`. */
 typedef struct sk_weighted_cluster {
     sk_cluster *cluster; /* the target (owned by the config) */
-    unsigned weight;     /* relative weight, >= 1; 1 when a single cluster is named */
+    unsigned weight;     /* relative weight 0..10000 (0 = never picked); 1 when a single cluster is named */
 } sk_weighted_cluster;
 
 /* [listener NAME] */

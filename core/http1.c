@@ -51,6 +51,12 @@ static int bad_request(sk_conn *c, int status);
  * piece was a value. Returns 0, or -1 when a limit is exceeded / OOM. */
 int sk_head_field(sk_head *h, const char *at, size_t n, size_t max_headers, size_t max_bytes)
 {
+    if (h->done) {
+        /* A trailer field of a chunked body: not forwarded (the head went
+         * out long ago), but bounded like the head. */
+        h->trailer_bytes += n;
+        return h->trailer_bytes > max_bytes ? -2 : 0;
+    }
     if (h->nhdrs == 0 || h->in_value) {
         if (h->nhdrs >= max_headers) return -1;
         if (h->nhdrs == h->cap) {
@@ -76,6 +82,10 @@ int sk_head_field(sk_head *h, const char *at, size_t n, size_t max_headers, size
 /* Appends a piece of a header value. Same returns as sk_head_field. */
 int sk_head_value(sk_head *h, const char *at, size_t n, size_t max_bytes)
 {
+    if (h->done) {
+        h->trailer_bytes += n;
+        return h->trailer_bytes > max_bytes ? -2 : 0;
+    }
     if (h->nhdrs == 0) return -1;
     sk_hdr_off *o = &h->offs[h->nhdrs - 1];
     if (!h->in_value) {
@@ -93,6 +103,7 @@ int sk_head_value(sk_head *h, const char *at, size_t n, size_t max_bytes)
  * grows). Trims surrounding whitespace from values. Returns 0 or -1. */
 int sk_head_finish(sk_head *h)
 {
+    h->done = true;
     if (h->nhdrs > h->views_cap) {
         sk_header *v = realloc(h->views, h->nhdrs * sizeof(*v));
         if (!v) return -1;
@@ -285,7 +296,25 @@ void sk_conn_flush(sk_conn *c)
         return;
     }
     if (ev_is_active(&c->wio)) ev_io_stop(c->worker->loop, &c->wio);
-    if (c->closing && !c->req) sk_conn_close(c);
+    if (c->closing && !c->req && !c->lingering) {
+        if (!c->linger || c->read_eof) {
+            sk_conn_close(c);
+            return;
+        }
+        /* The client may still be sending a body we will not read: closing
+         * now would make the kernel answer it with a reset that can destroy
+         * the reply in the client's receive queue. Half-close, drain what
+         * arrives for a short while, then close (nginx's lingering close). */
+        c->lingering = true;
+        c->tr.ops->shutdown(&c->tr);
+        ev_timer_stop(c->worker->loop, &c->timer);
+        c->timer.repeat = 2.0;
+        ev_timer_again(c->worker->loop, &c->timer);
+        if (!c->reading) {
+            ev_io_start(c->worker->loop, &c->rio);
+            c->reading = true;
+        }
+    }
 }
 
 /* Queues bytes towards the client by reference (valid until the flush that
@@ -385,9 +414,11 @@ void sk_conn_response_done(sk_conn *c)
     sk_request *r = c->req;
     r->state = SK_REQ_DONE;
     if (!r->body_done) {
-        /* The request body is still coming: read and drop the rest, then
-         * finish at its end (on_message_complete). */
+        /* Answered before the request body was read whole (an early upstream
+         * reply, a timeout): the rest is dropped and the connection closes
+         * after this response, with a lingering close. */
         r->discard_body = true;
+        r->close_after = true;
     }
     /* Inside the parser, process() finishes the request once llhttp has
      * returned: never reset a parser from its own callback. */
@@ -403,6 +434,7 @@ static void finish_request(sk_conn *c)
     if (r->status >= 100 && r->status <= 599) sk_metrics_request(w->metrics, r->route, r->status, dur_us);
     sk_accesslog_write(r);
     bool close = r->close_after || !r->keep_alive || w->draining || !r->body_done || c->read_eof;
+    if (!r->body_done || c->rpos < c->rlen) c->linger = true;
     sk_request_free(r);
     c->req = NULL;
     if (close) {
@@ -674,6 +706,17 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
 {
     sk_conn *c = io->data;
     if (c->dead) return;
+    if (c->lingering) {
+        char sink[4096];
+        for (int i = 0;; i++) {
+            ssize_t n = c->tr.ops->read(&c->tr, sink, sizeof(sink));
+            if (n > 0 && i < 16) continue;
+            if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) return;
+            break; /* EOF or error */
+        }
+        sk_conn_close(c);
+        return;
+    }
     if (!c->rbuf) {
         c->rbuf = sk_worker_buf_get(c->worker);
         if (!c->rbuf) {
@@ -739,6 +782,10 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
 {
     sk_conn *c = t->data;
     sk_request *r = c->req;
+    if (c->lingering) {
+        sk_conn_close(c);
+        return;
+    }
     if (!r) {
         /* Idle keep-alive (or a connection that never sent a byte). */
         sk_conn_close(c);

@@ -294,6 +294,8 @@ void sk_proxy_retry(sk_request *r)
     r->rhead.nhdrs = 0;
     r->rhead.url_len = 0;
     r->rhead.in_value = false;
+    r->rhead.done = false;
+    r->rhead.trailer_bytes = 0;
     sk_debug("retrying %s %.*s after an upstream %s (attempt %u)", r->method, (int)r->path_len, r->path,
              "5xx", r->attempts + 1);
     start_upstream(r);

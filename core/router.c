@@ -67,8 +67,8 @@ static bool headers_match(const sk_route *r, const sk_header *headers, size_t nh
  * returned route is owned by the listener's config.
  */
 const sk_route *sk_route_match(const sk_listener *l, const char *method, size_t method_len,
-                               const char *host, size_t host_len, const char *path,
-                               size_t path_len, const sk_header *headers, size_t nheaders)
+                               const char *host, size_t host_len, const char *path, size_t path_len,
+                               const sk_header *headers, size_t nheaders)
 {
     if (!l) return NULL;
     if (!path) path_len = 0;

@@ -266,7 +266,7 @@ static int on_headers_complete(llhttp_t *p)
     bool length = (p->flags & F_CONTENT_LENGTH) != 0;
     bool chunked = (p->flags & F_CHUNKED) != 0;
     if (sk_proxy_response_head(r, status, no_body, chunked, length, p->content_length) < 0) return -1;
-    return head ? 1 : 0;
+    return no_body ? 1 : 0; /* 1: tells llhttp there is no body, whatever the headers say */
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t n)

@@ -228,10 +228,14 @@ sk_request *sk_request_new(sk_worker *w, sk_conn *c)
     sk_buf_reset(&r->head.raw);
     r->head.nhdrs = 0;
     r->head.in_value = false;
+    r->head.done = false;
+    r->head.trailer_bytes = 0;
     r->head.url = r->head.url_len = 0;
     sk_buf_reset(&r->rhead.raw);
     r->rhead.nhdrs = 0;
     r->rhead.in_value = false;
+    r->rhead.done = false;
+    r->rhead.trailer_bytes = 0;
     r->rhead.url = r->rhead.url_len = 0;
     sk_buf_reset(&r->uphead);
     r->worker = w;

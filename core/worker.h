@@ -64,6 +64,8 @@ typedef struct sk_head {
     sk_header *views;    /* header views, valid once the head is complete */
     size_t views_cap;    /* capacity of views */
     bool in_value;       /* last callback was a value piece */
+    bool done;           /* head complete: later fields are trailers (dropped, but counted) */
+    size_t trailer_bytes; /* bytes of trailer fields seen */
 } sk_head;
 
 /* Where a request is in its life. */
@@ -157,6 +159,8 @@ struct sk_conn {
     bool paused;                 /* parser paused at a message end */
     bool read_eof;               /* client half-closed */
     bool in_parser;              /* inside llhttp_execute */
+    bool linger;                 /* unread input may follow: close with a lingering close */
+    bool lingering;              /* half-closed, draining input before the close */
     char last_byte;              /* last byte handed to the parser (obs-fold check) */
 };
 

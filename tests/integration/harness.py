@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import random
+import select
 import signal
 import socket
 import string
@@ -283,6 +284,8 @@ class Reply:
     close: bool = False            # send "Connection: close" and close after the response
     linger: float = 0.0            # with close: keep the socket open this long before closing
     raw: Optional[bytes] = None    # send exactly these bytes instead of a response, then close
+    raw_keep_open: bool = False    # with raw: keep serving the connection afterwards
+    raw_parts: Optional[list] = None  # [(delay_before, bytes), ...] sent in turn, then close
     reset: bool = False            # answer nothing: reset the connection (RST)
     send_content_length_on_head: bool = True
 
@@ -392,12 +395,14 @@ class Upstream:
     """
 
     def __init__(self, handler=None, name: str = "up", port: int = 0, store_limit: int = 1 << 20,
-                 raw_limit: int = 1 << 20, send_continue: bool = True):
+                 raw_limit: int = 1 << 20, send_continue: bool = True,
+                 keepalive_timeout: Optional[float] = None):
         self.handler = handler
         self.name = name
         self.store_limit = store_limit
         self.raw_limit = raw_limit
         self.send_continue = send_continue
+        self.keepalive_timeout = keepalive_timeout  # close idle connections after this
         self.lock = threading.Lock()
         self.connections: List[UpConn] = []
         self._socks = []
@@ -477,6 +482,10 @@ class Upstream:
         r = _Reader(s, rec)
         try:
             while not self._stop:
+                if self.keepalive_timeout is not None and rec.requests and not r.buf:
+                    ready, _, _ = select.select([s], [], [], self.keepalive_timeout)
+                    if not ready:
+                        break  # idle too long: close, as servers do
                 req = self._read_request(r, rec)
                 if req is None:
                     break
@@ -573,8 +582,17 @@ class Upstream:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             s.close()
             return False
+        if reply.raw_parts is not None:
+            for pause, data in reply.raw_parts:
+                time.sleep(pause)
+                s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            time.sleep(0.05)
+            return False
         if reply.raw is not None:
             s.sendall(reply.raw)
+            if reply.raw_keep_open:
+                return True
             s.shutdown(socket.SHUT_WR)
             time.sleep(0.05)
             return False

@@ -109,3 +109,31 @@ def test_valid_requests_still_work(env):
     resp, _ = raw_exchange(sk.port("listen"), build_request("POST", "/", body=b"hello"))
     assert resp.status == 200
     assert up.requests[0].body == b"hello"
+
+
+@pytest.mark.parametrize("name,data", [
+    ("missing_host", b"GET / HTTP/1.1\r\n\r\n"),
+    ("duplicate_host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+])
+def test_host_rules_400(env, name, data):
+    """RFC 9112 3.2: an HTTP/1.1 request without Host, or with two, is 400."""
+    sk, up = env
+    resp, closed = raw_exchange(sk.port("listen"), data)
+    assert_local_reply(resp, 400, "bad_request")
+    assert closed
+    time.sleep(0.2)
+    assert up.total_bytes == 0
+
+
+def test_smuggling_after_chunked_body_is_separate_request(env):
+    """Bytes after the terminating chunk are the next request, parsed by the
+    proxy, not passed along inside the first one's body."""
+    sk, up = env
+    data = (b"POST /first HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+    with RawClient(sk.port("listen")) as c:
+        c.send(data)
+        r1 = c.read_response()
+        r2 = c.read_response()
+    assert r1.body == b"up POST /first" and r2.body == b"up GET /second"
+    assert [(q.target, q.body) for q in up.requests] == [("/first", b"abc"), ("/second", b"")]

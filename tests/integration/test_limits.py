@@ -237,3 +237,31 @@ def test_long_uri_is_414(env):
     sk, up = env(max_header_bytes="1k")
     resp, _ = raw_exchange(sk.port("listen"), build_request("GET", "/" + "u" * 3000))
     assert_local_reply(resp, 414, "uri_too_long")
+
+
+def test_expect_continue_too_large_gets_413_not_100(env):
+    sk, up = env(max_body_bytes="1k")
+    with RawClient(sk.port("listen")) as c:
+        c.send(build_request("POST", "/", [("Expect", "100-continue"),
+                                            ("Content-Length", "4096")]))
+        r = c.read_response(timeout=5, skip_1xx=False)
+        assert_local_reply(r, 413, "body_too_large")
+    assert up.total_bytes == 0
+
+
+def test_header_timeout_on_second_request(env):
+    """A kept-alive connection that starts a second head but never finishes
+    it gets 408 too."""
+    sk, up = env(header_timeout="500ms")
+    with RawClient(sk.port("listen")) as c:
+        assert c.request("GET", "/first").status == 200
+        c.send(b"GET /second HTTP/1.1\r\nHost: x\r\n")
+        t0 = time.monotonic()
+        try:
+            r = c.read_response(timeout=5)
+        except (ConnectionClosed, ConnectionResetError):
+            r = None
+        assert r is not None, "closed without a 408"
+        assert_local_reply(r, 408, "header_timeout")
+        assert time.monotonic() - t0 < 3
+    assert [q.target for q in up.requests] == ["/first"]

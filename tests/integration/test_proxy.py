@@ -1,10 +1,11 @@
 """Proxying: what the upstream receives, what the client gets back."""
 
+import socket
 import time
 
 import pytest
 
-from harness import (RawClient, Reply, build_request, curl, echo_handler, http_request,
+from harness import (RawClient, Reply, build_request, curl, echo_handler, http_request, wait_for,
                      sk_ini)
 
 BODY = """\
@@ -339,3 +340,147 @@ def test_http10_client(env):
         assert r.body == b"up GET /old"
         assert c.wait_closed(3), "HTTP/1.0 without keep-alive must be closed"
     assert up.requests[0].target == "/old"
+
+
+def test_response_hop_by_hop_headers_removed(env):
+    def h(req):
+        return Reply(headers=[("Connection", "x-up-private"), ("X-Up-Private", "1"),
+                              ("Keep-Alive", "timeout=3"), ("Upgrade", "h2c"),
+                              ("Proxy-Authenticate", "Basic"), ("X-Fine", "1")])
+    sk, up = env(h)
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/")
+    assert r.status == 200 and r.body == b"ok"
+    for name in ["x-up-private", "keep-alive", "upgrade", "proxy-authenticate"]:
+        assert r.header(name) is None, f"{name} passed back: {r!r}"
+    for v in r.header_all("connection"):
+        assert "x-up-private" not in v.lower(), r
+    assert r.header("x-fine") == "1"
+
+
+def test_header_bytes_and_repeats_forwarded_exactly(env):
+    sk, up = env()
+    with RawClient(sk.port("listen")) as c:
+        c.send(b"GET /bytes HTTP/1.1\r\nHost: a\r\nX-Latin: caf\xe9 \xff\r\n"
+               b"X-Multi: 1\r\nX-Other: z\r\nX-Multi: 2\r\n\r\n")
+        r = c.read_response()
+    assert r.status == 200
+    req = up.requests[0]
+    assert req.header("x-latin").encode("latin-1") == b"caf\xe9 \xff"
+    assert req.header_all("x-multi") == ["1", "2"] or req.header_all("x-multi") == ["1, 2"]
+    raw = up.raw_bytes()
+    assert b"caf\xe9 \xff" in raw
+
+
+def test_304_with_content_length_has_no_body(env):
+    def h(req):
+        if req.path == "/304":
+            return Reply(status=304, body=b"", headers=[("Content-Length", "100"), ("ETag", '"e"')])
+        return Reply(body=b"next")
+    sk, up = env(h)
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/304")
+        assert r.status == 304 and r.body == b""
+        r = c.request("GET", "/next", )
+        assert r.status == 200 and r.body == b"next", r
+        assert not c.buf
+
+
+def test_upstream_interim_1xx_then_final(env):
+    sk, up = env(lambda req: Reply(raw=b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+                                       b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfinal",
+                                   raw_keep_open=True))
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/")
+    assert r.status == 200 and r.body == b"final", r
+
+
+def test_chunked_response_with_trailers(env):
+    def h(req):
+        if req.path == "/trailers":
+            return Reply(raw=b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Checksum: 42\r\n\r\n",
+                         raw_keep_open=True)
+        return Reply(body=b"second")
+    sk, up = env(h)
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/trailers")
+        assert r.status == 200 and r.body == b"abcdefg", r
+        r = c.request("GET", "/second")
+        assert r.status == 200 and r.body == b"second", r
+
+
+def test_many_pipelined_requests(env):
+    sk, up = env()
+    n = 50
+    data = b"".join(build_request("GET", f"/pp{i}") for i in range(n))
+    with RawClient(sk.port("listen")) as c:
+        c.send(data)
+        got = [c.read_response(timeout=10) for _ in range(n)]
+    assert [r.body for r in got] == [f"up GET /pp{i}".encode() for i in range(n)]
+    assert [q.target for q in up.requests] == [f"/pp{i}" for i in range(n)]
+
+
+def test_framing_header_names_case_insensitive(env):
+    sk, up = env()
+    with RawClient(sk.port("listen")) as c:
+        c.send(b"POST /uc HTTP/1.1\r\nHost: a\r\nTRANSFER-ENCODING: Chunked\r\n\r\n"
+               b"5\r\nhello\r\n0\r\n\r\n")
+        r1 = c.read_response()
+        c.send(b"POST /lc HTTP/1.1\r\nhost: a\r\ncontent-length: 3\r\n\r\nabc")
+        r2 = c.read_response()
+    assert r1.status == 200 and r2.status == 200
+    assert [q.body for q in up.requests] == [b"hello", b"abc"]
+
+
+def test_large_response_headers_passed(env):
+    big = "v" * 16000
+    sk, up = env(lambda req: Reply(headers=[("X-Big", big)], body=b"b"))
+    r = http_request(sk.port("listen"), "GET", "/")
+    # either passed through intact or refused as an invalid upstream response
+    assert (r.status == 200 and r.header("x-big") == big) or \
+        (r.status == 502 and r.header("x-sidekick-reason") == "upstream_protocol_error"), r
+
+
+def test_request_body_streams_before_complete(env):
+    """The upstream gets the head and the first body bytes while the client
+    is still sending: bodies are streamed, not buffered whole."""
+    sk, up = env()
+    with RawClient(sk.port("listen")) as c:
+        c.send(b"POST /stream HTTP/1.1\r\nHost: a\r\nContent-Length: 20000\r\n\r\n" + b"s" * 10000)
+        assert up.wait_requests(1, 3), "upstream saw nothing before the body was complete"
+        assert wait_for(lambda: up.total_bytes > 10000, 3), up.total_bytes
+        c.send(b"t" * 10000)
+        r = c.read_response()
+    assert r.status == 200
+    assert up.requests[0].body == b"s" * 10000 + b"t" * 10000
+
+
+def test_response_body_streams_before_complete(env):
+    sk, up = env(lambda req: Reply(raw_parts=[
+        (0, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfirst"),
+        (1.5, b"-last")]))
+    with RawClient(sk.port("listen")) as c:
+        c.send(build_request("GET", "/"))
+        t0 = time.monotonic()
+        c.sock.settimeout(0.1)
+        while b"first" not in c.buf and time.monotonic() - t0 < 1.2:
+            try:
+                d = c.sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not d:
+                break
+            c.buf += d
+        assert b"first" in c.buf, f"first part not forwarded early: {bytes(c.buf)!r}"
+        r = c.read_response(timeout=5)
+    assert r.body == b"first-last"
+
+
+def test_workers_2(sidekick, upstream):
+    up = upstream(echo_handler("up"))
+    sk = sidekick(sk_ini(BODY, workers=2), up=up.port)
+    for i in range(40):
+        r = http_request(sk.port("listen"), "GET", f"/w{i}")
+        assert r.status == 200 and r.body == f"up GET /w{i}".encode()
+    assert sorted(q.target for q in up.requests) == sorted(f"/w{i}" for i in range(40))

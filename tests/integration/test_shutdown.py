@@ -195,3 +195,30 @@ def test_drain_timeout_bounds_exit(sidekick, upstream):
     assert time.monotonic() - t0 < 1 + 2.5
     assert code == 0
     t.join(5)
+
+
+def test_admin_drain(env):
+    sk, up = env
+    t, out = start_request(sk.port("listen"), "/slow")
+    assert up.wait_requests(1, 5)
+    c = __import__("http.client").client.HTTPConnection("127.0.0.1", sk.admin_port, timeout=5)
+    c.request("POST", "/drain")
+    r = c.getresponse()
+    r.read()
+    c.close()
+    assert 200 <= r.status < 300, r.status
+    t.join(10)
+    assert out.get("resp") is not None and out["resp"].status == 200, out
+    assert sk.proc.wait(timeout=DRAIN + 2) == 0
+
+
+def test_sigterm_workers_2(sidekick, upstream):
+    up = upstream(slow_handler)
+    sk = sidekick(sk_ini(BODY, workers=2, drain_timeout=f"{DRAIN}s"), up=up.port)
+    threads = [start_request(sk.port("listen"), f"/slow{i}") for i in range(4)]
+    assert up.wait_requests(4, 5)
+    sk.signal(signal.SIGTERM)
+    for t, out in threads:
+        t.join(10)
+        assert out.get("resp") is not None and out["resp"].status == 200, out
+    assert sk.proc.wait(timeout=DRAIN + 2) == 0

@@ -216,71 +216,70 @@ static void test_addresses(void)
 
 /* ---- whole files ------------------------------------------------------------------------- */
 
-static const char full_ini[] =
-    "; a comment\n"
-    "# another comment\n"
-    "[sidekick]\n"
-    "workers = 3\n"
-    "admin = [::1]:15099\n"
-    "plugin_dir = ../build/plugins\n"
-    "lua_dir = /opt/lua/\n"
-    "log_level = debug\n"
-    "access_log = logs/access.log\n"
-    "drain_timeout = 2m\n"
-    "\n"
-    "[listener outbound]\n"
-    "    address = 127.0.0.1:15001   ; indented, with a comment\n"
-    "protocol = http\n"
-    "max_connections = 500\n"
-    "header_timeout = 250ms\n"
-    "idle_timeout = 30\n"
-    "max_header_bytes = 16K\n"
-    "max_headers = 50\n"
-    "max_body_bytes = 1m\n"
-    "\n"
-    "[route api]\n"
-    "listener = outbound\n"
-    "host = API.Internal\n"
-    "prefix = /api/\n"
-    "method = get, POST ,Delete\n"
-    "header = X-Canary:  1 \n"
-    "header = x-debug\n"
-    "header = X-Multi: a: b\n"
-    "cluster = api-v1 90, api-v2 10\n"
-    "rewrite_prefix = /\n"
-    "timeout = 0\n"
-    "retries = 10\n"
-    "\n"
-    "[route static]\n"
-    "listener = outbound\n"
-    "host = *.Example.com\n"
-    "path = /healthz\n"
-    "respond = 204\n"
-    "\n"
-    "[listener raw]\n"
-    "address = [::1]:15002\n"
-    "protocol = tcp\n"
-    "cluster = db\n"
-    "\n"
-    "[route teapot]\n"
-    "listener = outbound\n"
-    "respond = 418 I'm a teapot  twice\n"
-    "\n"
-    "[cluster api-v1]\n"
-    "endpoints = 127.0.0.1:8080, [::1]:8081,localhost:8082\n"
-    "lb = least_request\n"
-    "connect_timeout = 5s\n"
-    "max_connections = 1\n"
-    "max_pending = 2\n"
-    "max_requests = 3\n"
-    "\n"
-    "[cluster api-v2]\n"
-    "endpoints = 10.0.0.1:80\n"
-    "lb = random\n"
-    "\n"
-    "[cluster db]\n"
-    "endpoints = 10.0.0.2:5432\n"
-    "lb = round_robin\n";
+static const char full_ini[] = "; a comment\n"
+                               "# another comment\n"
+                               "[sidekick]\n"
+                               "workers = 3\n"
+                               "admin = [::1]:15099\n"
+                               "plugin_dir = ../build/plugins\n"
+                               "lua_dir = /opt/lua/\n"
+                               "log_level = debug\n"
+                               "access_log = logs/access.log\n"
+                               "drain_timeout = 2m\n"
+                               "\n"
+                               "[listener outbound]\n"
+                               "    address = 127.0.0.1:15001   ; indented, with a comment\n"
+                               "protocol = http\n"
+                               "max_connections = 500\n"
+                               "header_timeout = 250ms\n"
+                               "idle_timeout = 30\n"
+                               "max_header_bytes = 16K\n"
+                               "max_headers = 50\n"
+                               "max_body_bytes = 1m\n"
+                               "\n"
+                               "[route api]\n"
+                               "listener = outbound\n"
+                               "host = API.Internal\n"
+                               "prefix = /api/\n"
+                               "method = get, POST ,Delete\n"
+                               "header = X-Canary:  1 \n"
+                               "header = x-debug\n"
+                               "header = X-Multi: a: b\n"
+                               "cluster = api-v1 90, api-v2 10\n"
+                               "rewrite_prefix = /\n"
+                               "timeout = 0\n"
+                               "retries = 10\n"
+                               "\n"
+                               "[route static]\n"
+                               "listener = outbound\n"
+                               "host = *.Example.com\n"
+                               "path = /healthz\n"
+                               "respond = 204\n"
+                               "\n"
+                               "[listener raw]\n"
+                               "address = [::1]:15002\n"
+                               "protocol = tcp\n"
+                               "cluster = db\n"
+                               "\n"
+                               "[route teapot]\n"
+                               "listener = outbound\n"
+                               "respond = 418 I'm a teapot  twice\n"
+                               "\n"
+                               "[cluster api-v1]\n"
+                               "endpoints = 127.0.0.1:8080, [::1]:8081,localhost:8082\n"
+                               "lb = least_request\n"
+                               "connect_timeout = 5s\n"
+                               "max_connections = 1\n"
+                               "max_pending = 2\n"
+                               "max_requests = 3\n"
+                               "\n"
+                               "[cluster api-v2]\n"
+                               "endpoints = 10.0.0.1:80\n"
+                               "lb = random\n"
+                               "\n"
+                               "[cluster db]\n"
+                               "endpoints = 10.0.0.2:5432\n"
+                               "lb = round_robin\n";
 
 static void test_full(void)
 {
@@ -494,8 +493,10 @@ static const struct {
     {BASE "[route]\n", "t.ini:5: [route] missing name (write [route NAME])"},
     {BASE "[listener]\n", "t.ini:5: [listener] missing name (write [listener NAME])"},
     {BASE "[cluster]\n", "t.ini:5: [cluster] missing name (write [cluster NAME])"},
-    {BASE "[route a b]\n", "t.ini:5: [route a b] bad name (letters, digits, '-', '_' and '.' only)"},
-    {BASE "[route a,b]\n", "t.ini:5: [route a,b] bad name (letters, digits, '-', '_' and '.' only)"},
+    {BASE "[route a b]\n",
+     "t.ini:5: [route a b] bad name (letters, digits, '-', '_' and '.' only)"},
+    {BASE "[route a,b]\n",
+     "t.ini:5: [route a,b] bad name (letters, digits, '-', '_' and '.' only)"},
     {BASE "[cluster c]\nendpoints = 127.0.0.1:1\n",
      "t.ini:5: [cluster c] duplicate section (first at line 3)"},
     {BASE "[listener in]\n", "t.ini:5: [listener in] duplicate section (first at line 1)"},
@@ -524,10 +525,12 @@ static const struct {
      "t.ini:7: [listener l] endpoints: unknown key"},
 
     /* not supported yet */
-    {BASE "[listener l]\ntls = mesh\n", "t.ini:6: [listener l] tls: not supported yet in this version"},
+    {BASE "[listener l]\ntls = mesh\n",
+     "t.ini:6: [listener l] tls: not supported yet in this version"},
     {BASE "[listener l]\nplugins = a\n",
      "t.ini:6: [listener l] plugins: not supported yet in this version"},
-    {BASE "[route r]\nplugins = a, b\n", "t.ini:6: [route r] plugins: not supported yet in this version"},
+    {BASE "[route r]\nplugins = a, b\n",
+     "t.ini:6: [route r] plugins: not supported yet in this version"},
     {BASE "[route r]\nlua = x.lua\n", "t.ini:6: [route r] lua: not supported yet in this version"},
     {BASE "[route r]\nlua_budget = 50ms\n",
      "t.ini:6: [route r] lua_budget: not supported yet in this version"},
@@ -543,12 +546,14 @@ static const struct {
      "t.ini:6: [cluster d] outlier_failures: not supported yet in this version"},
     {BASE "[cluster d]\noutlier_ejection = 30s\n",
      "t.ini:6: [cluster d] outlier_ejection: not supported yet in this version"},
-    {BASE "[cluster d]\ntls = client\n", "t.ini:6: [cluster d] tls: not supported yet in this version"},
+    {BASE "[cluster d]\ntls = client\n",
+     "t.ini:6: [cluster d] tls: not supported yet in this version"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = ring_hash\n",
      "t.ini:7: [cluster d] lb: ring_hash is not supported yet in this version"},
 
     /* [sidekick] */
-    {BASE "[sidekick]\nworkers = 0\n", "t.ini:6: [sidekick] workers: bad value '0' (expected auto or 1..256)"},
+    {BASE "[sidekick]\nworkers = 0\n",
+     "t.ini:6: [sidekick] workers: bad value '0' (expected auto or 1..256)"},
     {BASE "[sidekick]\nworkers = 257\n",
      "t.ini:6: [sidekick] workers: bad value '257' (expected auto or 1..256)"},
     {BASE "[sidekick]\nworkers = -1\n",
@@ -557,10 +562,11 @@ static const struct {
      "t.ini:6: [sidekick] workers: bad value '4x' (expected auto or 1..256)"},
     {BASE "[sidekick]\nworkers = 99999999999999999999999\n",
      "t.ini:6: [sidekick] workers: bad value '99999999999999999999999' (expected auto or 1..256)"},
-    {BASE "[sidekick]\nadmin = on\n",
-     "t.ini:6: [sidekick] admin: bad address 'on' (expected ip:port, [ipv6]:port, localhost:port or off)"},
+    {BASE "[sidekick]\nadmin = on\n", "t.ini:6: [sidekick] admin: bad address 'on' (expected "
+                                      "ip:port, [ipv6]:port, localhost:port or off)"},
     {BASE "[sidekick]\nadmin = 127.0.0.1\n",
-     "t.ini:6: [sidekick] admin: bad address '127.0.0.1' (expected ip:port, [ipv6]:port, localhost:port or off)"},
+     "t.ini:6: [sidekick] admin: bad address '127.0.0.1' (expected ip:port, [ipv6]:port, "
+     "localhost:port or off)"},
     {BASE "[sidekick]\nadmin = 127.0.0.1:9000\n[listener x]\naddress = 127.0.0.1:9000\n",
      "t.ini:6: [sidekick] admin: 127.0.0.1:9000 is already used by [listener x]"},
     {"[listener x]\naddress = 127.0.0.1:15000\n",
@@ -568,7 +574,8 @@ static const struct {
     {BASE "[sidekick]\nlog_level = verbose\n",
      "t.ini:6: [sidekick] log_level: bad value 'verbose' (expected error, warn, info or debug)"},
     {BASE "[sidekick]\ndrain_timeout = x\n", "t.ini:6: [sidekick] drain_timeout: bad duration 'x'"},
-    {BASE "[sidekick]\ndrain_timeout = -5s\n", "t.ini:6: [sidekick] drain_timeout: bad duration '-5s'"},
+    {BASE "[sidekick]\ndrain_timeout = -5s\n",
+     "t.ini:6: [sidekick] drain_timeout: bad duration '-5s'"},
     {BASE "[sidekick]\ndrain_timeout = 50000m\n",
      "t.ini:6: [sidekick] drain_timeout: duration '50000m' is too long (at most 43200m)"},
 
@@ -576,9 +583,11 @@ static const struct {
     {BASE "[listener l]\nprotocol = http\n", "t.ini:5: [listener l] missing 'address'"},
     {BASE "[listener l]\n", "t.ini:5: [listener l] missing 'address'"},
     {BASE "[listener l]\naddress = 1.2.3:80\n",
-     "t.ini:6: [listener l] address: bad address '1.2.3:80' (expected ip:port, [ipv6]:port or localhost:port)"},
+     "t.ini:6: [listener l] address: bad address '1.2.3:80' (expected ip:port, [ipv6]:port or "
+     "localhost:port)"},
     {BASE "[listener l]\naddress = example.com:80\n",
-     "t.ini:6: [listener l] address: bad address 'example.com:80' (expected ip:port, [ipv6]:port or localhost:port)"},
+     "t.ini:6: [listener l] address: bad address 'example.com:80' (expected ip:port, [ipv6]:port "
+     "or localhost:port)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nprotocol = udp\n",
      "t.ini:7: [listener l] protocol: bad value 'udp' (expected http or tcp)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nprotocol = tcp\n",
@@ -678,11 +687,14 @@ static const struct {
      "t.ini:7: [route r] cluster: bad weight '-1' for 'c' (expected 0..10000)"},
     {BASE "[route r]\nlistener = in\ncluster = c 1 2\n",
      "t.ini:7: [route r] cluster: bad weight '1 2' for 'c' (expected 0..10000)"},
-    {BASE "[route r]\nlistener = in\ncluster = c 0\n", "t.ini:7: [route r] cluster: weights add up to 0"},
+    {BASE "[route r]\nlistener = in\ncluster = c 0\n",
+     "t.ini:7: [route r] cluster: weights add up to 0"},
     {BASE "[route r]\nlistener = in\ncluster = c 1, c 2\n",
      "t.ini:7: [route r] cluster: cluster 'c' named twice"},
-    {BASE "[route r]\nlistener = in\ncluster = c/d\n", "t.ini:7: [route r] cluster: bad cluster name 'c/d'"},
-    {BASE "[route r]\nlistener = in\ncluster = c,\n", "t.ini:7: [route r] cluster: empty entry in list 'c,'"},
+    {BASE "[route r]\nlistener = in\ncluster = c/d\n",
+     "t.ini:7: [route r] cluster: bad cluster name 'c/d'"},
+    {BASE "[route r]\nlistener = in\ncluster = c,\n",
+     "t.ini:7: [route r] cluster: empty entry in list 'c,'"},
     {BASE "[route r]\nlistener = in\ncluster = c\nrespond = 200\n",
      "t.ini:8: [route r] respond: 'cluster' and 'respond' are exclusive"},
     {BASE "[route r]\nlistener = in\nrespond = 200\ncluster = c\n",
@@ -713,13 +725,15 @@ static const struct {
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1,,127.0.0.1:2\n",
      "t.ini:6: [cluster d] endpoints: empty entry in list '127.0.0.1:1,,127.0.0.1:2'"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1, nope:2\n",
-     "t.ini:6: [cluster d] endpoints: bad address 'nope:2' (expected ip:port, [ipv6]:port or localhost:port)"},
+     "t.ini:6: [cluster d] endpoints: bad address 'nope:2' (expected ip:port, [ipv6]:port or "
+     "localhost:port)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:0\n",
      "t.ini:6: [cluster d] endpoints: bad address '127.0.0.1:0': port 0"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1, localhost:1\n",
      "t.ini:6: [cluster d] endpoints: duplicate endpoint '127.0.0.1:1'"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = fastest\n",
-     "t.ini:7: [cluster d] lb: bad value 'fastest' (expected round_robin, least_request or random)"},
+     "t.ini:7: [cluster d] lb: bad value 'fastest' (expected round_robin, least_request or "
+     "random)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nconnect_timeout = 0ms\n",
      "t.ini:7: [cluster d] connect_timeout: duration '0ms' must be greater than 0"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nmax_connections = 0\n",
@@ -742,7 +756,10 @@ static int check_error(const char *text, size_t len, const char *want, int line)
     if (c || !err || strcmp(err, want) != 0) {
         failures++;
         fprintf(stderr, "%s:%d: error case:\n  got  '%s'\n  want '%s'\n", __FILE__, line,
-                c ? "(loaded)" : err ? err : "(null)", want);
+                c     ? "(loaded)"
+                : err ? err
+                      : "(null)",
+                want);
         sk_config_unref(c);
         free(err);
         return 0;
@@ -755,8 +772,7 @@ static void test_errors(void)
 {
     for (size_t i = 0; i < SK_ARRAY_LEN(error_cases); i++) {
         if (!error_cases[i].err) continue;
-        check_error(error_cases[i].text, strlen(error_cases[i].text), error_cases[i].err,
-                    __LINE__);
+        check_error(error_cases[i].text, strlen(error_cases[i].text), error_cases[i].err, __LINE__);
     }
 
     /* A NUL byte in the file. */
@@ -766,8 +782,8 @@ static void test_errors(void)
     /* A line longer than inih's line buffer (200 in Debian's build). */
     char longline[600];
     snprintf(longline, sizeof(longline), BASE "[cluster d]\nendpoints = 127.0.0.1:1%0300d\n", 0);
-    check_error(longline, strlen(longline), "t.ini:6: [cluster d] line too long (more than 198 characters)",
-                __LINE__);
+    check_error(longline, strlen(longline),
+                "t.ini:6: [cluster d] line too long (more than 198 characters)", __LINE__);
 
     /* Files that cannot be read. */
     char *err = NULL;
@@ -801,8 +817,9 @@ static void test_subdir(void)
     CHECK_STR(err, "conf/x.ini:6: [route api] timeout: bad duration 'x'");
     free(err);
 
-    write_file("conf/y.ini", "[sidekick]\nplugin_dir = ../p\nlua_dir = ./l/./m/\naccess_log = a.log\n"
-                             "[listener in]\naddress = 127.0.0.1:0\n");
+    write_file("conf/y.ini",
+               "[sidekick]\nplugin_dir = ../p\nlua_dir = ./l/./m/\naccess_log = a.log\n"
+               "[listener in]\naddress = 127.0.0.1:0\n");
     sk_config *c = sk_config_load("./conf/../conf/y.ini", &err);
     ASSERT(c != NULL);
     snprintf(want, sizeof(want), "%s/conf/y.ini", tmpdir);
@@ -827,6 +844,18 @@ static void test_layout(void)
     if (!c) fprintf(stderr, "refused: %s\n", err);
     ASSERT(c != NULL);
     CHECK(c->clusters[0]->lb == SK_LB_RANDOM);
+    sk_config_unref(c);
+
+    /* Long comments, whole-line or inline, do not count against the line limit. */
+    char text[4096];
+    snprintf(text, sizeof(text),
+             "; %0400d\n# %0400d\n[listener in] ; %0400d\naddress = 127.0.0.1:0 ; %0400d\n"
+             "[route r]\nlistener = in\nrespond = 200 a;b c ; %0400d\n",
+             0, 0, 0, 0, 0);
+    c = load_text(text, &err);
+    if (!c) fprintf(stderr, "refused: %s\n", err);
+    ASSERT(c != NULL);
+    CHECK_STR(c->routes[0]->respond_body, "a;b c");
     sk_config_unref(c);
 
     check_error(BASE "[cluster d]\nendpoints = 127.0.0.1:1,\n    127.0.0.2\n",
