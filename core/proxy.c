@@ -313,6 +313,18 @@ void sk_proxy_upstream_error(sk_request *r, int status, const char *reason, bool
         sk_upstream_release(u, false);
     }
     if (strcmp(reason, "upstream_connect_failure") == 0) SK_INC(r->worker->metrics->upstream_connect_failures);
+    /* A pooled connection the upstream closed while we picked it (the
+     * keep-alive race): one free retry on a fresh connection, whatever
+     * `retries` says, when nothing of the response arrived and the request
+     * is safe to send again. */
+    if (retryable && r->up_reused && !r->stale_retried && !r->response_started &&
+        idempotent(r->method_id) && r->req_framing == SK_BODY_NONE) {
+        r->stale_retried = true;
+        r->attempts--;
+        sk_debug("pooled upstream connection was stale, retrying on a new one");
+        start_upstream(r);
+        return;
+    }
     if (retryable && may_retry(r)) {
         sk_debug("retrying %s %.*s after %s (attempt %u)", r->method, (int)r->path_len, r->path, reason,
                  r->attempts + 1);

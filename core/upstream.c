@@ -94,6 +94,7 @@ int sk_upstream_attach(sk_request *r)
         u = SK_CONTAINER(l, sk_upconn, link);
         ev_timer_stop(w->loop, &u->timer);
         SK_INC(w->metrics->upstream_reused);
+        r->up_reused = true;
     } else {
         if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
@@ -109,6 +110,7 @@ int sk_upstream_attach(sk_request *r)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        r->up_reused = false;
         u->worker = w;
         u->pool = pool;
         sk_list_init(&u->link);

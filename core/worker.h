@@ -120,6 +120,8 @@ struct sk_request {
     sk_cluster *cluster;           /* chosen cluster, or NULL */
     const sk_endpoint *endpoint;   /* current endpoint, or NULL */
     unsigned attempts;             /* upstream attempts made */
+    bool up_reused;                /* the current upstream connection came from the pool */
+    bool stale_retried;            /* the one free retry after a stale pooled connection is used */
     sk_upconn *up;                 /* the upstream connection in use */
     sk_buf uphead;                 /* request head as sent upstream (kept for retries) */
     bool counted_request;          /* holds a cluster active_requests slot */

@@ -39,7 +39,7 @@ def sidekick(tmp_path, request, sidekick_bin):
     def factory(ini: str, name: str = "sidekick.ini", wait_ready: bool = True, **ports):
         sk = Sidekick(tmp_path, ini, ports, name)
         started.append(sk)
-        sk.start(wait_ready=wait_ready)
+        sk.start_with_retry(wait_ready=wait_ready)
         return sk
 
     yield factory

@@ -42,8 +42,25 @@ Headers = List[Tuple[str, str]]
 # small utilities
 
 
+_port_rng = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1 (bind :0, close)."""
+    """A TCP port that was free a moment ago on 127.0.0.1 (bind, close).
+
+    Picked below the kernel's ephemeral range (32768+), so that the many
+    client connections of a test run cannot take it before sidekick binds it.
+    """
+    for _ in range(100):
+        port = _port_rng.randrange(20000, 32000)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.bind(("127.0.0.1", 0))
@@ -144,16 +161,39 @@ class Sidekick:
         assert "workers" in ini, "tests must set [sidekick] workers explicitly"
         assert "admin = 127.0.0.1:{admin}" in ini, "tests must set admin = 127.0.0.1:{admin}"
         self.dir = Path(workdir)
-        self.ports = dict(ports)
-        for _, fname, _, _ in string.Formatter().parse(ini):
-            if fname and fname not in self.ports:
-                self.ports[fname] = free_port()
-        self.ini_text = ini.format(**self.ports)
+        self.template = ini
+        self.given_ports = dict(ports)
+        self.name = name
         self.config = self.dir / name
-        self.config.write_text(self.ini_text)
         self.stdout_path = self.dir / (name + ".stdout")
         self.stderr_path = self.dir / (name + ".stderr")
+        self._materialize()
         self.proc: Optional[subprocess.Popen] = None
+
+    def _materialize(self):
+        """Fills placeholders (fresh free ports for those not given) and
+        writes the config file."""
+        self.ports = dict(self.given_ports)
+        for _, fname, _, _ in string.Formatter().parse(self.template):
+            if fname and fname not in self.ports:
+                self.ports[fname] = free_port()
+        self.ini_text = self.template.format(**self.ports)
+        self.config.write_text(self.ini_text)
+
+    def start_with_retry(self, wait_ready: bool = True, attempts: int = 3):
+        """start(), retried with new ports when a bind failed: a port found
+        free by free_port() can be taken by another socket before sidekick
+        binds it."""
+        for i in range(attempts):
+            try:
+                return self.start(wait_ready)
+            except SidekickStartError as e:
+                err = self.stderr_text().lower()
+                if i == attempts - 1 or not ("bind" in err or "in use" in err):
+                    raise
+                self.kill()
+                self._materialize()
+        return self
 
     # -- lifecycle
     def start(self, wait_ready: bool = True, timeout: float = 10.0):
