@@ -38,7 +38,10 @@ static void json_str(sk_buf *b, const char *s, size_t n)
     sk_buf_append(b, "\"", 1);
 }
 
-static void json_cstr(sk_buf *b, const char *s) { json_str(b, s, s ? strlen(s) : 0); }
+static void json_cstr(sk_buf *b, const char *s)
+{
+    json_str(b, s, s ? strlen(s) : 0);
+}
 
 /* Writes the access log line of a finished (or aborted) request. */
 void sk_accesslog_write(sk_request *r)
@@ -55,7 +58,8 @@ void sk_accesslog_write(sk_request *r)
     uint64_t now = sk_now_ns();
     double dur = r->start_ns ? (double)(now - r->start_ns) / 1e6 : 0.0;
     double updur = -1;
-    if (r->upstream_start_ns) updur = (double)((r->upstream_end_ns ? r->upstream_end_ns : now) - r->upstream_start_ns) / 1e6;
+    if (r->upstream_start_ns)
+        updur = (double)((r->upstream_end_ns ? r->upstream_end_ns : now) - r->upstream_start_ns) / 1e6;
 
     sk_buf_printf(b, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"generation\":%llu,\"listener\":",
                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
@@ -74,20 +78,28 @@ void sk_accesslog_write(sk_request *r)
     sk_buf_append(b, ",\"authority\":", 13);
     json_str(b, r->authority, r->authority_len);
     sk_buf_append(b, ",\"path\":", 8);
-    if (r->head.url_len && r->head.raw.data) json_str(b, r->head.raw.data + r->head.url, r->head.url_len);
-    else json_str(b, NULL, 0);
+    if (r->head.url_len && r->head.raw.data)
+        json_str(b, r->head.raw.data + r->head.url, r->head.url_len);
+    else
+        json_str(b, NULL, 0);
     sk_buf_printf(b, ",\"protocol\":\"HTTP/1.%d\",\"status\":%d,\"reason\":", r->http_minor, r->status);
     json_cstr(b, r->reason);
-    sk_buf_printf(b, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,\"upstream_duration_ms\":",
-                  (unsigned long long)r->bytes_received, (unsigned long long)r->bytes_sent, dur);
-    if (updur >= 0) sk_buf_printf(b, "%.3f", updur);
-    else sk_buf_append(b, "null", 4);
+    sk_buf_printf(
+        b, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,\"upstream_duration_ms\":",
+        (unsigned long long)r->bytes_received, (unsigned long long)r->bytes_sent, dur);
+    if (updur >= 0)
+        sk_buf_printf(b, "%.3f", updur);
+    else
+        sk_buf_append(b, "null", 4);
     sk_buf_printf(b, ",\"attempts\":%u,\"request_id\":", r->attempts);
     json_cstr(b, r->request_id[0] ? r->request_id : NULL);
     sk_buf_append(b, ",\"trace_id\":", 12);
-    const sk_header *tp = r->head.views && r->state != SK_REQ_HEAD ? sk_head_get(&r->head, "traceparent") : NULL;
-    if (tp && tp->value_len >= 35 && tp->value[2] == '-') json_str(b, tp->value + 3, 32);
-    else json_str(b, NULL, 0);
+    const sk_header *tp =
+        r->head.views && r->state != SK_REQ_HEAD ? sk_head_get(&r->head, "traceparent") : NULL;
+    if (tp && tp->value_len >= 35 && tp->value[2] == '-')
+        json_str(b, tp->value + 3, 32);
+    else
+        json_str(b, NULL, 0);
     sk_buf_append(b, "}\n", 2);
     if (b->len && b->data) {
         ssize_t n = write(w->accesslog_fd, b->data, b->len);

@@ -18,8 +18,8 @@
  * A connection is never freed inside its own callback: conn_close() stops
  * its watchers, closes the socket and queues it; reap() frees the queue at
  * the end of the outermost admin callback, when no frame uses it any more.
- * This matters for POST /drain, whose sk_server_drain() may call
- * sk_admin_stop() while a connection's callback is running.
+ * The admin endpoint keeps serving while the process drains (/ready turns
+ * 503), until main() calls sk_admin_stop() on its way out.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* accept4; the build also defines it */
@@ -45,37 +45,37 @@
 #include "server.h"
 #include "sk.h"
 
-#define ADMIN_MAX_HEAD (8 * 1024)    /* request line + headers */
-#define ADMIN_MAX_BODY (64 * 1024)   /* request body, discarded */
-#define ADMIN_MAX_CONNS 64           /* open admin connections */
-#define ADMIN_TIMEOUT 10.0           /* seconds, see above */
-#define ADMIN_IN_MAX (16 * 1024)     /* unparsed input kept before reading stops */
-#define ADMIN_OUT_HIGH (256 * 1024)  /* pending output above which parsing pauses */
-#define ADMIN_ACCEPT_BURST 16        /* accepts per listener callback */
+#define ADMIN_MAX_HEAD     (8 * 1024)   /* request line + headers */
+#define ADMIN_MAX_BODY     (64 * 1024)  /* request body, discarded */
+#define ADMIN_MAX_CONNS    64           /* open admin connections */
+#define ADMIN_TIMEOUT      10.0         /* seconds, see above */
+#define ADMIN_IN_MAX       (16 * 1024)  /* unparsed input kept before reading stops */
+#define ADMIN_OUT_HIGH     (256 * 1024) /* pending output above which parsing pauses */
+#define ADMIN_ACCEPT_BURST 16           /* accepts per listener callback */
 
 typedef struct conn conn;
 struct conn {
     int fd;
-    ev_io io;          /* EV_READ and/or EV_WRITE, see conn_update() */
-    int io_events;     /* events io is currently started with (0 = stopped) */
-    ev_timer timer;    /* request / write-progress timeout */
+    ev_io io;       /* EV_READ and/or EV_WRITE, see conn_update() */
+    int io_events;  /* events io is currently started with (0 = stopped) */
+    ev_timer timer; /* request / write-progress timeout */
     llhttp_t parser;
-    sk_buf in;         /* received, not yet parsed */
-    sk_buf out;        /* response bytes not yet written */
-    sk_buf url;        /* request target of the message being parsed */
-    size_t head_bytes; /* size of the current request head so far (approximate) */
-    size_t body_bytes; /* size of the current request body so far */
-    int error_status;  /* status to answer when a callback rejected the request */
-    bool message_done; /* on_message_complete ran for the current message */
-    bool keepalive;    /* the current request allows keep-alive */
-    bool http10;       /* the current request is HTTP/1.0 */
-    uint8_t method;    /* llhttp_method_t of the current request */
-    bool peer_eof;     /* the client closed its side */
+    sk_buf in;              /* received, not yet parsed */
+    sk_buf out;             /* response bytes not yet written */
+    sk_buf url;             /* request target of the message being parsed */
+    size_t head_bytes;      /* size of the current request head so far (approximate) */
+    size_t body_bytes;      /* size of the current request body so far */
+    int error_status;       /* status to answer when a callback rejected the request */
+    bool message_done;      /* on_message_complete ran for the current message */
+    bool keepalive;         /* the current request allows keep-alive */
+    bool http10;            /* the current request is HTTP/1.0 */
+    uint8_t method;         /* llhttp_method_t of the current request */
+    bool peer_eof;          /* the client closed its side */
     bool close_after_write; /* no more requests: close once out is flushed */
-    bool drain_after;  /* POST /drain answered: start the drain once it is sent */
-    bool closing;      /* closed, waiting in the free queue */
-    conn *next;        /* in admin.conns or admin.dead */
-    conn *prev;        /* in admin.conns */
+    bool drain_after;       /* POST /drain answered: start the drain once it is sent */
+    bool closing;           /* closed, waiting in the free queue */
+    conn *next;             /* in admin.conns or admin.dead */
+    conn *prev;             /* in admin.conns */
 };
 
 static struct {
@@ -83,13 +83,13 @@ static struct {
     struct ev_loop *loop;
     int fd;
     ev_io accept_io;
-    bool accepting;          /* accept_io is started */
-    conn *conns;             /* open connections */
+    bool accepting; /* accept_io is started */
+    conn *conns;    /* open connections */
     size_t nconns;
-    conn *dead;              /* closed, to be freed by reap() */
-    int depth;               /* nesting of admin callbacks on the stack */
+    conn *dead; /* closed, to be freed by reap() */
+    int depth;  /* nesting of admin callbacks on the stack */
     llhttp_settings_t settings;
-    sk_buf body;             /* scratch buffer for a response body */
+    sk_buf body; /* scratch buffer for a response body */
 } admin = {.fd = -1};
 
 static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents);
@@ -114,8 +114,10 @@ static void conn_close(conn *c)
     ev_timer_stop(admin.loop, &c->timer);
     close(c->fd);
     c->fd = -1;
-    if (c->prev) c->prev->next = c->next;
-    else admin.conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        admin.conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->next = admin.dead;
     c->prev = NULL;
@@ -185,11 +187,11 @@ static const char *reason(int status)
  * parsing (`close` true), carries "connection: close" and ends the
  * connection once written. HEAD gets the headers only.
  */
-static void respond(conn *c, int status, const char *ctype, const char *body, size_t len,
-                    const char *allow, bool close_conn)
+static void respond(conn *c, int status, const char *ctype, const char *body, size_t len, const char *allow,
+                    bool close_conn)
 {
     if (!c->keepalive) close_conn = true;
-    const char *conn_hdr = close_conn ? "connection: close\r\n"
+    const char *conn_hdr = close_conn  ? "connection: close\r\n"
                            : c->http10 ? "connection: keep-alive\r\n"
                                        : "";
     int rc = sk_buf_printf(&c->out,
@@ -199,8 +201,8 @@ static void respond(conn *c, int status, const char *ctype, const char *body, si
                            "cache-control: no-store\r\n"
                            "%s%s%s%s"
                            "\r\n",
-                           status, reason(status), ctype, len, allow ? "allow: " : "",
-                           allow ? allow : "", allow ? "\r\n" : "", conn_hdr);
+                           status, reason(status), ctype, len, allow ? "allow: " : "", allow ? allow : "",
+                           allow ? "\r\n" : "", conn_hdr);
     if (rc == 0 && c->method != HTTP_HEAD) rc = sk_buf_append(&c->out, body, len);
     if (rc < 0) {
         /* out of memory: drop what we cannot answer, end the connection */
@@ -244,7 +246,10 @@ static void jset_str(json_t *obj, const char *key, const char *s, bool *ok)
     if (s) jset(obj, key, json_string(s), ok);
 }
 
-static json_t *jint(uint64_t v) { return json_integer((json_int_t)v); }
+static json_t *jint(uint64_t v)
+{
+    return json_integer((json_int_t)v);
+}
 
 static const char *lb_name(int lb)
 {
@@ -457,7 +462,7 @@ static const struct endpoint {
     const char *path;
     int methods;
 } endpoints[] = {
-    {"/healthz", M_GET}, {"/ready", M_GET},  {"/metrics", M_GET}, {"/stats", M_GET},
+    {"/healthz", M_GET}, {"/ready", M_GET},    {"/metrics", M_GET}, {"/stats", M_GET},
     {"/config", M_GET},  {"/clusters", M_GET}, {"/reload", M_POST}, {"/drain", M_POST},
 };
 
@@ -473,15 +478,12 @@ static void handle_request(conn *c)
 
     const struct endpoint *ep = NULL;
     for (size_t i = 0; i < SK_ARRAY_LEN(endpoints); i++)
-        if (strlen(endpoints[i].path) == len && memcmp(endpoints[i].path, url, len) == 0)
-            ep = &endpoints[i];
+        if (strlen(endpoints[i].path) == len && memcmp(endpoints[i].path, url, len) == 0) ep = &endpoints[i];
     if (!ep) {
         respond_text(c, 404, "not found\n");
         return;
     }
-    int m = c->method == HTTP_GET || c->method == HTTP_HEAD ? M_GET
-            : c->method == HTTP_POST                       ? M_POST
-                                                           : 0;
+    int m = c->method == HTTP_GET || c->method == HTTP_HEAD ? M_GET : c->method == HTTP_POST ? M_POST : 0;
     if (!(m & ep->methods)) {
         const char *allow = ep->methods == M_GET ? "GET, HEAD" : "POST";
         const char *t = "method not allowed\n";
@@ -495,9 +497,12 @@ static void handle_request(conn *c)
     if (strcmp(p, "/healthz") == 0) {
         respond_text(c, 200, "ok\n");
     } else if (strcmp(p, "/ready") == 0) {
-        if (SK_LOAD(sk_srv.draining)) respond_text(c, 503, "draining\n");
-        else if (!SK_LOAD(sk_srv.ready)) respond_text(c, 503, "not ready\n");
-        else respond_text(c, 200, "ready\n");
+        if (SK_LOAD(sk_srv.draining))
+            respond_text(c, 503, "draining\n");
+        else if (!SK_LOAD(sk_srv.ready))
+            respond_text(c, 503, "not ready\n");
+        else
+            respond_text(c, 200, "ready\n");
     } else if (strcmp(p, "/metrics") == 0) {
         int rc = sk_metrics_render_prometheus(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);
         respond_body(c, rc, "text/plain; version=0.0.4; charset=utf-8");
@@ -525,7 +530,10 @@ static void handle_request(conn *c)
 
 /* ---- llhttp callbacks --------------------------------------------------- */
 
-static conn *pconn(llhttp_t *p) { return p->data; }
+static conn *pconn(llhttp_t *p)
+{
+    return p->data;
+}
 
 /* Adds n bytes to the head; fails the request with 431 beyond the cap. */
 static int head_add(llhttp_t *p, size_t n)
@@ -558,10 +566,16 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
-static int on_head_data(llhttp_t *p, const char *at, size_t n) { return head_add(p, n); }
+static int on_head_data(llhttp_t *p, const char *at, size_t n)
+{
+    return head_add(p, n);
+}
 
 /* separators not reported by the data callbacks: ": " and CRLF, spaces */
-static int on_line_complete(llhttp_t *p) { return head_add(p, 4); }
+static int on_line_complete(llhttp_t *p)
+{
+    return head_add(p, 4);
+}
 
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
@@ -651,8 +665,10 @@ static void conn_parse(conn *c)
         c->keepalive = false;
         c->method = 0;
         char text[160];
-        if (c->error_status) snprintf(text, sizeof(text), "%s\n", reason(status));
-        else snprintf(text, sizeof(text), "bad request: %s\n", llhttp_get_error_reason(&c->parser));
+        if (c->error_status)
+            snprintf(text, sizeof(text), "%s\n", reason(status));
+        else
+            snprintf(text, sizeof(text), "bad request: %s\n", llhttp_get_error_reason(&c->parser));
         respond_text(c, status, text);
         sk_buf_reset(&c->in);
     }
@@ -693,8 +709,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *w, int revents)
     for (int round = 0; round < 8 && !c->closing; round++) {
         conn_parse(c);
         if (c->closing || conn_flush(c) < 0) break;
-        if (sk_buf_pending(&c->in) == 0 || c->close_after_write ||
-            sk_buf_pending(&c->out) >= ADMIN_OUT_HIGH)
+        if (sk_buf_pending(&c->in) == 0 || c->close_after_write || sk_buf_pending(&c->out) >= ADMIN_OUT_HIGH)
             break;
     }
     /* client gone and nothing left to answer */

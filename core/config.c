@@ -167,13 +167,11 @@ int sk_parse_addr(const char *s, sk_addr *out)
         struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&out->ss;
         sin6->sin6_port = htons((uint16_t)portnum);
     }
-    if (getnameinfo((struct sockaddr *)&out->ss, out->len, num, sizeof(num), NULL, 0,
-                    NI_NUMERICHOST) != 0) {
+    if (getnameinfo((struct sockaddr *)&out->ss, out->len, num, sizeof(num), NULL, 0, NI_NUMERICHOST) != 0) {
         memset(out, 0, sizeof(*out));
         return -1;
     }
-    snprintf(out->text, sizeof(out->text), family == AF_INET6 ? "[%s]:%u" : "%s:%u", num,
-             (unsigned)portnum);
+    snprintf(out->text, sizeof(out->text), family == AF_INET6 ? "[%s]:%u" : "%s:%u", num, (unsigned)portnum);
     return 0;
 }
 
@@ -250,7 +248,7 @@ void sk_config_unref(sk_config *c)
 enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER };
 static const char *const kind_names[] = {"sidekick", "listener", "route", "cluster"};
 
-#define MAX_KEYS 16
+#define MAX_KEYS   16
 #define KEY_REPEAT 1u /* the key may appear more than once in a section */
 
 /* One section of the file, with what pass 2 and 3 need to know about it. */
@@ -499,8 +497,7 @@ static int k_duration(ctx *x, sect *s, const keydef *k, const char *v)
     if (sk_parse_duration(v, &ms) < 0) return bad(x, "bad duration '%s'", v);
     if (ms < k->min) return bad(x, "duration '%s' must be greater than 0", v);
     if (ms > k->max)
-        return bad(x, "duration '%s' is too long (at most %llum)", v,
-                   (unsigned long long)(k->max / 60000));
+        return bad(x, "duration '%s' is too long (at most %llum)", v, (unsigned long long)(k->max / 60000));
     *(uint64_t *)field(s, k) = ms;
     return 0;
 }
@@ -587,7 +584,7 @@ static int k_access_log(ctx *x, sect *s, const keydef *k, const char *v)
     return set_str(x, &x->cfg->access_log, resolve_path(x, v));
 }
 
-#define CFG(f) offsetof(sk_config, f)
+#define CFG(f)  offsetof(sk_config, f)
 #define DUR_MAX (30ull * 24 * 3600 * 1000) /* 30 days: no timeout here needs more */
 
 static const keydef sidekick_keys[] = {
@@ -816,8 +813,7 @@ static int k_endpoints(ctx *x, sect *s, const keydef *k, const char *v)
         sk_endpoint *e = &c->endpoints[i];
         e->index = i;
         if (sk_parse_addr(items[i], &e->address) < 0)
-            rc = bad(x, "bad address '%s' (expected ip:port, [ipv6]:port or localhost:port)",
-                     items[i]);
+            rc = bad(x, "bad address '%s' (expected ip:port, [ipv6]:port or localhost:port)", items[i]);
         else if (addr_port(&e->address) == 0)
             rc = bad(x, "bad address '%s': port 0", items[i]);
         for (int j = 0; j < i && rc == 0; j++)
@@ -966,8 +962,8 @@ static int section_start(ctx *x, char *line)
     if (k != SEC_SIDEKICK && !*name)
         return fail_at(x, x->lineno, NULL, NULL, "%s missing name (write [%s NAME])", label, kind);
     if (*name && !is_name(name))
-        return fail_at(x, x->lineno, NULL, NULL,
-                       "%s bad name (letters, digits, '-', '_' and '.' only)", label);
+        return fail_at(x, x->lineno, NULL, NULL, "%s bad name (letters, digits, '-', '_' and '.' only)",
+                       label);
     sect *prev = find_sect(x, k, name);
     if (prev)
         return fail_at(x, x->lineno, NULL, NULL, "%s duplicate section (first at line %d)", label,
@@ -1080,8 +1076,8 @@ static int check_section(ctx *x, sect *s)
         for (int i = 0; i < l->index; i++) {
             sk_listener *o = x->cfg->listeners[i];
             if (addr_port(&l->address) != 0 && strcmp(o->address.text, l->address.text) == 0)
-                return fail_at(x, key_line(s, "address"), s, "address",
-                               "%s is already used by [listener %s]", l->address.text, o->name);
+                return fail_at(x, key_line(s, "address"), s, "address", "%s is already used by [listener %s]",
+                               l->address.text, o->name);
         }
     } else if (s->kind == SEC_ROUTE) {
         sk_route *r = s->obj;
@@ -1124,17 +1120,14 @@ static int link_section(ctx *x, sect *s)
     } else if (s->kind == SEC_ROUTE) {
         sk_route *r = s->obj;
         sect *ls = find_sect(x, SEC_LISTENER, s->ref);
-        if (!ls)
-            return fail_at(x, key_line(s, "listener"), s, "listener", "unknown listener '%s'",
-                           s->ref);
+        if (!ls) return fail_at(x, key_line(s, "listener"), s, "listener", "unknown listener '%s'", s->ref);
         sk_listener *l = ls->obj;
         if (l->protocol != SK_PROTO_HTTP)
             return fail_at(x, key_line(s, "listener"), s, "listener",
                            "[listener %s] has protocol tcp; routes need an http listener", l->name);
         for (size_t i = 0; i < r->nclusters; i++)
             if (!(r->clusters[i].cluster = find_cluster(x, s->names[i])))
-                return fail_at(x, key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'",
-                               s->names[i]);
+                return fail_at(x, key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'", s->names[i]);
         r->listener = l;
         if (push(x, &l->routes, &l->nroutes, r) < 0) return -1;
     }
@@ -1149,9 +1142,8 @@ static int check_admin(ctx *x)
     for (size_t i = 0; i < c->nlisteners; i++) {
         if (strcmp(c->listeners[i]->address.text, c->admin.text) == 0) {
             sect *s = find_sect(x, SEC_SIDEKICK, "");
-            return fail_at(x, s ? key_line(s, "admin") : 0, s, "admin",
-                           "%s is already used by [listener %s]", c->admin.text,
-                           c->listeners[i]->name);
+            return fail_at(x, s ? key_line(s, "admin") : 0, s, "admin", "%s is already used by [listener %s]",
+                           c->admin.text, c->listeners[i]->name);
         }
     }
     return 0;

@@ -45,20 +45,20 @@ typedef struct sk_weighted_cluster {
 
 /* [listener NAME] */
 struct sk_listener {
-    char *name;                  /* section name */
-    int index;                   /* position in sk_config.listeners */
-    sk_addr address;             /* `address`, required */
-    int protocol;                /* `protocol`, enum sk_protocol, default http */
-    sk_cluster *cluster;         /* `cluster`, protocol = tcp only (required there) */
-    unsigned max_connections;    /* `max_connections`, default 10000 */
-    uint64_t header_timeout_ms;  /* `header_timeout`, default 10s */
-    uint64_t idle_timeout_ms;    /* `idle_timeout`, default 60s */
-    uint64_t max_header_bytes;   /* `max_header_bytes`, default 64k */
-    unsigned max_headers;        /* `max_headers`, default 100 */
-    uint64_t max_body_bytes;     /* `max_body_bytes`, default 0 = unlimited */
-    sk_route **routes;           /* routes naming this listener, in file order */
-    size_t nroutes;              /* number of routes */
-    int line;                    /* line of the section header, for messages */
+    char *name;                 /* section name */
+    int index;                  /* position in sk_config.listeners */
+    sk_addr address;            /* `address`, required */
+    int protocol;               /* `protocol`, enum sk_protocol, default http */
+    sk_cluster *cluster;        /* `cluster`, protocol = tcp only (required there) */
+    unsigned max_connections;   /* `max_connections`, default 10000 */
+    uint64_t header_timeout_ms; /* `header_timeout`, default 10s */
+    uint64_t idle_timeout_ms;   /* `idle_timeout`, default 60s */
+    uint64_t max_header_bytes;  /* `max_header_bytes`, default 64k */
+    unsigned max_headers;       /* `max_headers`, default 100 */
+    uint64_t max_body_bytes;    /* `max_body_bytes`, default 0 = unlimited */
+    sk_route **routes;          /* routes naming this listener, in file order */
+    size_t nroutes;             /* number of routes */
+    int line;                   /* line of the section header, for messages */
 };
 
 /* [route NAME] */
@@ -86,8 +86,8 @@ struct sk_route {
 
 /* One static endpoint of a cluster. */
 typedef struct sk_endpoint {
-    sk_addr address;   /* where to connect */
-    int index;         /* position in the cluster's endpoint array */
+    sk_addr address; /* where to connect */
+    int index;       /* position in the cluster's endpoint array */
 } sk_endpoint;
 
 /* [cluster NAME] */
@@ -112,26 +112,26 @@ struct sk_cluster {
 
 /* The whole configuration: one generation. */
 struct sk_config {
-    int refcnt;                 /* references (atomic); freed at 0 */
-    uint64_t generation;        /* generation number, 1 for the first load */
-    char *file;                 /* absolute path of the INI file */
-    time_t loaded_at;           /* wall-clock load time */
+    int refcnt;          /* references (atomic); freed at 0 */
+    uint64_t generation; /* generation number, 1 for the first load */
+    char *file;          /* absolute path of the INI file */
+    time_t loaded_at;    /* wall-clock load time */
 
     /* [sidekick] */
-    int workers;                /* `workers`, resolved: auto = number of CPUs */
-    bool admin_enabled;         /* false when `admin = off` */
-    sk_addr admin;              /* `admin`, default 127.0.0.1:15000 */
-    char *plugin_dir;           /* `plugin_dir`, resolved against the file's directory */
-    char *lua_dir;              /* `lua_dir`, resolved likewise */
-    int log_level;              /* `log_level`, SK_LOG_*, default info */
-    char *access_log;           /* "stdout", "stderr", "off" or an absolute path; default stdout */
-    uint64_t drain_timeout_ms;  /* `drain_timeout`, default 15s */
+    int workers;               /* `workers`, resolved: auto = number of CPUs */
+    bool admin_enabled;        /* false when `admin = off` */
+    sk_addr admin;             /* `admin`, default 127.0.0.1:15000 */
+    char *plugin_dir;          /* `plugin_dir`, resolved against the file's directory */
+    char *lua_dir;             /* `lua_dir`, resolved likewise */
+    int log_level;             /* `log_level`, SK_LOG_*, default info */
+    char *access_log;          /* "stdout", "stderr", "off" or an absolute path; default stdout */
+    uint64_t drain_timeout_ms; /* `drain_timeout`, default 15s */
 
-    sk_listener **listeners;    /* in file order */
+    sk_listener **listeners; /* in file order */
     size_t nlisteners;
-    sk_route **routes;          /* in file order */
+    sk_route **routes; /* in file order */
     size_t nroutes;
-    sk_cluster **clusters;      /* in file order */
+    sk_cluster **clusters; /* in file order */
     size_t nclusters;
 };
 
@@ -160,9 +160,9 @@ int sk_parse_addr(const char *s, sk_addr *out);
  * `host` is the request authority without port (any case); `path` excludes
  * the query string. Headers are matched case-insensitively by name.
  */
-const sk_route *sk_route_match(const sk_listener *l, const char *method, size_t method_len,
-                               const char *host, size_t host_len, const char *path,
-                               size_t path_len, const sk_header *headers, size_t nheaders);
+const sk_route *sk_route_match(const sk_listener *l, const char *method, size_t method_len, const char *host,
+                               size_t host_len, const char *path, size_t path_len, const sk_header *headers,
+                               size_t nheaders);
 
 /* Picks one cluster of a route by weight; `rnd` is any random 32-bit value. */
 sk_cluster *sk_route_pick_cluster(const sk_route *r, uint32_t rnd);

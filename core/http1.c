@@ -169,7 +169,11 @@ const char *sk_status_text(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
-    default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error" : "Server Error";
+    default:
+        return status < 300   ? "OK"
+               : status < 400 ? "Redirect"
+               : status < 500 ? "Client Error"
+                              : "Server Error";
     }
 }
 
@@ -457,8 +461,10 @@ static void finish_request(sk_conn *c)
 
 static int limit_reply(sk_conn *c, int rc, int status, const char *reason)
 {
-    if (rc == -2) sk_conn_local_reply(c, status, reason, NULL, true);
-    else sk_conn_local_reply(c, 500, "internal_error", NULL, true);
+    if (rc == -2)
+        sk_conn_local_reply(c, status, reason, NULL, true);
+    else
+        sk_conn_local_reply(c, 500, "internal_error", NULL, true);
     return -1;
 }
 
@@ -674,7 +680,8 @@ static void process(sk_conn *c)
             c->paused = true;
         }
         if (c->rpos > from) c->last_byte = c->rbuf[c->rpos - 1];
-        if (c->req) c->req->bytes_received += (err == HPE_OK || err == HPE_PAUSED) ? c->rpos - from : c->rlen - from;
+        if (c->req)
+            c->req->bytes_received += (err == HPE_OK || err == HPE_PAUSED) ? c->rpos - from : c->rlen - from;
         if (err == HPE_OK || err == HPE_PAUSED) {
         } else {
             if (!c->dead && !c->closing) {
@@ -800,7 +807,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
     sk_debug("client %s: request body idle for too long", c->client_addr);
     if (!r->response_started) {
         if (r->up) sk_proxy_abort(r);
-        sk_conn_local_reply(c, 408, "header_timeout", "request body timeout\n", true);
+        sk_conn_local_reply(c, 408, "idle_timeout", "request body timeout\n", true);
         sk_conn_flush(c);
     } else {
         sk_conn_close(c);

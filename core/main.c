@@ -63,12 +63,8 @@ static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
 {
     switch (s->signum) {
     case SIGTERM:
-    case SIGINT:
-        sk_server_drain();
-        break;
-    case SIGHUP:
-        sk_warn("SIGHUP: configuration reload is not supported in this version; ignored");
-        break;
+    case SIGINT: sk_server_drain(); break;
+    case SIGHUP: sk_warn("SIGHUP: configuration reload is not supported in this version; ignored"); break;
     case SIGUSR1:
         if (accesslog_path) {
             int fd = open(accesslog_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -93,7 +89,8 @@ static int open_accesslog(const sk_config *cfg)
     if (strcmp(a, "off") == 0) return -1;
     int fd = open(a, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
-        fprintf(stderr, "sidekick: %s: [sidekick] access_log: cannot open %s: %s\n", cfg->file, a, strerror(errno));
+        fprintf(stderr, "sidekick: %s: [sidekick] access_log: cannot open %s: %s\n", cfg->file, a,
+                strerror(errno));
         return -2;
     }
     accesslog_path = strdup(a);
@@ -189,8 +186,8 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < cfg->nlisteners; i++)
         sk_info("listener %s on %s (%s)", cfg->listeners[i]->name, cfg->listeners[i]->address.text,
                 cfg->listeners[i]->protocol == SK_PROTO_TCP ? "tcp" : "http");
-    sk_info("sidekick %s started: %d worker%s, admin %s", SK_VERSION, cfg->workers, cfg->workers == 1 ? "" : "s",
-            cfg->admin_enabled ? cfg->admin.text : "off");
+    sk_info("sidekick %s started: %d worker%s, admin %s", SK_VERSION, cfg->workers,
+            cfg->workers == 1 ? "" : "s", cfg->admin_enabled ? cfg->admin.text : "off");
 
     ev_run(sk_srv.loop, 0);
 

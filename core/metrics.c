@@ -153,10 +153,14 @@ static int prom_label(sk_buf *out, const char *s)
 {
     for (; *s; s++) {
         int rc;
-        if (*s == '\\') rc = sk_buf_append(out, "\\\\", 2);
-        else if (*s == '"') rc = sk_buf_append(out, "\\\"", 2);
-        else if (*s == '\n') rc = sk_buf_append(out, "\\n", 2);
-        else rc = sk_buf_append(out, s, 1);
+        if (*s == '\\')
+            rc = sk_buf_append(out, "\\\\", 2);
+        else if (*s == '"')
+            rc = sk_buf_append(out, "\\\"", 2);
+        else if (*s == '\n')
+            rc = sk_buf_append(out, "\\n", 2);
+        else
+            rc = sk_buf_append(out, s, 1);
         if (rc < 0) return -1;
     }
     return 0;
@@ -223,33 +227,33 @@ int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, sk_metrics *
         cum += t.buckets[b];
         int rc;
         if (b < SK_HIST_BUCKETS - 1)
-            rc = sk_buf_printf(out, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", h,
-                               (double)hist_bounds_us[b] / 1e6, cum);
+            rc = sk_buf_printf(out, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", h, (double)hist_bounds_us[b] / 1e6,
+                               cum);
         else
             rc = sk_buf_printf(out, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", h, cum);
         if (rc < 0) return -1;
     }
     /* the sum is printed from integer microseconds: exact, no float rounding */
-    if (sk_buf_printf(out, "%s_sum %" PRIu64 ".%06" PRIu64 "\n%s_count %" PRIu64 "\n", h,
-                      t.sum_us / 1000000, t.sum_us % 1000000, h, t.count) < 0)
+    if (sk_buf_printf(out, "%s_sum %" PRIu64 ".%06" PRIu64 "\n%s_count %" PRIu64 "\n", h, t.sum_us / 1000000,
+                      t.sum_us % 1000000, h, t.count) < 0)
         return -1;
 
-    if (prom_i64(out, "sidekick_downstream_connections_active", "gauge",
-                 "Open client connections.", t.downstream_active) < 0 ||
-        prom_u64(out, "sidekick_downstream_connections_total", "counter",
-                 "Accepted client connections.", t.downstream_total) < 0 ||
-        prom_i64(out, "sidekick_upstream_connections_active", "gauge",
-                 "Open upstream connections.", t.upstream_active) < 0 ||
-        prom_u64(out, "sidekick_upstream_connections_opened_total", "counter",
-                 "Upstream connections opened.", t.upstream_opened) < 0 ||
+    if (prom_i64(out, "sidekick_downstream_connections_active", "gauge", "Open client connections.",
+                 t.downstream_active) < 0 ||
+        prom_u64(out, "sidekick_downstream_connections_total", "counter", "Accepted client connections.",
+                 t.downstream_total) < 0 ||
+        prom_i64(out, "sidekick_upstream_connections_active", "gauge", "Open upstream connections.",
+                 t.upstream_active) < 0 ||
+        prom_u64(out, "sidekick_upstream_connections_opened_total", "counter", "Upstream connections opened.",
+                 t.upstream_opened) < 0 ||
         prom_u64(out, "sidekick_upstream_requests_reused_total", "counter",
                  "Requests sent on a pooled (reused) upstream connection.", t.upstream_reused) < 0 ||
         prom_u64(out, "sidekick_upstream_connect_failures_total", "counter",
                  "Failed upstream connects (refused, timed out).", t.upstream_connect_failures) < 0 ||
-        prom_u64(out, "sidekick_downstream_bytes_received_total", "counter",
-                 "Bytes read from clients.", t.bytes_received) < 0 ||
-        prom_u64(out, "sidekick_downstream_bytes_sent_total", "counter",
-                 "Bytes written to clients.", t.bytes_sent) < 0 ||
+        prom_u64(out, "sidekick_downstream_bytes_received_total", "counter", "Bytes read from clients.",
+                 t.bytes_received) < 0 ||
+        prom_u64(out, "sidekick_downstream_bytes_sent_total", "counter", "Bytes written to clients.",
+                 t.bytes_sent) < 0 ||
         prom_u64(out, "sidekick_config_generation", "gauge",
                  "Generation number of the running configuration.", cfg ? cfg->generation : 0) < 0 ||
         prom_u64(out, "sidekick_workers", "gauge", "Number of worker threads.", (uint64_t)n) < 0)
@@ -323,12 +327,18 @@ int sk_metrics_render_json(sk_buf *out, const sk_config *cfg, sk_metrics *const 
      * so nothing is touched after a failed attach */
     jset(dur, "count", json_integer((json_int_t)t.count), &ok);
     jset(dur, "sum_seconds", json_real((double)t.sum_us / 1e6), &ok);
-    if (ok) jset(dur, "buckets", buckets, &ok);
-    else json_decref(buckets);
-    if (ok) jset(root, "requests", reqs, &ok);
-    else json_decref(reqs);
-    if (ok) jset(root, "request_duration", dur, &ok);
-    else json_decref(dur);
+    if (ok)
+        jset(dur, "buckets", buckets, &ok);
+    else
+        json_decref(buckets);
+    if (ok)
+        jset(root, "requests", reqs, &ok);
+    else
+        json_decref(reqs);
+    if (ok)
+        jset(root, "request_duration", dur, &ok);
+    else
+        json_decref(dur);
     if (!ok) {
         json_decref(root);
         return -1;
@@ -347,8 +357,10 @@ int sk_metrics_render_json(sk_buf *out, const sk_config *cfg, sk_metrics *const 
             ok = false;
             break;
         }
-        if (b < SK_HIST_BUCKETS - 1) jset(o, "le", json_real((double)hist_bounds_us[b] / 1e6), &ok);
-        else jset(o, "le", json_string("+Inf"), &ok);
+        if (b < SK_HIST_BUCKETS - 1)
+            jset(o, "le", json_real((double)hist_bounds_us[b] / 1e6), &ok);
+        else
+            jset(o, "le", json_string("+Inf"), &ok);
         jset(o, "count", json_integer((json_int_t)cum), &ok);
         jpush(buckets, o, &ok);
     }
@@ -358,8 +370,7 @@ int sk_metrics_render_json(sk_buf *out, const sk_config *cfg, sk_metrics *const 
     jset(root, "upstream_connections_active", json_integer(t.upstream_active), &ok);
     jset(root, "upstream_connections_opened_total", json_integer((json_int_t)t.upstream_opened), &ok);
     jset(root, "upstream_requests_reused_total", json_integer((json_int_t)t.upstream_reused), &ok);
-    jset(root, "upstream_connect_failures_total",
-         json_integer((json_int_t)t.upstream_connect_failures), &ok);
+    jset(root, "upstream_connect_failures_total", json_integer((json_int_t)t.upstream_connect_failures), &ok);
     jset(root, "downstream_bytes_received_total", json_integer((json_int_t)t.bytes_received), &ok);
     jset(root, "downstream_bytes_sent_total", json_integer((json_int_t)t.bytes_sent), &ok);
     jset(root, "config_generation", json_integer(cfg ? (json_int_t)cfg->generation : 0), &ok);

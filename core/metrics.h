@@ -13,27 +13,29 @@
 /* Status codes 100..599 map to slot status - 100. */
 #define SK_STATUS_SLOTS 500
 /* Upper bounds of the request duration histogram, in microseconds. */
-#define SK_HIST_BOUNDS_US                                                                          \
-    { 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000,        \
-      5000000, 10000000 }
+#define SK_HIST_BOUNDS_US                                                                              \
+    {                                                                                                  \
+        500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, \
+            10000000                                                                                   \
+    }
 #define SK_HIST_BUCKETS 15 /* the bounds above plus +Inf */
 
 typedef struct sk_metrics {
     /* requests by route and status: (nroutes + 1) rows of SK_STATUS_SLOTS;
      * row nroutes counts requests that matched no route */
     uint64_t *route_status;
-    size_t nroutes;                 /* number of routes the table was sized for */
-    uint64_t downstream_active;     /* open client connections (gauge) */
-    uint64_t downstream_total;      /* accepted client connections */
-    uint64_t upstream_active;       /* open upstream connections (gauge) */
-    uint64_t upstream_opened;       /* upstream connections opened */
-    uint64_t upstream_reused;       /* requests sent on a pooled connection */
-    uint64_t upstream_connect_failures; /* failed connects (refused, timeout) */
-    uint64_t bytes_received;        /* bytes read from clients */
-    uint64_t bytes_sent;            /* bytes written to clients */
+    size_t nroutes;                             /* number of routes the table was sized for */
+    uint64_t downstream_active;                 /* open client connections (gauge) */
+    uint64_t downstream_total;                  /* accepted client connections */
+    uint64_t upstream_active;                   /* open upstream connections (gauge) */
+    uint64_t upstream_opened;                   /* upstream connections opened */
+    uint64_t upstream_reused;                   /* requests sent on a pooled connection */
+    uint64_t upstream_connect_failures;         /* failed connects (refused, timeout) */
+    uint64_t bytes_received;                    /* bytes read from clients */
+    uint64_t bytes_sent;                        /* bytes written to clients */
     uint64_t duration_buckets[SK_HIST_BUCKETS]; /* non-cumulative bucket counts */
-    uint64_t duration_sum_us;       /* sum of request durations */
-    uint64_t duration_count;        /* number of requests observed */
+    uint64_t duration_sum_us;                   /* sum of request durations */
+    uint64_t duration_count;                    /* number of requests observed */
 } sk_metrics;
 
 /* Allocates a zeroed sk_metrics sized for cfg's routes; NULL on OOM. */

@@ -29,9 +29,8 @@ static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
         sk_streq_nocase(n, l, "upgrade") || sk_streq_nocase(n, l, "trailer") ||
         sk_streq_nocase(n, l, "content-length") || (l >= 6 && strncasecmp(n, "proxy-", 6) == 0))
         return true;
-    if (request &&
-        (sk_streq_nocase(n, l, "expect") || sk_streq_nocase(n, l, "x-forwarded-for") ||
-         sk_streq_nocase(n, l, "x-forwarded-proto") || sk_streq_nocase(n, l, "x-request-id")))
+    if (request && (sk_streq_nocase(n, l, "expect") || sk_streq_nocase(n, l, "x-forwarded-for") ||
+                    sk_streq_nocase(n, l, "x-forwarded-proto") || sk_streq_nocase(n, l, "x-request-id")))
         return true;
     if (conn) {
         const char *p = conn->value, *e = conn->value + conn->value_len;
@@ -48,13 +47,14 @@ static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
 static void gen_request_id(sk_worker *w, char out[40])
 {
     uint32_t a = sk_worker_rand(w), b = sk_worker_rand(w), c = sk_worker_rand(w), d = sk_worker_rand(w);
-    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%04x%08x", a, b >> 16, b & 0xfff,
-             (c & 0x3fff) | 0x8000, c >> 16, d);
+    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%04x%08x", a, b >> 16, b & 0xfff, (c & 0x3fff) | 0x8000, c >> 16,
+             d);
 }
 
 /* Releases the cluster circuit-breaker slots the request holds. */
 static void release_cluster(sk_request *r)
 {
+    sk_request_pending_done(r);
     if (r->counted_request) {
         __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
         r->counted_request = false;
@@ -136,8 +136,7 @@ static const sk_endpoint *pick_endpoint(sk_request *r)
     size_t n = cl->nendpoints;
     if (n == 1) return &cl->endpoints[0];
     switch (cl->lb) {
-    case SK_LB_RANDOM:
-        return &cl->endpoints[sk_worker_rand(w) % n];
+    case SK_LB_RANDOM: return &cl->endpoints[sk_worker_rand(w) % n];
     case SK_LB_LEAST_REQUEST: {
         /* power of two choices over this worker's in-flight counts */
         size_t a = sk_worker_rand(w) % n, b = sk_worker_rand(w) % n;
@@ -145,8 +144,7 @@ static const sk_endpoint *pick_endpoint(sk_request *r)
         if (r->endpoint && (size_t)r->endpoint->index == a) a = b;
         return &cl->endpoints[wc->pools[a].active <= wc->pools[b].active ? a : b];
     }
-    default:
-        return &cl->endpoints[wc->rr++ % n];
+    default: return &cl->endpoints[wc->rr++ % n];
     }
 }
 
@@ -277,8 +275,8 @@ static bool idempotent(int m)
 
 static bool may_retry(const sk_request *r)
 {
-    return !r->response_started && r->route && r->attempts <= r->route->retries &&
-           idempotent(r->method_id) && r->req_framing == SK_BODY_NONE;
+    return !r->response_started && r->route && r->attempts <= r->route->retries && idempotent(r->method_id) &&
+           r->req_framing == SK_BODY_NONE;
 }
 
 /* A 502/503/504 answer is retried (not forwarded) while retries are left. */
@@ -312,13 +310,15 @@ void sk_proxy_upstream_error(sk_request *r, int status, const char *reason, bool
         r->up = NULL;
         sk_upstream_release(u, false);
     }
-    if (strcmp(reason, "upstream_connect_failure") == 0) SK_INC(r->worker->metrics->upstream_connect_failures);
+    sk_request_pending_done(r);
+    if (strcmp(reason, "upstream_connect_failure") == 0)
+        SK_INC(r->worker->metrics->upstream_connect_failures);
     /* A pooled connection the upstream closed while we picked it (the
      * keep-alive race): one free retry on a fresh connection, whatever
      * `retries` says, when nothing of the response arrived and the request
      * is safe to send again. */
-    if (retryable && r->up_reused && !r->stale_retried && !r->response_started &&
-        idempotent(r->method_id) && r->req_framing == SK_BODY_NONE) {
+    if (retryable && r->up_reused && !r->stale_retried && !r->response_started && idempotent(r->method_id) &&
+        r->req_framing == SK_BODY_NONE) {
         r->stale_retried = true;
         r->attempts--;
         sk_debug("pooled upstream connection was stale, retrying on a new one");

@@ -52,8 +52,8 @@ static bool headers_match(const sk_route *r, const sk_header *headers, size_t nh
         for (size_t j = 0; j < nheaders && !found; j++) {
             const sk_header *h = &headers[j];
             if (!sk_streq_nocase(h->name, h->name_len, m->name)) continue;
-            found = !m->value || (h->value_len == strlen(m->value) &&
-                                  memcmp(h->value, m->value, h->value_len) == 0);
+            found = !m->value ||
+                    (h->value_len == strlen(m->value) && memcmp(h->value, m->value, h->value_len) == 0);
         }
         if (!found) return false;
     }
@@ -66,9 +66,9 @@ static bool headers_match(const sk_route *r, const sk_header *headers, size_t nh
  * when the request has none; then only routes without `host` match. The
  * returned route is owned by the listener's config.
  */
-const sk_route *sk_route_match(const sk_listener *l, const char *method, size_t method_len,
-                               const char *host, size_t host_len, const char *path, size_t path_len,
-                               const sk_header *headers, size_t nheaders)
+const sk_route *sk_route_match(const sk_listener *l, const char *method, size_t method_len, const char *host,
+                               size_t host_len, const char *path, size_t path_len, const sk_header *headers,
+                               size_t nheaders)
 {
     if (!l) return NULL;
     if (!path) path_len = 0;

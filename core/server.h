@@ -11,13 +11,13 @@
 #include "metrics.h"
 
 typedef struct sk_server {
-    sk_config *config;      /* the running generation (main thread owns the reference) */
-    struct ev_loop *loop;   /* the main loop: signals, admin */
-    sk_metrics **metrics;   /* one per worker, index = worker id */
-    size_t nworkers;        /* number of workers */
-    int ready;              /* 1 once every listener is bound (atomic) */
-    int draining;           /* 1 once a drain started (atomic) */
-    time_t started_at;      /* process start, wall clock */
+    sk_config *config;    /* the running generation (main thread owns the reference) */
+    struct ev_loop *loop; /* the main loop: signals, admin */
+    sk_metrics **metrics; /* one per worker, index = worker id */
+    size_t nworkers;      /* number of workers */
+    int ready;            /* 1 once every listener is bound (atomic) */
+    int draining;         /* 1 once a drain started (atomic) */
+    time_t started_at;    /* process start, wall clock */
 } sk_server;
 
 extern sk_server sk_srv;

@@ -15,16 +15,16 @@
 #define SK_VERSION "0.1.0"
 
 #define SK_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
-#define SK_MIN(a, b) ((a) < (b) ? (a) : (b))
-#define SK_MAX(a, b) ((a) > (b) ? (a) : (b))
-#define SK_UNUSED(x) ((void)(x))
+#define SK_MIN(a, b)    ((a) < (b) ? (a) : (b))
+#define SK_MAX(a, b)    ((a) > (b) ? (a) : (b))
+#define SK_UNUSED(x)    ((void)(x))
 
 /* Counters written by one thread and read by another (the admin endpoint):
  * relaxed atomics, no locked instructions on the writer's side. */
-#define SK_INC(x) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED)
+#define SK_INC(x)    __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED)
 #define SK_ADD(x, n) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
-#define SK_DEC(x) __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED)
-#define SK_LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define SK_DEC(x)    __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED)
+#define SK_LOAD(x)   __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
 /* Log levels, in the order of `[sidekick] log_level`. */
 enum { SK_LOG_ERROR = 0, SK_LOG_WARN, SK_LOG_INFO, SK_LOG_DEBUG };
@@ -38,17 +38,17 @@ extern int sk_log_level;
 void sk_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define sk_error(...) sk_log(SK_LOG_ERROR, __VA_ARGS__)
-#define sk_warn(...)                                                                               \
-    do {                                                                                           \
-        if (sk_log_level >= SK_LOG_WARN) sk_log(SK_LOG_WARN, __VA_ARGS__);                         \
+#define sk_warn(...)                                                       \
+    do {                                                                   \
+        if (sk_log_level >= SK_LOG_WARN) sk_log(SK_LOG_WARN, __VA_ARGS__); \
     } while (0)
-#define sk_info(...)                                                                               \
-    do {                                                                                           \
-        if (sk_log_level >= SK_LOG_INFO) sk_log(SK_LOG_INFO, __VA_ARGS__);                         \
+#define sk_info(...)                                                       \
+    do {                                                                   \
+        if (sk_log_level >= SK_LOG_INFO) sk_log(SK_LOG_INFO, __VA_ARGS__); \
     } while (0)
-#define sk_debug(...)                                                                              \
-    do {                                                                                           \
-        if (sk_log_level >= SK_LOG_DEBUG) sk_log(SK_LOG_DEBUG, __VA_ARGS__);                       \
+#define sk_debug(...)                                                        \
+    do {                                                                     \
+        if (sk_log_level >= SK_LOG_DEBUG) sk_log(SK_LOG_DEBUG, __VA_ARGS__); \
     } while (0)
 
 /*
@@ -74,7 +74,10 @@ typedef struct sk_buf {
 } sk_buf;
 
 /* Returns the number of pending bytes. */
-static inline size_t sk_buf_pending(const sk_buf *b) { return b->len - b->off; }
+static inline size_t sk_buf_pending(const sk_buf *b)
+{
+    return b->len - b->off;
+}
 
 /* Appends n bytes; returns 0 or -1 on allocation failure (buffer unchanged). */
 int sk_buf_append(sk_buf *b, const void *p, size_t n);
@@ -83,7 +86,10 @@ int sk_buf_printf(sk_buf *b, const char *fmt, ...) __attribute__((format(printf,
 /* Marks n pending bytes consumed; resets the buffer when it becomes empty. */
 void sk_buf_consume(sk_buf *b, size_t n);
 /* Drops all content, keeping the storage for reuse. */
-static inline void sk_buf_reset(sk_buf *b) { b->off = b->len = 0; }
+static inline void sk_buf_reset(sk_buf *b)
+{
+    b->off = b->len = 0;
+}
 /* Releases the storage. */
 void sk_buf_free(sk_buf *b);
 

@@ -21,10 +21,10 @@ void sk__listener_conn_closed(const sk_listener *l);
 typedef struct side {
     sk_transport tr;
     ev_io rio, wio;
-    char *buf;     /* bytes read from this side, waiting for the other */
+    char *buf; /* bytes read from this side, waiting for the other */
     size_t off, len;
-    bool eof;      /* this side sent FIN */
-    bool shut;     /* we sent FIN to this side */
+    bool eof;  /* this side sent FIN */
+    bool shut; /* we sent FIN to this side */
     struct sk_tcp *t;
 } side;
 
@@ -32,10 +32,10 @@ typedef struct sk_tcp {
     sk_worker *worker;
     const sk_listener *listener;
     sk_config *config;
-    sk_link link;           /* in worker->tcp_conns */
-    side down, up;          /* client side, upstream side */
+    sk_link link;  /* in worker->tcp_conns */
+    side down, up; /* client side, upstream side */
     bool connected;
-    ev_timer timer;         /* connect timeout, then idle timeout */
+    ev_timer timer; /* connect timeout, then idle timeout */
     const sk_endpoint *endpoint;
     uint64_t start_ns;
     uint64_t bytes_in, bytes_out;
@@ -89,7 +89,10 @@ static void tcp_close(sk_tcp *t)
     free(t);
 }
 
-static side *other(side *s) { return s == &s->t->down ? &s->t->up : &s->t->down; }
+static side *other(side *s)
+{
+    return s == &s->t->down ? &s->t->up : &s->t->down;
+}
 
 static void touch(sk_tcp *t)
 {
@@ -119,8 +122,12 @@ static int pump(side *s)
             return -1;
         }
         s->off += (size_t)n;
-        if (s == &t->down) t->bytes_in += (uint64_t)n;
-        else t->bytes_out += (uint64_t)n;
+        if (s == &t->down) {
+            t->bytes_in += (uint64_t)n;
+        } else {
+            t->bytes_out += (uint64_t)n;
+            SK_ADD(w->metrics->bytes_sent, (uint64_t)n);
+        }
     }
     s->off = s->len = 0;
     ev_io_stop(w->loop, &o->wio);
@@ -162,7 +169,6 @@ static void on_side_read(struct ev_loop *loop, ev_io *io, int revents)
         s->off = 0;
         s->len = (size_t)n;
         if (s == &t->down) SK_ADD(t->worker->metrics->bytes_received, (uint64_t)n);
-        else SK_ADD(t->worker->metrics->bytes_sent, (uint64_t)n);
     }
     pump(s);
 }
@@ -176,7 +182,8 @@ static void on_side_write(struct ev_loop *loop, ev_io *io, int revents)
         socklen_t len = sizeof(err);
         getsockopt(o->tr.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
-            sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint->address.text, strerror(err));
+            sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint->address.text,
+                     strerror(err));
             SK_INC(t->worker->metrics->upstream_connect_failures);
             t->reason = "upstream_connect_failure";
             tcp_close(t);

@@ -16,7 +16,7 @@
 #include "http1.h"
 #include "worker.h"
 
-#define SK_UP_MAX_HEADERS 200
+#define SK_UP_MAX_HEADERS    200
 #define SK_UP_MAX_HEAD_BYTES (64 * 1024)
 
 static int on_status(llhttp_t *p, const char *at, size_t n);
@@ -100,12 +100,20 @@ int sk_upstream_attach(sk_request *r)
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
             return -2;
         }
+        /* max_pending: requests waiting for a new connection to come up. */
+        if (__atomic_add_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED) > cl->max_pending) {
+            __atomic_sub_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED);
+            __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+            return -2;
+        }
+        r->counted_pending = true;
         const sk_addr *a = &r->endpoint->address;
         int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         u = fd >= 0 ? calloc(1, sizeof(*u)) : NULL;
         if (!u) {
             if (fd >= 0) close(fd);
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+            sk_request_pending_done(r);
             return -1;
         }
         int one = 1;
@@ -130,6 +138,7 @@ int sk_upstream_attach(sk_request *r)
         }
         if (rc == 0) {
             u->connected = true;
+            sk_request_pending_done(r);
             start_read(u);
         } else {
             ev_io_start(w->loop, &u->wio);
@@ -379,6 +388,7 @@ static void on_write(struct ev_loop *loop, ev_io *io, int revents)
             return;
         }
         u->connected = true;
+        if (u->req) sk_request_pending_done(u->req);
         start_read(u);
     }
     if (sk_upstream_flush(u) < 0) return;

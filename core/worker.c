@@ -19,7 +19,7 @@
 
 static sk_worker *workers;
 static int nworkers;
-static int running; /* atomic: workers whose loop still runs */
+static int running;         /* atomic: workers whose loop still runs */
 static int drain_requested; /* atomic */
 /* open connections per listener across workers (atomic), by listener index */
 static unsigned *listener_conns;
@@ -39,8 +39,8 @@ fail:;
     int e = errno;
     if (fd >= 0) close(fd);
     char buf[512];
-    snprintf(buf, sizeof(buf), "[listener %s] address: cannot listen on %s: %s", l->name,
-             l->address.text, strerror(e));
+    snprintf(buf, sizeof(buf), "[listener %s] address: cannot listen on %s: %s", l->name, l->address.text,
+             strerror(e));
     *err = strdup(buf);
     return -1;
 }
@@ -56,13 +56,15 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
         int fd = accept4(wl->fd, (struct sockaddr *)&ss, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EINTR || errno == ECONNABORTED) continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK) sk_warn("accept on %s: %s", l->address.text, strerror(errno));
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                sk_warn("accept on %s: %s", l->address.text, strerror(errno));
             return;
         }
         unsigned *cnt = &listener_conns[l->index];
         if (__atomic_add_fetch(cnt, 1, __ATOMIC_RELAXED) > l->max_connections) {
             __atomic_sub_fetch(cnt, 1, __ATOMIC_RELAXED);
-            sk_debug("listener %s: max_connections %u reached, closing new connection", l->name, l->max_connections);
+            sk_debug("listener %s: max_connections %u reached, closing new connection", l->name,
+                     l->max_connections);
             close(fd);
             continue;
         }

@@ -27,8 +27,14 @@ typedef struct sk_link {
     struct sk_link *prev, *next;
 } sk_link;
 
-static inline void sk_list_init(sk_link *l) { l->prev = l->next = l; }
-static inline bool sk_list_empty(const sk_link *l) { return l->next == l; }
+static inline void sk_list_init(sk_link *l)
+{
+    l->prev = l->next = l;
+}
+static inline bool sk_list_empty(const sk_link *l)
+{
+    return l->next == l;
+}
 static inline void sk_list_insert(sk_link *head, sk_link *n)
 {
     n->next = head->next;
@@ -42,12 +48,12 @@ static inline void sk_list_remove(sk_link *n)
     n->next->prev = n->prev;
     n->prev = n->next = n;
 }
-#define SK_CONTAINER(p, type, field) ((type *)((char *)(p) - offsetof(type, field)))
+#define SK_CONTAINER(p, type, field) ((type *)((char *)(p)-offsetof(type, field)))
 
-#define SK_READ_BUF 16384          /* bytes read per read(2) */
-#define SK_HIGH_WATER (256 * 1024) /* stop reading the source above this */
-#define SK_LOW_WATER (64 * 1024)   /* resume below this */
-#define SK_UPSTREAM_IDLE_MS 60000  /* idle pooled upstream connections close after */
+#define SK_READ_BUF         16384        /* bytes read per read(2) */
+#define SK_HIGH_WATER       (256 * 1024) /* stop reading the source above this */
+#define SK_LOW_WATER        (64 * 1024)  /* resume below this */
+#define SK_UPSTREAM_IDLE_MS 60000        /* idle pooled upstream connections close after */
 
 /* A parsed header: offsets into sk_request.head (stable across reallocs). */
 typedef struct sk_hdr_off {
@@ -56,16 +62,16 @@ typedef struct sk_hdr_off {
 
 /* The parsed head of a message plus its storage. Reused across requests. */
 typedef struct sk_head {
-    sk_buf raw;          /* url/status text and header bytes, back to back */
-    sk_hdr_off *offs;    /* header offsets into raw */
-    size_t nhdrs;        /* headers parsed */
-    size_t cap;          /* capacity of offs */
+    sk_buf raw;            /* url/status text and header bytes, back to back */
+    sk_hdr_off *offs;      /* header offsets into raw */
+    size_t nhdrs;          /* headers parsed */
+    size_t cap;            /* capacity of offs */
     uint32_t url, url_len; /* request target (request) or reason text (response) */
-    sk_header *views;    /* header views, valid once the head is complete */
-    size_t views_cap;    /* capacity of views */
-    bool in_value;       /* last callback was a value piece */
-    bool done;           /* head complete: later fields are trailers (dropped, but counted) */
-    size_t trailer_bytes; /* bytes of trailer fields seen */
+    sk_header *views;      /* header views, valid once the head is complete */
+    size_t views_cap;      /* capacity of views */
+    bool in_value;         /* last callback was a value piece */
+    bool done;             /* head complete: later fields are trailers (dropped, but counted) */
+    size_t trailer_bytes;  /* bytes of trailer fields seen */
 } sk_head;
 
 /* Where a request is in its life. */
@@ -86,57 +92,57 @@ enum sk_framing { SK_BODY_NONE = 0, SK_BODY_LENGTH, SK_BODY_CHUNKED, SK_BODY_EOF
  * warmed-up worker does not malloc per request.
  */
 struct sk_request {
-    sk_conn *conn;                 /* the downstream connection (owner) */
-    sk_worker *worker;             /* the worker it lives on */
-    sk_config *config;             /* generation it started on (reference) */
-    sk_link link;                  /* free-list link */
-    int state;                     /* enum sk_req_state */
-    uint64_t start_ns;             /* first byte of the head */
-    uint64_t upstream_start_ns;    /* request sent upstream */
-    uint64_t upstream_end_ns;      /* response complete */
+    sk_conn *conn;              /* the downstream connection (owner) */
+    sk_worker *worker;          /* the worker it lives on */
+    sk_config *config;          /* generation it started on (reference) */
+    sk_link link;               /* free-list link */
+    int state;                  /* enum sk_req_state */
+    uint64_t start_ns;          /* first byte of the head */
+    uint64_t upstream_start_ns; /* request sent upstream */
+    uint64_t upstream_end_ns;   /* response complete */
 
-    sk_head head;                  /* request head */
-    const char *method;            /* method name (static string) */
-    int method_id;                 /* llhttp method */
-    const char *path;              /* into head.raw: path part of the target */
+    sk_head head;       /* request head */
+    const char *method; /* method name (static string) */
+    int method_id;      /* llhttp method */
+    const char *path;   /* into head.raw: path part of the target */
     size_t path_len;
-    const char *query;             /* after '?', or NULL */
+    const char *query; /* after '?', or NULL */
     size_t query_len;
-    const char *host;              /* authority without port, or "" */
+    const char *host; /* authority without port, or "" */
     size_t host_len;
-    const char *authority;         /* Host header as sent */
+    const char *authority; /* Host header as sent */
     size_t authority_len;
-    char request_id[40];           /* x-request-id sent upstream */
-    int req_framing;               /* enum sk_framing of the request body */
-    uint64_t req_content_length;   /* when SK_BODY_LENGTH */
-    uint64_t body_received;        /* request body bytes received (decoded) */
-    uint64_t bytes_received;       /* request bytes on the wire, head included */
-    bool body_done;                /* request body fully received */
-    bool expect_continue;          /* client sent Expect: 100-continue */
-    bool keep_alive;               /* client wants keep-alive */
-    int http_minor;                /* client's HTTP/1.x minor version */
+    char request_id[40];         /* x-request-id sent upstream */
+    int req_framing;             /* enum sk_framing of the request body */
+    uint64_t req_content_length; /* when SK_BODY_LENGTH */
+    uint64_t body_received;      /* request body bytes received (decoded) */
+    uint64_t bytes_received;     /* request bytes on the wire, head included */
+    bool body_done;              /* request body fully received */
+    bool expect_continue;        /* client sent Expect: 100-continue */
+    bool keep_alive;             /* client wants keep-alive */
+    int http_minor;              /* client's HTTP/1.x minor version */
 
-    const sk_route *route;         /* matched route, or NULL */
-    sk_cluster *cluster;           /* chosen cluster, or NULL */
-    const sk_endpoint *endpoint;   /* current endpoint, or NULL */
-    unsigned attempts;             /* upstream attempts made */
-    bool up_reused;                /* the current upstream connection came from the pool */
-    bool stale_retried;            /* the one free retry after a stale pooled connection is used */
-    sk_upconn *up;                 /* the upstream connection in use */
-    sk_buf uphead;                 /* request head as sent upstream (kept for retries) */
-    bool counted_request;          /* holds a cluster active_requests slot */
-    bool counted_pending;          /* holds a cluster active_pending slot */
-    ev_timer timeout;              /* route timeout */
+    const sk_route *route;       /* matched route, or NULL */
+    sk_cluster *cluster;         /* chosen cluster, or NULL */
+    const sk_endpoint *endpoint; /* current endpoint, or NULL */
+    unsigned attempts;           /* upstream attempts made */
+    bool up_reused;              /* the current upstream connection came from the pool */
+    bool stale_retried;          /* the one free retry after a stale pooled connection is used */
+    sk_upconn *up;               /* the upstream connection in use */
+    sk_buf uphead;               /* request head as sent upstream (kept for retries) */
+    bool counted_request;        /* holds a cluster active_requests slot */
+    bool counted_pending;        /* holds a cluster active_pending slot */
+    ev_timer timeout;            /* route timeout */
 
-    sk_head rhead;                 /* response head from upstream */
-    int status;                    /* response status sent to the client */
-    const char *reason;            /* x-sidekick-reason of a local reply, or NULL */
-    int resp_framing;              /* enum sk_framing towards the client */
-    uint64_t bytes_sent;           /* bytes written towards the client */
-    bool response_started;         /* response head queued to the client */
-    bool close_after;              /* close the client connection after this response */
-    bool discard_body;             /* drop remaining request body (local reply sent) */
-    bool up_body_done;             /* request body fully queued upstream */
+    sk_head rhead;         /* response head from upstream */
+    int status;            /* response status sent to the client */
+    const char *reason;    /* x-sidekick-reason of a local reply, or NULL */
+    int resp_framing;      /* enum sk_framing towards the client */
+    uint64_t bytes_sent;   /* bytes written towards the client */
+    bool response_started; /* response head queued to the client */
+    bool close_after;      /* close the client connection after this response */
+    bool discard_body;     /* drop remaining request body (local reply sent) */
+    bool up_body_done;     /* request body fully queued upstream */
 };
 
 /* A downstream (client) connection. */
@@ -168,24 +174,24 @@ struct sk_conn {
 
 /* A pooled upstream connection. */
 struct sk_upconn {
-    sk_worker *worker;           /* owner */
-    sk_pool *pool;               /* the (cluster, endpoint) pool it belongs to */
-    sk_link link;                /* in pool->idle while idle */
-    sk_transport tr;             /* the socket */
-    ev_io rio, wio;              /* readiness */
-    ev_timer timer;              /* connect timeout, then idle timeout */
-    llhttp_t parser;             /* HTTP/1 response parser */
-    char *rbuf;                  /* read buffer, SK_READ_BUF */
-    size_t rpos, rlen;           /* unparsed bytes */
-    sk_out out;                  /* towards the upstream */
-    sk_request *req;             /* the request using it, or NULL when idle */
-    bool connected;              /* connect completed */
-    bool reading;                /* rio started */
-    bool got_response_bytes;     /* any byte of the response arrived */
-    bool response_done;          /* on_message_complete seen */
-    bool reusable;               /* may go back to the pool */
-    bool retry_response;         /* a 502/503/504 that will be retried: not forwarded */
-    unsigned requests;           /* requests served on it */
+    sk_worker *worker;       /* owner */
+    sk_pool *pool;           /* the (cluster, endpoint) pool it belongs to */
+    sk_link link;            /* in pool->idle while idle */
+    sk_transport tr;         /* the socket */
+    ev_io rio, wio;          /* readiness */
+    ev_timer timer;          /* connect timeout, then idle timeout */
+    llhttp_t parser;         /* HTTP/1 response parser */
+    char *rbuf;              /* read buffer, SK_READ_BUF */
+    size_t rpos, rlen;       /* unparsed bytes */
+    sk_out out;              /* towards the upstream */
+    sk_request *req;         /* the request using it, or NULL when idle */
+    bool connected;          /* connect completed */
+    bool reading;            /* rio started */
+    bool got_response_bytes; /* any byte of the response arrived */
+    bool response_done;      /* on_message_complete seen */
+    bool reusable;           /* may go back to the pool */
+    bool retry_response;     /* a 502/503/504 that will be retried: not forwarded */
+    unsigned requests;       /* requests served on it */
 };
 
 /* Idle upstream connections of one (cluster, endpoint) on one worker. */
@@ -199,43 +205,53 @@ struct sk_pool {
 
 /* Per-worker runtime state of a cluster. */
 typedef struct sk_wcluster {
-    sk_pool *pools;              /* one per endpoint */
-    uint32_t rr;                 /* round-robin cursor */
+    sk_pool *pools; /* one per endpoint */
+    uint32_t rr;    /* round-robin cursor */
 } sk_wcluster;
 
 /* One listening socket of a worker. */
 typedef struct sk_wlistener {
     sk_worker *worker;
     const sk_listener *listener;
-    int fd;                      /* SO_REUSEPORT socket, -1 when closed */
+    int fd; /* SO_REUSEPORT socket, -1 when closed */
     ev_io io;
 } sk_wlistener;
 
 /* A worker thread: one libev loop, its listeners, connections and pools. */
 struct sk_worker {
-    int id;                      /* 0..n-1 */
+    int id; /* 0..n-1 */
     pthread_t thread;
     struct ev_loop *loop;
-    sk_config *config;           /* current generation (reference) */
-    sk_metrics *metrics;         /* written only by this worker */
-    sk_wlistener *listeners;     /* config->nlisteners entries */
-    sk_wcluster *clusters;       /* config->nclusters entries */
-    sk_link conns;               /* open downstream HTTP connections */
-    sk_link tcp_conns;           /* open downstream connections of tcp listeners */
-    size_t nconns;               /* both kinds */
-    sk_link free_reqs;           /* recycled sk_request */
-    char **free_bufs;            /* recycled read buffers */
+    sk_config *config;       /* current generation (reference) */
+    sk_metrics *metrics;     /* written only by this worker */
+    sk_wlistener *listeners; /* config->nlisteners entries */
+    sk_wcluster *clusters;   /* config->nclusters entries */
+    sk_link conns;           /* open downstream HTTP connections */
+    sk_link tcp_conns;       /* open downstream connections of tcp listeners */
+    size_t nconns;           /* both kinds */
+    sk_link free_reqs;       /* recycled sk_request */
+    char **free_bufs;        /* recycled read buffers */
     size_t nfree_bufs, free_bufs_cap;
-    ev_async wake;               /* main → worker: drain */
-    ev_timer drain_timer;        /* periodic drain check */
-    ev_prepare reap;             /* frees dead connections at a safe point */
-    sk_conn **dead;              /* connections to free */
+    ev_async wake;        /* main → worker: drain */
+    ev_timer drain_timer; /* periodic drain check */
+    ev_prepare reap;      /* frees dead connections at a safe point */
+    sk_conn **dead;       /* connections to free */
     size_t ndead, dead_cap;
     bool draining;
-    uint64_t rng;                /* xorshift state */
-    int accesslog_fd;            /* -1 when off */
-    sk_buf logline;              /* access log line being built */
+    uint64_t rng;     /* xorshift state */
+    int accesslog_fd; /* -1 when off */
+    sk_buf logline;   /* access log line being built */
 };
+
+/* Gives back the cluster's max_pending slot a request holds while its
+ * upstream connection is being established. */
+static inline void sk_request_pending_done(sk_request *r)
+{
+    if (r->counted_pending) {
+        __atomic_sub_fetch(&r->cluster->active_pending, 1, __ATOMIC_RELAXED);
+        r->counted_pending = false;
+    }
+}
 
 /* --- worker.c --- */
 /* Starts n workers on cfg; binds every listener in each (SO_REUSEPORT).
@@ -288,8 +304,8 @@ void sk_proxy_abort(sk_request *r);
 /* The client's output drained below the low-water mark. */
 void sk_proxy_client_drained(sk_request *r);
 /* Builds the response head towards the client from rhead. */
-int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chunked,
-                           bool up_length, uint64_t length);
+int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chunked, bool up_length,
+                           uint64_t length);
 /* Response body bytes / end from the upstream. */
 int sk_proxy_response_body(sk_request *r, const char *p, size_t n);
 void sk_proxy_response_end(sk_request *r);

@@ -41,6 +41,16 @@ BAD_400 = {
     "garbage_request_line": b"THIS IS NOT HTTP\r\n\r\n",
     "binary_garbage": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n",
     "space_before_colon": b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad : 1\r\n\r\n",
+    "tab_in_request_target": b"GET /a\tb HTTP/1.1\r\nHost: x\r\n\r\n",
+    "space_in_request_target": b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+    "chunk_size_overflow": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"ffffffffffffffffffff\r\nabc\r\n0\r\n\r\n",
+    "chunk_data_without_crlf": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               b"3\r\nabcX\r\n0\r\n\r\n",
+    "content_length_plus_sign": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello",
+    "nul_in_header_value": b"GET / HTTP/1.1\r\nHost: x\r\nX-Nul: a\x00b\r\n\r\n",
+    "invalid_header_name_char": b"GET / HTTP/1.1\r\nHost: x\r\nX@Y: 1\r\n\r\n",
+    "control_char_in_method": b"G\x01T / HTTP/1.1\r\nHost: x\r\n\r\n",
     "bare_cr_in_header_value": b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\rb\r\n\r\n",
 }
 
@@ -82,6 +92,19 @@ def test_unknown_http_version(env):
     sk, up = env
     resp, closed = raw_exchange(sk.port("listen"), b"GET / HTTP/9.7\r\nHost: x\r\n\r\n")
     assert resp is not None and resp.status in (400, 505), resp
+    assert closed
+    time.sleep(0.2)
+    assert up.total_bytes == 0
+
+
+def test_two_transfer_encoding_lines(env):
+    """chunked then gzip on two lines = "chunked, gzip": chunked is not last."""
+    sk, up = env
+    data = (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Transfer-Encoding: gzip\r\n\r\n0\r\n\r\n")
+    resp, closed = raw_exchange(sk.port("listen"), data)
+    assert resp is not None and resp.status in (400, 501), resp
+    assert resp.header("x-sidekick-reason") == "bad_request"
     assert closed
     time.sleep(0.2)
     assert up.total_bytes == 0

@@ -484,3 +484,43 @@ def test_workers_2(sidekick, upstream):
         r = http_request(sk.port("listen"), "GET", f"/w{i}")
         assert r.status == 200 and r.body == f"up GET /w{i}".encode()
     assert sorted(q.target for q in up.requests) == sorted(f"/w{i}" for i in range(40))
+
+
+def test_request_id_kept_when_long(env):
+    """Real-world ids are often longer than a UUID (trace headers, prefixed
+    hashes): the contract says the client's x-request-id is kept."""
+    sk, up = env()
+    rid = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    assert len(rid) > 40
+    http_request(sk.port("listen"), "GET", "/", headers={"X-Request-Id": rid})
+    assert up.requests[0].header_all("x-request-id") == [rid]
+
+
+def test_client_connection_close_not_propagated(env):
+    """Connection: close from the client closes the client connection only;
+    the upstream connection stays pooled."""
+    sk, up = env()
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/1", headers=[("Connection", "close")])
+        assert r.status == 200
+        assert (r.header("connection") or "").lower() == "close"
+        assert c.wait_closed(3)
+    for v in up.requests[0].header_all("connection"):
+        assert "close" not in v.lower(), up.requests[0].headers
+    assert http_request(sk.port("listen"), "GET", "/2").status == 200
+    assert up.accepted == 1
+
+
+def test_post_empty_body_and_get_with_body(env):
+    sk, up = env()
+    with RawClient(sk.port("listen")) as c:
+        c.send(b"POST /empty HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        assert c.read_response().status == 200
+        c.send(b"GET /withbody HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello")
+        assert c.read_response().status == 200
+        c.send(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert c.read_response().body == b"up GET /after"
+    reqs = up.requests
+    assert [(q.target, q.body) for q in reqs] == [("/empty", b""), ("/withbody", b"hello"),
+                                                   ("/after", b"")]
+    assert reqs[0].header("content-length") == "0" or not reqs[0].has("transfer-encoding")

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness import (RawClient, Reply, assert_local_reply, echo_handler, free_port,
+from harness import (ConnectionClosed, RawClient, Reply, assert_local_reply, build_request, echo_handler, free_port,
                      http_request, sk_ini)
 
 
@@ -290,3 +290,101 @@ def test_upstream_closes_idle_pooled_connection(sidekick, upstream):
         assert r.status == 200 and r.body == f"up GET /{i}".encode(), f"request {i}: {r!r}"
         time.sleep(1.0)
     assert up.accepted == 3
+
+
+def blackhole_listener():
+    """A listening socket whose accept queue is full: further SYNs are
+    dropped, so connecting to it hangs until a timeout."""
+    import socket as s_
+    srv = s_.socket(s_.AF_INET, s_.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    fillers = []
+    for _ in range(4):
+        c = s_.socket(s_.AF_INET, s_.SOCK_STREAM)
+        c.setblocking(False)
+        try:
+            c.connect(("127.0.0.1", srv.getsockname()[1]))
+        except BlockingIOError:
+            pass
+        fillers.append(c)
+    time.sleep(0.2)
+    return srv, fillers
+
+
+def test_connect_timeout(sidekick):
+    srv, fillers = blackhole_listener()
+    try:
+        port = srv.getsockname()[1]
+        sk = sidekick(config([port], extra_cluster="").replace("connect_timeout = 1s",
+                                                               "connect_timeout = 500ms"))
+        t0 = time.monotonic()
+        r = http_request(sk.port("listen"), "GET", "/", timeout=15)
+        elapsed = time.monotonic() - t0
+        assert_local_reply(r, 502, "upstream_connect_failure")
+        assert 0.3 < elapsed < 3, f"took {elapsed:.2f}s with connect_timeout = 500ms"
+    finally:
+        for c in fillers:
+            c.close()
+        srv.close()
+
+
+def test_timeout_after_response_head(sidekick, upstream):
+    """The upstream sends the head and part of the body, then stalls past
+    the route timeout: the client connection is cut (it cannot get a 504
+    any more), well before the stall ends, and never sees a complete body."""
+    up = upstream(lambda req: Reply(raw_parts=[
+        (0, b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10), (4.0, b"y" * 90)]))
+    sk = sidekick(config([up.port], timeout="500ms"))
+    t0 = time.monotonic()
+    with RawClient(sk.port("listen")) as c:
+        c.send(build_request("GET", "/"))
+        try:
+            r = c.read_response(timeout=6)
+        except (ConnectionClosed, ConnectionResetError):
+            r = None
+        elapsed = time.monotonic() - t0
+    if r is not None:
+        assert r.status == 504, r  # only possible if the head was held back
+    assert elapsed < 3.5, f"connection held {elapsed:.2f}s"
+
+
+def test_lb_random_uses_both(sidekick, upstream):
+    a = upstream(echo_handler("a"), name="a")
+    b = upstream(echo_handler("b"), name="b")
+    sk = sidekick(config([a.port, b.port], extra_cluster="lb = random"))
+    with RawClient(sk.port("listen")) as c:
+        for i in range(100):
+            assert c.request("GET", "/").status == 200
+    assert len(a.requests) >= 20 and len(b.requests) >= 20, (len(a.requests), len(b.requests))
+
+
+def test_circuit_breaker_max_requests(sidekick, upstream):
+    import threading
+    up = upstream(lambda req: Reply(delay=1.0, body=b"slow"))
+    sk = sidekick(config([up.port], extra_cluster="max_requests = 1"))
+    results = []
+
+    def one():
+        results.append(http_request(sk.port("listen"), "GET", "/", timeout=10))
+    ts = [threading.Thread(target=one) for _ in range(3)]
+    for t in ts:
+        t.start()
+        time.sleep(0.05)
+    for t in ts:
+        t.join(10)
+    statuses = sorted(r.status for r in results)
+    assert statuses.count(200) >= 1, results
+    over = [r for r in results if r.status == 503]
+    assert over, f"max_requests = 1 with 3 concurrent requests: {statuses}"
+    for r in over:
+        assert r.header("x-sidekick-reason") == "overloaded", r
+    assert len(up.requests) == statuses.count(200)
+
+
+def test_retries_exhausted(sidekick):
+    sk = sidekick(config([free_port(), free_port()], retries=2))
+    t0 = time.monotonic()
+    r = http_request(sk.port("listen"), "GET", "/")
+    assert_local_reply(r, 502, "upstream_connect_failure")
+    assert time.monotonic() - t0 < 3

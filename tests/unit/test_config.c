@@ -18,33 +18,33 @@
 
 static int checks, failures;
 
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(c)) {                                                                                \
-            failures++;                                                                            \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-        }                                                                                          \
+#define CHECK(c)                                                                  \
+    do {                                                                          \
+        checks++;                                                                 \
+        if (!(c)) {                                                               \
+            failures++;                                                           \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+        }                                                                         \
     } while (0)
 /* Like CHECK, but leaves the test function (for pointers about to be used). */
-#define ASSERT(c)                                                                                  \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(c)) {                                                                                \
-            failures++;                                                                            \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c);              \
-            return;                                                                                \
-        }                                                                                          \
+#define ASSERT(c)                                                                     \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!(c)) {                                                                   \
+            failures++;                                                               \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
+            return;                                                                   \
+        }                                                                             \
     } while (0)
-#define CHECK_STR(a, b)                                                                            \
-    do {                                                                                           \
-        const char *a_ = (a), *b_ = (b);                                                           \
-        checks++;                                                                                  \
-        if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                                   \
-            failures++;                                                                            \
-            fprintf(stderr, "%s:%d: %s: got '%s', want '%s'\n", __FILE__, __LINE__, #a,            \
-                    a_ ? a_ : "(null)", b_ ? b_ : "(null)");                                       \
-        }                                                                                          \
+#define CHECK_STR(a, b)                                                                                     \
+    do {                                                                                                    \
+        const char *a_ = (a), *b_ = (b);                                                                    \
+        checks++;                                                                                           \
+        if (!a_ || !b_ || strcmp(a_, b_) != 0) {                                                            \
+            failures++;                                                                                     \
+            fprintf(stderr, "%s:%d: %s: got '%s', want '%s'\n", __FILE__, __LINE__, #a, a_ ? a_ : "(null)", \
+                    b_ ? b_ : "(null)");                                                                    \
+        }                                                                                                   \
     } while (0)
 
 static char tmpdir[4096];
@@ -104,8 +104,7 @@ static void test_durations(void)
         uint64_t ms = 12345;
         int rc = sk_parse_duration(cases[i].s, &ms);
         if (rc != cases[i].rc || (rc == 0 && ms != cases[i].ms))
-            fprintf(stderr, "duration '%s': rc %d ms %llu\n", cases[i].s, rc,
-                    (unsigned long long)ms);
+            fprintf(stderr, "duration '%s': rc %d ms %llu\n", cases[i].s, rc, (unsigned long long)ms);
         CHECK(rc == cases[i].rc);
         if (rc == 0) CHECK(ms == cases[i].ms);
     }
@@ -207,8 +206,8 @@ static void test_addresses(void)
         CHECK_STR(a.text, cases[i].text);
         CHECK(a.ss.ss_family == cases[i].family);
         CHECK(port_of(&a) == cases[i].port);
-        CHECK(a.len == (cases[i].family == AF_INET ? sizeof(struct sockaddr_in)
-                                                   : sizeof(struct sockaddr_in6)));
+        CHECK(a.len ==
+              (cases[i].family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)));
     }
     sk_addr a;
     CHECK(sk_parse_addr(NULL, &a) == -1);
@@ -464,8 +463,7 @@ static void test_defaults(void)
     sk_config_unref(c);
 
     /* Two listeners on port 0 are two ephemeral ports, not a conflict. */
-    c = load_text("[listener a]\naddress = 127.0.0.1:0\n[listener b]\naddress = 127.0.0.1:0\n",
-                  &err);
+    c = load_text("[listener a]\naddress = 127.0.0.1:0\n[listener b]\naddress = 127.0.0.1:0\n", &err);
     CHECK(c != NULL);
     sk_config_unref(c);
 }
@@ -493,10 +491,8 @@ static const struct {
     {BASE "[route]\n", "t.ini:5: [route] missing name (write [route NAME])"},
     {BASE "[listener]\n", "t.ini:5: [listener] missing name (write [listener NAME])"},
     {BASE "[cluster]\n", "t.ini:5: [cluster] missing name (write [cluster NAME])"},
-    {BASE "[route a b]\n",
-     "t.ini:5: [route a b] bad name (letters, digits, '-', '_' and '.' only)"},
-    {BASE "[route a,b]\n",
-     "t.ini:5: [route a,b] bad name (letters, digits, '-', '_' and '.' only)"},
+    {BASE "[route a b]\n", "t.ini:5: [route a b] bad name (letters, digits, '-', '_' and '.' only)"},
+    {BASE "[route a,b]\n", "t.ini:5: [route a,b] bad name (letters, digits, '-', '_' and '.' only)"},
     {BASE "[cluster c]\nendpoints = 127.0.0.1:1\n",
      "t.ini:5: [cluster c] duplicate section (first at line 3)"},
     {BASE "[listener in]\n", "t.ini:5: [listener in] duplicate section (first at line 1)"},
@@ -525,12 +521,9 @@ static const struct {
      "t.ini:7: [listener l] endpoints: unknown key"},
 
     /* not supported yet */
-    {BASE "[listener l]\ntls = mesh\n",
-     "t.ini:6: [listener l] tls: not supported yet in this version"},
-    {BASE "[listener l]\nplugins = a\n",
-     "t.ini:6: [listener l] plugins: not supported yet in this version"},
-    {BASE "[route r]\nplugins = a, b\n",
-     "t.ini:6: [route r] plugins: not supported yet in this version"},
+    {BASE "[listener l]\ntls = mesh\n", "t.ini:6: [listener l] tls: not supported yet in this version"},
+    {BASE "[listener l]\nplugins = a\n", "t.ini:6: [listener l] plugins: not supported yet in this version"},
+    {BASE "[route r]\nplugins = a, b\n", "t.ini:6: [route r] plugins: not supported yet in this version"},
     {BASE "[route r]\nlua = x.lua\n", "t.ini:6: [route r] lua: not supported yet in this version"},
     {BASE "[route r]\nlua_budget = 50ms\n",
      "t.ini:6: [route r] lua_budget: not supported yet in this version"},
@@ -546,8 +539,7 @@ static const struct {
      "t.ini:6: [cluster d] outlier_failures: not supported yet in this version"},
     {BASE "[cluster d]\noutlier_ejection = 30s\n",
      "t.ini:6: [cluster d] outlier_ejection: not supported yet in this version"},
-    {BASE "[cluster d]\ntls = client\n",
-     "t.ini:6: [cluster d] tls: not supported yet in this version"},
+    {BASE "[cluster d]\ntls = client\n", "t.ini:6: [cluster d] tls: not supported yet in this version"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = ring_hash\n",
      "t.ini:7: [cluster d] lb: ring_hash is not supported yet in this version"},
 
@@ -574,8 +566,7 @@ static const struct {
     {BASE "[sidekick]\nlog_level = verbose\n",
      "t.ini:6: [sidekick] log_level: bad value 'verbose' (expected error, warn, info or debug)"},
     {BASE "[sidekick]\ndrain_timeout = x\n", "t.ini:6: [sidekick] drain_timeout: bad duration 'x'"},
-    {BASE "[sidekick]\ndrain_timeout = -5s\n",
-     "t.ini:6: [sidekick] drain_timeout: bad duration '-5s'"},
+    {BASE "[sidekick]\ndrain_timeout = -5s\n", "t.ini:6: [sidekick] drain_timeout: bad duration '-5s'"},
     {BASE "[sidekick]\ndrain_timeout = 50000m\n",
      "t.ini:6: [sidekick] drain_timeout: duration '50000m' is too long (at most 43200m)"},
 
@@ -675,8 +666,7 @@ static const struct {
      "t.ini:8: [route r] header: empty value in 'x-a:' (write just the name to require presence)"},
     {BASE "[route r]\nlistener = in\nrespond = 200\nheader = x-a\nheader = x(b\n",
      "t.ini:9: [route r] header: bad header name in 'x(b' (expected 'name' or 'name: value')"},
-    {BASE "[route r]\nlistener = in\ncluster = nope\n",
-     "t.ini:7: [route r] cluster: unknown cluster 'nope'"},
+    {BASE "[route r]\nlistener = in\ncluster = nope\n", "t.ini:7: [route r] cluster: unknown cluster 'nope'"},
     {BASE "[route r]\nlistener = in\ncluster = c 50, nope 50\n",
      "t.ini:7: [route r] cluster: unknown cluster 'nope'"},
     {BASE "[route r]\nlistener = in\ncluster = c 90, d\n",
@@ -687,14 +677,11 @@ static const struct {
      "t.ini:7: [route r] cluster: bad weight '-1' for 'c' (expected 0..10000)"},
     {BASE "[route r]\nlistener = in\ncluster = c 1 2\n",
      "t.ini:7: [route r] cluster: bad weight '1 2' for 'c' (expected 0..10000)"},
-    {BASE "[route r]\nlistener = in\ncluster = c 0\n",
-     "t.ini:7: [route r] cluster: weights add up to 0"},
+    {BASE "[route r]\nlistener = in\ncluster = c 0\n", "t.ini:7: [route r] cluster: weights add up to 0"},
     {BASE "[route r]\nlistener = in\ncluster = c 1, c 2\n",
      "t.ini:7: [route r] cluster: cluster 'c' named twice"},
-    {BASE "[route r]\nlistener = in\ncluster = c/d\n",
-     "t.ini:7: [route r] cluster: bad cluster name 'c/d'"},
-    {BASE "[route r]\nlistener = in\ncluster = c,\n",
-     "t.ini:7: [route r] cluster: empty entry in list 'c,'"},
+    {BASE "[route r]\nlistener = in\ncluster = c/d\n", "t.ini:7: [route r] cluster: bad cluster name 'c/d'"},
+    {BASE "[route r]\nlistener = in\ncluster = c,\n", "t.ini:7: [route r] cluster: empty entry in list 'c,'"},
     {BASE "[route r]\nlistener = in\ncluster = c\nrespond = 200\n",
      "t.ini:8: [route r] respond: 'cluster' and 'respond' are exclusive"},
     {BASE "[route r]\nlistener = in\nrespond = 200\ncluster = c\n",
@@ -782,8 +769,8 @@ static void test_errors(void)
     /* A line longer than inih's line buffer (200 in Debian's build). */
     char longline[600];
     snprintf(longline, sizeof(longline), BASE "[cluster d]\nendpoints = 127.0.0.1:1%0300d\n", 0);
-    check_error(longline, strlen(longline),
-                "t.ini:6: [cluster d] line too long (more than 198 characters)", __LINE__);
+    check_error(longline, strlen(longline), "t.ini:6: [cluster d] line too long (more than 198 characters)",
+                __LINE__);
 
     /* Files that cannot be read. */
     char *err = NULL;
@@ -817,9 +804,8 @@ static void test_subdir(void)
     CHECK_STR(err, "conf/x.ini:6: [route api] timeout: bad duration 'x'");
     free(err);
 
-    write_file("conf/y.ini",
-               "[sidekick]\nplugin_dir = ../p\nlua_dir = ./l/./m/\naccess_log = a.log\n"
-               "[listener in]\naddress = 127.0.0.1:0\n");
+    write_file("conf/y.ini", "[sidekick]\nplugin_dir = ../p\nlua_dir = ./l/./m/\naccess_log = a.log\n"
+                             "[listener in]\naddress = 127.0.0.1:0\n");
     sk_config *c = sk_config_load("./conf/../conf/y.ini", &err);
     ASSERT(c != NULL);
     snprintf(want, sizeof(want), "%s/conf/y.ini", tmpdir);

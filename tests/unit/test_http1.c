@@ -13,13 +13,13 @@
 
 static int checks, failures;
 
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(c)) {                                                                                \
-            failures++;                                                                            \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-        }                                                                                          \
+#define CHECK(c)                                                                  \
+    do {                                                                          \
+        checks++;                                                                 \
+        if (!(c)) {                                                               \
+            failures++;                                                           \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+        }                                                                         \
     } while (0)
 
 static bool has(const sk_buf *b, const char *s)
@@ -97,10 +97,23 @@ static void test_skip_header(void)
         const char *name;
         bool skip;
     } cases[] = {
-        {"Connection", true}, {"keep-alive", true}, {"TE", true}, {"Transfer-Encoding", true},
-        {"Upgrade", true}, {"Proxy-Authorization", true}, {"proxy-connection", true}, {"Trailer", true},
-        {"X-Foo", true}, {"x-bar", true}, {"x-foobar", false}, {"x-fo", false}, {"Content-Type", false},
-        {"Content-Length", true}, {"Expect", true}, {"x-request-id", true}, {"Accept", false},
+        {"Connection", true},
+        {"keep-alive", true},
+        {"TE", true},
+        {"Transfer-Encoding", true},
+        {"Upgrade", true},
+        {"Proxy-Authorization", true},
+        {"proxy-connection", true},
+        {"Trailer", true},
+        {"X-Foo", true},
+        {"x-bar", true},
+        {"x-foobar", false},
+        {"x-fo", false},
+        {"Content-Type", false},
+        {"Content-Length", true},
+        {"Expect", true},
+        {"x-request-id", true},
+        {"Accept", false},
     };
     for (size_t i = 0; i < SK_ARRAY_LEN(cases); i++) {
         sk_header h = {cases[i].name, strlen(cases[i].name), "v", 1};
@@ -136,8 +149,10 @@ static void build(sk_request *r, sk_conn *c, sk_worker *w, sk_route *rt, const c
         r->query_len = strlen(q + 1);
     }
     const sk_header *rid = sk_head_get(&r->head, "x-request-id");
-    if (rid) snprintf(r->request_id, sizeof(r->request_id), "%.*s", (int)rid->value_len, rid->value);
-    else gen_request_id(w, r->request_id);
+    if (rid)
+        snprintf(r->request_id, sizeof(r->request_id), "%.*s", (int)rid->value_len, rid->value);
+    else
+        gen_request_id(w, r->request_id);
     CHECK(build_upstream_head(r) == 0);
 }
 
@@ -157,10 +172,26 @@ static void test_upstream_head(void)
     sk_route rt = {.name = "r", .prefix = "/"};
     sk_request r;
 
-    const char *h1[] = {"Host", "svc", "Connection", "keep-alive, X-Secret", "X-Secret", "s",
-                        "Keep-Alive", "timeout=5", "TE", "trailers", "Upgrade", "h2c",
-                        "Proxy-Authorization", "Basic x", "X-Forwarded-For", "1.1.1.1",
-                        "X-Forwarded-Proto", "https", "Accept", "*/*"};
+    const char *h1[] = {"Host",
+                        "svc",
+                        "Connection",
+                        "keep-alive, X-Secret",
+                        "X-Secret",
+                        "s",
+                        "Keep-Alive",
+                        "timeout=5",
+                        "TE",
+                        "trailers",
+                        "Upgrade",
+                        "h2c",
+                        "Proxy-Authorization",
+                        "Basic x",
+                        "X-Forwarded-For",
+                        "1.1.1.1",
+                        "X-Forwarded-Proto",
+                        "https",
+                        "Accept",
+                        "*/*"};
     build(&r, &c, &w, &rt, "/a/b?x=1", h1, SK_ARRAY_LEN(h1));
     const sk_buf *b = &r.uphead;
     CHECK(has(b, "GET /a/b?x=1 HTTP/1.1\r\n"));

@@ -17,22 +17,22 @@
 
 static int checks, failures;
 
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);               \
-            failures++;                                                                            \
-        }                                                                                          \
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        checks++;                                                                    \
+        if (!(cond)) {                                                               \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                              \
+        }                                                                            \
     } while (0)
 
-#define ASSERT(cond)                                                                               \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "%s:%d: ASSERT failed: %s\n", __FILE__, __LINE__, #cond);              \
-            exit(1);                                                                               \
-        }                                                                                          \
+#define ASSERT(cond)                                                                  \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!(cond)) {                                                                \
+            fprintf(stderr, "%s:%d: ASSERT failed: %s\n", __FILE__, __LINE__, #cond); \
+            exit(1);                                                                  \
+        }                                                                             \
     } while (0)
 
 /* True when `text` holds `line` as a whole line. */
@@ -44,13 +44,13 @@ static int has_line(const char *text, const char *line)
     return 0;
 }
 
-#define CHECK_LINE(text, line)                                                                     \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!has_line((text), (line))) {                                                           \
-            fprintf(stderr, "%s:%d: missing line: %s\n", __FILE__, __LINE__, (line));              \
-            failures++;                                                                            \
-        }                                                                                          \
+#define CHECK_LINE(text, line)                                                        \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!has_line((text), (line))) {                                              \
+            fprintf(stderr, "%s:%d: missing line: %s\n", __FILE__, __LINE__, (line)); \
+            failures++;                                                               \
+        }                                                                             \
     } while (0)
 
 /* Two routes, "api" (index 0) and "web \"x\"" (index 1, a name that needs
@@ -64,7 +64,8 @@ static json_t *find_request(json_t *reqs, const char *route, int code)
 {
     size_t i;
     json_t *o;
-    json_array_foreach(reqs, i, o) {
+    json_array_foreach(reqs, i, o)
+    {
         if (strcmp(json_string_value(json_object_get(o, "route")), route) == 0 &&
             json_integer_value(json_object_get(o, "code")) == code)
             return o;

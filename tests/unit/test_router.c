@@ -13,22 +13,22 @@
 
 static int checks, failures;
 
-#define CHECK(c)                                                                                   \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(c)) {                                                                                \
-            failures++;                                                                            \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c);                  \
-        }                                                                                          \
+#define CHECK(c)                                                                  \
+    do {                                                                          \
+        checks++;                                                                 \
+        if (!(c)) {                                                               \
+            failures++;                                                           \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
+        }                                                                         \
     } while (0)
-#define ASSERT(c)                                                                                  \
-    do {                                                                                           \
-        checks++;                                                                                  \
-        if (!(c)) {                                                                                \
-            failures++;                                                                            \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c);              \
-            return;                                                                                \
-        }                                                                                          \
+#define ASSERT(c)                                                                     \
+    do {                                                                              \
+        checks++;                                                                     \
+        if (!(c)) {                                                                   \
+            failures++;                                                               \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
+            return;                                                                   \
+        }                                                                             \
     } while (0)
 
 static char tmpdir[256];
@@ -64,8 +64,8 @@ static void put(char *dst, size_t cap, size_t *len, const char *s)
     snprintf(dst, cap, "%sJUNK", s);
 }
 
-static const sk_route *match(const sk_listener *l, const char *method, const char *host,
-                             const char *path, const char *const *hdrs)
+static const sk_route *match(const sk_listener *l, const char *method, const char *host, const char *path,
+                             const char *const *hdrs)
 {
     static req r;
     memset(&r, 0, sizeof(r));
@@ -82,8 +82,8 @@ static const sk_route *match(const sk_listener *l, const char *method, const cha
         r.headers[i].value_len = strlen(colon + 2);
         r.nheaders++;
     }
-    return sk_route_match(l, r.method, r.method_len, host ? r.host : NULL, r.host_len, r.path,
-                          r.path_len, r.headers, r.nheaders);
+    return sk_route_match(l, r.method, r.method_len, host ? r.host : NULL, r.host_len, r.path, r.path_len,
+                          r.headers, r.nheaders);
 }
 
 static const char *name_of(const sk_route *r)
@@ -91,15 +91,15 @@ static const char *name_of(const sk_route *r)
     return r ? r->name : "(none)";
 }
 
-#define MATCH(l, m, h, p, hdrs, want)                                                              \
-    do {                                                                                           \
-        const char *got_ = name_of(match(l, m, h, p, hdrs));                                       \
-        checks++;                                                                                  \
-        if (strcmp(got_, want) != 0) {                                                             \
-            failures++;                                                                            \
-            fprintf(stderr, "%s:%d: %s %s %s: got route %s, want %s\n", __FILE__, __LINE__, m,     \
-                    h ? h : "(no host)", p, got_, want);                                           \
-        }                                                                                          \
+#define MATCH(l, m, h, p, hdrs, want)                                                          \
+    do {                                                                                       \
+        const char *got_ = name_of(match(l, m, h, p, hdrs));                                   \
+        checks++;                                                                              \
+        if (strcmp(got_, want) != 0) {                                                         \
+            failures++;                                                                        \
+            fprintf(stderr, "%s:%d: %s %s %s: got route %s, want %s\n", __FILE__, __LINE__, m, \
+                    h ? h : "(no host)", p, got_, want);                                       \
+        }                                                                                      \
     } while (0)
 
 static const char conf[] = "[listener in]\n"
@@ -221,8 +221,7 @@ static void test_pick(void)
                         "[cluster b]\nendpoints = 127.0.0.1:2\n"
                         "[cluster c]\nendpoints = 127.0.0.1:3\n");
     ASSERT(c != NULL);
-    const sk_route *split = c->routes[0], *zero = c->routes[1], *single = c->routes[2],
-                   *local = c->routes[3];
+    const sk_route *split = c->routes[0], *zero = c->routes[1], *single = c->routes[2], *local = c->routes[3];
     sk_cluster *a = c->clusters[0], *b = c->clusters[1], *cc = c->clusters[2];
 
     /* rnd % total decides, in the order the route names the clusters */
