@@ -153,3 +153,48 @@ def test_access_log_off(sidekick, up, tmp_path):
     assert sk.stop() == 0
     assert sk.stdout_bytes() == b""
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_access_log_byte_counts_exact(sidekick, up):
+    from harness import RawClient, build_request
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
+    req = build_request("POST", "/api/bytes", [("X-Pad", "p" * 33)], b"0123456789")
+    with RawClient(sk.port("listen")) as c:
+        c.send(req)
+        r = c.read_response()
+    assert sk.stop() == 0
+    [l] = sk.access_log_lines()
+    assert l["bytes_received"] == len(req), (l, len(req))
+    assert l["bytes_sent"] == len(r.raw_head) + len(r.body), l
+
+
+def test_access_log_malformed_request(sidekick, up):
+    from harness import raw_exchange
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
+    resp, _ = raw_exchange(sk.port("listen"), b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n")
+    assert resp.status == 400
+    assert sk.stop() == 0
+    [l] = sk.access_log_lines()
+    assert l["status"] == 400 and l["reason"] == "bad_request"
+    assert str(l["client"]).startswith("127.0.0.1")
+
+
+def test_access_log_json_escaping(sidekick, up):
+    """Quotes, backslashes and non-ASCII bytes in logged fields keep every
+    line valid JSON with the right values."""
+    from harness import RawClient
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
+    with RawClient(sk.port("listen")) as c:
+        c.send(b'GET /api/a"b\\c HTTP/1.1\r\nHost: h"o\\st\r\nX-Request-Id: id"\\x\r\n\r\n')
+        r1 = c.read_response()
+        c.send(b"GET /api/caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n")
+        r2 = c.read_response()
+    assert sk.stop() == 0
+    lines = sk.access_log_lines()  # raises on invalid JSON
+    assert len(lines) == 2
+    if r1.status == 200:
+        assert lines[0]["path"] == '/api/a"b\\c'
+        assert lines[0]["authority"] == 'h"o\\st'
+        assert lines[0]["request_id"] == 'id"\\x'
+    if r2.status == 200:
+        assert lines[1]["path"] in ("/api/caf\u00e9", "/api/caf\\xc3\\xa9")

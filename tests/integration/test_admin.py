@@ -159,3 +159,17 @@ def test_admin_off(sidekick, upstream):
     import socket
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", admin), timeout=1).close()
+
+
+def test_metrics_summed_across_workers(sidekick, upstream):
+    up = upstream(echo_handler("up"))
+    sk = sidekick(sk_ini(BODY, workers=2), up=up.port)
+    n = 30
+    for i in range(n):  # fresh connections: spread over both workers
+        assert http_request(sk.port("listen"), "GET", f"/api/{i}").status == 200
+    assert wait_for(lambda: metric_value(metrics(sk)[1], "sidekick_requests_total",
+                                         route="api", code="200") == n, 3), \
+        metrics(sk)[0].body.decode()
+    r = sk.admin_get("/stats")
+    assert r.status == 200
+    json.loads(r.body)

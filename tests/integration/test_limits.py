@@ -265,3 +265,25 @@ def test_header_timeout_on_second_request(env):
         assert_local_reply(r, 408, "header_timeout")
         assert time.monotonic() - t0 < 3
     assert [q.target for q in up.requests] == ["/first"]
+
+
+def test_max_headers_boundary(env):
+    sk, up = env(max_headers=5)
+    ok, _ = raw_exchange(sk.port("listen"),
+                         build_request("GET", "/", [(f"X-H{i}", "1") for i in range(4)]))
+    assert ok.status == 200, "Host + 4 = 5 headers must pass with max_headers = 5"
+    over, _ = raw_exchange(sk.port("listen"),
+                           build_request("GET", "/", [(f"X-H{i}", "1") for i in range(5)]))
+    assert_local_reply(over, 431, "headers_too_large")
+
+
+def test_max_body_bytes_boundary(env):
+    sk, up = env(max_body_bytes="1k")
+    resp, _ = raw_exchange(sk.port("listen"), build_request("POST", "/", body=b"x" * 1025))
+    assert_local_reply(resp, 413, "body_too_large")
+    with RawClient(sk.port("listen")) as c:
+        c.send(build_request("POST", "/", [("Transfer-Encoding", "chunked")],
+                             b"400\r\n" + b"c" * 1024 + b"\r\n0\r\n\r\n"))
+        r = c.read_response()
+    assert r.status == 200, "a chunked body of exactly 1k must pass"
+    assert up.complete_requests[-1].body == b"c" * 1024

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from harness import (ConnectionClosed, RawClient, Reply, assert_local_reply, build_request, echo_handler, free_port,
-                     http_request, sk_ini)
+from harness import (ConnectionClosed, RawClient, Reply, assert_local_reply, build_request,
+                     echo_handler, free_port, http_request, sk_ini)
 
 
 def config(endpoints, timeout="15s", retries=0, extra_route="", extra_cluster=""):
