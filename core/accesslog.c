@@ -11,7 +11,28 @@
 #include "http1.h"
 #include "worker.h"
 
-/* Appends s as a JSON string (with quotes), or null. */
+/* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    size_t len;
+    unsigned min;
+    unsigned cp;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) len = 2, min = 0x80, cp = s[0] & 0x1f;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef) len = 3, min = 0x800, cp = s[0] & 0x0f;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4) len = 4, min = 0x10000, cp = s[0] & 0x07;
+    else return 0;
+    if (len > n) return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
+    return len;
+}
+
+/* Appends s as a JSON string (with quotes), or null. Valid UTF-8 passes
+ * through; control characters are \u-escaped; bytes that are not UTF-8
+ * become the text \xNN, so every line stays valid JSON. */
 static void json_str(sk_buf *b, const char *s, size_t n)
 {
     if (!s) {
@@ -19,20 +40,34 @@ static void json_str(sk_buf *b, const char *s, size_t n)
         return;
     }
     static const char hex[] = "0123456789abcdef";
+    const unsigned char *u = (const unsigned char *)s;
     sk_buf_append(b, "\"", 1);
     size_t start = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch < 0x7f) continue;
+    for (size_t i = 0; i < n;) {
+        unsigned char ch = u[i];
+        if (ch >= 0x20 && ch != '"' && ch != '\\' && ch < 0x7f) {
+            i++;
+            continue;
+        }
+        if (ch >= 0x80) {
+            size_t l = utf8_len(u + i, n - i);
+            if (l) {
+                i += l;
+                continue;
+            }
+        }
         sk_buf_append(b, s + start, i - start);
-        char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
         if (ch == '"' || ch == '\\') {
-            esc[1] = (char)ch;
+            char esc[2] = {'\\', (char)ch};
             sk_buf_append(b, esc, 2);
+        } else if (ch >= 0x80) {
+            char esc[6] = {'\\', '\\', 'x', hex[ch >> 4], hex[ch & 15]};
+            sk_buf_append(b, esc, 5);
         } else {
+            char esc[6] = {'\\', 'u', '0', '0', hex[ch >> 4], hex[ch & 15]};
             sk_buf_append(b, esc, 6);
         }
-        start = i + 1;
+        start = ++i;
     }
     sk_buf_append(b, s + start, n - start);
     sk_buf_append(b, "\"", 1);

@@ -378,20 +378,23 @@ void sk_conn_local_reply(sk_conn *c, int status, const char *reason, const char 
     if (!body) body = reason ? reason : "";
     size_t blen = strlen(body);
     bool with_nl = reason && body == reason;
-    if (!r->body_done || c->worker->draining || !r->keep_alive) close = true;
+    if (!r->body_done || c->worker->draining || !r->keep_alive || r->close_after) close = true;
+    /* 204 and 304 carry neither a body nor a content-length (RFC 9110 8.6). */
+    bool bodiless = status == 204 || status == 304;
+    if (bodiless) blen = 0, with_nl = false;
     char head[512];
-    int n = snprintf(head, sizeof(head),
-                     "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %zu\r\n"
-                     "%s%s%s%s\r\n",
-                     status, sk_status_text(status), blen + (with_nl ? 1 : 0),
-                     reason ? "x-sidekick-reason: " : "", reason ? reason : "", reason ? "\r\n" : "",
-                     close ? "connection: close\r\n" : "");
+    int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n", status, sk_status_text(status));
+    if (!bodiless)
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "content-type: text/plain\r\ncontent-length: %zu\r\n",
+                      blen + (with_nl ? 1 : 0));
+    n += snprintf(head + n, sizeof(head) - (size_t)n, "%s%s%s%s\r\n", reason ? "x-sidekick-reason: " : "",
+                  reason ? reason : "", reason ? "\r\n" : "", close ? "connection: close\r\n" : "");
     if (sk_out_copy(&c->out, head, (size_t)n) < 0) {
         sk_conn_close(c);
         return;
     }
     size_t total = (size_t)n;
-    if (r->method_id != HTTP_HEAD) {
+    if (r->method_id != HTTP_HEAD && !bodiless) {
         if (sk_out_copy(&c->out, body, blen) < 0 || (with_nl && sk_out_copy(&c->out, "\n", 1) < 0)) {
             sk_conn_close(c);
             return;
@@ -537,11 +540,25 @@ static int parse_target(sk_request *r)
 {
     const char *u = r->head.raw.data + r->head.url;
     size_t n = r->head.url_len;
+    for (size_t i = 0; i < n; i++) /* llhttp 8 lets a TAB through */
+        if ((unsigned char)u[i] <= 0x20 || (unsigned char)u[i] == 0x7f) return -1;
     if (n >= 7 && strncasecmp(u, "http://", 7) == 0) {
-        const char *s = memchr(u + 7, '/', n - 7);
-        if (!s) return -1;
-        n -= (size_t)(s - u);
-        u = s;
+        /* absolute-form: the path starts after the authority; an empty
+         * path means "/" (RFC 9112 3.2.2) */
+        size_t i = 7;
+        while (i < n && u[i] != '/' && u[i] != '?') i++;
+        if (i == 7) return -1;
+        if (i == n || u[i] == '?') {
+            r->path = "/";
+            r->path_len = 1;
+            if (i < n) {
+                r->query = u + i + 1;
+                r->query_len = n - i - 1;
+            }
+            return 0;
+        }
+        n -= i;
+        u += i;
     }
     if (n == 0 || (u[0] != '/' && !(n == 1 && u[0] == '*'))) return -1;
     const char *q = memchr(u, '?', n);

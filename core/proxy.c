@@ -109,6 +109,8 @@ static int build_upstream_head(sk_request *r)
         rc |= sk_buf_append(b, ", ", 2);
     }
     rc |= sk_buf_printf(b, "%s\r\nx-forwarded-proto: http\r\n", r->conn->client_ip);
+    /* HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one. */
+    if (!r->authority_len) rc |= sk_buf_printf(b, "host: %s\r\n", r->cluster ? r->cluster->name : "localhost");
     rc |= sk_buf_printf(b, "x-request-id: %s\r\n", r->request_id);
     if (r->req_framing == SK_BODY_LENGTH)
         rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)r->req_content_length);

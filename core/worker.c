@@ -90,6 +90,7 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 void sk__listener_conn_closed(const sk_listener *l);
 void sk__listener_conn_closed(const sk_listener *l)
 {
+    if (!listener_conns) return; /* connections made without sk_workers_start (fuzzers) */
     __atomic_sub_fetch(&listener_conns[l->index], 1, __ATOMIC_RELAXED);
 }
 

@@ -112,7 +112,7 @@ struct sk_request {
     size_t host_len;
     const char *authority; /* Host header as sent */
     size_t authority_len;
-    char request_id[40];         /* x-request-id sent upstream */
+    char request_id[128];        /* x-request-id sent upstream (the client's if it fits) */
     int req_framing;             /* enum sk_framing of the request body */
     uint64_t req_content_length; /* when SK_BODY_LENGTH */
     uint64_t body_received;      /* request body bytes received (decoded) */
