@@ -436,13 +436,17 @@ class Upstream:
 
     def __init__(self, handler=None, name: str = "up", port: int = 0, store_limit: int = 1 << 20,
                  raw_limit: int = 1 << 20, send_continue: bool = True,
-                 keepalive_timeout: Optional[float] = None):
+                 keepalive_timeout: Optional[float] = None, head_handler=None):
         self.handler = handler
         self.name = name
         self.store_limit = store_limit
         self.raw_limit = raw_limit
         self.send_continue = send_continue
         self.keepalive_timeout = keepalive_timeout  # close idle connections after this
+        # head_handler(req) -> Reply | None, called once the head is parsed;
+        # a Reply is sent at once (before the body is read), then the
+        # connection is closed after draining what the peer still sends
+        self.head_handler = head_handler
         self.lock = threading.Lock()
         self.connections: List[UpConn] = []
         self._socks = []
@@ -570,6 +574,18 @@ class Upstream:
                         conn_index=rec.index)
         with self.lock:
             rec.requests.append(req)
+        if self.head_handler is not None:
+            early = self.head_handler(req)
+            if early is not None:
+                early.close = True
+                self._send_reply(r.sock, req, early, rec)
+                r.sock.settimeout(5)
+                try:
+                    while True:
+                        r.fill()
+                except (_EOF, OSError):
+                    pass
+                raise _EOF()
         te = ",".join(header_values(headers, "transfer-encoding")).lower()
         cl = header_value(headers, "content-length")
         expect = (header_value(headers, "expect") or "").lower()

@@ -90,6 +90,9 @@ def test_metrics_families(env):
     sk, up = env
     for i in range(3):
         http_request(sk.port("listen"), "GET", f"/api/{i}")
+    # a request is counted once its response is written: allow a moment
+    assert wait_for(lambda: (metric_value(metrics(sk)[1], "sidekick_request_duration_seconds_count")
+                             or 0) >= 3, 3)
     r, s = metrics(sk)
     text = r.body.decode()
     names = {n for n, _, _ in s}

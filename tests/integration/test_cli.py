@@ -167,3 +167,45 @@ def test_missing_file(tmp_path, sidekick_bin):
     assert "does-not-exist.ini" in res.stderr
     res = run_sidekick(["-t", "-c", str(p)])
     assert res.returncode == 1, res
+
+
+@pytest.mark.parametrize("old,new,key,section", [
+    ("header_timeout = 5s", "max_header_bytes = 10q", "max_header_bytes", "main"),
+    ("lb = round_robin", "lb = fastest", "lb", "api"),
+    ("address = 127.0.0.1:{listen}", "address = 127.0.0.1", "address", "main"),
+    ("workers = 1", "workers = lots", "workers", "sidekick"),
+    ("retries = 1", "retries = -3", "retries", "api"),
+    ("endpoints = 127.0.0.1:{up}, 127.0.0.1:{up2}", "endpoints = 127.0.0.1:99999", "endpoints",
+     "api"),
+])
+def test_bad_values(tmp_path, sidekick_bin, old, new, key, section):
+    assert old in VALID
+    text = VALID.replace(old, new)
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    check_error(res, p, [line_of(text, new)], section=section, key=key)
+
+
+def test_route_without_listener(tmp_path, sidekick_bin):
+    text = VALID.replace("[route rest]\nlistener = main\n", "[route rest]\n")
+    p = write(tmp_path, text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    assert res.returncode == 1, res
+    assert "rest" in res.stderr and "listener" in res.stderr, res.stderr
+    assert p.name in res.stderr
+
+
+def test_address_in_use_at_start(tmp_path, sidekick_bin):
+    import socket
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        p = tmp_path / "busy.ini"
+        p.write_text(VALID.format(admin=free_port(), listen=busy.getsockname()[1], up=free_port(),
+                                  up2=free_port()))
+        res = run_sidekick(["-c", str(p)], timeout=10)
+        assert res.returncode == 1, res
+        assert str(busy.getsockname()[1]) in res.stderr, res.stderr
+    finally:
+        busy.close()

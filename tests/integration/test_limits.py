@@ -287,3 +287,36 @@ def test_max_body_bytes_boundary(env):
         r = c.read_response()
     assert r.status == 200, "a chunked body of exactly 1k must pass"
     assert up.complete_requests[-1].body == b"c" * 1024
+
+
+def test_header_timeout_does_not_cover_the_body(env):
+    sk, up = env(header_timeout="500ms")
+    with RawClient(sk.port("listen")) as c:
+        c.send(b"POST /slowbody HTTP/1.1\r\nHost: x\r\nContent-Length: 6\r\n\r\n")
+        for piece in (b"ab", b"cd", b"ef"):
+            time.sleep(0.4)  # 1.2 s in total > header_timeout
+            c.send(piece)
+        r = c.read_response(timeout=5)
+    assert r.status == 200, r
+    assert up.requests[0].body == b"abcdef"
+
+
+def test_idle_timeout_not_during_slow_upstream(sidekick, upstream):
+    """idle_timeout is for idle connections: a request waiting for a slow
+    upstream is not idle."""
+    from harness import Reply
+    up = upstream(lambda req: Reply(delay=1.5, body=b"slow but fine"))
+    sk = sidekick(config(idle_timeout="500ms"), up=up.port)
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/")
+    assert r.status == 200 and r.body == b"slow but fine", r
+
+
+def test_idle_timeout_not_during_slow_download(sidekick, upstream):
+    from harness import Reply
+    up = upstream(lambda req: Reply(raw_parts=[
+        (0, b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nab"), (0.6, b"cd"), (0.6, b"ef")]))
+    sk = sidekick(config(idle_timeout="500ms"), up=up.port)
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/")
+    assert r.status == 200 and r.body == b"abcdef", r

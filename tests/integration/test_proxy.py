@@ -524,3 +524,65 @@ def test_post_empty_body_and_get_with_body(env):
     assert [(q.target, q.body) for q in reqs] == [("/empty", b""), ("/withbody", b"hello"),
                                                    ("/after", b"")]
     assert reqs[0].header("content-length") == "0" or not reqs[0].has("transfer-encoding")
+
+
+def test_concurrent_clients_get_their_own_responses(sidekick, upstream):
+    import threading
+    up = upstream(lambda req: Reply(delay=0.002 * (hash(req.target) % 5),
+                                    body=f"echo {req.target} {req.body_len}".encode()))
+    sk = sidekick(sk_ini(BODY, workers=2), up=up.port)
+    errors = []
+
+    def client(n):
+        try:
+            with RawClient(sk.port("listen")) as c:
+                for i in range(20):
+                    body = b"b" * (n * 7 + i)
+                    r = c.request("POST", f"/c{n}/{i}", body=body)
+                    if r.status != 200 or r.body != f"echo /c{n}/{i} {len(body)}".encode():
+                        errors.append((n, i, r))
+        except Exception as e:
+            errors.append((n, repr(e)))
+    ts = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(60)
+    assert not errors, errors[:5]
+    assert len(up.requests) == 400
+
+
+def test_ipv6_listener(sidekick, upstream):
+    import socket as s_
+    try:
+        t = s_.socket(s_.AF_INET6, s_.SOCK_STREAM)
+        t.bind(("::1", 0))
+        t.close()
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    up = upstream(echo_handler("up"))
+    sk = sidekick(sk_ini(BODY.replace("address = 127.0.0.1:{listen}", "address = [::1]:{listen}")),
+                  up=up.port)
+    c = s_.create_connection(("::1", sk.port("listen")), timeout=5)
+    c.sendall(b"GET /v6 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        data += d
+    c.close()
+    assert data.startswith(b"HTTP/1.1 200"), data
+    assert data.endswith(b"up GET /v6")
+    assert up.requests[0].header("x-forwarded-for") == "::1"
+
+
+def test_x_forwarded_for_two_client_headers(env):
+    sk, up = env()
+    with RawClient(sk.port("listen")) as c:
+        c.send(b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.2.3.4\r\n"
+               b"X-Forwarded-For: 5.6.7.8\r\n\r\n")
+        assert c.read_response().status == 200
+    xff = up.requests[0].header_all("x-forwarded-for")
+    joined = ", ".join(xff).replace(" ", "")
+    assert joined == "1.2.3.4,5.6.7.8,127.0.0.1", xff

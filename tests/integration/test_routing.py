@@ -274,3 +274,83 @@ cluster = a 9, b 1
             counts[served_by(c.request("GET", "/"))] += 1
     assert counts["a"] > counts["b"] * 3, counts
     assert counts["b"] >= 5, counts
+
+
+def test_keepalive_after_local_replies(mesh):
+    sk, ups = mesh("""
+[route api]
+listener = main
+prefix = /api/
+cluster = a
+
+[route ping]
+listener = main
+path = /ping
+respond = 200 ok
+""", clusters=("a",))
+    with RawClient(sk.port("listen")) as c:
+        assert_local_reply(c.request("GET", "/nope"), 404, "no_route")
+        assert c.request("GET", "/ping").body == b"ok"
+        assert served_by(c.request("GET", "/api/x")) == "a"
+        # pipelined: local and proxied answers stay in order
+        from harness import build_request
+        c.send(build_request("GET", "/nope") + build_request("GET", "/api/y") +
+               build_request("GET", "/ping"))
+        r1, r2, r3 = (c.read_response() for _ in range(3))
+    assert r1.status == 404 and served_by(r2) == "a" and r3.body == b"ok"
+
+
+def test_head_local_replies_have_no_body(mesh):
+    sk, ups = mesh("""
+[route ping]
+listener = main
+path = /ping
+respond = 200 ok
+""", clusters=("a",))
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("HEAD", "/ping")
+        assert r.status == 200 and r.body == b""
+        r = c.request("HEAD", "/nope")
+        assert r.status == 404 and r.body == b""
+        r = c.request("GET", "/ping")  # the stream is still in sync
+        assert r.status == 200 and r.body == b"ok"
+
+
+@pytest.mark.parametrize("path", ["/nope", "/ping"])
+@pytest.mark.parametrize("expect", [False, True])
+def test_local_reply_body_is_not_a_next_request(mesh, path, expect):
+    """A local reply to a request with a body: the body (here shaped like a
+    request) must never be parsed as the next request."""
+    from harness import build_request
+    sk, ups = mesh("""
+[route api]
+listener = main
+prefix = /api/
+cluster = a
+
+[route ping]
+listener = main
+path = /ping
+respond = 200 ok
+""", clusters=("a",))
+    inner = b"GET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    hdrs = [("Content-Length", str(len(inner)))] + ([("Expect", "100-continue")] if expect else [])
+    with RawClient(sk.port("listen")) as c:
+        c.send(build_request("POST", path, hdrs))
+        if not expect:
+            c.send(inner)
+        r = c.read_response(timeout=5)
+        assert r.status in (200, 404), r
+        if expect:
+            try:
+                c.send(inner)
+            except OSError:
+                pass
+        if not c.wait_closed(1.5):
+            # kept open: then the body was consumed as a body; a real next
+            # request must be answered normally
+            c.send(build_request("GET", "/ping"))
+            assert c.read_response(timeout=5).body == b"ok"
+    import time as _t
+    _t.sleep(0.3)
+    assert "/api/smuggled" not in [q.target for q in ups["a"].requests]
