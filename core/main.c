@@ -139,7 +139,10 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
 
     accesslog_fd = open_accesslog(cfg);
-    if (accesslog_fd == -2) return 1;
+    if (accesslog_fd == -2) {
+        sk_config_unref(cfg);
+        return 1;
+    }
 
     sk_srv.config = cfg;
     sk_srv.loop = ev_default_loop(EVBACKEND_EPOLL);
@@ -164,12 +167,10 @@ int main(int argc, char **argv)
     sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
 
-    if (cfg->admin_enabled && sk_admin_start(sk_srv.loop, cfg, &err) < 0) {
-        fprintf(stderr, "sidekick: %s: %s\n", cfg->file, err);
-        return 1;
-    }
-    if (sk_workers_start(cfg, sk_srv.metrics, cfg->workers, accesslog_fd, &err) < 0) {
-        fprintf(stderr, "sidekick: %s: %s\n", cfg->file, err);
+    if ((cfg->admin_enabled && sk_admin_start(sk_srv.loop, cfg, &err) < 0) ||
+        sk_workers_start(cfg, sk_srv.metrics, cfg->workers, accesslog_fd, &err) < 0) {
+        fprintf(stderr, "sidekick: %s: %s\n", cfg->file, err ? err : "start-up failed");
+        free(err);
         return 1;
     }
     ev_signal_init(&sig_term, on_signal, SIGTERM);

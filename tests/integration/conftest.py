@@ -17,6 +17,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import SIDEKICK_BIN, Sidekick, Upstream  # noqa: E402
 
+# What ASan, UBSan and LeakSanitizer print when they find something.
+SANITIZER_MARKERS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:")
+
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
@@ -44,12 +47,29 @@ def sidekick(tmp_path, request, sidekick_bin):
 
     yield factory
     failed = getattr(request.node, "rep_call", None)
+    reports = []
     for sk in started:
+        # A graceful stop first, so that LeakSanitizer runs at exit in
+        # sanitizer builds; then make sure it is gone.
+        if sk.proc is not None and sk.proc.poll() is None:
+            try:
+                sk.stop(timeout=5)
+            except Exception:
+                pass
         sk.kill()
+        err = sk.stderr_text()
+        for marker in SANITIZER_MARKERS:
+            if marker in err:
+                reports.append(f"{sk.config}: {marker}\n{err[-6000:]}")
+                break
         if failed is not None and failed.failed:
             err = sk.stderr_text()
             print(f"\n--- sidekick {sk.config} exit={sk.proc.returncode if sk.proc else None} "
                   f"stderr (last 4000 chars) ---\n{err[-4000:]}")
+
+
+    if reports:
+        pytest.fail("sanitizer report in sidekick's stderr:\n" + "\n".join(reports), pytrace=False)
 
 
 @pytest.fixture

@@ -1,0 +1,252 @@
+#!/usr/bin/python3
+"""Helpers for tests/bench/run (standard library only).
+
+  bench.py freeports N                 print N distinct free TCP ports on 127.0.0.1
+  bench.py pct LOGFILE                 p50 p99 p99.9 (µs) of an h2load --log-file
+  bench.py conns PORT N READYFILE      open N idle keep-alive connections, then hold them
+  bench.py cpu PID...                  utime+stime (clock ticks) summed over the PIDs
+  bench.py rss PID...                  VmRSS and Pss (KiB) summed over the PIDs
+  bench.py table RAW OUT.md INFO.md    build the markdown results table
+"""
+import os
+import selectors
+import signal
+import socket
+import statistics
+import sys
+import time
+
+
+def freeports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    print(" ".join(map(str, ports)))
+
+
+def pct(path):
+    vals = []
+    with open(path) as f:
+        for line in f:
+            parts = line.split("\t")
+            if len(parts) >= 3:
+                vals.append(int(parts[2]))
+    if not vals:
+        sys.exit("no samples in " + path)
+    vals.sort()
+
+    def q(p):  # nearest rank
+        k = max(0, min(len(vals) - 1, int(-(-p * len(vals) // 100)) - 1))
+        return vals[k]
+
+    print(q(50), q(99), q(99.9))
+
+
+def conns(port, n, ready, window=32, hold=300):
+    """Open n connections, each sends one keep-alive GET and reads the whole response.
+    At most `window` requests are in flight, so the proxy needs only a few upstream
+    connections. Then hold every connection open until SIGTERM (or `hold` seconds)."""
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+    sel = selectors.DefaultSelector()
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: keep-alive\r\n\r\n"
+    done, started, inflight, opened = 0, 0, 0, []
+    deadline = time.monotonic() + 60
+
+    def start():
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        opened.append(s)
+        sel.register(s, selectors.EVENT_WRITE, {"buf": b"", "sent": False})
+
+    while done < n:
+        while started < n and inflight < window:
+            start()
+            started += 1
+            inflight += 1
+        if time.monotonic() > deadline:
+            sys.exit("conns: timed out with %d/%d connections ready" % (done, n))
+        for key, ev in sel.select(timeout=1):
+            s, st = key.fileobj, key.data
+            if not st["sent"]:
+                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    sys.exit("conns: connect failed: " + os.strerror(err))
+                s.send(req)
+                st["sent"] = True
+                sel.modify(s, selectors.EVENT_READ, st)
+                continue
+            chunk = s.recv(65536)
+            if not chunk:
+                sys.exit("conns: connection closed by the server")
+            st["buf"] += chunk
+            head, sep, body = st["buf"].partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            status = head.split(b" ", 2)[1]
+            if not status.startswith(b"2"):
+                sys.exit("conns: status " + status.decode())
+            clen = 0
+            for h in head.split(b"\r\n")[1:]:
+                k, _, v = h.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    clen = int(v)
+            if len(body) >= clen:
+                sel.unregister(s)
+                done += 1
+                inflight -= 1
+    with open(ready + ".tmp", "w") as f:
+        f.write("%d\n" % len(opened))
+    os.rename(ready + ".tmp", ready)
+    time.sleep(hold)
+
+
+def cpu(pids):
+    tot = 0
+    for p in pids:
+        with open("/proc/%s/stat" % p) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state): utime = field 14, stime = field 15
+        tot += int(fields[11]) + int(fields[12])
+    print(tot, os.sysconf("SC_CLK_TCK"))
+
+
+def rss(pids):
+    r = p = 0
+    for pid in pids:
+        with open("/proc/%s/status" % pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    r += int(line.split()[1])
+        try:
+            with open("/proc/%s/smaps_rollup" % pid) as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        p += int(line.split()[1])
+        except OSError:
+            pass
+    print(r, p)
+
+
+# --------------------------------------------------------------------------- table
+
+TARGETS = ["direct", "sidekick", "nginx", "haproxy"]
+PROXIES = ["sidekick", "nginx", "haproxy"]
+
+# metric key -> (label, unit/format, kind); kind "lat" = shown as proxy minus direct
+METRICS = [
+    ("rps", "requests/s (wrk -c50)", "%.0f", "abs"),
+    ("cpu_us", "proxy CPU µs/request", "%.2f", "abs"),
+    ("cpu_user_us", "  of which user space", "%.2f", "abs"),
+    ("wrk_errors", "wrk socket errors", "%.0f", "abs"),
+]
+for rate in ("1000", "10000"):
+    for p, pl in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")):
+        METRICS.append(("lat_%s_%s" % (rate, p),
+                        "added %s latency µs @ %s req/s" % (pl, "{:,}".format(int(rate))),
+                        "%.0f", "lat"))
+MEM_METRICS = [
+    ("rss_idle_kib", "idle RSS KiB (all processes)", "%.0f", "abs"),
+    ("pss_idle_kib", "idle PSS KiB (all processes)", "%.0f", "abs"),
+    ("rss_per_conn_b", "RSS bytes per idle keep-alive conn (3,000)", "%.0f", "abs"),
+    ("rss_after_kib", "RSS KiB after all load runs", "%.0f", "abs"),
+]
+STRACE_METRICS = [
+    ("syscalls_per_req", "syscalls/request (strace -c, 3 s wrk)", "%.2f", "abs"),
+]
+
+
+def fmt_cell(vals, f):
+    if not vals:
+        return "—"
+    m = statistics.median(vals)
+    if len(vals) == 1:
+        return f % m
+    return "%s (%s–%s)" % (f % m, f % min(vals), f % max(vals))
+
+
+def table(raw, out, info):
+    data = {}  # (scenario, metric, target) -> {round: value}
+    scen_order = []
+    with open(raw) as fh:
+        for line in fh:
+            if line.startswith("#") or not line.strip():
+                continue
+            rnd, scen, metric, target, value = line.rstrip("\n").split("\t")
+            if scen not in scen_order:
+                scen_order.append(scen)
+            data.setdefault((scen, metric, target), {})[rnd] = float(value)
+
+    rows = []
+    hdr = "| metric | scenario | direct | sidekick | nginx | haproxy | sidekick/nginx | sidekick/HAProxy |"
+    rows.append(hdr)
+    rows.append("|---|---|---:|---:|---:|---:|---:|---:|")
+
+    def emit(scen, key, label, f, kind):
+        cells, med = {}, {}
+        for t in TARGETS:
+            vals_by_round = data.get((scen, key, t), {})
+            if kind == "lat" and t != "direct":
+                base = data.get((scen, key, "direct"), {})
+                vals = [v - base[r] for r, v in vals_by_round.items() if r in base]
+            else:
+                vals = list(vals_by_round.values())
+            cells[t] = fmt_cell(vals, f)
+            med[t] = statistics.median(vals) if vals else None
+        if all(med[t] is None for t in TARGETS):
+            return
+
+        def ratio(a, b):
+            if med[a] is None or med[b] is None or med[b] <= 0 or med[a] < 0:
+                return "—"
+            return "%.2f" % (med[a] / med[b])
+
+        rows.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            label.strip(), scen, cells["direct"], cells["sidekick"], cells["nginx"],
+            cells["haproxy"], ratio("sidekick", "nginx"), ratio("sidekick", "haproxy")))
+
+    for scen in scen_order:
+        if scen in ("memory", "strace"):
+            continue
+        for key, label, f, kind in METRICS:
+            emit(scen, key, label, f, kind)
+    if "memory" in scen_order:
+        for key, label, f, kind in MEM_METRICS:
+            emit("memory", key, label, f, kind)
+    if "strace" in scen_order:
+        for key, label, f, kind in STRACE_METRICS:
+            emit("strace", key, label, f, kind)
+
+    with open(info) as fh:
+        head = fh.read()
+    text = head + "\n" + "\n".join(rows) + "\n"
+    with open(out, "w") as fh:
+        fh.write(text)
+    sys.stdout.write("\n".join(rows) + "\n")
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "freeports":
+        freeports(int(args[0]))
+    elif cmd == "pct":
+        pct(args[0])
+    elif cmd == "conns":
+        conns(int(args[0]), int(args[1]), args[2])
+    elif cmd == "cpu":
+        cpu(args)
+    elif cmd == "rss":
+        rss(args)
+    elif cmd == "table":
+        table(args[0], args[1], args[2])
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
