@@ -463,3 +463,40 @@ def test_upstream_obs_fold_response(sidekick, upstream):
         assert b"\r\n b" not in r.raw_head
     else:
         assert_local_reply(r, 502, "upstream_protocol_error")
+
+
+def one_request_per_connection(name):
+    """An upstream that answers the first request of every connection and
+    closes the connection, silently, when a second one arrives on it: the
+    keep-alive race in which a pooled connection dies as it is reused."""
+    seen = set()
+
+    def h(req):
+        if req.conn_index in seen:
+            return Reply(raw=b"")
+        seen.add(req.conn_index)
+        return Reply(body=f"{name} {req.method} {req.target}".encode())
+    return h
+
+
+def test_stale_pooled_connection_retried_once_for_get(sidekick, upstream):
+    up = upstream(one_request_per_connection("up"))
+    sk = sidekick(config([up.port], retries=0))
+    for i in range(3):
+        r = http_request(sk.port("listen"), "GET", f"/s{i}")
+        assert r.status == 200 and r.body == f"up GET /s{i}".encode(), f"request {i}: {r!r}"
+    # every request after the first was tried on the pooled connection, then
+    # again on a fresh one
+    targets = [q.target for q in up.requests]
+    assert targets == ["/s0", "/s1", "/s1", "/s2", "/s2"], targets
+    assert up.accepted == 3
+
+
+def test_stale_pooled_connection_not_retried_for_post(sidekick, upstream):
+    up = upstream(one_request_per_connection("up"))
+    sk = sidekick(config([up.port], retries=0))
+    r = http_request(sk.port("listen"), "POST", "/p0", body=b"x")
+    assert r.status == 200
+    r = http_request(sk.port("listen"), "POST", "/p1", body=b"y")
+    assert_local_reply(r, 502, "upstream_reset")
+    assert [q.target for q in up.requests] == ["/p0", "/p1"]
