@@ -17,10 +17,14 @@ static size_t utf8_len(const unsigned char *s, size_t n)
     size_t len;
     unsigned min;
     unsigned cp;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) len = 2, min = 0x80, cp = s[0] & 0x1f;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef) len = 3, min = 0x800, cp = s[0] & 0x0f;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4) len = 4, min = 0x10000, cp = s[0] & 0x07;
-    else return 0;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf)
+        len = 2, min = 0x80, cp = s[0] & 0x1f;
+    else if (s[0] >= 0xe0 && s[0] <= 0xef)
+        len = 3, min = 0x800, cp = s[0] & 0x0f;
+    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
+        len = 4, min = 0x10000, cp = s[0] & 0x07;
+    else
+        return 0;
     if (len > n) return 0;
     for (size_t i = 1; i < len; i++) {
         if ((s[i] & 0xc0) != 0x80) return 0;

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "plugin_host.h"
 
 /* ---- number, duration, size and address syntax ------------------------------------------ */
 
@@ -198,6 +199,7 @@ static void route_free(sk_route *r)
     }
     free(r->headers);
     free(r->clusters);
+    free(r->plugins);
     free(r->rewrite_prefix);
     free(r->respond_body);
     free(r);
@@ -209,6 +211,7 @@ static void config_free(sk_config *c)
     for (size_t i = 0; i < c->nlisteners; i++) {
         free(c->listeners[i]->name);
         free(c->listeners[i]->routes);
+        free(c->listeners[i]->plugins);
         free(c->listeners[i]);
     }
     for (size_t i = 0; i < c->nroutes; i++) route_free(c->routes[i]);
@@ -217,6 +220,10 @@ static void config_free(sk_config *c)
         free(c->clusters[i]->endpoints);
         free(c->clusters[i]);
     }
+    /* Plugins last: destroy() may still look at nothing but its own state,
+     * yet nothing above points into a plugin. */
+    for (size_t i = 0; i < c->nplugins; i++) sk_instance_free(c->plugins[i]);
+    free(c->plugins);
     free(c->listeners);
     free(c->routes);
     free(c->clusters);
@@ -245,8 +252,8 @@ void sk_config_unref(sk_config *c)
 
 /* ---- load context and error messages ----------------------------------------------------- */
 
-enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER };
-static const char *const kind_names[] = {"sidekick", "listener", "route", "cluster"};
+enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER, SEC_PLUGIN };
+static const char *const kind_names[] = {"sidekick", "listener", "route", "cluster", "plugin"};
 
 #define MAX_KEYS   16
 #define KEY_REPEAT 1u /* the key may appear more than once in a section */
@@ -261,6 +268,8 @@ typedef struct sect {
     char *ref;              /* listener: `cluster` name; route: `listener` name */
     char **names;           /* route: the cluster names of `cluster`, parallel to clusters */
     size_t nnames;          /* number of names */
+    char **pnames;          /* listener, route: the instance names of `plugins` */
+    size_t npnames;         /* number of them */
 } sect;
 
 typedef struct ctx ctx;
@@ -619,6 +628,28 @@ static int k_ref(ctx *x, sect *s, const keydef *k, const char *v)
     return set_str(x, &s->ref, xstrdup(x, v));
 }
 
+/* `plugins = a, b` of a listener or route: names resolved in pass 3. */
+static int k_plugins(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    char *copy, **items;
+    int n = split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (!is_name(items[i])) rc = bad(x, "bad plugin name '%s'", items[i]);
+        for (int j = 0; j < i && rc == 0; j++)
+            if (strcmp(items[i], items[j]) == 0) rc = bad(x, "plugin '%s' is listed twice", items[i]);
+        char *nm = rc == 0 ? xstrdup(x, items[i]) : NULL;
+        if (rc == 0 && (!nm || push(x, &s->pnames, &s->npnames, nm) < 0)) {
+            free(nm);
+            rc = -1;
+        }
+    }
+    free(items);
+    free(copy);
+    return rc;
+}
+
 #define LST(f) offsetof(sk_listener, f)
 
 static const keydef listener_keys[] = {
@@ -626,7 +657,7 @@ static const keydef listener_keys[] = {
     {"protocol", k_protocol, 0, 0, 0, 0},
     {"cluster", k_ref, 0, 0, 0, 0},
     {"tls", NULL, 0, 0, 0, 0},
-    {"plugins", NULL, 0, 0, 0, 0},
+    {"plugins", k_plugins, 0, 0, 0, 0},
     {"max_connections", k_uint, 0, LST(max_connections), 1, 10000000},
     {"header_timeout", k_duration, 0, LST(header_timeout_ms), 1, DUR_MAX},
     {"idle_timeout", k_duration, 0, LST(idle_timeout_ms), 1, DUR_MAX},
@@ -792,7 +823,7 @@ static const keydef route_keys[] = {
     {"timeout", k_duration, 0, RT(timeout_ms), 0, DUR_MAX},
     {"retries", k_uint, 0, RT(retries), 0, 10},
     {"respond", k_respond, 0, 0, 0, 0},
-    {"plugins", NULL, 0, 0, 0, 0},
+    {"plugins", k_plugins, 0, 0, 0, 0},
     {"lua", NULL, 0, 0, 0, 0},
     {"lua_budget", NULL, 0, 0, 0, 0},
     {NULL, NULL, 0, 0, 0, 0},
@@ -861,7 +892,14 @@ static const keydef cluster_keys[] = {
     {NULL, NULL, 0, 0, 0, 0},
 };
 
-static const keydef *const key_tables[] = {sidekick_keys, listener_keys, route_keys, cluster_keys};
+/* [plugin NAME]: only `load` is the host's; every other key goes to the plugin. */
+static const keydef plugin_keys[] = {
+    {"load", NULL, 0, 0, 0, 0},
+    {NULL, NULL, 0, 0, 0, 0},
+};
+
+static const keydef *const key_tables[] = {sidekick_keys, listener_keys, route_keys, cluster_keys,
+                                           plugin_keys};
 
 /* Line of key `name` in section `s`, 0 when absent. */
 static int key_line(const sect *s, const char *name)
@@ -888,6 +926,15 @@ static void *new_object(ctx *x, int kind, const char *name)
     static const size_t sizes[] = {0, sizeof(sk_listener), sizeof(sk_route), sizeof(sk_cluster)};
     sk_config *c = x->cfg;
     if (kind == SEC_SIDEKICK) return c;
+    if (kind == SEC_PLUGIN) {
+        sk_instance *pi = sk_instance_new(name, (int)c->nplugins, x->lineno);
+        if (!pi || push(x, &c->plugins, &c->nplugins, pi) < 0) {
+            sk_instance_free(pi);
+            oom(x);
+            return NULL;
+        }
+        return pi;
+    }
     char *nm = strdup(name);
     void *obj = calloc(1, sizes[kind]);
     int rc = !nm || !obj            ? -1
@@ -954,7 +1001,7 @@ static int section_start(ctx *x, char *line)
     int k = -1;
     for (int i = 0; i < (int)SK_ARRAY_LEN(kind_names); i++)
         if (strcmp(kind, kind_names[i]) == 0) k = i;
-    if (k < 0 && (strcmp(kind, "tls") == 0 || strcmp(kind, "plugin") == 0))
+    if (k < 0 && strcmp(kind, "tls") == 0)
         return fail_at(x, x->lineno, NULL, NULL, "%s not supported yet in this version", label);
     if (k < 0) return fail_at(x, x->lineno, NULL, NULL, "%s unknown section", label);
     if (k == SEC_SIDEKICK && *name)
@@ -981,6 +1028,7 @@ static int section_start(ctx *x, char *line)
     if (k == SEC_LISTENER) s->name = ((sk_listener *)s->obj)->name;
     if (k == SEC_ROUTE) s->name = ((sk_route *)s->obj)->name;
     if (k == SEC_CLUSTER) s->name = ((sk_cluster *)s->obj)->name;
+    if (k == SEC_PLUGIN) s->name = ((sk_instance *)s->obj)->name;
     x->cur = s;
     return 0;
 }
@@ -1037,6 +1085,22 @@ static int on_key(void *user, const char *section, const char *name, const char 
     x->key = name;
     if (!s) {
         fail_at(x, x->lineno, NULL, name, "key outside of any section");
+        return 1;
+    }
+    if (s->kind == SEC_PLUGIN) {
+        sk_instance *pi = s->obj;
+        if (strcmp(name, "load") == 0) {
+            if (pi->load_line) {
+                bad(x, "duplicate key (first at line %d)", pi->load_line);
+            } else if (!*value) {
+                bad(x, "missing value");
+            } else {
+                pi->load_line = s->key_line[0] = x->lineno;
+                if (!(pi->load = strdup(value))) oom(x);
+            }
+        } else if (sk_instance_add_key(pi, name, value, x->lineno) < 0) {
+            oom(x);
+        }
         return 1;
     }
     const keydef *t = key_tables[s->kind], *k = NULL;
@@ -1111,8 +1175,33 @@ static sk_cluster *find_cluster(ctx *x, const char *name)
     return s ? s->obj : NULL;
 }
 
+/* Resolves `plugins` names into the instance array of a listener or route. */
+static int link_plugins(ctx *x, sect *s, sk_instance ***out, size_t *n)
+{
+    if (!s->npnames) return 0;
+    if (!(*out = calloc(s->npnames, sizeof(**out)))) return oom(x);
+    for (size_t i = 0; i < s->npnames; i++) {
+        sect *ps = find_sect(x, SEC_PLUGIN, s->pnames[i]);
+        if (!ps)
+            return fail_at(x, key_line(s, "plugins"), s, "plugins",
+                           "unknown plugin '%s' (no [plugin %s] section)", s->pnames[i], s->pnames[i]);
+        (*out)[i] = ps->obj;
+        *n = i + 1;
+    }
+    return 0;
+}
+
 static int link_section(ctx *x, sect *s)
 {
+    if (s->kind == SEC_LISTENER) {
+        sk_listener *l = s->obj;
+        if (s->npnames && l->protocol == SK_PROTO_TCP)
+            return fail_at(x, key_line(s, "plugins"), s, "plugins", "only for protocol = http");
+        if (link_plugins(x, s, &l->plugins, &l->nplugins) < 0) return -1;
+    }
+    if (s->kind == SEC_ROUTE &&
+        link_plugins(x, s, &((sk_route *)s->obj)->plugins, &((sk_route *)s->obj)->nplugins) < 0)
+        return -1;
     if (s->kind == SEC_LISTENER && s->ref) {
         sk_listener *l = s->obj;
         if (!(l->cluster = find_cluster(x, s->ref)))
@@ -1208,7 +1297,21 @@ static int load(ctx *x)
         if (check_section(x, x->sects[i]) < 0) return -1;
     for (size_t i = 0; i < x->nsects; i++)
         if (link_section(x, x->sects[i]) < 0) return -1;
-    return check_admin(x);
+    if (check_admin(x) < 0) return -1;
+    /* Last, once everything else is valid: load every plugin and let it
+     * check its own keys (create). */
+    for (size_t i = 0; i < x->nsects; i++) {
+        sect *s = x->sects[i];
+        if (s->kind != SEC_PLUGIN) continue;
+        sk_instance *pi = s->obj;
+        char err[1024];
+        int lrc = sk_instance_load(pi, c->plugin_dir, c->workers, err, sizeof(err));
+        if (lrc == -1)
+            return fail_at(x, pi->load_line ? pi->load_line : s->line, s, pi->load_line ? "load" : NULL, "%s",
+                           err);
+        if (lrc < 0) return fail_at(x, s->line, s, NULL, "%s", err); /* create() refused the section */
+    }
+    return 0;
 }
 
 /*
@@ -1237,6 +1340,8 @@ sk_config *sk_config_load(const char *path, char **err)
         free(x.sects[i]->ref);
         for (size_t j = 0; j < x.sects[i]->nnames; j++) free(x.sects[i]->names[j]);
         free(x.sects[i]->names);
+        for (size_t j = 0; j < x.sects[i]->npnames; j++) free(x.sects[i]->pnames[j]);
+        free(x.sects[i]->pnames);
         free(x.sects[i]);
     }
     free(x.sects);
@@ -1249,4 +1354,12 @@ sk_config *sk_config_load(const char *path, char **err)
         return NULL;
     }
     return x.cfg;
+}
+
+/* Returns the cluster named `name`, or NULL. */
+sk_cluster *sk_config_cluster(const sk_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->nclusters; i++)
+        if (strcmp(c->clusters[i]->name, name) == 0) return c->clusters[i];
+    return NULL;
 }

@@ -20,6 +20,7 @@ typedef struct sk_config sk_config;
 typedef struct sk_listener sk_listener;
 typedef struct sk_route sk_route;
 typedef struct sk_cluster sk_cluster;
+typedef struct sk_instance sk_instance; /* a [plugin NAME] instance: plugin_host.h */
 
 /* A socket address parsed from "host:port" or "[v6]:port". */
 typedef struct sk_addr {
@@ -56,6 +57,8 @@ struct sk_listener {
     uint64_t max_header_bytes;  /* `max_header_bytes`, default 64k */
     unsigned max_headers;       /* `max_headers`, default 100 */
     uint64_t max_body_bytes;    /* `max_body_bytes`, default 0 = unlimited */
+    sk_instance **plugins;      /* `plugins`, in order (owned by the config) */
+    size_t nplugins;            /* number of plugins */
     sk_route **routes;          /* routes naming this listener, in file order */
     size_t nroutes;             /* number of routes */
     int line;                   /* line of the section header, for messages */
@@ -79,6 +82,8 @@ struct sk_route {
     char *rewrite_prefix;          /* `rewrite_prefix`, replaces the matched prefix, or NULL */
     uint64_t timeout_ms;           /* `timeout`, default 15s; 0 = none */
     unsigned retries;              /* `retries`, default 0 */
+    sk_instance **plugins;         /* `plugins`, after the listener's, in order */
+    size_t nplugins;               /* number of plugins */
     int respond_status;            /* `respond` status, or 0 */
     char *respond_body;            /* `respond` body (may be ""), or NULL */
     int line;                      /* line of the section header */
@@ -133,7 +138,12 @@ struct sk_config {
     size_t nroutes;
     sk_cluster **clusters; /* in file order */
     size_t nclusters;
+    sk_instance **plugins; /* [plugin NAME] instances, in file order */
+    size_t nplugins;
 };
+
+/* The cluster named `name`, or NULL. */
+sk_cluster *sk_config_cluster(const sk_config *c, const char *name);
 
 /*
  * Loads and validates `path`. Returns a config with refcnt 1, or NULL with

@@ -141,6 +141,47 @@ size_t sk_head_count(const sk_head *h, const char *name)
     return n;
 }
 
+static bool edit_field_ok(const char *s, bool name)
+{
+    if (!s || (name && !*s)) return false;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '\r' || *p == '\n' || *p == 0x7f || (*p < 0x20 && *p != '\t')) return false;
+        if (name && (*p == ':' || *p <= 0x20)) return false;
+    }
+    return true;
+}
+
+/* Edits a complete head (plugins, filters): with `replace`, removes every
+ * header named `name`; then, when value is not NULL, appends `name: value`
+ * (copied into the arena). Returns 0, or -1 on a bad name/value or OOM. */
+int sk_head_edit(sk_head *h, sk_arena *a, const char *name, const char *value, bool replace)
+{
+    if (!h->done || !edit_field_ok(name, true) || (value && !edit_field_ok(value, false))) return -1;
+    if (replace) {
+        size_t j = 0;
+        for (size_t i = 0; i < h->nhdrs; i++)
+            if (!sk_streq_nocase(h->views[i].name, h->views[i].name_len, name)) h->views[j++] = h->views[i];
+        h->nhdrs = j;
+    }
+    if (!value) return 0;
+    if (h->nhdrs + 1 > h->views_cap) {
+        size_t cap = h->views_cap ? h->views_cap * 2 : 8;
+        sk_header *v = realloc(h->views, cap * sizeof(*v));
+        if (!v) return -1;
+        h->views = v;
+        h->views_cap = cap;
+    }
+    size_t nl = strlen(name), vl = strlen(value);
+    const char *n = sk_arena_strndup(a, name, nl), *v = sk_arena_strndup(a, value, vl);
+    if (!n || !v) return -1;
+    h->views[h->nhdrs].name = n;
+    h->views[h->nhdrs].name_len = nl;
+    h->views[h->nhdrs].value = v;
+    h->views[h->nhdrs].value_len = vl;
+    h->nhdrs++;
+    return 0;
+}
+
 /* Standard reason phrase of a status code. */
 const char *sk_status_text(int status)
 {
@@ -248,6 +289,7 @@ void sk_conn_close(sk_conn *c)
         sk_proxy_abort(r);
         if (r->status == 0 || !r->response_started || r->state != SK_REQ_DONE) {
             if (!r->reason) r->reason = "client_abort";
+            sk_proxy_log(r);
             sk_accesslog_write(r);
         }
         sk_request_free(r);
@@ -357,6 +399,19 @@ void sk_conn_resume_read(sk_conn *c)
  * arriving has the rest discarded. */
 void sk_conn_local_reply(sk_conn *c, int status, const char *reason, const char *body, bool close)
 {
+    char text[64];
+    if (!body) {
+        snprintf(text, sizeof(text), "%s\n", reason ? reason : "");
+        body = text;
+    }
+    sk_conn_local_reply_ex(c, status, reason, body, strlen(body), NULL, close);
+}
+
+/* Queues a local reply with extra headers (name, value, ..., NULL; a
+ * content-type among them replaces text/plain). */
+void sk_conn_local_reply_ex(sk_conn *c, int status, const char *reason, const char *body, size_t blen,
+                            const char *const *headers, bool close)
+{
     sk_request *r = c->req;
     if (!r) {
         r = c->req = sk_request_new(c->worker, c);
@@ -375,31 +430,38 @@ void sk_conn_local_reply(sk_conn *c, int status, const char *reason, const char 
         sk_conn_close(c);
         return;
     }
-    if (!body) body = reason ? reason : "";
-    size_t blen = strlen(body);
-    bool with_nl = reason && body == reason;
     if (!r->body_done || c->worker->draining || !r->keep_alive || r->close_after) close = true;
     /* 204 and 304 carry neither a body nor a content-length (RFC 9110 8.6). */
     bool bodiless = status == 204 || status == 304;
-    if (bodiless) blen = 0, with_nl = false;
+    if (bodiless) blen = 0;
+    bool own_type = false;
+    for (size_t i = 0; headers && headers[i]; i += 2)
+        if (strcasecmp(headers[i], "content-type") == 0) own_type = true;
     char head[512];
     int n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\n", status, sk_status_text(status));
     if (!bodiless)
-        n += snprintf(head + n, sizeof(head) - (size_t)n, "content-type: text/plain\r\ncontent-length: %zu\r\n",
-                      blen + (with_nl ? 1 : 0));
-    n += snprintf(head + n, sizeof(head) - (size_t)n, "%s%s%s%s\r\n", reason ? "x-sidekick-reason: " : "",
+        n += snprintf(head + n, sizeof(head) - (size_t)n, "%scontent-length: %zu\r\n",
+                      own_type ? "" : "content-type: text/plain\r\n", blen);
+    n += snprintf(head + n, sizeof(head) - (size_t)n, "%s%s%s%s", reason ? "x-sidekick-reason: " : "",
                   reason ? reason : "", reason ? "\r\n" : "", close ? "connection: close\r\n" : "");
-    if (sk_out_copy(&c->out, head, (size_t)n) < 0) {
+    int rc = sk_out_copy(&c->out, head, (size_t)n);
+    size_t total = (size_t)n + 2;
+    for (size_t i = 0; headers && headers[i]; i += 2) {
+        size_t nl = strlen(headers[i]), vl = strlen(headers[i + 1]);
+        rc |= sk_out_copy(&c->out, headers[i], nl);
+        rc |= sk_out_copy(&c->out, ": ", 2);
+        rc |= sk_out_copy(&c->out, headers[i + 1], vl);
+        rc |= sk_out_copy(&c->out, "\r\n", 2);
+        total += nl + vl + 4;
+    }
+    rc |= sk_out_copy(&c->out, "\r\n", 2);
+    if (r->method_id != HTTP_HEAD && !bodiless) {
+        rc |= sk_out_copy(&c->out, body, blen);
+        total += blen;
+    }
+    if (rc) {
         sk_conn_close(c);
         return;
-    }
-    size_t total = (size_t)n;
-    if (r->method_id != HTTP_HEAD && !bodiless) {
-        if (sk_out_copy(&c->out, body, blen) < 0 || (with_nl && sk_out_copy(&c->out, "\n", 1) < 0)) {
-            sk_conn_close(c);
-            return;
-        }
-        total += blen + (with_nl ? 1 : 0);
     }
     r->bytes_sent += total;
     r->status = status;
@@ -412,6 +474,24 @@ void sk_conn_local_reply(sk_conn *c, int status, const char *reason, const char 
     }
     r->discard_body = true;
     sk_conn_response_done(c);
+}
+
+/* A paused chain went on: let the parser continue after the head. */
+void sk_conn_filter_resumed(sk_conn *c)
+{
+    if (c->dead) return;
+    if (c->filter_wait) {
+        c->filter_wait = false;
+        if (c->paused) {
+            llhttp_resume(&c->parser);
+            c->paused = false;
+        }
+        if (c->rpos < c->rlen) ev_feed_event(c->worker->loop, &c->rio, EV_READ);
+        sk_conn_resume_read(c);
+    }
+    sk_request *r = c->req;
+    if (r && r->up && sk_upstream_flush(r->up) < 0) return;
+    sk_conn_flush(c);
 }
 
 /* The response of the current request is complete (queued to the client).
@@ -439,6 +519,7 @@ static void finish_request(sk_conn *c)
     sk_worker *w = c->worker;
     uint64_t dur_us = (sk_now_ns() - r->start_ns) / 1000;
     if (r->status >= 100 && r->status <= 599) sk_metrics_request(w->metrics, r->route, r->status, dur_us);
+    sk_proxy_log(r);
     sk_accesslog_write(r);
     bool close = r->close_after || !r->keep_alive || w->draining || !r->body_done || c->read_eof;
     if (!r->body_done || c->rpos < c->rlen) c->linger = true;
@@ -455,6 +536,7 @@ static void finish_request(sk_conn *c)
         llhttp_resume(&c->parser);
         c->paused = false;
     }
+    c->filter_wait = false;
     set_timer(c, c->rpos < c->rlen ? c->listener->header_timeout_ms : c->listener->idle_timeout_ms);
     if (c->rpos < c->rlen) ev_feed_event(w->loop, &c->rio, EV_READ);
     sk_conn_resume_read(c);
@@ -651,6 +733,12 @@ static int on_headers_complete(llhttp_t *p)
     r->state = SK_REQ_UPSTREAM;
     if (sk_proxy_head(r) < 0) return -1;
     if (c->dead || c->closing) return -1;
+    if (r->filter_paused) {
+        /* A plugin is working (SK_PAUSE): the body waits in the read buffer
+         * until it resumes (sk_conn_filter_resumed). */
+        c->filter_wait = true;
+        return HPE_PAUSED;
+    }
     return 0;
 }
 
@@ -658,6 +746,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     sk_conn *c = p->data;
     sk_request *r = c->req;
+    if (!r) return 0; /* answered (and finished) while a filter held the head */
     const sk_listener *l = c->listener;
     r->body_received += n;
     if (l->max_body_bytes && r->body_received > l->max_body_bytes) {
@@ -674,6 +763,7 @@ static int on_message_complete(llhttp_t *p)
 {
     sk_conn *c = p->data;
     sk_request *r = c->req;
+    if (!r) return 0; /* answered (and finished) while a filter held the head */
     r->body_done = true;
     if (!r->discard_body && sk_proxy_body_end(r) < 0) return -1;
     if (c->dead) return -1;

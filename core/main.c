@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "plugin_host.h"
 #include "server.h"
 #include "worker.h"
 
@@ -148,6 +149,7 @@ int main(int argc, char **argv)
     sk_srv.loop = ev_default_loop(EVBACKEND_EPOLL);
     sk_srv.started_at = time(NULL);
     sk_srv.nworkers = (size_t)cfg->workers;
+    sk_plugins_set_process(sk_srv.loop, cfg->workers);
     sk_srv.metrics = calloc(sk_srv.nworkers, sizeof(*sk_srv.metrics));
     if (!sk_srv.metrics) return 1;
     for (size_t i = 0; i < sk_srv.nworkers; i++) {

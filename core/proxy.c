@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "http1.h"
+#include "plugin_host.h"
 #include "worker.h"
 
 /* Is this header hop-by-hop, or one the proxy sets itself? `conn` is the
@@ -110,7 +111,8 @@ static int build_upstream_head(sk_request *r)
     }
     rc |= sk_buf_printf(b, "%s\r\nx-forwarded-proto: http\r\n", r->conn->client_ip);
     /* HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one. */
-    if (!r->authority_len) rc |= sk_buf_printf(b, "host: %s\r\n", r->cluster ? r->cluster->name : "localhost");
+    if (!r->authority_len)
+        rc |= sk_buf_printf(b, "host: %s\r\n", r->cluster ? r->cluster->name : "localhost");
     rc |= sk_buf_printf(b, "x-request-id: %s\r\n", r->request_id);
     if (r->req_framing == SK_BODY_LENGTH)
         rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)r->req_content_length);
@@ -170,41 +172,23 @@ static void start_upstream(sk_request *r)
     if (!r->conn->in_parser) sk_upstream_flush(r->up);
 }
 
-/* Routes a complete request head. Returns 0, or -1 if parsing must stop. */
-int sk_proxy_head(sk_request *r)
+/* The chain is done: pick the cluster and start the upstream exchange. */
+static void go_upstream(sk_request *r)
 {
     sk_conn *c = r->conn;
-    const sk_listener *l = c->listener;
-    /* x-request-id: the client's (if sane) or a new one; logged either way. */
-    const sk_header *rid = sk_head_get(&r->head, "x-request-id");
-    if (rid && rid->value_len && rid->value_len < sizeof(r->request_id)) {
-        memcpy(r->request_id, rid->value, rid->value_len);
-        r->request_id[rid->value_len] = 0;
-    } else {
-        gen_request_id(r->worker, r->request_id);
-    }
-    const sk_route *rt = sk_route_match(l, r->method, strlen(r->method), r->host, r->host_len, r->path,
-                                        r->path_len, r->head.views, r->head.nhdrs);
-    if (!rt) {
-        sk_conn_local_reply(c, 404, "no_route", NULL, false);
-        return 0;
-    }
-    r->route = rt;
-    if (rt->respond_status) {
-        sk_conn_local_reply(c, rt->respond_status, NULL, rt->respond_body, false);
-        return 0;
-    }
-    r->cluster = sk_route_pick_cluster(rt, sk_worker_rand(r->worker));
+    const sk_route *rt = r->route;
+    r->cluster =
+        r->cluster_override ? r->cluster_override : sk_route_pick_cluster(rt, sk_worker_rand(r->worker));
     if (__atomic_add_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED) > r->cluster->max_requests) {
         __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
         sk_conn_local_reply(c, 503, "overloaded", NULL, false);
-        return 0;
+        return;
     }
     r->counted_request = true;
     if (build_upstream_head(r) < 0) {
         release_cluster(r);
         sk_conn_local_reply(c, 500, "internal_error", NULL, true);
-        return -1;
+        return;
     }
     if (rt->timeout_ms) {
         ev_timer_init(&r->timeout, on_route_timeout, (double)rt->timeout_ms / 1000.0, 0.);
@@ -213,7 +197,212 @@ int sk_proxy_head(sk_request *r)
     }
     if (r->expect_continue) sk_conn_send_copy(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     start_upstream(r);
+}
+
+/* Sends the local reply a plugin prepared with respond(). */
+static void plugin_reply(sk_request *r)
+{
+    sk_conn_local_reply_ex(r->conn, r->lr_status, r->lr_reason, r->lr_body, r->lr_body_len, r->lr_headers,
+                           false);
+}
+
+static void filter_error(sk_request *r, sk_instance *pi, const char *hook)
+{
+    sk_warn("plugin %s: %s failed for %s %.*s", pi->name, hook, r->method ? r->method : "-", (int)r->path_len,
+            r->path ? r->path : "");
+    sk_conn_local_reply(r->conn, 500, "filter_error", NULL, false);
+}
+
+static void on_filter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    sk_request *r = t->data;
+    sk_conn *c = r->conn;
+    sk_instance *pi = r->paused_by;
+    sk_warn("plugin %s: request paused longer than %.0f ms, giving up", pi->name, t->repeat * 1000);
+    r->filter_paused = false;
+    r->paused_by = NULL;
+    sk_plugin_on_cancel(pi, r);
+    __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
+    sk_conn_local_reply(c, 500, "filter_error", NULL, false);
+    sk_conn_filter_resumed(c);
+}
+
+/* Applies a hook's result. Returns true when the chain stops here. */
+static bool chain_result(sk_request *r, sk_instance *pi, sk_status st)
+{
+    switch (st) {
+    case SK_CONTINUE: return false;
+    case SK_PAUSE: {
+        if (r->early_resume) { /* resumed from inside the hook */
+            st = (sk_status)(r->early_resume - 1);
+            r->early_resume = 0;
+            return chain_result(r, pi, st);
+        }
+        r->filter_paused = true;
+        r->paused_by = pi;
+        /* A plugin that never resumes must not hold the request forever. */
+        uint64_t ms =
+            r->route && r->route->timeout_ms ? r->route->timeout_ms : r->conn->listener->header_timeout_ms;
+        ev_timer_init(&r->timeout, on_filter_timeout, (double)ms / 1000.0, 0.);
+        r->timeout.repeat = (double)ms / 1000.0;
+        r->timeout.data = r;
+        ev_timer_start(r->worker->loop, &r->timeout);
+        return true;
+    }
+    case SK_RESPOND:
+        if (r->lr_status) {
+            plugin_reply(r);
+            return true;
+        }
+        sk_warn("plugin %s: returned SK_RESPOND without calling respond()", pi->name);
+        __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
+        filter_error(r, pi, "on_request");
+        return true;
+    default: filter_error(r, pi, "on_request"); return true;
+    }
+}
+
+/*
+ * The filter chain: listener plugins, route match, route plugins, then the
+ * upstream (or the route's `respond`). Resumable: r->chain_pos remembers
+ * where a paused plugin stopped.
+ */
+static void run_chain(sk_request *r)
+{
+    sk_conn *c = r->conn;
+    const sk_listener *l = c->listener;
+    for (;;) {
+        if (c->dead || r->response_started) return;
+        if (r->chain_pos < l->nplugins) {
+            sk_instance *pi = l->plugins[r->chain_pos++];
+            if (chain_result(r, pi, sk_plugin_on_request(pi, r))) return;
+            continue;
+        }
+        if (!r->routed) {
+            r->routed = true;
+            r->route = sk_route_match(l, r->method, strlen(r->method), r->host, r->host_len, r->path,
+                                      r->path_len, r->head.views, r->head.nhdrs);
+            if (!r->route) {
+                sk_conn_local_reply(c, 404, "no_route", NULL, false);
+                return;
+            }
+        }
+        const sk_route *rt = r->route;
+        if (r->chain_pos < l->nplugins + rt->nplugins) {
+            sk_instance *pi = rt->plugins[r->chain_pos++ - l->nplugins];
+            if (chain_result(r, pi, sk_plugin_on_request(pi, r))) return;
+            continue;
+        }
+        break;
+    }
+    if (r->route->respond_status) {
+        sk_conn_local_reply(c, r->route->respond_status, NULL, r->route->respond_body, false);
+        return;
+    }
+    go_upstream(r);
+}
+
+/* Routes a complete request head through the filter chain. Returns 0, or
+ * -1 if parsing must stop. r->filter_paused tells the codec to wait. */
+int sk_proxy_head(sk_request *r)
+{
+    sk_conn *c = r->conn;
+    /* x-request-id: the client's (if sane) or a new one; logged either way. */
+    const sk_header *rid = sk_head_get(&r->head, "x-request-id");
+    if (rid && rid->value_len && rid->value_len < sizeof(r->request_id)) {
+        memcpy(r->request_id, rid->value, rid->value_len);
+        r->request_id[rid->value_len] = 0;
+    } else {
+        gen_request_id(r->worker, r->request_id);
+    }
+    run_chain(r);
     return c->dead ? -1 : 0;
+}
+
+/* host->resume(): continues a paused chain with the hook's result. */
+void sk_proxy_resume(sk_request *r, int status)
+{
+    sk_status st = (sk_status)status;
+    if (r->in_hook && !r->filter_paused) {
+        /* called from inside the hook that is about to return SK_PAUSE */
+        r->early_resume = (int)st + 1;
+        return;
+    }
+    if (!r->filter_paused) {
+        sk_warn("resume() on a request that is not paused: ignored");
+        return;
+    }
+    sk_instance *pi = r->paused_by;
+    sk_conn *c = r->conn;
+    stop_timeout(r);
+    r->filter_paused = false;
+    r->paused_by = NULL;
+    if (st > SK_ERROR || st == SK_PAUSE) {
+        sk_warn("plugin %s: resume() with status %d", pi->name, (int)st);
+        st = SK_ERROR;
+    }
+    if (st == SK_ERROR) __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
+    if (!chain_result(r, pi, st)) run_chain(r);
+    if (!c->dead) sk_conn_filter_resumed(c);
+}
+
+/* The plugins the request went through, for on_response / on_log (in reverse). */
+static sk_instance *chain_at(const sk_request *r, unsigned i)
+{
+    const sk_listener *l = r->conn->listener;
+    if (i < l->nplugins) return l->plugins[i];
+    return r->route ? r->route->plugins[i - l->nplugins] : NULL;
+}
+
+/* on_log of every plugin the request reached, last first. */
+void sk_proxy_log(sk_request *r)
+{
+    for (unsigned i = r->chain_pos; i-- > 0;) {
+        sk_instance *pi = chain_at(r, i);
+        if (pi) sk_plugin_on_log(pi, r);
+    }
+}
+
+/* on_response of every plugin the request reached, last first. Returns
+ * true when a plugin replaced the response (reply prepared or error). */
+static bool response_hooks(sk_request *r)
+{
+    r->in_response_hooks = true;
+    bool stop = false;
+    for (unsigned i = r->chain_pos; i-- > 0 && !stop;) {
+        sk_instance *pi = chain_at(r, i);
+        if (!pi) continue;
+        sk_status st = sk_plugin_on_response(pi, r);
+        if (st == SK_CONTINUE) continue;
+        stop = true;
+        if (st == SK_RESPOND && r->lr_status) break;
+        if (st == SK_RESPOND) __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
+        sk_warn("plugin %s: on_response failed", pi->name);
+        r->lr_status = 500;
+        r->lr_reason = "filter_error";
+        r->lr_body = "filter_error\n";
+        r->lr_body_len = 13;
+        r->lr_headers = NULL;
+    }
+    r->in_response_hooks = false;
+    return stop;
+}
+
+/* A plugin's on_response replaced the upstream response: drop the upstream
+ * connection and answer with the prepared reply. */
+void sk_proxy_filter_reply(sk_request *r)
+{
+    if (r->up) {
+        sk_upconn *u = r->up;
+        r->up = NULL;
+        sk_upstream_release(u, false);
+    }
+    stop_timeout(r);
+    release_cluster(r);
+    r->status = 0;
+    sk_conn *c = r->conn;
+    plugin_reply(r);
+    sk_conn_flush(c);
 }
 
 /* Forwards a piece of decoded request body, re-framed for the upstream. */
@@ -255,6 +444,12 @@ int sk_proxy_body_end(sk_request *r)
 void sk_proxy_abort(sk_request *r)
 {
     stop_timeout(r);
+    if (r->filter_paused) {
+        sk_instance *pi = r->paused_by;
+        r->filter_paused = false;
+        r->paused_by = NULL;
+        sk_plugin_on_cancel(pi, r);
+    }
     if (r->up) {
         sk_upconn *u = r->up;
         r->up = NULL;
@@ -350,6 +545,13 @@ int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chun
     sk_conn *c = r->conn;
     sk_head *h = &r->rhead;
     if (sk_head_finish(h) < 0) return -1;
+    if (r->chain_pos) {
+        r->status = status;
+        if (response_hooks(r)) {
+            r->status = 0;
+            return 1; /* the caller stops parsing and calls sk_proxy_filter_reply */
+        }
+    }
     sk_buf *b = &r->uphead; /* the request head was sent: reuse its storage */
     sk_buf_reset(b);
     const char *reason = h->url_len ? h->raw.data + h->url : sk_status_text(status);

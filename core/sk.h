@@ -26,8 +26,8 @@
 #define SK_DEC(x)    __atomic_store_n(&(x), __atomic_load_n(&(x), __ATOMIC_RELAXED) - 1, __ATOMIC_RELAXED)
 #define SK_LOAD(x)   __atomic_load_n(&(x), __ATOMIC_RELAXED)
 
-/* Log levels, in the order of `[sidekick] log_level`. */
-enum { SK_LOG_ERROR = 0, SK_LOG_WARN, SK_LOG_INFO, SK_LOG_DEBUG };
+/* Log levels (SK_LOG_ERROR..SK_LOG_DEBUG), shared with the plugin ABI. */
+#include <sidekick/plugin.h>
 
 extern int sk_log_level;
 
@@ -92,6 +92,31 @@ static inline void sk_buf_reset(sk_buf *b)
 }
 /* Releases the storage. */
 void sk_buf_free(sk_buf *b);
+
+/*
+ * sk_arena — a per-request bump allocator: memory that lives exactly as
+ * long as one request (plugin header copies, metadata, local replies).
+ * sk_arena_reset() keeps the first block for the next request, so a warmed
+ * up worker does not malloc per request.
+ */
+typedef struct sk_arena_block {
+    struct sk_arena_block *next; /* older block */
+    size_t used, cap;            /* bytes used / available in data */
+    char data[];                 /* the memory */
+} sk_arena_block;
+
+typedef struct sk_arena {
+    sk_arena_block *head; /* newest block, or NULL */
+} sk_arena;
+
+/* n bytes, 16-byte aligned, valid until reset/free; NULL on OOM. */
+void *sk_arena_alloc(sk_arena *a, size_t n);
+/* A NUL-terminated copy of n bytes at s; NULL on OOM. */
+char *sk_arena_strndup(sk_arena *a, const char *s, size_t n);
+/* Frees all blocks but the oldest, which is emptied for reuse. */
+void sk_arena_reset(sk_arena *a);
+/* Frees everything. */
+void sk_arena_free(sk_arena *a);
 
 /* Case-insensitive comparison of a length-delimited string with a C string. */
 bool sk_streq_nocase(const char *a, size_t alen, const char *b);

@@ -154,6 +154,7 @@ int sk_upstream_attach(sk_request *r)
     u->response_done = false;
     u->reusable = false;
     u->retry_response = false;
+    u->filter_reply = false;
     u->requests++;
     r->up = u;
     if (sk_out_ref(&u->out, r->uphead.data, r->uphead.len) < 0) return -1;
@@ -276,7 +277,12 @@ static int on_headers_complete(llhttp_t *p)
     bool no_body = head || status == 204 || status == 304;
     bool length = (p->flags & F_CONTENT_LENGTH) != 0;
     bool chunked = (p->flags & F_CHUNKED) != 0;
-    if (sk_proxy_response_head(r, status, no_body, chunked, length, p->content_length) < 0) return -1;
+    int rc = sk_proxy_response_head(r, status, no_body, chunked, length, p->content_length);
+    if (rc < 0) return -1;
+    if (rc == 1) {
+        u->filter_reply = true; /* a plugin answers instead: stop here, see on_read */
+        return HPE_PAUSED;
+    }
     return no_body ? 1 : 0; /* 1: tells llhttp there is no body, whatever the headers say */
 }
 
@@ -356,6 +362,10 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
     u->rpos = 0;
     u->rlen = (size_t)n;
     llhttp_errno_t err = llhttp_execute(&u->parser, u->rbuf, (size_t)n);
+    if (err == HPE_PAUSED && u->filter_reply) {
+        sk_proxy_filter_reply(r); /* releases (closes) u */
+        return;
+    }
     if (err == HPE_PAUSED) {
         u->rpos = (size_t)(llhttp_get_error_pos(&u->parser) - u->rbuf);
         finish_response(u, false);

@@ -112,3 +112,60 @@ uint64_t sk_now_ns(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+#define ARENA_BLOCK 4096
+
+/* Returns n bytes from the newest block, adding a block when needed. */
+void *sk_arena_alloc(sk_arena *a, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    sk_arena_block *b = a->head;
+    if (!b || b->cap - b->used < n) {
+        size_t cap = n > ARENA_BLOCK - sizeof(*b) ? n : ARENA_BLOCK - sizeof(*b);
+        sk_arena_block *nb = malloc(sizeof(*nb) + cap);
+        if (!nb) return NULL;
+        nb->next = b;
+        nb->used = 0;
+        nb->cap = cap;
+        a->head = b = nb;
+    }
+    void *p = b->data + b->used;
+    b->used += n;
+    return p;
+}
+
+/* Copies n bytes of s into the arena, NUL-terminated. */
+char *sk_arena_strndup(sk_arena *a, const char *s, size_t n)
+{
+    char *p = sk_arena_alloc(a, n + 1);
+    if (!p) return NULL;
+    memcpy(p, s, n);
+    p[n] = 0;
+    return p;
+}
+
+/* Keeps the oldest block (emptied), frees the others. */
+void sk_arena_reset(sk_arena *a)
+{
+    sk_arena_block *b = a->head;
+    if (!b) return;
+    while (b->next) {
+        sk_arena_block *next = b->next;
+        free(b);
+        b = next;
+    }
+    b->used = 0;
+    a->head = b;
+}
+
+/* Frees every block. */
+void sk_arena_free(sk_arena *a)
+{
+    sk_arena_block *b = a->head;
+    while (b) {
+        sk_arena_block *next = b->next;
+        free(b);
+        b = next;
+    }
+    a->head = NULL;
+}

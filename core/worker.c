@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "plugin_host.h"
 #include "worker.h"
 
 static sk_worker *workers;
@@ -111,6 +112,8 @@ static void drain_check(struct ev_loop *loop, ev_timer *t, int revents)
     if (w->nconns == 0) ev_break(loop, EVBREAK_ALL);
 }
 
+static void on_post(struct ev_loop *loop, ev_async *a, int revents);
+
 static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
 {
     sk_worker *w = a->data;
@@ -160,7 +163,10 @@ void sk__worker_defer_free(sk_worker *w, sk_conn *c)
 static void *worker_main(void *arg)
 {
     sk_worker *w = arg;
+    if (sk_plugins_worker_init(w->config, w->id, w->loop) < 0)
+        sk_error("worker %d: a plugin failed to initialise; its hooks may misbehave", w->id);
     ev_run(w->loop, 0);
+    sk_plugins_worker_fini(w->config, w->id);
     /* Drained: release what is left. */
     reap(w->loop, &w->reap, 0);
     sk_upstream_close_idle(w);
@@ -223,11 +229,13 @@ sk_request *sk_request_new(sk_worker *w, sk_conn *c)
     /* Reset everything but the reusable buffers. */
     sk_head head = r->head, rhead = r->rhead;
     sk_buf uphead = r->uphead;
+    sk_arena arena = r->arena;
     memset(r, 0, sizeof(*r));
     sk_list_init(&r->link);
     r->head = head;
     r->rhead = rhead;
     r->uphead = uphead;
+    r->arena = arena;
     sk_buf_reset(&r->head.raw);
     r->head.nhdrs = 0;
     r->head.in_value = false;
@@ -266,6 +274,7 @@ void sk_request_free(sk_request *r)
     if (r->head.raw.cap > 65536 || r->head.cap > 256) head_free(&r->head);
     if (r->rhead.raw.cap > 65536 || r->rhead.cap > 256) head_free(&r->rhead);
     if (r->uphead.cap > 65536) sk_buf_free(&r->uphead);
+    sk_arena_reset(&r->arena);
     sk_list_insert(&w->free_reqs, &r->link);
 }
 
@@ -320,6 +329,9 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
+    ev_async_init(&w->post, on_post);
+    w->post.data = w;
+    ev_async_start(w->loop, &w->post);
     ev_prepare_init(&w->reap, reap);
     w->reap.data = w;
     ev_prepare_start(w->loop, &w->reap);
@@ -351,6 +363,63 @@ int sk_workers_start(sk_config *cfg, sk_metrics **metrics, int n, int accesslog_
         snprintf(name, sizeof(name), "sk-worker-%u", (unsigned)i % 1000u);
         pthread_setname_np(workers[i].thread, name);
     }
+    return 0;
+}
+
+/* Work posted to the workers (host->post_to_workers): a list per worker. */
+typedef struct post_item {
+    struct post_item *next;
+    void (*cb)(void *);
+    void *arg;
+} post_item;
+
+static pthread_mutex_t post_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_post(struct ev_loop *loop, ev_async *a, int revents)
+{
+    sk_worker *w = a->data;
+    pthread_mutex_lock(&post_lock);
+    post_item *list = w->posted;
+    w->posted = NULL;
+    pthread_mutex_unlock(&post_lock);
+    /* the list is newest first: run in posting order */
+    post_item *rev = NULL;
+    while (list) {
+        post_item *next = list->next;
+        list->next = rev;
+        rev = list;
+        list = next;
+    }
+    while (rev) {
+        post_item *next = rev->next;
+        rev->cb(rev->arg);
+        free(rev);
+        rev = next;
+    }
+}
+
+/* Queues cb(arg) on every worker and wakes them. Thread-safe. */
+int sk_workers_post(void (*cb)(void *), void *arg)
+{
+    if (nworkers == 0) return -1;
+    post_item *items[256];
+    int n = nworkers > 256 ? 256 : nworkers;
+    for (int i = 0; i < n; i++) {
+        items[i] = malloc(sizeof(post_item));
+        if (!items[i]) {
+            while (i-- > 0) free(items[i]);
+            return -1;
+        }
+        items[i]->cb = cb;
+        items[i]->arg = arg;
+    }
+    pthread_mutex_lock(&post_lock);
+    for (int i = 0; i < n; i++) {
+        items[i]->next = workers[i].posted;
+        workers[i].posted = items[i];
+    }
+    pthread_mutex_unlock(&post_lock);
+    for (int i = 0; i < n; i++) ev_async_send(workers[i].loop, &workers[i].post);
     return 0;
 }
 

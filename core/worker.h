@@ -143,7 +143,29 @@ struct sk_request {
     bool close_after;      /* close the client connection after this response */
     bool discard_body;     /* drop remaining request body (local reply sent) */
     bool up_body_done;     /* request body fully queued upstream */
+    /* The filter chain (plugin_host.c, proxy.c). */
+    sk_arena arena;                /* per-request memory: plugin copies, metadata, replies */
+    unsigned chain_pos;            /* filters entered so far: listener plugins, then the route's */
+    bool routed;                   /* route matching has run */
+    bool filter_paused;            /* a plugin returned SK_PAUSE and has not resumed yet */
+    bool in_hook;                  /* a plugin hook of this request is running */
+    bool in_response_hooks;        /* on_response hooks are running (response edits allowed) */
+    int early_resume;              /* resume() called inside the hook: status + 1, or 0 */
+    struct sk_instance *paused_by; /* the plugin that paused */
+    sk_cluster *cluster_override;  /* set by a plugin with set_cluster() */
+    struct sk_meta *meta;          /* metadata, newest first (arena) */
+    int lr_status;                 /* local reply prepared by a plugin's respond(), or 0 */
+    const char *lr_reason;         /* its x-sidekick-reason, or NULL */
+    const char *lr_body;           /* its body (arena) */
+    size_t lr_body_len;            /* its length */
+    const char **lr_headers;       /* its extra headers: name, value, ..., NULL (arena) */
 };
+
+/* One metadata entry of a request (arena). */
+typedef struct sk_meta {
+    struct sk_meta *next;
+    const char *key, *value;
+} sk_meta;
 
 /* A downstream (client) connection. */
 struct sk_conn {
@@ -167,6 +189,7 @@ struct sk_conn {
     bool paused;                 /* parser paused at a message end */
     bool read_eof;               /* client half-closed */
     bool in_parser;              /* inside llhttp_execute */
+    bool filter_wait;            /* parser paused after a head while a plugin works */
     bool linger;                 /* unread input may follow: close with a lingering close */
     bool lingering;              /* half-closed, draining input before the close */
     char last_byte;              /* last byte handed to the parser (obs-fold check) */
@@ -191,6 +214,7 @@ struct sk_upconn {
     bool response_done;      /* on_message_complete seen */
     bool reusable;           /* may go back to the pool */
     bool retry_response;     /* a 502/503/504 that will be retried: not forwarded */
+    bool filter_reply;       /* a plugin's on_response replaced the response */
     unsigned requests;       /* requests served on it */
 };
 
@@ -232,10 +256,12 @@ struct sk_worker {
     sk_link free_reqs;       /* recycled sk_request */
     char **free_bufs;        /* recycled read buffers */
     size_t nfree_bufs, free_bufs_cap;
-    ev_async wake;        /* main → worker: drain */
-    ev_timer drain_timer; /* periodic drain check */
-    ev_prepare reap;      /* frees dead connections at a safe point */
-    sk_conn **dead;       /* connections to free */
+    ev_async wake;            /* main → worker: drain */
+    ev_async post;            /* main → worker: posted work (sk_workers_post) */
+    struct post_item *posted; /* posted work, newest first (under a lock) */
+    ev_timer drain_timer;     /* periodic drain check */
+    ev_prepare reap;          /* frees dead connections at a safe point */
+    sk_conn **dead;           /* connections to free */
     size_t ndead, dead_cap;
     bool draining;
     uint64_t rng;     /* xorshift state */
@@ -257,6 +283,8 @@ static inline void sk_request_pending_done(sk_request *r)
 /* Starts n workers on cfg; binds every listener in each (SO_REUSEPORT).
  * Returns 0 or -1 with *err (malloc'd). */
 int sk_workers_start(sk_config *cfg, sk_metrics **metrics, int n, int accesslog_fd, char **err);
+/* Runs cb(arg) on every worker's loop soon (thread-safe). 0 or -1. */
+int sk_workers_post(void (*cb)(void *), void *arg);
 /* Asks every worker to drain (thread-safe). */
 void sk_workers_drain(void);
 /* Number of workers still running (thread-safe). */
@@ -281,6 +309,11 @@ void sk_conn_free(sk_conn *c);
 void sk_conn_drain(sk_conn *c);
 /* Sends a local reply for the current request with x-sidekick-reason. */
 void sk_conn_local_reply(sk_conn *c, int status, const char *reason, const char *body, bool close);
+/* Same, with a body of body_len bytes and extra headers (name, value, ..., NULL). */
+void sk_conn_local_reply_ex(sk_conn *c, int status, const char *reason, const char *body, size_t body_len,
+                            const char *const *headers, bool close);
+/* A paused filter chain went on: let the parser continue with the body. */
+void sk_conn_filter_resumed(sk_conn *c);
 /* Queues response bytes towards the client / flushes them. */
 int sk_conn_send_ref(sk_conn *c, const void *p, size_t n);
 int sk_conn_send_copy(sk_conn *c, const void *p, size_t n);
@@ -299,11 +332,18 @@ int sk_proxy_head(sk_request *r);
 int sk_proxy_body(sk_request *r, const char *p, size_t n);
 /* The request body is complete. */
 int sk_proxy_body_end(sk_request *r);
+/* host->resume(): continues the chain of a paused request. */
+void sk_proxy_resume(sk_request *r, int st);
+/* on_log of the plugins the request went through. */
+void sk_proxy_log(sk_request *r);
+/* A plugin replaced the upstream response (sk_proxy_response_head returned 1). */
+void sk_proxy_filter_reply(sk_request *r);
 /* The client went away: abort upstream work. */
 void sk_proxy_abort(sk_request *r);
 /* The client's output drained below the low-water mark. */
 void sk_proxy_client_drained(sk_request *r);
-/* Builds the response head towards the client from rhead. */
+/* Builds the response head towards the client from rhead, after the
+ * plugins' on_response. 0, -1 on error, 1 when a plugin replaced it. */
 int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chunked, bool up_length,
                            uint64_t length);
 /* Response body bytes / end from the upstream. */

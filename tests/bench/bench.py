@@ -2,7 +2,8 @@
 """Helpers for tests/bench/run (standard library only).
 
   bench.py freeports N                 print N distinct free TCP ports on 127.0.0.1
-  bench.py pct LOGFILE                 p50 p99 p99.9 (µs) of an h2load --log-file
+  bench.py pct LOGFILE                 p50 p99 p99.9 (µs) of an h2load --log-file,
+                                       first 10% of the rows skipped
   bench.py conns PORT N READYFILE      open N idle keep-alive connections, then hold them
   bench.py cpu PID...                  utime+stime (clock ticks) summed over the PIDs
   bench.py rss PID...                  VmRSS and Pss (KiB) summed over the PIDs
@@ -36,6 +37,9 @@ def pct(path):
             parts = line.split("\t")
             if len(parts) >= 3:
                 vals.append(int(parts[2]))
+    # Rows are in end-of-response order: drop the first 10% (connection set-up,
+    # cold caches) so that every run measures its steady state.
+    vals = vals[len(vals) // 10:]
     if not vals:
         sys.exit("no samples in " + path)
     vals.sort()

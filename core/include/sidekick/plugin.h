@@ -1,0 +1,240 @@
+/*
+ * sidekick/plugin.h — the one header a sidekick plugin needs.
+ *
+ * A plugin is a shared object that exports exactly one symbol,
+ * `sidekick_plugin`, a `const sk_plugin` describing it:
+ *
+ *     #include <sidekick/plugin.h>
+ *
+ *     static sk_status on_request(void *inst, void *wdata, sk_req *req) { ... }
+ *
+ *     SK_PLUGIN_EXPORT const sk_plugin sidekick_plugin = {
+ *         .abi_major = SK_PLUGIN_ABI_MAJOR,
+ *         .abi_minor = SK_PLUGIN_ABI_MINOR,
+ *         .name = "example",
+ *         .create = create,
+ *         .on_request = on_request,
+ *     };
+ *
+ * Build it with:
+ *     cc -shared -fPIC $(pkg-config --cflags sidekick-plugin) -o example.so example.c
+ *
+ * A plugin never links against sidekick: everything it may call comes
+ * through the `sk_host_api` table handed to `create`. All handles are
+ * opaque. This header includes only standard C headers.
+ *
+ * Compatibility: the host loads a plugin whose abi_major equals the host's
+ * and whose abi_minor is not newer than the host's. Minor versions only
+ * append members to the end of sk_plugin and sk_host_api.
+ *
+ * Threads: `create` and `destroy` run on the main thread; `worker_init` and
+ * `worker_fini` on each worker thread; request hooks on the request's
+ * worker. A request never moves between workers.
+ */
+#ifndef SIDEKICK_PLUGIN_H
+#define SIDEKICK_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SK_PLUGIN_ABI_MAJOR 1
+#define SK_PLUGIN_ABI_MINOR 0
+
+#if defined(__GNUC__)
+#define SK_PLUGIN_EXPORT       __attribute__((visibility("default")))
+#define SK_PLUGIN_PRINTF(f, a) __attribute__((format(printf, f, a)))
+#else
+#define SK_PLUGIN_EXPORT
+#define SK_PLUGIN_PRINTF(f, a)
+#endif
+
+/* What a hook tells the host to do next. One enum for C plugins and Lua. */
+typedef enum sk_status {
+    SK_CONTINUE = 0, /* go on with the next filter */
+    SK_RESPOND = 1,  /* a local reply was set with host->respond(): stop the chain, send it */
+    SK_PAUSE = 2,    /* the plugin will call host->resume(req, ...) later, on this worker */
+    SK_ERROR = 3,    /* failure: the client gets 500 with x-sidekick-reason: filter_error */
+} sk_status;
+
+/* Log levels of host->log(), as `[sidekick] log_level`. */
+enum sk_log_level { SK_LOG_ERROR = 0, SK_LOG_WARN = 1, SK_LOG_INFO = 2, SK_LOG_DEBUG = 3 };
+
+/* fd watcher events. */
+enum { SK_EV_READ = 1, SK_EV_WRITE = 2 };
+
+/* Opaque handles. None of them is ever freed by the plugin. */
+typedef struct sk_req sk_req;           /* a request: valid from on_request until on_log returns
+                                           (or until on_cancel returns) */
+typedef struct sk_instance sk_instance; /* this plugin instance, as the host knows it: valid from
+                                           create until destroy returns */
+typedef struct sk_loop sk_loop;         /* an event loop: a worker's, or the main thread's */
+typedef struct sk_timer sk_timer;       /* a one-shot timer */
+typedef struct sk_watch sk_watch;       /* an fd watcher */
+typedef struct sk_metric sk_metric;     /* a counter, gauge or histogram */
+
+/* A length-delimited string. Never NUL-terminated by contract. */
+typedef struct sk_str {
+    const char *ptr; /* NULL when absent */
+    size_t len;
+} sk_str;
+
+/* One `key = value` of the plugin's INI section (except `load`). */
+typedef struct sk_kv {
+    const char *key;   /* owned by the host, valid during create */
+    const char *value; /* owned by the host, valid during create */
+    int line;          /* line in the config file, for error messages */
+} sk_kv;
+
+typedef void (*sk_callback)(void *arg);
+typedef void (*sk_fd_callback)(void *arg, int fd, int events);
+
+/*
+ * The services of the host. A pointer to one static table is handed to
+ * create() and stays valid until the process exits. Unless stated
+ * otherwise, a function taking an sk_req must be called on that request's
+ * worker, while the request is valid; strings returned by the host are
+ * owned by it and valid until the request ends (sk_str of requests) or as
+ * stated; strings passed in are copied by the host.
+ */
+typedef struct sk_host_api {
+    uint32_t abi_major, abi_minor; /* the host's ABI version */
+
+    /* ---- logging and config (any thread) ---- */
+    /* Logs one line, prefixed with the instance name. */
+    void (*log)(sk_instance *self, int level, const char *fmt, ...) SK_PLUGIN_PRINTF(3, 4);
+    /* The instance name ("ratelimit-strict") and the worker count. */
+    const char *(*instance_name)(sk_instance *self);
+    int (*worker_count)(void);
+
+    /* ---- the request ---- */
+    sk_str (*method)(sk_req *r);    /* "GET" */
+    sk_str (*path)(sk_req *r);      /* path as received, without the query */
+    sk_str (*query)(sk_req *r);     /* after '?', ptr NULL if none */
+    sk_str (*authority)(sk_req *r); /* Host header, without port */
+    sk_str (*client_ip)(sk_req *r); /* "127.0.0.1", "::1" */
+    sk_str (*identity)(sk_req *r);  /* peer SPIFFE ID of a verified TLS client, ptr NULL if none */
+    sk_str (*route)(sk_req *r);     /* name of the matched route */
+    /* First request header named `name` (any case): 1 and *value, or 0. */
+    int (*header)(sk_req *r, const char *name, sk_str *value);
+    /* Number of request headers and the i-th one (0-based): 1, or 0 past the end. */
+    size_t (*header_count)(sk_req *r);
+    int (*header_at)(sk_req *r, size_t i, sk_str *name, sk_str *value);
+    /* Replaces every header `name` with one (set), appends one (add), removes
+     * all (remove). on_request only. 0, or -1 (bad name/value, OOM, too late). */
+    int (*set_header)(sk_req *r, const char *name, const char *value);
+    int (*add_header)(sk_req *r, const char *name, const char *value);
+    int (*remove_header)(sk_req *r, const char *name);
+    /* Sends the request to another cluster of the config. 0, or -1 (unknown). */
+    int (*set_cluster)(sk_req *r, const char *cluster);
+
+    /* ---- the response (on_response, on_log) ---- */
+    int (*status)(sk_req *r); /* status code sent / being sent, 0 before */
+    int (*response_header)(sk_req *r, const char *name, sk_str *value);
+    /* Same as the request versions, on the response head; on_response only. */
+    int (*set_response_header)(sk_req *r, const char *name, const char *value);
+    int (*add_response_header)(sk_req *r, const char *name, const char *value);
+    int (*remove_response_header)(sk_req *r, const char *name);
+
+    /* ---- local replies (on_request, or resume with SK_RESPOND) ---- */
+    /* Prepares a local reply: status 200..599, a body (copied, may be NULL),
+     * and optional headers as NULL-terminated name, value pairs. The hook then
+     * returns SK_RESPOND. `reason` becomes x-sidekick-reason (may be NULL). */
+    int (*respond)(sk_req *r, int status, const char *reason, const char *body, size_t body_len,
+                   const char *const *headers);
+
+    /* ---- per-request metadata shared by plugins and Lua ---- */
+    int (*set_meta)(sk_req *r, const char *key, const char *value); /* 0 or -1 */
+    /* The value, valid until the request ends or the key is set again; NULL if unset. */
+    const char *(*meta)(sk_req *r, const char *key);
+
+    /* ---- pausing ---- */
+    /* Continues a request paused by SK_PAUSE with the hook result `st`
+     * (SK_CONTINUE, SK_RESPOND after respond(), or SK_ERROR). On the request's
+     * worker only (from a timer or watcher of that worker). Never call it
+     * after on_cancel for that request. */
+    void (*resume)(sk_req *r, sk_status st);
+    /* The loop of the request's worker. */
+    sk_loop *(*request_loop)(sk_req *r);
+
+    /* ---- timers and fd watchers (on the thread that owns the loop) ---- */
+    sk_loop *(*main_loop)(void);
+    /* One-shot timer: cb(arg) after `ms` ms. Freed by the host after it fired
+     * or was stopped. NULL on OOM. */
+    sk_timer *(*timer_start)(sk_loop *loop, uint64_t ms, sk_callback cb, void *arg);
+    void (*timer_stop)(sk_timer *t);
+    /* Watches fd for SK_EV_READ / SK_EV_WRITE until unwatched. NULL on OOM. */
+    sk_watch *(*watch_fd)(sk_loop *loop, int fd, int events, sk_fd_callback cb, void *arg);
+    void (*unwatch_fd)(sk_watch *w);
+
+    /* ---- main thread → workers ---- */
+    /* Runs cb(arg_for_worker) on every worker's loop, soon. Thread-safe.
+     * `arg` is passed to every worker as is: the plugin owns it and must
+     * keep it alive until the last call ran. 0 or -1. */
+    int (*post_to_workers)(sk_callback cb, void *arg);
+
+    /* ---- discovery (main thread) ---- */
+    /* Replaces the endpoints of `cluster` ("ip:port" strings). Workers pick
+     * them up at their next request; in-flight requests finish on the old
+     * ones. 0, or -1 with a message logged (unknown cluster, bad address). */
+    int (*set_endpoints)(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n);
+
+    /* ---- metrics (create only; the metric lives as long as the instance) ---- */
+    /* Names get the prefix sidekick_plugin_; they appear in /metrics. */
+    sk_metric *(*counter)(sk_instance *self, const char *name, const char *help);
+    sk_metric *(*gauge)(sk_instance *self, const char *name, const char *help);
+    /* Histogram in seconds with the request duration buckets. */
+    sk_metric *(*histogram)(sk_instance *self, const char *name, const char *help);
+    /* Thread-safe updates. */
+    void (*metric_add)(sk_metric *m, int64_t delta);    /* counter (delta >= 0) or gauge */
+    void (*metric_set)(sk_metric *m, int64_t value);    /* gauge */
+    void (*metric_observe)(sk_metric *m, double value); /* histogram, seconds */
+} sk_host_api;
+
+/* The symbol a plugin exports, named `sidekick_plugin`. */
+typedef struct sk_plugin {
+    uint16_t abi_major;      /* SK_PLUGIN_ABI_MAJOR of the header it was built with */
+    uint16_t abi_minor;      /* SK_PLUGIN_ABI_MINOR likewise */
+    const char *name;        /* short name, for logs */
+    const char *description; /* one line, may be NULL */
+
+    /*
+     * Creates an instance from the INI keys of its [plugin NAME] section
+     * (main thread, at config load and by `sidekick -t`). Returns the
+     * instance (owned by the plugin), or NULL with a message written into
+     * err (err_size bytes, NUL-terminated) — a config error that fails
+     * start-up. A plugin must refuse keys it does not know. `host` stays
+     * valid for the life of the process; `self` until destroy returns.
+     */
+    void *(*create)(const sk_host_api *host, sk_instance *self, const sk_kv *keys, size_t nkeys, char *err,
+                    size_t err_size);
+    /* Frees the instance (main thread, when its config generation is released). */
+    void (*destroy)(void *inst);
+
+    /* Per worker, before it serves a request / after its last one. The
+     * pointer stored in *wdata is handed to every request hook on that worker. */
+    int (*worker_init)(void *inst, sk_loop *worker_loop, void **wdata);
+    void (*worker_fini)(void *inst, void *wdata);
+
+    /* Request head received (listener plugins first, then route plugins, in
+     * INI order). */
+    sk_status (*on_request)(void *inst, void *wdata, sk_req *r);
+    /* Response head received from the upstream (reverse order). SK_PAUSE is
+     * not allowed here (treated as SK_ERROR). */
+    sk_status (*on_response)(void *inst, void *wdata, sk_req *r);
+    /* The request is complete (or aborted); for logs and metrics. */
+    void (*on_log)(void *inst, void *wdata, sk_req *r);
+    /* A request this plugin paused went away (client gone, timeout) before
+     * resume: drop what is pending for it; do not call resume. on_log still
+     * follows. */
+    void (*on_cancel)(void *inst, void *wdata, sk_req *r);
+} sk_plugin;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

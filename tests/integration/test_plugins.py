@@ -1,0 +1,1078 @@
+"""Plugins: loading .so files, chain order, host services, pause/resume, errors.
+
+The fixture plugins are built from tests/plugins/ (fx_*.so); the tests find
+them in SIDEKICK_PLUGIN_DIR (set by ctest), else in build/tests/plugins.
+Run by hand with:
+
+    SIDEKICK_BIN=build/sidekick SIDEKICK_PLUGIN_DIR=build/tests/plugins \\
+        /usr/bin/python3 -m pytest -q tests/integration/test_plugins.py
+
+The out-of-tree build test also needs SIDEKICK_BUILD_DIR (the CMake build
+directory, for `cmake --install`).
+"""
+
+import glob
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from harness import (REPO, RawClient, Reply, assert_local_reply, build_request, free_port, http_request,
+                     metric_value, parse_prometheus, run_sidekick, wait_for)
+
+PLUGIN_DIR = os.environ.get("SIDEKICK_PLUGIN_DIR", str(REPO / "build" / "tests" / "plugins"))
+BUILD_DIR = os.environ.get("SIDEKICK_BUILD_DIR")
+
+FIXTURES = ["fx_headers", "fx_respond", "fx_pause", "fx_count", "fx_error", "fx_failcreate",
+            "fx_badabi", "fx_newminor", "fx_nosym"]
+
+
+@pytest.fixture(autouse=True)
+def _fixtures_built():
+    missing = [f for f in FIXTURES if not os.path.exists(os.path.join(PLUGIN_DIR, f + ".so"))]
+    if missing:
+        pytest.fail(f"fixture plugins not built in {PLUGIN_DIR}: {missing} "
+                    f"(set SIDEKICK_PLUGIN_DIR)")
+
+
+def pl_ini(body: str, workers: int = 1, plugin_dir=PLUGIN_DIR, log_level: str = "info",
+           drain_timeout: str = "3s") -> str:
+    """A full INI: [sidekick] with plugin_dir (unless None) + body.
+
+    Like harness.sk_ini, but the log level is a parameter. `body` may use
+    {placeholders}; {admin} is the admin port.
+    """
+    head = (
+        "[sidekick]\n"
+        f"workers = {workers}\n"
+        "admin = 127.0.0.1:{admin}\n"
+        "access_log = off\n"
+        f"drain_timeout = {drain_timeout}\n"
+        f"log_level = {log_level}\n"
+    )
+    if plugin_dir is not None:
+        head += f"plugin_dir = {plugin_dir}\n"
+    return head + "\n" + body
+
+
+def metrics(sk):
+    r = sk.admin_get("/metrics")
+    assert r.status == 200, r
+    return parse_prometheus(r.body.decode())
+
+
+def metric(sk, name, **labels):
+    """Current value of a metric (summed over matching samples), None if absent."""
+    return metric_value(metrics(sk), name, **labels)
+
+
+def wait_metric(sk, name, value, timeout=5.0, **labels):
+    """Waits until the metric equals `value`; asserts with the whole /metrics text."""
+    ok = wait_for(lambda: metric(sk, name, **labels) == value, timeout)
+    if not ok:
+        text = sk.admin_get("/metrics").body.decode()
+        lines = "\n".join(l for l in text.splitlines() if "plugin" in l)
+        pytest.fail(f"{name}{labels} != {value} after {timeout}s; plugin metrics:\n{lines}")
+
+
+def get(sk, path="/", headers=None, listener="listen"):
+    return http_request(sk.port(listener), "GET", path, headers=headers)
+
+
+# --------------------------------------------------------------------------
+# chain order, headers, metadata
+
+
+CHAIN = """\
+[plugin a]
+load = fx_headers.so
+tag = a
+
+[plugin b]
+load = fx_headers.so
+tag = b
+
+[plugin c]
+load = fx_headers.so
+tag = c
+
+[listener main]
+address = 127.0.0.1:{listen}
+plugins = a
+
+[route all]
+listener = main
+cluster = up
+plugins = c, b
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_chain_order_listener_then_route_in_ini_order(sidekick, upstream):
+    """Listener plugins first, then the route's in the order `plugins =`
+    names them (not section order); response hooks in reverse."""
+    up = upstream()
+    sk = sidekick(pl_ini(CHAIN), up=up.port)
+    r = get(sk, "/x")
+    assert r.status == 200, r
+    [req] = up.requests
+    assert req.header_all("x-chain") == ["a, c, b"], req.headers
+    assert r.header("x-chain-resp") == "b, c, a", r
+    assert r.header("x-upstream") == "up"
+
+
+def test_chain_two_plugins_listener_and_route(sidekick, upstream):
+    """The basic case: a on the listener, b on the route."""
+    up = upstream()
+    body = CHAIN.replace("plugins = c, b", "plugins = b")
+    sk = sidekick(pl_ini(body), up=up.port)
+    r = get(sk, "/")
+    assert r.status == 200, r
+    assert up.requests[0].header("x-chain") == "a, b"
+    assert r.header("x-chain-resp") == "b, a"
+
+
+def test_chain_sees_client_header(sidekick, upstream):
+    """header() reads what the client sent; set_header() replaces it."""
+    up = upstream()
+    sk = sidekick(pl_ini(CHAIN), up=up.port)
+    r = get(sk, "/", headers={"X-Chain": "client"})
+    assert r.status == 200, r
+    [req] = up.requests
+    assert req.header_all("x-chain") == ["client, a, c, b"], req.headers
+
+
+def test_chain_order_stable_across_requests(sidekick, upstream):
+    """Several requests on one keep-alive connection: the chain runs afresh
+    for each (no state leaks from one request to the next)."""
+    up = upstream()
+    sk = sidekick(pl_ini(CHAIN), up=up.port)
+    with RawClient(sk.port("listen")) as c:
+        for i in range(5):
+            r = c.request("GET", f"/k{i}")
+            assert r.status == 200, r
+            assert r.header("x-chain-resp") == "b, c, a", r
+    assert [q.header("x-chain") for q in up.requests] == ["a, c, b"] * 5
+
+
+HEADERS = """\
+[plugin hdr]
+load = fx_headers.so
+request_header = x-added: yes 1
+response_header = x-resp-added: value two
+
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route all]
+listener = main
+cluster = up
+plugins = hdr
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_request_and_response_headers_added(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(HEADERS), up=up.port)
+    r = get(sk, "/h")
+    assert r.status == 200, r
+    [req] = up.requests
+    assert req.header("x-added") == "yes 1", req.headers
+    assert r.header("x-resp-added") == "value two", r
+    # the upstream's own headers and body are untouched
+    assert r.header("x-upstream") == "up"
+    assert r.body == b"ok"
+
+
+def test_add_header_appends_to_client_copy(sidekick, upstream):
+    """add_header() appends: the client's x-added stays, the plugin's follows."""
+    up = upstream()
+    sk = sidekick(pl_ini(HEADERS), up=up.port)
+    r = get(sk, "/h", headers={"x-added": "from client"})
+    assert r.status == 200, r
+    req = up.requests[0]
+    assert req.header_all("x-added") == ["from client", "yes 1"], req.headers
+
+
+META = """\
+[plugin setter]
+load = fx_headers.so
+set_meta = user=alice
+
+[plugin copier]
+load = fx_headers.so
+meta_to_header = user: x-user-meta
+meta_to_header = nothing: x-missing-meta
+
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route rev]
+listener = main
+prefix = /rev
+cluster = up
+plugins = copier, setter
+
+[route all]
+listener = main
+cluster = up
+plugins = setter, copier
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_metadata_passes_between_plugins(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(META), up=up.port)
+    r = get(sk, "/m")
+    assert r.status == 200, r
+    [req] = up.requests
+    assert req.header("x-user-meta") == "alice", req.headers
+    assert req.header("x-missing-meta") == "-", req.headers
+
+
+def test_metadata_not_visible_before_it_is_set(sidekick, upstream):
+    """The copier runs before the setter on /rev: it sees nothing; and
+    metadata of an earlier request on the connection does not leak."""
+    up = upstream()
+    sk = sidekick(pl_ini(META), up=up.port)
+    with RawClient(sk.port("listen")) as c:
+        assert c.request("GET", "/m").status == 200
+        assert c.request("GET", "/rev").status == 200
+    first, second = up.requests
+    assert first.header("x-user-meta") == "alice"
+    assert second.header("x-user-meta") == "-", second.headers
+
+
+TWO_INSTANCES = """\
+[plugin one]
+load = fx_headers.so
+tag = one
+request_header = x-which: one
+response_header = x-which-resp: one
+
+[plugin two]
+load = fx_headers.so
+tag = two
+request_header = x-which: two
+response_header = x-which-resp: two
+
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route r1]
+listener = main
+prefix = /one
+cluster = up
+plugins = one
+
+[route r2]
+listener = main
+prefix = /two
+cluster = up
+plugins = two
+
+[route both]
+listener = main
+cluster = up
+plugins = two, one
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_two_instances_of_one_so_are_independent(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(TWO_INSTANCES), up=up.port)
+    r1 = get(sk, "/one")
+    r2 = get(sk, "/two")
+    r3 = get(sk, "/both")
+    assert (r1.status, r2.status, r3.status) == (200, 200, 200), (r1, r2, r3)
+    q1, q2, q3 = up.requests
+    assert (q1.header("x-chain"), q1.header("x-which")) == ("one", "one")
+    assert (q2.header("x-chain"), q2.header("x-which")) == ("two", "two")
+    assert q3.header("x-chain") == "two, one"
+    assert q3.header_all("x-which") == ["two", "one"], q3.headers
+    assert r1.header("x-which-resp") == "one" and r1.header("x-chain-resp") == "one"
+    assert r2.header("x-which-resp") == "two" and r2.header("x-chain-resp") == "two"
+    assert r3.header("x-chain-resp") == "one, two"
+
+
+# --------------------------------------------------------------------------
+# local replies and errors
+
+
+RESPOND = """\
+[plugin local]
+load = fx_respond.so
+status = 403
+body = go away
+path = /deny
+reason = fx_denied
+
+[plugin cnt]
+load = fx_count.so
+
+[listener main]
+address = 127.0.0.1:{listen}
+plugins = local
+
+[route all]
+listener = main
+cluster = up
+plugins = cnt
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_respond_locally_upstream_sees_nothing(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(RESPOND), up=up.port)
+    r = get(sk, "/deny/this")
+    assert r.status == 403, r
+    assert r.body == b"go away"
+    assert r.header("x-fx") == "respond"
+    assert r.header("x-sidekick-reason") == "fx_denied"
+    assert r.header("x-upstream") is None
+    time.sleep(0.2)
+    assert up.requests == [], up.requests
+    assert up.accepted == 0
+    # the chain stopped at the listener plugin: the route plugin never ran
+    wait_metric(sk, "sidekick_plugin_fx_count_request_total", 0, instance="cnt")
+
+
+def test_respond_passes_other_paths(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(RESPOND), up=up.port)
+    r = get(sk, "/ok")
+    assert r.status == 200, r
+    assert r.header("x-fx") is None
+    assert len(up.requests) == 1
+    wait_metric(sk, "sidekick_plugin_fx_count_request_total", 1, instance="cnt")
+
+
+def test_respond_keeps_connection_usable(sidekick, upstream):
+    """A local reply on a keep-alive connection, then a proxied request."""
+    up = upstream()
+    sk = sidekick(pl_ini(RESPOND), up=up.port)
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/deny")
+        assert r.status == 403 and r.body == b"go away", r
+        r = c.request("GET", "/fine")
+        assert r.status == 200 and r.body == b"ok", r
+    assert [q.path for q in up.requests] == ["/fine"]
+
+
+ERROR = """\
+[plugin boom]
+load = fx_error.so
+path = /boom
+
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route all]
+listener = main
+cluster = up
+plugins = boom
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_error_gives_500_filter_error_and_is_counted(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(ERROR), up=up.port)
+    r = get(sk, "/boom")
+    assert_local_reply(r, 500, "filter_error")
+    time.sleep(0.1)
+    assert up.requests == []
+    wait_metric(sk, "sidekick_plugin_errors_total", 1, instance="boom")
+    for _ in range(3):
+        assert_local_reply(get(sk, "/boom/again"), 500, "filter_error")
+    wait_metric(sk, "sidekick_plugin_errors_total", 4, instance="boom")
+    # and the process keeps serving
+    r = get(sk, "/fine")
+    assert r.status == 200, r
+    assert len(up.requests) == 1
+    assert sk.running()
+
+
+def test_error_on_keepalive_connection(sidekick, upstream):
+    """A 500 filter_error keeps the connection: the next request on it is
+    proxied."""
+    up = upstream()
+    sk = sidekick(pl_ini(ERROR), up=up.port)
+    with RawClient(sk.port("listen")) as c:
+        r = c.request("GET", "/boom")
+        assert_local_reply(r, 500, "filter_error")
+        r = c.request("GET", "/after")
+        assert r.status == 200 and r.body == b"ok", r
+    assert [q.path for q in up.requests] == ["/after"]
+
+
+# --------------------------------------------------------------------------
+# pause / resume
+
+
+PAUSE = """\
+[plugin a]
+load = fx_headers.so
+tag = a
+
+[plugin b]
+load = fx_headers.so
+tag = b
+
+[plugin wait]
+load = fx_pause.so
+delay_ms = {delay}
+
+[plugin cnt]
+load = fx_count.so
+
+[listener main]
+address = 127.0.0.1:{listen}
+plugins = a
+
+[route fast]
+listener = main
+prefix = /fast
+cluster = up
+
+[route all]
+listener = main
+cluster = up
+plugins = cnt, wait, b
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def concurrent_gets(port, paths, timeout=20.0):
+    """GETs every path at once, each on its own connection and thread;
+    returns the responses (or exceptions) in order."""
+    out = [None] * len(paths)
+    start = threading.Barrier(len(paths))
+
+    def run(i, p):
+        try:
+            start.wait(5)
+            out[i] = http_request(port, "GET", p, timeout=timeout)
+        except Exception as e:  # reported by the caller
+            out[i] = e
+
+    ts = [threading.Thread(target=run, args=(i, p)) for i, p in enumerate(paths)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout + 10)
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pause_resume_concurrent(sidekick, upstream, workers):
+    """50 requests paused at once all resume, exactly where they stopped:
+    the plugin after the pausing one runs once, response hooks run too."""
+    n = 50
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, workers=workers), up=up.port, delay=50)
+    res = concurrent_gets(sk.port("listen"), [f"/p{i}" for i in range(n)])
+    bad = [r for r in res if not (hasattr(r, "status") and r.status == 200)]
+    assert not bad, bad[:5]
+    assert all(r.header("x-chain-resp") == "b, a" for r in res), res[:3]
+    reqs = up.requests
+    assert len(reqs) == n
+    assert sorted(q.target for q in reqs) == sorted(f"/p{i}" for i in range(n))
+    for q in reqs:
+        assert q.header("x-paused") == "50", q.headers
+        assert q.header("x-chain") == "a, b", q.headers
+    wait_metric(sk, "sidekick_plugin_fx_pause_resumes_total", n, instance="wait")
+    assert metric(sk, "sidekick_plugin_fx_pause_cancels_total", instance="wait") in (None, 0)
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 0, instance="wait")
+    wait_metric(sk, "sidekick_plugin_fx_count_log_total", n, instance="cnt")
+
+
+def test_pause_does_not_block_the_worker(sidekick, upstream):
+    """One worker, 20 requests paused 300 ms each: they overlap (a blocking
+    pause would take 6 s), and an unpaused request is served meanwhile."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, workers=1), up=up.port, delay=300)
+    port = sk.port("listen")
+    result = {}
+
+    def fast_later():
+        time.sleep(0.1)
+        t = time.monotonic()
+        result["fast"] = http_request(port, "GET", "/fast")
+        result["fast_s"] = time.monotonic() - t
+
+    ft = threading.Thread(target=fast_later)
+    ft.start()
+    t0 = time.monotonic()
+    res = concurrent_gets(port, [f"/slow{i}" for i in range(20)])
+    elapsed = time.monotonic() - t0
+    ft.join(10)
+    assert all(getattr(r, "status", None) == 200 for r in res), res[:3]
+    assert elapsed < 2.5, f"20 paused requests took {elapsed:.2f}s: the pause blocks the worker"
+    assert result["fast"].status == 200
+    assert result["fast_s"] < 1.0, f"unpaused request took {result['fast_s']:.2f}s"
+
+
+def test_pause_on_keepalive_connection(sidekick, upstream):
+    """Paused requests one after another on one connection."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE), up=up.port, delay=20)
+    with RawClient(sk.port("listen")) as c:
+        for i in range(5):
+            r = c.request("GET", f"/k{i}")
+            assert r.status == 200, r
+    assert [q.header("x-paused") for q in up.requests] == ["20"] * 5
+    wait_metric(sk, "sidekick_plugin_fx_pause_resumes_total", 5, instance="wait")
+
+
+def test_pause_with_request_body(sidekick, upstream):
+    """A POST body sent while the request is paused still reaches the
+    upstream whole."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE), up=up.port, delay=100)
+    body = bytes(range(256)) * 200
+    r = http_request(sk.port("listen"), "POST", "/post", body=body)
+    assert r.status == 200, r
+    [req] = up.requests
+    assert req.body == body
+    assert req.header("x-paused") == "100"
+
+
+PAUSE_RESULT = """\
+[plugin wait]
+load = fx_pause.so
+delay_ms = 50
+result = {result}
+
+[plugin b]
+load = fx_headers.so
+tag = b
+
+[listener main]
+address = 127.0.0.1:{{listen}}
+
+[route all]
+listener = main
+cluster = up
+plugins = wait, b
+
+[cluster up]
+endpoints = 127.0.0.1:{{up}}
+"""
+
+
+def test_pause_then_respond(sidekick, upstream):
+    """resume(SK_RESPOND) after host->respond() from the timer: the local
+    reply goes out, the rest of the chain and the upstream are skipped."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE_RESULT.format(result="respond")), up=up.port)
+    r = get(sk, "/r")
+    assert r.status == 403, r
+    assert r.body == b"paused then refused\n"
+    assert r.header("x-fx") == "pause"
+    time.sleep(0.1)
+    assert up.requests == []
+    wait_metric(sk, "sidekick_plugin_fx_pause_resumes_total", 1, instance="wait")
+    assert get(sk, "/again").status == 403
+
+
+def test_pause_then_error(sidekick, upstream):
+    """resume(SK_ERROR): 500 filter_error, counted for the pausing plugin."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE_RESULT.format(result="error")), up=up.port)
+    assert_local_reply(get(sk, "/e"), 500, "filter_error")
+    time.sleep(0.1)
+    assert up.requests == []
+    wait_metric(sk, "sidekick_plugin_errors_total", 1, instance="wait")
+    assert metric(sk, "sidekick_plugin_errors_total", instance="b") in (None, 0)
+    assert sk.running()
+
+
+def test_pause_in_listener_plugin_then_route_match(sidekick, upstream):
+    """A listener plugin pauses before the route is matched: after resume
+    the route is matched as usual (and no route gives 404 no_route)."""
+    up = upstream()
+    body = PAUSE_RESULT.format(result="continue").replace(
+        "[listener main]\naddress = 127.0.0.1:{listen}\n",
+        "[listener main]\naddress = 127.0.0.1:{listen}\nplugins = wait\n").replace(
+        "plugins = wait, b", "prefix = /api\nplugins = b")
+    sk = sidekick(pl_ini(body), up=up.port)
+    r = get(sk, "/api/x")
+    assert r.status == 200, r
+    assert up.requests[0].header("x-paused") == "50"
+    assert up.requests[0].header("x-chain") == "b"
+    assert_local_reply(get(sk, "/nowhere"), 404, "no_route")
+    wait_metric(sk, "sidekick_plugin_fx_pause_resumes_total", 2, instance="wait")
+
+
+def test_pipelined_requests_while_paused(sidekick, upstream):
+    """Three requests pipelined in one write, each paused in turn: all are
+    answered, in order, and each is paused and resumed exactly once."""
+    up = upstream(lambda req: Reply(body=req.target.encode()))
+    sk = sidekick(pl_ini(PAUSE, workers=1), up=up.port, delay=50)
+    with RawClient(sk.port("listen")) as c:
+        c.send(b"".join(build_request("GET", f"/pipe{i}") for i in range(3)))
+        bodies = [c.read_response(timeout=5).body for _ in range(3)]
+    assert bodies == [b"/pipe0", b"/pipe1", b"/pipe2"]
+    assert [q.header("x-paused") for q in up.requests] == ["50"] * 3
+    assert [q.header("x-chain") for q in up.requests] == ["a, b"] * 3
+    wait_metric(sk, "sidekick_plugin_fx_pause_resumes_total", 3, instance="wait")
+
+
+def abort_client(port, path, mode):
+    """Sends a request on a new connection, leaves it paused, and returns a
+    function that makes the client go away:
+
+    * reset: close with SO_LINGER 0 (RST): the connection is dead;
+    * close_mid_body: the head announces a 100-byte body, 10 bytes are sent,
+      then close() (FIN): the request can never complete.
+    """
+    c = RawClient(port)
+    if mode == "reset":
+        c.send(build_request("GET", path))
+    else:
+        c.send(build_request("POST", path, [("Content-Length", "100")]) + b"x" * 10)
+
+    def go():
+        if mode == "reset":
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+    return go
+
+
+@pytest.mark.parametrize("mode", ["reset", "close_mid_body"])
+def test_client_abort_while_paused(sidekick, upstream, mode):
+    """Clients that go away while their request is paused: the plugin is
+    told (on_cancel), its timer never resumes them, nothing reaches the
+    upstream, on_log still runs, and the process keeps serving."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, workers=2), up=up.port, delay=2000)
+    port = sk.port("listen")
+    n = 5
+    t0 = time.monotonic()
+    gone = [abort_client(port, f"/abort{i}", mode) for i in range(n)]
+    time.sleep(0.2)
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", n, timeout=1.0, instance="wait")
+    for go in gone:
+        go()
+    # noticed well before the 2 s timer would have fired
+    wait_metric(sk, "sidekick_plugin_fx_pause_cancels_total", n, timeout=1.5, instance="wait")
+    assert time.monotonic() - t0 < 2.0
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 0, instance="wait")
+    wait_metric(sk, "sidekick_plugin_fx_count_log_total", n, instance="cnt")
+    # past the time the timers would have fired
+    time.sleep(max(0.0, t0 + 2.6 - time.monotonic()))
+    assert up.requests == [], [q.target for q in up.requests]
+    assert metric(sk, "sidekick_plugin_fx_pause_resumes_total", instance="wait") in (None, 0)
+    assert sk.running()
+    r = get(sk, "/fast")
+    assert r.status == 200, r
+    assert "on_cancel for a request this plugin did not pause" not in sk.stderr_text()
+
+
+def test_client_close_after_whole_request_while_paused(sidekick, upstream):
+    """A client that sent a whole request and then close()s (FIN) while it
+    is paused. sidekick treats a FIN after a complete request as a
+    half-close (docs/architecture.md: the request is still answered), so
+    the request may be resumed and proxied, or cancelled: either way each
+    paused request ends exactly once (resumed xor cancelled), on_log runs,
+    nothing leaks or crashes, and the process keeps serving."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, workers=2), up=up.port, delay=500)
+    port = sk.port("listen")
+    n = 5
+    clients = []
+    for i in range(n):
+        c = RawClient(port)
+        c.send(build_request("GET", f"/fin{i}"))
+        clients.append(c)
+    time.sleep(0.2)
+    for c in clients:
+        c.close()
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 0, timeout=3, instance="wait")
+    wait_metric(sk, "sidekick_plugin_fx_count_log_total", n, instance="cnt")
+    resumed = metric(sk, "sidekick_plugin_fx_pause_resumes_total", instance="wait") or 0
+    cancelled = metric(sk, "sidekick_plugin_fx_pause_cancels_total", instance="wait") or 0
+    assert resumed + cancelled == n, (resumed, cancelled)
+    time.sleep(0.3)
+    assert len(up.requests) == resumed, (len(up.requests), resumed, cancelled)
+    assert sk.running()
+    assert get(sk, "/fast").status == 200
+
+
+def test_client_abort_mixed_with_normal_paused_requests(sidekick, upstream):
+    """Aborted (reset) and completed paused requests on the same worker at
+    the same time: each paused request is resumed or cancelled, never both."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, workers=1), up=up.port, delay=300)
+    port = sk.port("listen")
+    aborted = [abort_client(port, f"/gone{i}", "reset") for i in range(10)]
+    res = {}
+    t = threading.Thread(target=lambda: res.update(
+        r=concurrent_gets(port, [f"/kept{i}" for i in range(10)])))
+    t.start()
+    time.sleep(0.1)
+    for go in aborted:
+        go()
+    t.join(15)
+    assert all(getattr(r, "status", None) == 200 for r in res["r"]), res["r"][:3]
+    wait_metric(sk, "sidekick_plugin_fx_pause_cancels_total", 10, instance="wait")
+    wait_metric(sk, "sidekick_plugin_fx_pause_resumes_total", 10, instance="wait")
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 0, instance="wait")
+    wait_metric(sk, "sidekick_plugin_fx_count_log_total", 20, instance="cnt")
+    time.sleep(0.4)
+    assert sorted(q.target for q in up.requests) == sorted(f"/kept{i}" for i in range(10))
+
+
+def test_sigterm_finishes_paused_request(sidekick, upstream):
+    """Draining waits for a paused request: it resumes and completes."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, drain_timeout="3s"), up=up.port, delay=500)
+    out = {}
+    t = threading.Thread(target=lambda: out.update(r=http_request(sk.port("listen"), "GET", "/d")))
+    t.start()
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 1, timeout=2, instance="wait")
+    sk.signal(signal.SIGTERM)
+    t.join(10)
+    assert out.get("r") is not None and out["r"].status == 200, out
+    assert sk.proc.wait(timeout=5) == 0
+    assert up.requests[0].header("x-paused") == "500"
+
+
+def test_sigterm_with_request_paused_past_drain_timeout(sidekick, upstream):
+    """A request paused longer than drain_timeout does not keep the process
+    alive, and exiting with it still paused is clean (the sanitizer build
+    checks for leaks and use-after-free at teardown)."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, drain_timeout="1s"), up=up.port, delay=10000)
+    c = RawClient(sk.port("listen"))
+    c.send(build_request("GET", "/forever"))
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 1, timeout=2, instance="wait")
+    t0 = time.monotonic()
+    sk.signal(signal.SIGTERM)
+    code = sk.proc.wait(timeout=5)
+    assert time.monotonic() - t0 < 3.5
+    assert code == 0, sk.stderr_text()[-2000:]
+    c.close()
+    assert up.requests == []
+
+
+# --------------------------------------------------------------------------
+# on_log, logging
+
+
+COUNT = """\
+[plugin cnt]
+load = fx_count.so
+
+[listener main]
+address = 127.0.0.1:{listen}
+plugins = cnt
+
+[route api]
+listener = main
+prefix = /api
+cluster = up
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_on_log_once_per_request(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(COUNT), up=up.port)
+    n = 7
+    for i in range(4):
+        assert get(sk, f"/api/{i}").status == 200
+    with RawClient(sk.port("listen")) as c:
+        for i in range(3):
+            assert c.request("GET", f"/api/ka{i}").status == 200
+    wait_metric(sk, "sidekick_plugin_fx_count_log_total", n, instance="cnt")
+    wait_metric(sk, "sidekick_plugin_fx_count_request_total", n, instance="cnt")
+    time.sleep(0.2)
+    assert metric(sk, "sidekick_plugin_fx_count_log_total", instance="cnt") == n
+
+
+def test_listener_plugins_run_before_route_match(sidekick, upstream):
+    """Requests no route matches (404 no_route) still pass the listener's
+    plugins, and are logged."""
+    up = upstream()
+    sk = sidekick(pl_ini(COUNT), up=up.port)
+    assert get(sk, "/api/x").status == 200
+    assert_local_reply(get(sk, "/elsewhere"), 404, "no_route")
+    assert_local_reply(get(sk, "/elsewhere/2"), 404, "no_route")
+    wait_metric(sk, "sidekick_plugin_fx_count_request_total", 3, instance="cnt")
+    wait_metric(sk, "sidekick_plugin_fx_count_log_total", 3, instance="cnt")
+
+
+def test_plugin_metrics_have_help_and_type(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(COUNT), up=up.port)
+    text = sk.admin_get("/metrics").body.decode()
+    assert re.search(r"^# TYPE sidekick_plugin_fx_count_log_total counter$", text, re.M), text
+    assert re.search(r"^# HELP sidekick_plugin_fx_count_log_total .+", text, re.M), text
+    assert 'sidekick_plugin_fx_count_log_total{instance="cnt"} 0' in text, text
+
+
+def test_plugin_log_lines_carry_instance_name(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(COUNT, log_level="debug"), up=up.port)
+    assert get(sk, "/api/logged").status == 200
+    assert wait_for(lambda: "request GET /api/logged" in sk.stderr_text(), 3), \
+        sk.stderr_text()[-2000:]
+    line = next(l for l in sk.stderr_text().splitlines() if "request GET /api/logged" in l)
+    assert "cnt" in line, line
+
+
+def test_plugin_debug_log_filtered_at_info(sidekick, upstream):
+    up = upstream()
+    sk = sidekick(pl_ini(COUNT, log_level="info"), up=up.port)
+    assert get(sk, "/api/quiet").status == 200
+    wait_metric(sk, "sidekick_plugin_fx_count_log_total", 1, instance="cnt")
+    assert "request GET /api/quiet" not in sk.stderr_text()
+
+
+# --------------------------------------------------------------------------
+# where .so files are found
+
+
+FIND = """\
+[plugin fx_headers]
+{load}tag = found
+
+[listener main]
+address = 127.0.0.1:{{listen}}
+
+[route all]
+listener = main
+cluster = up
+plugins = fx_headers
+
+[cluster up]
+endpoints = 127.0.0.1:{{up}}
+"""
+
+
+@pytest.mark.parametrize("how", ["default_dir", "relative_dir", "absolute_load"])
+def test_plugin_paths(sidekick, upstream, tmp_path, how):
+    """load defaults to NAME.so in plugin_dir; plugin_dir defaults to
+    "plugins" and is relative to the config file; load may be absolute.
+    (sidekick runs from another directory, see harness.Sidekick.start.)"""
+    up = upstream()
+    if how == "default_dir":
+        os.symlink(PLUGIN_DIR, tmp_path / "plugins")
+        ini = pl_ini(FIND.format(load=""), plugin_dir=None)
+    elif how == "relative_dir":
+        os.symlink(PLUGIN_DIR, tmp_path / "myplugins")
+        ini = pl_ini(FIND.format(load=""), plugin_dir="myplugins")
+    else:
+        load = f"load = {os.path.join(PLUGIN_DIR, 'fx_headers.so')}\n"
+        ini = pl_ini(FIND.format(load=load), plugin_dir="/nonexistent")
+    sk = sidekick(ini, up=up.port)
+    assert get(sk, "/").status == 200
+    assert up.requests[0].header("x-chain") == "found"
+
+
+# --------------------------------------------------------------------------
+# refused plugins: sidekick -t and start-up fail, naming file:line and why
+
+
+BROKEN = """\
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route all]
+listener = main
+cluster = up
+plugins = ok, broken
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+
+[plugin ok]
+load = fx_headers.so
+tag = ok
+
+[plugin broken]
+{keys}
+"""
+
+# (case, keys of [plugin broken], substrings of which stderr must hold at
+# least one per inner tuple, case-insensitive)
+REFUSED = [
+    ("missing_file", "load = fx_nope.so",
+     [("fx_nope.so",), ("no such file", "cannot open", "not found", "does not exist")]),
+    ("no_symbol", "load = fx_nosym.so", [("fx_nosym",), ("sidekick_plugin",)]),
+    ("abi_major", "load = fx_badabi.so", [("fx_badabi",), ("abi",), ("major", "version")]),
+    ("abi_minor_newer", "load = fx_newminor.so", [("fx_newminor",), ("abi",), ("minor", "version")]),
+    ("create_fails", "load = fx_failcreate.so\nx = 42",
+     [("refusing on purpose (key x=42)",)]),
+    ("unknown_key", "load = fx_headers.so\ntag = t\ncolour = blue", [("colour",)]),
+    ("bad_value", "load = fx_pause.so\ndelay_ms = soon", [("delay_ms",), ("soon",)]),
+    ("not_a_plugin", "load = {notso}", [("not_a_plugin.so",)]),
+]
+
+
+def section_lines(text: str, header: str):
+    """Line numbers (1-based) of `header` and of the lines of its section."""
+    lines = text.splitlines()
+    start = next(i for i, l in enumerate(lines, 1) if l.strip() == header)
+    end = start
+    for i in range(start + 1, len(lines) + 1):
+        l = lines[i - 1].strip()
+        if l.startswith("["):
+            break
+        if l:
+            end = i
+    return list(range(start, end + 1))
+
+
+def write_broken(tmp_path, keys):
+    notso = tmp_path / "not_a_plugin.so"
+    notso.write_text("this is not an ELF file\n")
+    text = pl_ini(BROKEN.replace("{keys}", keys.replace("{notso}", str(notso)))).format(
+        admin=free_port(), listen=free_port(), up=free_port())
+    p = tmp_path / "broken.ini"
+    p.write_text(text)
+    return p, text
+
+
+def check_refused(res, path, text, needles):
+    assert res.returncode == 1, f"exit {res.returncode}, stderr: {res.stderr!r}"
+    err = res.stderr
+    lines = section_lines(text, "[plugin broken]")
+    named = [int(m) for m in re.findall(re.escape(path.name) + r":(\d+)", err)]
+    assert any(l in lines for l in named), \
+        f"stderr does not name {path.name}:<one of {lines}> (found {named}): {err!r}"
+    assert "broken" in err, f"stderr does not name the instance: {err!r}"
+    low = err.lower()
+    for alternatives in needles:
+        assert any(a.lower() in low for a in alternatives), \
+            f"stderr names none of {alternatives}: {err!r}"
+
+
+@pytest.mark.parametrize("case,keys,needles", REFUSED, ids=[c[0] for c in REFUSED])
+def test_refused_plugin_check(tmp_path, sidekick_bin, case, keys, needles):
+    p, text = write_broken(tmp_path, keys)
+    res = run_sidekick(["-t", "-c", str(p)])
+    check_refused(res, p, text, needles)
+
+
+@pytest.mark.parametrize("case,keys,needles", REFUSED, ids=[c[0] for c in REFUSED])
+def test_refused_plugin_startup(tmp_path, sidekick_bin, case, keys, needles):
+    p, text = write_broken(tmp_path, keys)
+    res = run_sidekick(["-c", str(p)], timeout=10)
+    check_refused(res, p, text, needles)
+
+
+def test_valid_plugins_check_ok(tmp_path, sidekick_bin):
+    p, _ = write_broken(tmp_path, "load = fx_headers.so\ntag = fine")
+    res = run_sidekick(["-t", "-c", str(p)])
+    assert res.returncode == 0, res.stderr
+
+
+def test_unknown_plugin_name_in_chain(tmp_path, sidekick_bin):
+    p, text = write_broken(tmp_path, "load = fx_headers.so")
+    text = text.replace("plugins = ok, broken", "plugins = ok, nosuchplugin")
+    p.write_text(text)
+    res = run_sidekick(["-t", "-c", str(p)])
+    assert res.returncode == 1, res.stderr
+    assert "nosuchplugin" in res.stderr
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if "nosuchplugin" in l)
+    assert re.search(re.escape(p.name) + rf":{line}\b", res.stderr), res.stderr
+
+
+# --------------------------------------------------------------------------
+# an out-of-tree plugin, built against the installed header via pkg-config
+
+
+HELLO = REPO / "docs" / "examples" / "hello.c"
+
+
+def test_out_of_tree_build_with_pkg_config(sidekick, upstream, tmp_path):
+    if not HELLO.exists():
+        pytest.skip(f"{HELLO} not written yet")
+    if not BUILD_DIR:
+        pytest.skip("SIDEKICK_BUILD_DIR not set (ctest sets it)")
+    for tool in ("cmake", "pkg-config", "cc"):
+        if not shutil.which(tool):
+            pytest.skip(f"{tool} not installed")
+    prefix = tmp_path / "prefix"
+    res = subprocess.run(["cmake", "--install", BUILD_DIR, "--prefix", str(prefix)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    header = prefix / "include" / "sidekick" / "plugin.h"
+    assert header.exists(), f"plugin.h not installed: {sorted(map(str, prefix.rglob('*')))}"
+    pcs = glob.glob(str(prefix / "**" / "sidekick-plugin.pc"), recursive=True)
+    assert pcs, f"sidekick-plugin.pc not installed: {sorted(map(str, prefix.rglob('*')))}"
+    env = dict(os.environ, PKG_CONFIG_PATH=os.path.dirname(pcs[0]))
+    env.pop("PKG_CONFIG_LIBDIR", None)
+    res = subprocess.run(["pkg-config", "--cflags", "sidekick-plugin"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    cflags = res.stdout.strip()
+    # the flags point into the prefix installed to, not the source tree or
+    # the configure-time prefix (a relocatable .pc uses ${pcfiledir})
+    incs = [f[2:] for f in cflags.split() if f.startswith("-I")]
+    assert any(os.path.exists(os.path.join(i, "sidekick", "plugin.h")) and
+               os.path.realpath(i).startswith(os.path.realpath(prefix)) for i in incs), \
+        f"pkg-config --cflags does not point into {prefix}: {cflags!r}"
+    # build it exactly as the docs say, from a directory outside the tree
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(HELLO, src / "hello.c")
+    so = src / "x.so"
+    res = subprocess.run(f"cc -shared -fPIC $(pkg-config --cflags sidekick-plugin) -o {so} hello.c",
+                         shell=True, cwd=str(src), env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    nm = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True)
+    if nm.returncode == 0:
+        assert "sidekick_plugin" in nm.stdout
+    up = upstream()
+    ini = pl_ini(f"""\
+[plugin hello]
+load = {so}
+
+[listener main]
+address = 127.0.0.1:{{listen}}
+
+[route all]
+listener = main
+cluster = up
+plugins = hello
+
+[cluster up]
+endpoints = 127.0.0.1:{{up}}
+""")
+    sk = sidekick(ini, up=up.port)
+    r = get(sk, "/hi")
+    assert r.status == 200, r
+    assert r.header("x-hello") == "world", r
+    assert len(up.requests) == 1
