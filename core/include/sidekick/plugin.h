@@ -128,7 +128,8 @@ typedef struct sk_host_api {
     int (*set_header)(sk_req *r, const char *name, const char *value);
     int (*add_header)(sk_req *r, const char *name, const char *value);
     int (*remove_header)(sk_req *r, const char *name);
-    /* Sends the request to another cluster of the config. 0, or -1 (unknown). */
+    /* Sends the request to another cluster of the config (on_request). 0, or
+     * -1 (unknown cluster, or the request already went upstream). */
     int (*set_cluster)(sk_req *r, const char *cluster);
 
     /* ---- the response (on_response, on_log) ---- */
@@ -139,10 +140,14 @@ typedef struct sk_host_api {
     int (*add_response_header)(sk_req *r, const char *name, const char *value);
     int (*remove_response_header)(sk_req *r, const char *name);
 
-    /* ---- local replies (on_request, or resume with SK_RESPOND) ---- */
+    /* ---- local replies ---- */
     /* Prepares a local reply: status 200..599, a body (copied, may be NULL),
      * and optional headers as NULL-terminated name, value pairs. The hook then
-     * returns SK_RESPOND. `reason` becomes x-sidekick-reason (may be NULL). */
+     * returns SK_RESPOND (or the plugin resumes with SK_RESPOND). In
+     * on_response it replaces the upstream's response, which is dropped.
+     * `reason` becomes x-sidekick-reason (may be NULL). 0, or -1 (status out
+     * of range, a name or value with control characters, a response already
+     * on the wire, OOM). */
     int (*respond)(sk_req *r, int status, const char *reason, const char *body, size_t body_len,
                    const char *const *headers);
 
@@ -154,36 +159,47 @@ typedef struct sk_host_api {
     /* ---- pausing ---- */
     /* Continues a request paused by SK_PAUSE with the hook result `st`
      * (SK_CONTINUE, SK_RESPOND after respond(), or SK_ERROR). On the request's
-     * worker only (from a timer or watcher of that worker). Never call it
-     * after on_cancel for that request. */
+     * worker only (from a timer or watcher of that worker). The rest of the
+     * chain, and even on_log, may run inside this call: `r` must not be used
+     * after it returns. Calling it from inside the hook that then returns
+     * SK_PAUSE is allowed (the host applies it at once). Never call it after
+     * on_cancel for that request. A request paused longer than its route's
+     * `timeout` (or the listener's header_timeout before routing) is
+     * cancelled (on_cancel) and answered 500 filter_error. */
     void (*resume)(sk_req *r, sk_status st);
     /* The loop of the request's worker. */
     sk_loop *(*request_loop)(sk_req *r);
 
     /* ---- timers and fd watchers (on the thread that owns the loop) ---- */
     sk_loop *(*main_loop)(void);
-    /* One-shot timer: cb(arg) after `ms` ms. Freed by the host after it fired
-     * or was stopped. NULL on OOM. */
+    /* One-shot timer: cb(arg) after `ms` ms. NULL on OOM. The host frees the
+     * timer just before cb runs, so timer_stop is only for a timer that has
+     * not fired yet (never from its own callback). */
     sk_timer *(*timer_start)(sk_loop *loop, uint64_t ms, sk_callback cb, void *arg);
     void (*timer_stop)(sk_timer *t);
-    /* Watches fd for SK_EV_READ / SK_EV_WRITE until unwatched. NULL on OOM. */
+    /* Watches fd for SK_EV_READ / SK_EV_WRITE until unwatched (which may be
+     * done from the watcher's own callback). NULL on OOM. */
     sk_watch *(*watch_fd)(sk_loop *loop, int fd, int events, sk_fd_callback cb, void *arg);
     void (*unwatch_fd)(sk_watch *w);
 
     /* ---- main thread → workers ---- */
-    /* Runs cb(arg_for_worker) on every worker's loop, soon. Thread-safe.
-     * `arg` is passed to every worker as is: the plugin owns it and must
-     * keep it alive until the last call ran. 0 or -1. */
+    /* Runs cb(arg) once on every worker's loop, soon, with the same `arg`.
+     * Thread-safe. The plugin owns `arg` and keeps it alive until every
+     * worker ran cb (count the calls). 0, or -1 (OOM, or called before the
+     * workers started, e.g. from create). */
     int (*post_to_workers)(sk_callback cb, void *arg);
 
     /* ---- discovery (main thread) ---- */
-    /* Replaces the endpoints of `cluster` ("ip:port" strings). Workers pick
-     * them up at their next request; in-flight requests finish on the old
-     * ones. 0, or -1 with a message logged (unknown cluster, bad address). */
+    /* Replaces the endpoints of `cluster` ("ip:port" strings). NOT
+     * IMPLEMENTED in ABI 1.0: always -1, with an error logged; endpoints are
+     * fixed per config generation until the discovery work lands. */
     int (*set_endpoints)(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n);
 
     /* ---- metrics (create only; the metric lives as long as the instance) ---- */
-    /* Names get the prefix sidekick_plugin_; they appear in /metrics. */
+    /* Names get the prefix sidekick_plugin_ and a label instance="NAME";
+     * they appear in /metrics. NULL for a name that is not [A-Za-z0-9_]+ or
+     * that this instance registered already with another type; the same
+     * name and type again returns the existing metric. */
     sk_metric *(*counter)(sk_instance *self, const char *name, const char *help);
     sk_metric *(*gauge)(sk_instance *self, const char *name, const char *help);
     /* Histogram in seconds with the request duration buckets. */
@@ -208,6 +224,7 @@ typedef struct sk_plugin {
      * err (err_size bytes, NUL-terminated) — a config error that fails
      * start-up. A plugin must refuse keys it does not know. `host` stays
      * valid for the life of the process; `self` until destroy returns.
+     * Required: a plugin without create is refused.
      */
     void *(*create)(const sk_host_api *host, sk_instance *self, const sk_kv *keys, size_t nkeys, char *err,
                     size_t err_size);
@@ -215,17 +232,22 @@ typedef struct sk_plugin {
     void (*destroy)(void *inst);
 
     /* Per worker, before it serves a request / after its last one. The
-     * pointer stored in *wdata is handed to every request hook on that worker. */
+     * pointer stored in *wdata is handed to every request hook on that worker.
+     * Returns 0; anything else is logged and the worker serves anyway, with
+     * wdata NULL for this instance. worker_fini is called either way. */
     int (*worker_init)(void *inst, sk_loop *worker_loop, void **wdata);
     void (*worker_fini)(void *inst, void *wdata);
 
     /* Request head received (listener plugins first, then route plugins, in
      * INI order). */
     sk_status (*on_request)(void *inst, void *wdata, sk_req *r);
-    /* Response head received from the upstream (reverse order). SK_PAUSE is
-     * not allowed here (treated as SK_ERROR). */
+    /* Response head received from the upstream (reverse order; only plugins
+     * whose on_request ran; not for local replies). SK_RESPOND after
+     * respond() replaces the response. SK_PAUSE is not allowed here (treated
+     * as SK_ERROR). */
     sk_status (*on_response)(void *inst, void *wdata, sk_req *r);
-    /* The request is complete (or aborted); for logs and metrics. */
+    /* The request is complete (or aborted), for logs and metrics: plugins
+     * whose on_request ran, last first. */
     void (*on_log)(void *inst, void *wdata, sk_req *r);
     /* A request this plugin paused went away (client gone, timeout) before
      * resume: drop what is pending for it; do not call resume. on_log still
