@@ -109,7 +109,7 @@ void sk_accesslog_write(sk_request *r)
     sk_buf_append(b, ",\"cluster\":", 11);
     json_cstr(b, r->cluster ? r->cluster->name : NULL);
     sk_buf_append(b, ",\"endpoint\":", 12);
-    json_cstr(b, r->endpoint ? r->endpoint->address.text : NULL);
+    json_cstr(b, r->endpoint[0] ? r->endpoint : NULL);
     sk_buf_append(b, ",\"client\":", 10);
     json_cstr(b, c->client_addr);
     sk_buf_append(b, ",\"method\":", 10);

@@ -341,24 +341,30 @@ static json_t *route_json(const sk_route *r, bool *ok)
     return o;
 }
 
+/* `endpoints` as configured (/config), or the set in force with health
+ * (/clusters): discovery may have replaced it (read under its lock). */
 static json_t *endpoints_json(const sk_cluster *c, bool with_health, bool *ok)
 {
     json_t *a = json_array();
-    for (size_t i = 0; a && i < c->nendpoints; i++) {
-        const char *addr = c->endpoints[i].address.text;
-        if (!with_health) {
-            jpush(a, json_string(addr), ok);
-            continue;
-        }
+    if (!with_health) {
+        for (size_t i = 0; a && i < c->nendpoints; i++)
+            jpush(a, json_string(c->endpoints[i].address.text), ok);
+        if (!a) *ok = false;
+        return a;
+    }
+    sk_cluster *mc = (sk_cluster *)c; /* the lock is the one mutable part */
+    pthread_mutex_lock(&mc->eps_lock);
+    for (size_t i = 0; a && i < c->neps; i++) {
         json_t *e = json_object();
         if (e) {
-            jset(e, "address", json_string(addr), ok);
-            /* no health checking or outlier ejection yet: every static
-             * endpoint is reported healthy */
+            jset(e, "address", json_string(c->eps[i].text), ok);
+            /* no health checking or outlier ejection yet: every endpoint is
+             * reported healthy */
             jset(e, "healthy", json_true(), ok);
         }
         jpush(a, e, ok);
     }
+    pthread_mutex_unlock(&mc->eps_lock);
     if (!a) *ok = false;
     return a;
 }

@@ -218,6 +218,8 @@ static void config_free(sk_config *c)
     for (size_t i = 0; i < c->nclusters; i++) {
         free(c->clusters[i]->name);
         free(c->clusters[i]->endpoints);
+        free(c->clusters[i]->eps);
+        pthread_mutex_destroy(&c->clusters[i]->eps_lock);
         free(c->clusters[i]);
     }
     /* Plugins last: destroy() may still look at nothing but its own state,
@@ -974,6 +976,7 @@ static void *new_object(ctx *x, int kind, const char *name)
         cl->lb = SK_LB_ROUND_ROBIN;
         cl->connect_timeout_ms = 1000;
         cl->max_connections = cl->max_pending = cl->max_requests = 1024;
+        pthread_mutex_init(&cl->eps_lock, NULL);
     }
     return obj;
 }
@@ -1162,7 +1165,11 @@ static int check_section(ctx *x, sect *s)
                            "'cluster' and 'respond' are exclusive");
         if (!cl && !rl) return fail_at(x, s->line, s, NULL, "needs 'cluster' or 'respond'");
     } else if (s->kind == SEC_CLUSTER) {
+        sk_cluster *cl = s->obj;
         if (!key_line(s, "endpoints")) return fail_at(x, s->line, s, NULL, "missing 'endpoints'");
+        if (!(cl->eps = calloc(cl->nendpoints, sizeof(*cl->eps)))) return oom(x);
+        for (size_t i = 0; i < cl->nendpoints; i++) cl->eps[i] = cl->endpoints[i].address;
+        cl->neps = cl->nendpoints;
     }
     return 0;
 }
@@ -1304,6 +1311,7 @@ static int load(ctx *x)
         sect *s = x->sects[i];
         if (s->kind != SEC_PLUGIN) continue;
         sk_instance *pi = s->obj;
+        pi->config = c;
         char err[1024];
         int lrc = sk_instance_load(pi, c->plugin_dir, c->workers, err, sizeof(err));
         if (lrc == -1)
@@ -1362,4 +1370,20 @@ sk_cluster *sk_config_cluster(const sk_config *c, const char *name)
     for (size_t i = 0; i < c->nclusters; i++)
         if (strcmp(c->clusters[i]->name, name) == 0) return c->clusters[i];
     return NULL;
+}
+
+/* Replaces the cluster's endpoint set; workers adopt it at their next pick. */
+int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, size_t n)
+{
+    sk_addr *copy = calloc(n ? n : 1, sizeof(*copy));
+    if (!copy) return -1;
+    memcpy(copy, addrs, n * sizeof(*copy));
+    pthread_mutex_lock(&c->eps_lock);
+    sk_addr *old = c->eps;
+    c->eps = copy;
+    c->neps = n;
+    __atomic_add_fetch(&c->eps_version, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&c->eps_lock);
+    free(old);
+    return 0;
 }

@@ -11,6 +11,7 @@
 #define SK_CONFIG_H
 
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -113,7 +114,17 @@ struct sk_cluster {
     unsigned active_connections; /* open upstream connections */
     unsigned active_pending;     /* requests waiting for a connection */
     unsigned active_requests;    /* requests in flight to this cluster */
+    /* The endpoint set in force: `endpoints` at load, replaced by discovery
+     * (host->set_endpoints, main thread) under eps_lock. Workers compare
+     * eps_version with the set they adopted, and copy the new one. */
+    pthread_mutex_t eps_lock;
+    sk_addr *eps;         /* current endpoint addresses */
+    size_t neps;          /* their number (may be 0: no endpoint) */
+    uint64_t eps_version; /* bumped on every change (atomic) */
 };
+
+/* Replaces the endpoint set of a cluster (main thread). 0 or -1 (OOM). */
+int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, size_t n);
 
 /* The whole configuration: one generation. */
 struct sk_config {

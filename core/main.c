@@ -124,6 +124,10 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* Plugins may start main-loop timers from create(), at config load. */
+    sk_srv.loop = ev_default_loop(EVBACKEND_EPOLL);
+    sk_plugins_set_process(sk_srv.loop, 0);
+
     char *err = NULL;
     sk_config *cfg = sk_config_load(file, &err);
     if (!cfg) {
@@ -146,7 +150,6 @@ int main(int argc, char **argv)
     }
 
     sk_srv.config = cfg;
-    sk_srv.loop = ev_default_loop(EVBACKEND_EPOLL);
     sk_srv.started_at = time(NULL);
     sk_srv.nworkers = (size_t)cfg->workers;
     sk_plugins_set_process(sk_srv.loop, cfg->workers);

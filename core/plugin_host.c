@@ -531,11 +531,27 @@ static int h_post_to_workers(sk_callback cb, void *arg)
 
 static int h_set_endpoints(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n)
 {
-    /* Endpoints are fixed per config generation in this version; the
-     * discovery issue makes them replaceable. Refuse clearly. */
-    sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s) is not supported yet in this version",
-           self ? self->name : "?", cluster ? cluster : "?");
-    return -1;
+    sk_cluster *c = self && self->config && cluster ? sk_config_cluster(self->config, cluster) : NULL;
+    if (!c) {
+        sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints: unknown cluster '%s'", self ? self->name : "?",
+               cluster ? cluster : "(null)");
+        return -1;
+    }
+    if (n > 65536 || (n && !endpoints)) return -1;
+    sk_addr *addrs = calloc(n ? n : 1, sizeof(*addrs));
+    if (!addrs) return -1;
+    for (size_t i = 0; i < n; i++) {
+        if (!endpoints[i] || sk_parse_addr(endpoints[i], &addrs[i]) < 0) {
+            sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): bad address '%s'", self->name, cluster,
+                   endpoints[i] ? endpoints[i] : "(null)");
+            free(addrs);
+            return -1;
+        }
+    }
+    int rc = sk_cluster_set_endpoints(c, addrs, n);
+    free(addrs);
+    if (rc == 0) sk_log(SK_LOG_INFO, "plugin %s: cluster %s now has %zu endpoint(s)", self->name, cluster, n);
+    return rc;
 }
 
 /* ---- metrics ---- */

@@ -44,6 +44,7 @@ struct sk_instance {
     int nworkers;         /* size of wdata */
     uint64_t errors;      /* hooks that failed (atomic) */
     sk_metric *metrics;   /* registered metrics */
+    sk_config *config;    /* the generation owning it (not a reference) */
 };
 
 /* Allocates an instance for section `name`; NULL on OOM. */

@@ -132,30 +132,16 @@ static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     sk_conn_flush(c);
 }
 
-static const sk_endpoint *pick_endpoint(sk_request *r)
-{
-    sk_worker *w = r->worker;
-    sk_cluster *cl = r->cluster;
-    sk_wcluster *wc = &w->clusters[cl->index];
-    size_t n = cl->nendpoints;
-    if (n == 1) return &cl->endpoints[0];
-    switch (cl->lb) {
-    case SK_LB_RANDOM: return &cl->endpoints[sk_worker_rand(w) % n];
-    case SK_LB_LEAST_REQUEST: {
-        /* power of two choices over this worker's in-flight counts */
-        size_t a = sk_worker_rand(w) % n, b = sk_worker_rand(w) % n;
-        if (a == b) b = (a + 1) % n;
-        if (r->endpoint && (size_t)r->endpoint->index == a) a = b;
-        return &cl->endpoints[wc->pools[a].active <= wc->pools[b].active ? a : b];
-    }
-    default: return &cl->endpoints[wc->rr++ % n];
-    }
-}
-
 /* Starts (or restarts, for a retry) the upstream exchange. */
 static void start_upstream(sk_request *r)
 {
-    r->endpoint = pick_endpoint(r);
+    sk_pool *pool = sk_cluster_pick(r->worker, r->cluster, r->pool);
+    if (!pool) {
+        sk_proxy_upstream_error(r, 503, "no_healthy_upstream", false);
+        return;
+    }
+    r->pool = pool;
+    memcpy(r->endpoint, pool->endpoint.address.text, sizeof(r->endpoint));
     r->attempts++;
     r->upstream_start_ns = sk_now_ns();
     int rc = sk_upstream_attach(r);

@@ -35,8 +35,9 @@ typedef struct sk_tcp {
     sk_link link;  /* in worker->tcp_conns */
     side down, up; /* client side, upstream side */
     bool connected;
-    ev_timer timer; /* connect timeout, then idle timeout */
-    const sk_endpoint *endpoint;
+    ev_timer timer;   /* connect timeout, then idle timeout */
+    sk_addr endpoint; /* where the bytes go */
+    bool has_endpoint;
     uint64_t start_ns;
     uint64_t bytes_in, bytes_out;
     char client_addr[64];
@@ -71,8 +72,8 @@ static void tcp_close(sk_tcp *t)
                          "\"reason\":%s%s%s}\n",
                          tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                          ts.tv_nsec / 1000000, (unsigned long long)t->config->generation, t->listener->name,
-                         t->listener->cluster->name, t->endpoint ? "\"" : "",
-                         t->endpoint ? t->endpoint->address.text : "null", t->endpoint ? "\"" : "",
+                         t->listener->cluster->name, t->has_endpoint ? "\"" : "",
+                         t->has_endpoint ? t->endpoint.text : "null", t->has_endpoint ? "\"" : "",
                          t->client_addr, (unsigned long long)t->bytes_in, (unsigned long long)t->bytes_out,
                          (double)(sk_now_ns() - t->start_ns) / 1e6, t->reason ? "\"" : "",
                          t->reason ? t->reason : "null", t->reason ? "\"" : "");
@@ -182,7 +183,7 @@ static void on_side_write(struct ev_loop *loop, ev_io *io, int revents)
         socklen_t len = sizeof(err);
         getsockopt(o->tr.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err) {
-            sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint->address.text,
+            sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint.text,
                      strerror(err));
             SK_INC(t->worker->metrics->upstream_connect_failures);
             t->reason = "upstream_connect_failure";
@@ -247,15 +248,21 @@ void sk_tcp_accept(sk_worker *w, const sk_listener *l, int fd, const char *clien
     t->timer.data = t;
 
     sk_cluster *cl = l->cluster;
-    sk_wcluster *wc = &w->clusters[cl->index];
-    t->endpoint = &cl->endpoints[wc->rr++ % cl->nendpoints];
+    sk_pool *pool = sk_cluster_pick(w, cl, NULL);
+    if (!pool) {
+        t->reason = "no_healthy_upstream";
+        tcp_close(t);
+        return;
+    }
+    t->endpoint = pool->endpoint.address;
+    t->has_endpoint = true;
     if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
         __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
         t->reason = "overloaded";
         tcp_close(t);
         return;
     }
-    const sk_addr *a = &t->endpoint->address;
+    const sk_addr *a = &t->endpoint;
     int ufd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (ufd < 0) {
         __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);

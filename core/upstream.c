@@ -39,6 +39,11 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents);
 static void on_write(struct ev_loop *loop, ev_io *io, int revents);
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
 
+static void pool_free(sk_pool *p)
+{
+    free(p);
+}
+
 static void up_close(sk_upconn *u)
 {
     sk_worker *w = u->worker;
@@ -54,7 +59,115 @@ static void up_close(sk_upconn *u)
     SK_DEC(w->metrics->upstream_active);
     sk_worker_buf_put(w, u->rbuf);
     sk_out_free(&u->out);
+    sk_pool *p = u->pool;
     free(u);
+    if (--p->conns == 0 && p->orphan && p->active == 0) pool_free(p);
+}
+
+/* Makes the worker's pools match the cluster's endpoint set when discovery
+ * changed it: pools of endpoints that stay are kept (with their idle
+ * connections), new endpoints get a pool, pools of endpoints that left are
+ * orphaned: their idle connections close and they are freed with their
+ * last connection. Returns 0, or -1 on OOM (the old set stays). */
+static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_worker *w)
+{
+    pthread_mutex_lock(&cl->eps_lock);
+    uint64_t version = __atomic_load_n(&cl->eps_version, __ATOMIC_ACQUIRE);
+    size_t n = cl->neps;
+    sk_pool **pools = calloc(n ? n : 1, sizeof(*pools));
+    bool ok = pools != NULL;
+    for (size_t i = 0; ok && i < n; i++) {
+        const sk_addr *a = &cl->eps[i];
+        for (size_t j = 0; j < wc->npools && !pools[i]; j++) {
+            if (wc->pools[j] && strcmp(wc->pools[j]->endpoint.address.text, a->text) == 0) {
+                pools[i] = wc->pools[j];
+                wc->pools[j] = NULL;
+            }
+        }
+        if (!pools[i]) {
+            if (!(pools[i] = calloc(1, sizeof(sk_pool)))) {
+                ok = false;
+                break;
+            }
+            sk_list_init(&pools[i]->idle);
+            pools[i]->cluster = cl;
+            pools[i]->endpoint.address = *a;
+        }
+    }
+    pthread_mutex_unlock(&cl->eps_lock);
+    if (!ok) {
+        /* put the pools taken from the old set back; free the new ones */
+        for (size_t i = 0; pools && i < n; i++) {
+            if (!pools[i]) continue;
+            bool back = false;
+            for (size_t j = 0; j < wc->npools && !back; j++)
+                if (!wc->pools[j] && pools[i]->endpoint.index == (int)j) wc->pools[j] = pools[i], back = true;
+            if (!back && pools[i]->conns == 0 && pools[i]->active == 0) free(pools[i]);
+        }
+        free(pools);
+        return -1;
+    }
+    for (size_t j = 0; j < wc->npools; j++) {
+        sk_pool *p = wc->pools[j];
+        if (!p) continue;
+        p->orphan = true;
+        if (p->conns == 0 && p->active == 0) {
+            pool_free(p);
+            continue;
+        }
+        /* closing the last idle connection of an unused pool frees it */
+        while (!sk_list_empty(&p->idle)) {
+            bool last = p->conns == 1 && p->active == 0;
+            up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
+            if (last) break;
+        }
+    }
+    for (size_t i = 0; i < n; i++) pools[i]->endpoint.index = (int)i;
+    free(wc->pools);
+    wc->pools = pools;
+    wc->npools = n;
+    wc->version = version;
+    sk_debug("worker %d: cluster %s now has %zu endpoint(s)", w->id, cl->name, n);
+    return 0;
+}
+
+/* Picks the pool of an endpoint of cl by the cluster's lb policy, adopting
+ * a changed endpoint set first. NULL when the cluster has no endpoint. */
+sk_pool *sk_cluster_pick(sk_worker *w, sk_cluster *cl, const sk_pool *avoid)
+{
+    sk_wcluster *wc = &w->clusters[cl->index];
+    if (__atomic_load_n(&cl->eps_version, __ATOMIC_ACQUIRE) != wc->version) adopt_endpoints(cl, wc, w);
+    size_t n = wc->npools;
+    if (n == 0) return NULL;
+    if (n == 1) return wc->pools[0];
+    switch (cl->lb) {
+    case SK_LB_RANDOM: return wc->pools[sk_worker_rand(w) % n];
+    case SK_LB_LEAST_REQUEST: {
+        /* power of two choices over this worker's in-flight counts */
+        size_t a = sk_worker_rand(w) % n, b = sk_worker_rand(w) % n;
+        if (a == b) b = (a + 1) % n;
+        if (avoid && wc->pools[a] == avoid) a = b;
+        return wc->pools[wc->pools[a]->active <= wc->pools[b]->active ? a : b];
+    }
+    default: return wc->pools[wc->rr++ % n];
+    }
+}
+
+/* Frees the worker's pools at exit (connections are closed by then; a pool
+ * still counting one is left to it). */
+void sk_pools_free(sk_worker *w)
+{
+    for (size_t i = 0; i < w->config->nclusters; i++) {
+        sk_wcluster *wc = &w->clusters[i];
+        for (size_t j = 0; j < wc->npools; j++) {
+            sk_pool *p = wc->pools[j];
+            p->orphan = true;
+            if (p->conns == 0 && p->active == 0) pool_free(p);
+        }
+        free(wc->pools);
+        wc->pools = NULL;
+        wc->npools = 0;
+    }
 }
 
 static void start_read(sk_upconn *u)
@@ -85,7 +198,7 @@ int sk_upstream_attach(sk_request *r)
 {
     sk_worker *w = r->worker;
     sk_cluster *cl = r->cluster;
-    sk_pool *pool = &w->clusters[cl->index].pools[r->endpoint->index];
+    sk_pool *pool = r->pool;
     sk_upconn *u = NULL;
     if (!sk_list_empty(&pool->idle)) {
         sk_link *l = pool->idle.next;
@@ -107,7 +220,7 @@ int sk_upstream_attach(sk_request *r)
             return -2;
         }
         r->counted_pending = true;
-        const sk_addr *a = &r->endpoint->address;
+        const sk_addr *a = &pool->endpoint.address;
         int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         u = fd >= 0 ? calloc(1, sizeof(*u)) : NULL;
         if (!u) {
@@ -121,6 +234,7 @@ int sk_upstream_attach(sk_request *r)
         r->up_reused = false;
         u->worker = w;
         u->pool = pool;
+        pool->conns++;
         sk_list_init(&u->link);
         sk_transport_plain(&u->tr, fd);
         ev_io_init(&u->rio, on_read, fd, EV_READ);
@@ -191,7 +305,8 @@ void sk_upstream_release(sk_upconn *u, bool reuse)
         u->pool->active--;
         u->req = NULL;
     }
-    if (!reuse || w->draining || !u->connected || sk_out_pending(&u->out) > 0 || u->rpos != u->rlen) {
+    if (!reuse || u->pool->orphan || w->draining || !u->connected || sk_out_pending(&u->out) > 0 ||
+        u->rpos != u->rlen) {
         up_close(u);
         return;
     }
@@ -225,8 +340,8 @@ void sk_upstream_close_idle(sk_worker *w)
 {
     for (size_t i = 0; i < w->config->nclusters; i++) {
         sk_wcluster *wc = &w->clusters[i];
-        for (size_t e = 0; e < w->config->clusters[i]->nendpoints; e++) {
-            sk_pool *p = &wc->pools[e];
+        for (size_t e = 0; e < wc->npools; e++) {
+            sk_pool *p = wc->pools[e];
             while (!sk_list_empty(&p->idle)) up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
         }
     }
@@ -353,7 +468,7 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
             return;
         }
         bool retry = !u->got_response_bytes && !r->response_started;
-        sk_debug("upstream %s closed the connection%s", r->endpoint->address.text,
+        sk_debug("upstream %s closed the connection%s", u->pool->endpoint.address.text,
                  u->got_response_bytes ? " mid-response" : " before responding");
         up_fail(u, 502, "upstream_reset", retry);
         return;
@@ -372,7 +487,7 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
         return;
     }
     if (err != HPE_OK) {
-        sk_debug("bad response from %s: %s (%s)", r->endpoint->address.text, llhttp_errno_name(err),
+        sk_debug("bad response from %s: %s (%s)", u->pool->endpoint.address.text, llhttp_errno_name(err),
                  llhttp_get_error_reason(&u->parser));
         up_fail(u, 502, "upstream_protocol_error", false);
         return;
@@ -393,7 +508,7 @@ static void on_write(struct ev_loop *loop, ev_io *io, int revents)
         getsockopt(u->tr.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         ev_timer_stop(loop, &u->timer);
         if (err) {
-            sk_debug("connect to %s: %s", u->pool->endpoint->address.text, strerror(err));
+            sk_debug("connect to %s: %s", u->pool->endpoint.address.text, strerror(err));
             up_fail(u, 502, "upstream_connect_failure", true);
             return;
         }
@@ -409,7 +524,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
 {
     sk_upconn *u = t->data;
     if (!u->connected && u->req) {
-        sk_debug("connect to %s timed out", u->pool->endpoint->address.text);
+        sk_debug("connect to %s timed out", u->pool->endpoint.address.text);
         up_fail(u, 502, "upstream_connect_failure", true);
         return;
     }

@@ -170,6 +170,7 @@ static void *worker_main(void *arg)
     /* Drained: release what is left. */
     reap(w->loop, &w->reap, 0);
     sk_upstream_close_idle(w);
+    sk_pools_free(w);
     __atomic_sub_fetch(&running, 1, __ATOMIC_RELEASE);
     return NULL;
 }
@@ -304,17 +305,9 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
     for (size_t i = 0; i < cfg->nclusters; i++) {
         sk_cluster *cl = cfg->clusters[i];
         sk_wcluster *wc = &w->clusters[i];
-        wc->pools = calloc(cl->nendpoints, sizeof(*wc->pools));
-        if (!wc->pools) {
-            *err = strdup("out of memory");
-            return -1;
-        }
+        SK_UNUSED(cl);
+        wc->version = UINT64_MAX; /* pools are made from the endpoint set at first use */
         wc->rr = (uint32_t)id;
-        for (size_t e = 0; e < cl->nendpoints; e++) {
-            sk_list_init(&wc->pools[e].idle);
-            wc->pools[e].cluster = cl;
-            wc->pools[e].endpoint = &cl->endpoints[e];
-        }
     }
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         sk_wlistener *wl = &w->listeners[i];

@@ -122,17 +122,18 @@ struct sk_request {
     bool keep_alive;             /* client wants keep-alive */
     int http_minor;              /* client's HTTP/1.x minor version */
 
-    const sk_route *route;       /* matched route, or NULL */
-    sk_cluster *cluster;         /* chosen cluster, or NULL */
-    const sk_endpoint *endpoint; /* current endpoint, or NULL */
-    unsigned attempts;           /* upstream attempts made */
-    bool up_reused;              /* the current upstream connection came from the pool */
-    bool stale_retried;          /* the one free retry after a stale pooled connection is used */
-    sk_upconn *up;               /* the upstream connection in use */
-    sk_buf uphead;               /* request head as sent upstream (kept for retries) */
-    bool counted_request;        /* holds a cluster active_requests slot */
-    bool counted_pending;        /* holds a cluster active_pending slot */
-    ev_timer timeout;            /* route timeout */
+    const sk_route *route; /* matched route, or NULL */
+    sk_cluster *cluster;   /* chosen cluster, or NULL */
+    sk_pool *pool;         /* current endpoint's pool, or NULL */
+    char endpoint[64];     /* last endpoint tried ("ip:port"), for the access log */
+    unsigned attempts;     /* upstream attempts made */
+    bool up_reused;        /* the current upstream connection came from the pool */
+    bool stale_retried;    /* the one free retry after a stale pooled connection is used */
+    sk_upconn *up;         /* the upstream connection in use */
+    sk_buf uphead;         /* request head as sent upstream (kept for retries) */
+    bool counted_request;  /* holds a cluster active_requests slot */
+    bool counted_pending;  /* holds a cluster active_pending slot */
+    ev_timer timeout;      /* route timeout */
 
     sk_head rhead;         /* response head from upstream */
     int status;            /* response status sent to the client */
@@ -220,17 +221,21 @@ struct sk_upconn {
 
 /* Idle upstream connections of one (cluster, endpoint) on one worker. */
 struct sk_pool {
-    sk_link idle;                /* sk_upconn.link, most recently used first */
-    size_t nidle;                /* number of idle connections */
-    const sk_cluster *cluster;   /* the cluster */
-    const sk_endpoint *endpoint; /* the endpoint */
-    unsigned active;             /* requests in flight to this endpoint on this worker */
+    sk_link idle;         /* sk_upconn.link, most recently used first */
+    size_t nidle;         /* number of idle connections */
+    sk_cluster *cluster;  /* the cluster */
+    sk_endpoint endpoint; /* the endpoint (a copy: endpoint sets change) */
+    unsigned active;      /* requests in flight to this endpoint on this worker */
+    unsigned conns;       /* open connections (idle + in use) */
+    bool orphan;          /* the endpoint left the cluster: freed when conns = 0 */
 };
 
 /* Per-worker runtime state of a cluster. */
 typedef struct sk_wcluster {
-    sk_pool *pools; /* one per endpoint */
-    uint32_t rr;    /* round-robin cursor */
+    sk_pool **pools;  /* one per endpoint of the adopted endpoint set */
+    size_t npools;    /* number of pools */
+    uint64_t version; /* sk_cluster.eps_version adopted, UINT64_MAX = none yet */
+    uint32_t rr;      /* round-robin cursor */
 } sk_wcluster;
 
 /* One listening socket of a worker. */
@@ -357,7 +362,13 @@ void sk_proxy_retry(sk_request *r);
 void sk_proxy_upstream_error(sk_request *r, int status, const char *reason, bool retryable);
 
 /* --- upstream.c --- */
-/* Gets a pooled or new connection to r->endpoint and attaches it to r.
+/* Picks an endpoint (its pool) of cluster cl by its lb policy, adopting a
+ * new endpoint set first if discovery changed it; avoids `avoid` when it
+ * can. NULL when the cluster has no endpoint. */
+sk_pool *sk_cluster_pick(sk_worker *w, sk_cluster *cl, const sk_pool *avoid);
+/* Frees a worker's pools of every cluster (worker exit). */
+void sk_pools_free(sk_worker *w);
+/* Gets a pooled or new connection to r->pool and attaches it to r.
  * Returns 0, or -1 (connect failed at once: caller handles). */
 int sk_upstream_attach(sk_request *r);
 /* Flushes queued request bytes to the upstream. -1 when u failed and is gone. */

@@ -98,17 +98,8 @@ static void fuzz_setup(const char *config_text)
     w->rng = 0x9E3779B97F4A7C15ull; /* fixed: runs are reproducible */
     w->clusters = calloc(cfg->nclusters ? cfg->nclusters : 1, sizeof(*w->clusters));
     if (!w->clusters) fuzz_die("calloc", NULL);
-    for (size_t i = 0; i < cfg->nclusters; i++) {
-        sk_cluster *cl = cfg->clusters[i];
-        sk_wcluster *wc = &w->clusters[i];
-        wc->pools = calloc(cl->nendpoints, sizeof(*wc->pools));
-        if (!wc->pools) fuzz_die("calloc", NULL);
-        for (size_t e = 0; e < cl->nendpoints; e++) {
-            sk_list_init(&wc->pools[e].idle);
-            wc->pools[e].cluster = cl;
-            wc->pools[e].endpoint = &cl->endpoints[e];
-        }
-    }
+    /* pools are made from each cluster's endpoint set at first use */
+    for (size_t i = 0; i < cfg->nclusters; i++) w->clusters[i].version = UINT64_MAX;
     ev_prepare_init(&w->reap, fuzz_reap);
     w->reap.data = w;
     ev_prepare_start(w->loop, &w->reap);

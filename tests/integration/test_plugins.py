@@ -31,7 +31,7 @@ PLUGIN_DIR = os.environ.get("SIDEKICK_PLUGIN_DIR", str(REPO / "build" / "tests" 
 BUILD_DIR = os.environ.get("SIDEKICK_BUILD_DIR")
 
 FIXTURES = ["fx_headers", "fx_respond", "fx_pause", "fx_count", "fx_error", "fx_failcreate",
-            "fx_badabi", "fx_newminor", "fx_nosym"]
+            "fx_badabi", "fx_newminor", "fx_nosym", "fx_discovery"]
 
 
 @pytest.fixture(autouse=True)
@@ -1076,3 +1076,83 @@ endpoints = 127.0.0.1:{{up}}
     assert r.status == 200, r
     assert r.header("x-hello") == "world", r
     assert len(up.requests) == 1
+
+
+# ---- discovery: set_endpoints and post_to_workers (fx_discovery) ----------------------------------
+
+
+def discovery_ini(endpoints: str, workers: int = 2) -> str:
+    return pl_ini(f"""
+[plugin disco]
+load = fx_discovery.so
+cluster = up
+endpoints = {endpoints}
+delay_ms = 300
+
+[listener main]
+address = 127.0.0.1:{{listen}}
+
+[route all]
+listener = main
+cluster = up
+
+[cluster up]
+endpoints = 127.0.0.1:{{dead}}
+connect_timeout = 500ms
+""", workers=workers)
+
+
+def test_set_endpoints_moves_traffic(sidekick, upstream):
+    """A plugin replaces a cluster's endpoints from a main-loop timer: the
+    dead static endpoint gives 502 before, the discovered upstream serves
+    after; /clusters shows the new set; every worker ran the posted work."""
+    up = upstream(lambda req: Reply(body=b"discovered"))
+    sk = sidekick(discovery_ini(f"127.0.0.1:{up.port}"), dead=free_port())
+    before = http_request(sk.port("listen"), "GET", "/a")
+    if metric(sk, "sidekick_plugin_fx_discovery_updates_total", instance="disco") in (None, 0):
+        assert_local_reply(before, 502, "upstream_connect_failure")
+    wait_metric(sk, "sidekick_plugin_fx_discovery_updates_total", 1, instance="disco")
+    wait_metric(sk, "sidekick_plugin_fx_discovery_posts_total", 2, instance="disco")
+    for i in range(6):
+        r = http_request(sk.port("listen"), "GET", f"/b{i}")
+        assert r.status == 200 and r.body == b"discovered", r
+    assert sorted(q.target for q in up.requests) == sorted(f"/b{i}" for i in range(6))
+    clusters = sk.admin_get("/clusters")
+    assert f"127.0.0.1:{up.port}".encode() in clusters.body, clusters.body
+
+
+def test_set_endpoints_empty_gives_503(sidekick, upstream):
+    up = upstream(lambda req: Reply(body=b"static"))
+    sk = sidekick(discovery_ini(""), dead=up.port)
+    r = http_request(sk.port("listen"), "GET", "/x")
+    wait_metric(sk, "sidekick_plugin_fx_discovery_updates_total", 1, instance="disco")
+    r = http_request(sk.port("listen"), "GET", "/y")
+    assert_local_reply(r, 503, "no_healthy_upstream")
+
+
+def test_set_endpoints_unknown_cluster_is_refused(sidekick, upstream):
+    up = upstream(lambda req: Reply(body=b"static"))
+    ini = discovery_ini(f"127.0.0.1:{up.port}").replace("cluster = up\nendpoints", "cluster = nope\nendpoints")
+    sk = sidekick(ini, dead=up.port)
+    wait_metric(sk, "sidekick_plugin_fx_discovery_posts_total", 2, instance="disco")
+    assert metric(sk, "sidekick_plugin_fx_discovery_updates_total", instance="disco") == 0
+    assert "unknown cluster 'nope'" in sk.stderr_text()
+    r = http_request(sk.port("listen"), "GET", "/z")
+    assert r.status == 200 and r.body == b"static"
+
+
+def test_set_endpoints_replaces_pooled_endpoint(sidekick, upstream):
+    """The endpoint that leaves had a pooled keep-alive connection: its pool
+    is dropped (connection closed) and new requests go to the new set."""
+    a = upstream(lambda req: Reply(body=b"a"))
+    b = upstream(lambda req: Reply(body=b"b"))
+    sk = sidekick(discovery_ini(f"127.0.0.1:{b.port}", workers=1), dead=a.port)
+    r = http_request(sk.port("listen"), "GET", "/first")
+    if metric(sk, "sidekick_plugin_fx_discovery_updates_total", instance="disco") in (None, 0):
+        assert r.status == 200 and r.body == b"a", r
+    wait_metric(sk, "sidekick_plugin_fx_discovery_updates_total", 1, instance="disco")
+    for i in range(4):
+        r = http_request(sk.port("listen"), "GET", f"/n{i}")
+        assert r.status == 200 and r.body == b"b", r
+    assert sorted(q.target for q in b.requests) == [f"/n{i}" for i in range(4)]
+    assert len(a.requests) <= 1

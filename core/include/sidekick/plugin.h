@@ -190,9 +190,12 @@ typedef struct sk_host_api {
     int (*post_to_workers)(sk_callback cb, void *arg);
 
     /* ---- discovery (main thread) ---- */
-    /* Replaces the endpoints of `cluster` ("ip:port" strings). NOT
-     * IMPLEMENTED in ABI 1.0: always -1, with an error logged; endpoints are
-     * fixed per config generation until the discovery work lands. */
+    /* Replaces the endpoints of `cluster` ("ip:port", "[v6]:port" strings,
+     * copied; n may be 0: requests then get 503 no_healthy_upstream). Each
+     * worker adopts the new set at its next request to that cluster: pooled
+     * connections to endpoints that stay are kept, those to endpoints that
+     * left close once idle; in-flight requests finish where they are. Main
+     * thread. 0, or -1 with an error logged (unknown cluster, bad address). */
     int (*set_endpoints)(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n);
 
     /* ---- metrics (create only; the metric lives as long as the instance) ---- */
