@@ -482,6 +482,7 @@ void sk_conn_filter_resumed(sk_conn *c)
     if (c->dead) return;
     if (c->filter_wait) {
         c->filter_wait = false;
+        if (c->req && !c->req->body_done) set_timer(c, c->listener->idle_timeout_ms);
         if (c->paused) {
             llhttp_resume(&c->parser);
             c->paused = false;
@@ -737,6 +738,7 @@ static int on_headers_complete(llhttp_t *p)
         /* A plugin is working (SK_PAUSE): the body waits in the read buffer
          * until it resumes (sk_conn_filter_resumed). */
         c->filter_wait = true;
+        set_timer(c, 0); /* we hold the body back, not the client: no idle timeout meanwhile */
         return HPE_PAUSED;
     }
     return 0;

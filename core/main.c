@@ -198,7 +198,14 @@ int main(int argc, char **argv)
     ev_run(sk_srv.loop, 0);
 
     sk_admin_stop();
-    /* Workers still running past drain_timeout are abandoned: exit ends them. */
+    /* After a clean drain every worker released the generation: drop ours so
+     * plugins are destroyed (their destroy() may flush state). Workers still
+     * running past drain_timeout are abandoned: exit ends them. */
+    if (sk_workers_running() == 0) {
+        sk_config *cfg_done = sk_srv.config;
+        sk_srv.config = NULL;
+        sk_config_unref(cfg_done);
+    }
     fflush(stdout);
     return 0;
 }

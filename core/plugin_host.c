@@ -136,15 +136,18 @@ void sk_instance_free(sk_instance *pi)
 /* worker_init of every instance on this worker thread. */
 int sk_plugins_worker_init(sk_config *cfg, int worker_id, void *loop)
 {
+    int rc = 0;
     for (size_t i = 0; i < cfg->nplugins; i++) {
         sk_instance *pi = cfg->plugins[i];
         if (!pi->def->worker_init || worker_id >= pi->nworkers) continue;
         if (pi->def->worker_init(pi->inst, (sk_loop *)loop, &pi->wdata[worker_id]) != 0) {
-            sk_error("plugin %s: worker_init failed on worker %d", pi->name, worker_id);
-            return -1;
+            sk_error("plugin %s: worker_init failed on worker %d; its hooks get no worker data there",
+                     pi->name, worker_id);
+            pi->wdata[worker_id] = NULL;
+            rc = -1;
         }
     }
-    return 0;
+    return rc;
 }
 
 /* worker_fini of every instance on this worker thread. */
@@ -168,6 +171,7 @@ static void *wdata_of(sk_instance *pi, sk_request *r)
 sk_status sk_plugin_on_request(sk_instance *pi, sk_request *r)
 {
     if (!pi->def->on_request) return SK_CONTINUE;
+    r->early_resume = 0;
     r->in_hook = true;
     sk_status st = pi->def->on_request(pi->inst, wdata_of(pi, r), (sk_req *)r);
     r->in_hook = false;
@@ -537,9 +541,15 @@ static int h_set_endpoints(sk_instance *self, const char *cluster, const char *c
                cluster ? cluster : "(null)");
         return -1;
     }
-    if (n > 65536 || (n && !endpoints)) return -1;
+    if (n > 65536 || (n && !endpoints)) {
+        sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): bad arguments (n = %zu)", self->name, cluster, n);
+        return -1;
+    }
     sk_addr *addrs = calloc(n ? n : 1, sizeof(*addrs));
-    if (!addrs) return -1;
+    if (!addrs) {
+        sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): out of memory", self->name, cluster);
+        return -1;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!endpoints[i] || sk_parse_addr(endpoints[i], &addrs[i]) < 0) {
             sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): bad address '%s'", self->name, cluster,
@@ -550,6 +560,7 @@ static int h_set_endpoints(sk_instance *self, const char *cluster, const char *c
     }
     int rc = sk_cluster_set_endpoints(c, addrs, n);
     free(addrs);
+    if (rc < 0) sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): out of memory", self->name, cluster);
     if (rc == 0) sk_log(SK_LOG_INFO, "plugin %s: cluster %s now has %zu endpoint(s)", self->name, cluster, n);
     return rc;
 }

@@ -6,8 +6,9 @@
  * the client, retries and upstream errors.
  *
  * This file does not know HTTP/1 wire details of the downstream side beyond
- * the sk_conn calls, so that an HTTP/2 codec can drive it later; the filter
- * chain (plugins, Lua) slots in between route match and start_upstream().
+ * the sk_conn calls, so that an HTTP/2 codec can drive it later. The filter
+ * chain lives here too (run_chain): listener plugins, route match, route
+ * plugins, then the upstream; the Lua step will join it after the plugins.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -358,6 +359,7 @@ static bool response_hooks(sk_request *r)
     for (unsigned i = r->chain_pos; i-- > 0 && !stop;) {
         sk_instance *pi = chain_at(r, i);
         if (!pi) continue;
+        r->lr_status = 0; /* only a reply prepared by this hook counts */
         sk_status st = sk_plugin_on_response(pi, r);
         if (st == SK_CONTINUE) continue;
         stop = true;

@@ -36,7 +36,7 @@ struct sk_transport {
 /* Initialises t as a plain TCP transport over fd (which it then owns). */
 void sk_transport_plain(sk_transport *t, int fd);
 
-#define SK_OUT_IOV 16
+#define SK_OUT_IOV 8
 
 /*
  * sk_out — output towards one transport.

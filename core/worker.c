@@ -171,6 +171,10 @@ static void *worker_main(void *arg)
     reap(w->loop, &w->reap, 0);
     sk_upstream_close_idle(w);
     sk_pools_free(w);
+    /* The generation is released by the last holder: main, once every
+     * worker is done (plugin destroy() then runs on the main thread). */
+    sk_config_unref(w->config);
+    w->config = NULL;
     __atomic_sub_fetch(&running, 1, __ATOMIC_RELEASE);
     return NULL;
 }
@@ -197,7 +201,7 @@ char *sk_worker_buf_get(sk_worker *w)
 void sk_worker_buf_put(sk_worker *w, char *buf)
 {
     if (!buf) return;
-    if (w->nfree_bufs < 256) {
+    if (w->nfree_bufs < 64) {
         if (w->nfree_bufs == w->free_bufs_cap) {
             size_t cap = w->free_bufs_cap ? w->free_bufs_cap * 2 : 16;
             char **p = realloc(w->free_bufs, cap * sizeof(*p));

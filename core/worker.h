@@ -50,7 +50,7 @@ static inline void sk_list_remove(sk_link *n)
 }
 #define SK_CONTAINER(p, type, field) ((type *)((char *)(p)-offsetof(type, field)))
 
-#define SK_READ_BUF         16384        /* bytes read per read(2) */
+#define SK_READ_BUF         32768        /* bytes read per read(2) */
 #define SK_HIGH_WATER       (256 * 1024) /* stop reading the source above this */
 #define SK_LOW_WATER        (64 * 1024)  /* resume below this */
 #define SK_UPSTREAM_IDLE_MS 60000        /* idle pooled upstream connections close after */
