@@ -22,18 +22,28 @@
 
 /* Is this header hop-by-hop, or one the proxy sets itself? `conn` is the
  * Connection header's value (tokens named there are hop-by-hop too). */
+#define NAME_IS(lit) (l == sizeof(lit) - 1 && strncasecmp(n, lit, sizeof(lit) - 1) == 0)
+
+/* Is this header hop-by-hop, or one the proxy sets itself? `conn` is the
+ * Connection header's value (tokens named there are hop-by-hop too).
+ * Dispatches on the length first: this runs for every header twice. */
 static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
 {
     const char *n = h->name;
     size_t l = h->name_len;
-    if (sk_streq_nocase(n, l, "connection") || sk_streq_nocase(n, l, "keep-alive") ||
-        sk_streq_nocase(n, l, "te") || sk_streq_nocase(n, l, "transfer-encoding") ||
-        sk_streq_nocase(n, l, "upgrade") || sk_streq_nocase(n, l, "trailer") ||
-        sk_streq_nocase(n, l, "content-length") || (l >= 6 && strncasecmp(n, "proxy-", 6) == 0))
-        return true;
-    if (request && (sk_streq_nocase(n, l, "expect") || sk_streq_nocase(n, l, "x-forwarded-for") ||
-                    sk_streq_nocase(n, l, "x-forwarded-proto") || sk_streq_nocase(n, l, "x-request-id")))
-        return true;
+    bool hop = false;
+    switch (l) {
+    case 2: hop = NAME_IS("te"); break;
+    case 6: hop = request && NAME_IS("expect"); break;
+    case 7: hop = NAME_IS("upgrade") || NAME_IS("trailer"); break;
+    case 10: hop = NAME_IS("connection") || NAME_IS("keep-alive"); break;
+    case 12: hop = request && NAME_IS("x-request-id"); break;
+    case 14: hop = NAME_IS("content-length"); break;
+    case 15: hop = request && NAME_IS("x-forwarded-for"); break;
+    case 17: hop = NAME_IS("transfer-encoding") || (request && NAME_IS("x-forwarded-proto")); break;
+    default: break;
+    }
+    if (hop || (l >= 6 && strncasecmp(n, "proxy-", 6) == 0)) return true;
     if (conn) {
         const char *p = conn->value, *e = conn->value + conn->value_len;
         while (p < e) {
@@ -46,11 +56,21 @@ static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
     return false;
 }
 
-static void gen_request_id(sk_worker *w, char out[40])
+static void gen_request_id(sk_worker *w, char out[37])
 {
-    uint32_t a = sk_worker_rand(w), b = sk_worker_rand(w), c = sk_worker_rand(w), d = sk_worker_rand(w);
-    snprintf(out, 40, "%08x-%04x-4%03x-%04x-%04x%08x", a, b >> 16, b & 0xfff, (c & 0x3fff) | 0x8000, c >> 16,
-             d);
+    /* a random (version 4) UUID, formatted by hand: printf is costly here */
+    static const char hex[] = "0123456789abcdef";
+    uint64_t hi = ((uint64_t)sk_worker_rand(w) << 32) | sk_worker_rand(w);
+    uint64_t lo = ((uint64_t)sk_worker_rand(w) << 32) | sk_worker_rand(w);
+    hi = (hi & ~0xf000ull) | 0x4000ull;                        /* version 4 */
+    lo = (lo & 0x3fffffffffffffffull) | 0x8000000000000000ull; /* variant 10 */
+    char *p = out;
+    for (int i = 0; i < 32; i++) {
+        if (i == 8 || i == 12 || i == 16 || i == 20) *p++ = '-';
+        uint64_t v = i < 16 ? hi : lo;
+        *p++ = hex[(v >> (60 - 4 * (i % 16))) & 15];
+    }
+    *p = 0;
 }
 
 /* Releases the cluster circuit-breaker slots the request holds. */
@@ -74,7 +94,8 @@ static int build_upstream_head(sk_request *r)
     sk_buf *b = &r->uphead;
     const sk_route *rt = r->route;
     sk_buf_reset(b);
-    int rc = sk_buf_printf(b, "%s ", r->method);
+    int rc = sk_buf_puts(b, r->method);
+    rc |= sk_buf_append(b, " ", 1);
     if (rt->rewrite_prefix && rt->prefix) {
         size_t plen = strlen(rt->prefix);
         rc |= sk_buf_append(b, rt->rewrite_prefix, strlen(rt->rewrite_prefix));
@@ -110,13 +131,17 @@ static int build_upstream_head(sk_request *r)
         rc |= sk_buf_append(b, x->value, x->value_len);
         rc |= sk_buf_append(b, ", ", 2);
     }
-    rc |= sk_buf_printf(b, "%s\r\nx-forwarded-proto: http\r\n", r->conn->client_ip);
+    rc |= sk_buf_puts(b, r->conn->client_ip);
+    rc |= sk_buf_puts(b, "\r\nx-forwarded-proto: http\r\n");
     /* HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one. */
     if (!r->authority_len)
         rc |= sk_buf_printf(b, "host: %s\r\n", r->cluster ? r->cluster->name : "localhost");
-    rc |= sk_buf_printf(b, "x-request-id: %s\r\n", r->request_id);
+    rc |= sk_buf_puts(b, "x-request-id: ");
+    rc |= sk_buf_puts(b, r->request_id);
+    rc |= sk_buf_append(b, "\r\n", 2);
     if (r->req_framing == SK_BODY_LENGTH)
-        rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)r->req_content_length);
+        rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, r->req_content_length) |
+              sk_buf_puts(b, "\r\n");
     else if (r->req_framing == SK_BODY_CHUNKED)
         rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
     else if (r->method_id == HTTP_POST || r->method_id == HTTP_PUT || r->method_id == HTTP_PATCH)
@@ -401,7 +426,7 @@ int sk_proxy_body(sk_request *r, const char *p, size_t n)
     int rc = 0;
     if (r->req_framing == SK_BODY_CHUNKED) {
         char hdr[24];
-        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+        size_t hl = sk_chunk_header(hdr, n);
         rc |= sk_out_copy(&u->out, hdr, (size_t)hl);
         rc |= sk_out_ref(&u->out, p, n);
         rc |= sk_out_copy(&u->out, "\r\n", 2);
@@ -544,7 +569,14 @@ int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chun
     sk_buf_reset(b);
     const char *reason = h->url_len ? h->raw.data + h->url : sk_status_text(status);
     size_t reason_len = h->url_len ? h->url_len : strlen(reason);
-    int rc = sk_buf_printf(b, "HTTP/1.1 %d %.*s\r\n", status, (int)reason_len, reason);
+    char sl[14] = "HTTP/1.1 000 ";
+    if (status < 100 || status > 999) return -1;
+    sl[9] = (char)('0' + status / 100);
+    sl[10] = (char)('0' + status / 10 % 10);
+    sl[11] = (char)('0' + status % 10);
+    int rc = sk_buf_append(b, sl, 13);
+    rc |= sk_buf_append(b, reason, reason_len);
+    rc |= sk_buf_append(b, "\r\n", 2);
     const sk_header *conn = sk_head_get(h, "connection");
     for (size_t i = 0; i < h->nhdrs; i++) {
         const sk_header *x = &h->views[i];
@@ -558,10 +590,10 @@ int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chun
     if (no_body) {
         r->resp_framing = SK_BODY_NONE;
         if (up_length && (r->method_id == HTTP_HEAD || status == 304))
-            rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)length);
+            rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
     } else if (up_length) {
         r->resp_framing = SK_BODY_LENGTH;
-        rc |= sk_buf_printf(b, "content-length: %llu\r\n", (unsigned long long)length);
+        rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
     } else if (r->http_minor >= 1) {
         r->resp_framing = SK_BODY_CHUNKED;
         rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
@@ -593,7 +625,7 @@ int sk_proxy_response_body(sk_request *r, const char *p, size_t n)
     if (r->resp_framing == SK_BODY_NONE) return 0;
     if (r->resp_framing == SK_BODY_CHUNKED) {
         char hdr[24];
-        int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+        size_t hl = sk_chunk_header(hdr, n);
         rc |= sk_conn_send_copy(c, hdr, (size_t)hl);
         rc |= sk_conn_send_ref(c, p, n);
         rc |= sk_conn_send_copy(c, "\r\n", 2);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <strings.h>
 #include <sys/types.h>
 
 #define SK_VERSION "0.1.0"
@@ -79,8 +80,34 @@ static inline size_t sk_buf_pending(const sk_buf *b)
     return b->len - b->off;
 }
 
-/* Appends n bytes; returns 0 or -1 on allocation failure (buffer unchanged). */
-int sk_buf_append(sk_buf *b, const void *p, size_t n);
+/* Appends n bytes, growing the buffer (out of line); 0 or -1 on OOM. */
+int sk__buf_append_slow(sk_buf *b, const void *p, size_t n);
+/* Appends n bytes; returns 0 or -1 on allocation failure (buffer unchanged).
+ * Inline fast path: room at the end, no compaction needed. */
+static inline int sk_buf_append(sk_buf *b, const void *p, size_t n)
+{
+    if (n && b->len + n <= b->cap && b->off < b->len) {
+        __builtin_memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    if (n && b->off == 0 && b->len + n <= b->cap) {
+        __builtin_memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    return sk__buf_append_slow(b, p, n);
+}
+/* Appends a C string. 0 or -1. */
+static inline int sk_buf_puts(sk_buf *b, const char *s)
+{
+    return sk_buf_append(b, s, __builtin_strlen(s));
+}
+/* Appends v in decimal (no printf on the hot path). 0 or -1. */
+int sk_buf_u64(sk_buf *b, uint64_t v);
+/* Writes n in lower-case hex followed by CRLF (a chunk header) into out
+ * (at least 19 bytes); returns the length. */
+size_t sk_chunk_header(char *out, size_t n);
 /* Appends formatted text; returns 0 or -1. */
 int sk_buf_printf(sk_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Marks n pending bytes consumed; resets the buffer when it becomes empty. */
@@ -118,8 +145,13 @@ void sk_arena_reset(sk_arena *a);
 /* Frees everything. */
 void sk_arena_free(sk_arena *a);
 
-/* Case-insensitive comparison of a length-delimited string with a C string. */
-bool sk_streq_nocase(const char *a, size_t alen, const char *b);
+/* Case-insensitive comparison of a length-delimited string with a C string
+ * (inline: with a literal `b` the length is a constant). */
+static inline bool sk_streq_nocase(const char *a, size_t alen, const char *b)
+{
+    size_t blen = __builtin_strlen(b);
+    return alen == blen && strncasecmp(a, b, alen) == 0;
+}
 
 /* Monotonic clock in milliseconds / nanoseconds. */
 uint64_t sk_now_ms(void);

@@ -57,7 +57,8 @@ static int buf_reserve(sk_buf *b, size_t n)
     return 0;
 }
 
-int sk_buf_append(sk_buf *b, const void *p, size_t n)
+/* The slow path of sk_buf_append: compacts or grows the buffer first. */
+int sk__buf_append_slow(sk_buf *b, const void *p, size_t n)
 {
     if (n == 0) return 0;
     if (buf_reserve(b, n) < 0) return -1;
@@ -91,12 +92,6 @@ void sk_buf_free(sk_buf *b)
     free(b->data);
     b->data = NULL;
     b->off = b->len = b->cap = 0;
-}
-
-bool sk_streq_nocase(const char *a, size_t alen, const char *b)
-{
-    size_t blen = strlen(b);
-    return alen == blen && strncasecmp(a, b, alen) == 0;
 }
 
 uint64_t sk_now_ms(void)
@@ -168,4 +163,33 @@ void sk_arena_free(sk_arena *a)
         b = next;
     }
     a->head = NULL;
+}
+
+/* Appends v in decimal. */
+int sk_buf_u64(sk_buf *b, uint64_t v)
+{
+    char tmp[20];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return sk_buf_append(b, tmp + i, sizeof(tmp) - i);
+}
+
+/* "%zx\r\n" without printf. */
+size_t sk_chunk_header(char *out, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    char tmp[16];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = hex[n & 15];
+        n >>= 4;
+    } while (n);
+    size_t len = sizeof(tmp) - i;
+    memcpy(out, tmp + i, len);
+    out[len] = '\r';
+    out[len + 1] = '\n';
+    return len + 2;
 }
