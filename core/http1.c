@@ -141,7 +141,9 @@ size_t sk_head_count(const sk_head *h, const char *name)
     return n;
 }
 
-static bool edit_field_ok(const char *s, bool name)
+/* Is s a valid header name (name) or value (no CR, LF, NUL or other
+ * controls but TAB)? Shared with the plugin host. */
+bool sk_header_field_ok(const char *s, bool name)
 {
     if (!s || (name && !*s)) return false;
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -156,7 +158,8 @@ static bool edit_field_ok(const char *s, bool name)
  * (copied into the arena). Returns 0, or -1 on a bad name/value or OOM. */
 int sk_head_edit(sk_head *h, sk_arena *a, const char *name, const char *value, bool replace)
 {
-    if (!h->done || !edit_field_ok(name, true) || (value && !edit_field_ok(value, false))) return -1;
+    if (!h->done || !sk_header_field_ok(name, true) || (value && !sk_header_field_ok(value, false)))
+        return -1;
     if (replace) {
         size_t j = 0;
         for (size_t i = 0; i < h->nhdrs; i++)

@@ -377,26 +377,18 @@ static int h_remove_response_header(sk_req *r, const char *name)
 
 /* ---- local replies ---- */
 
-static bool field_ok(const char *s, bool name)
-{
-    if (!s || (name && !*s)) return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '\r' || *p == '\n' || *p == 0x7f || (*p < 0x20 && *p != '\t')) return false;
-        if (name && (*p == ':' || *p <= 0x20)) return false;
-    }
-    return true;
-}
-
 static int h_respond(sk_req *r, int status, const char *reason, const char *body, size_t body_len,
                      const char *const *headers)
 {
     sk_request *q = REQ(r);
     if (status < 200 || status > 599 || q->response_started) return -1;
-    if (reason && !field_ok(reason, true)) return -1;
+    if (reason && !sk_header_field_ok(reason, true)) return -1;
     size_t n = 0;
     if (headers)
         for (; headers[n]; n += 2)
-            if (!headers[n + 1] || !field_ok(headers[n], true) || !field_ok(headers[n + 1], false)) return -1;
+            if (!headers[n + 1] || !sk_header_field_ok(headers[n], true) ||
+                !sk_header_field_ok(headers[n + 1], false))
+                return -1;
     const char **hs = NULL;
     if (n) {
         hs = sk_arena_alloc(&q->arena, (n + 1) * sizeof(*hs));

@@ -56,6 +56,22 @@ static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
     return false;
 }
 
+/* Appends the end-to-end headers of h ("name: value\r\n" each). 0 or -1. */
+static int append_headers(sk_buf *b, const sk_head *h, bool request)
+{
+    const sk_header *conn = sk_head_get(h, "connection");
+    int rc = 0;
+    for (size_t i = 0; i < h->nhdrs; i++) {
+        const sk_header *x = &h->views[i];
+        if (skip_header(x, conn, request)) continue;
+        rc |= sk_buf_append(b, x->name, x->name_len);
+        rc |= sk_buf_append(b, ": ", 2);
+        rc |= sk_buf_append(b, x->value, x->value_len);
+        rc |= sk_buf_append(b, "\r\n", 2);
+    }
+    return rc;
+}
+
 static void gen_request_id(sk_worker *w, char out[37])
 {
     /* a random (version 4) UUID, formatted by hand: printf is costly here */
@@ -115,15 +131,7 @@ static int build_upstream_head(sk_request *r)
     rc |= sk_buf_append(b, " HTTP/1.1\r\n", 11);
 
     const sk_head *h = &r->head;
-    const sk_header *conn = sk_head_get(h, "connection");
-    for (size_t i = 0; i < h->nhdrs; i++) {
-        const sk_header *x = &h->views[i];
-        if (skip_header(x, conn, true)) continue;
-        rc |= sk_buf_append(b, x->name, x->name_len);
-        rc |= sk_buf_append(b, ": ", 2);
-        rc |= sk_buf_append(b, x->value, x->value_len);
-        rc |= sk_buf_append(b, "\r\n", 2);
-    }
+    rc |= append_headers(b, h, true);
     rc |= sk_buf_append(b, "x-forwarded-for: ", 17);
     for (size_t i = 0; i < h->nhdrs; i++) {
         const sk_header *x = &h->views[i];
@@ -577,15 +585,7 @@ int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chun
     int rc = sk_buf_append(b, sl, 13);
     rc |= sk_buf_append(b, reason, reason_len);
     rc |= sk_buf_append(b, "\r\n", 2);
-    const sk_header *conn = sk_head_get(h, "connection");
-    for (size_t i = 0; i < h->nhdrs; i++) {
-        const sk_header *x = &h->views[i];
-        if (skip_header(x, conn, false)) continue;
-        rc |= sk_buf_append(b, x->name, x->name_len);
-        rc |= sk_buf_append(b, ": ", 2);
-        rc |= sk_buf_append(b, x->value, x->value_len);
-        rc |= sk_buf_append(b, "\r\n", 2);
-    }
+    rc |= append_headers(b, h, false);
     bool close = r->close_after || !r->keep_alive || c->worker->draining || c->read_eof;
     if (no_body) {
         r->resp_framing = SK_BODY_NONE;
