@@ -42,6 +42,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "plugin_host.h"
 #include "server.h"
 #include "sk.h"
 
@@ -261,6 +262,33 @@ static const char *lb_name(int lb)
     }
 }
 
+/* Names of a chain's plugin instances. */
+static json_t *plugin_names_json(sk_instance *const *p, size_t n, bool *ok)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < n; i++) jpush(a, json_string(p[i]->name), ok);
+    if (!a) *ok = false;
+    return a;
+}
+
+/* One [plugin NAME] instance: its .so, the plugin's own name, its keys. */
+static json_t *plugin_json(const sk_instance *pi, bool *ok)
+{
+    json_t *o = json_object(), *keys = json_object();
+    if (!o || !keys) {
+        json_decref(o);
+        json_decref(keys);
+        *ok = false;
+        return NULL;
+    }
+    jset_str(o, "name", pi->name, ok);
+    jset_str(o, "path", pi->path, ok);
+    if (pi->def) jset_str(o, "plugin", pi->def->name, ok);
+    for (size_t i = 0; i < pi->nkeys; i++) jset(keys, pi->keys[i].key, json_string(pi->keys[i].value), ok);
+    jset(o, "keys", keys, ok);
+    return o;
+}
+
 static json_t *listener_json(const sk_listener *l, bool *ok)
 {
     json_t *o = json_object();
@@ -283,6 +311,7 @@ static json_t *listener_json(const sk_listener *l, bool *ok)
     jset(o, "max_body_bytes", jint(l->max_body_bytes), ok);
     for (size_t i = 0; i < l->nroutes; i++) jpush(routes, json_string(l->routes[i]->name), ok);
     jset(o, "routes", routes, ok);
+    jset(o, "plugins", plugin_names_json(l->plugins, l->nplugins, ok), ok);
     return o;
 }
 
@@ -338,6 +367,7 @@ static json_t *route_json(const sk_route *r, bool *ok)
         }
         jset(o, "respond", resp, ok);
     }
+    jset(o, "plugins", plugin_names_json(r->plugins, r->nplugins, ok), ok);
     return o;
 }
 
@@ -415,6 +445,10 @@ static json_t *config_json(const sk_config *cfg, bool *ok)
     jset(o, "listeners", ls, ok);
     jset(o, "routes", rs, ok);
     jset(o, "clusters", cs, ok);
+    json_t *ps = json_array();
+    for (size_t i = 0; ps && i < cfg->nplugins; i++) jpush(ps, plugin_json(cfg->plugins[i], ok), ok);
+    if (!ps) *ok = false;
+    jset(o, "plugins", ps, ok);
     return o;
 }
 

@@ -1156,3 +1156,33 @@ def test_set_endpoints_replaces_pooled_endpoint(sidekick, upstream):
         assert r.status == 200 and r.body == b"b", r
     assert sorted(q.target for q in b.requests) == [f"/n{i}" for i in range(4)]
     assert len(a.requests) <= 1
+
+
+def test_config_endpoint_lists_plugins(sidekick, upstream):
+    """GET /config shows the plugin instances (path, the plugin's own name,
+    keys) and the chains of listeners and routes."""
+    import json
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(pl_ini("""
+[plugin tag-a]
+load = fx_headers.so
+tag = a
+
+[listener main]
+address = 127.0.0.1:{listen}
+plugins = tag-a
+
+[route all]
+listener = main
+cluster = up
+plugins = tag-a
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""), up=up.port)
+    cfg = json.loads(sk.admin_get("/config").body)
+    [p] = cfg["plugins"]
+    assert p["name"] == "tag-a" and p["plugin"] == "fx_headers" and p["keys"] == {"tag": "a"}
+    assert p["path"].endswith("/fx_headers.so")
+    assert cfg["listeners"][0]["plugins"] == ["tag-a"]
+    assert cfg["routes"][0]["plugins"] == ["tag-a"]
