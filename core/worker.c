@@ -46,11 +46,19 @@ fail:;
     return -1;
 }
 
+static void on_wake(struct ev_loop *loop, ev_async *a, int revents);
+
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
     sk_wlistener *wl = io->data;
     sk_worker *w = wl->worker;
     const sk_listener *l = wl->listener;
+    if (SK_LOAD(drain_requested)) {
+        /* Draining, and the wake-up has not been handled yet: accept nothing
+         * more (what waits in the backlog is refused when the socket closes). */
+        on_wake(loop, &w->wake, 0);
+        return;
+    }
     for (int i = 0; i < 64 && wl->fd >= 0; i++) {
         struct sockaddr_storage ss;
         socklen_t slen = sizeof(ss);

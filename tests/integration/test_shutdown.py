@@ -99,7 +99,12 @@ def test_sigterm_drains_inflight_request(env):
     elapsed = time.monotonic() - t0
     assert code == 0, f"exit {code}\n{sk.stderr_text()}"
     assert elapsed < DRAIN + 2
-    assert "/new" not in [q.path for q in up.requests]
+    # A connection made in the instant between the signal and the workers
+    # closing their sockets may still be served; after the first refusal
+    # nothing is. So /new reaches the upstream exactly as often as an attempt
+    # was answered.
+    answered = [o for o in outcomes if not isinstance(o, str)]
+    assert [q.path for q in up.requests].count("/new") == len(answered), outcomes
 
 
 def test_sigterm_idle_exits_quickly(env):
