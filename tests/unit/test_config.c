@@ -16,26 +16,8 @@
 
 #include "config.h"
 
-static int checks, failures;
+#include "check.h"
 
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        checks++;                                                                 \
-        if (!(c)) {                                                               \
-            failures++;                                                           \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-        }                                                                         \
-    } while (0)
-/* Like CHECK, but leaves the test function (for pointers about to be used). */
-#define ASSERT(c)                                                                     \
-    do {                                                                              \
-        checks++;                                                                     \
-        if (!(c)) {                                                                   \
-            failures++;                                                               \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
-            return;                                                                   \
-        }                                                                             \
-    } while (0)
 #define CHECK_STR(a, b)                                                                                     \
     do {                                                                                                    \
         const char *a_ = (a), *b_ = (b);                                                                    \
@@ -489,7 +471,8 @@ static const struct {
     {BASE "[tls mesh]\ncert = a.pem\n", "t.ini:5: [tls mesh] not supported yet in this version"},
     {BASE "[plugin]\nload = rl.so\n", "t.ini:5: [plugin] missing name (write [plugin NAME])"},
     {BASE "[plugin rl]\n[plugin rl]\n", "t.ini:6: [plugin rl] duplicate section (first at line 5)"},
-    {BASE "[plugin rl]\nload = a.so\nload = b.so\n", "t.ini:7: [plugin rl] load: duplicate key (first at line 6)"},
+    {BASE "[plugin rl]\nload = a.so\nload = b.so\n",
+     "t.ini:7: [plugin rl] load: duplicate key (first at line 6)"},
     {BASE "[route]\n", "t.ini:5: [route] missing name (write [route NAME])"},
     {BASE "[listener]\n", "t.ini:5: [listener] missing name (write [listener NAME])"},
     {BASE "[cluster]\n", "t.ini:5: [cluster] missing name (write [cluster NAME])"},
@@ -526,7 +509,8 @@ static const struct {
     {BASE "[listener l]\ntls = mesh\n", "t.ini:6: [listener l] tls: not supported yet in this version"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nplugins = a\n",
      "t.ini:7: [listener l] plugins: unknown plugin 'a' (no [plugin a] section)"},
-    {BASE "[listener l]\naddress = 127.0.0.1:1\nplugins = a, a\n", "t.ini:7: [listener l] plugins: plugin 'a' is listed twice"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nplugins = a, a\n",
+     "t.ini:7: [listener l] plugins: plugin 'a' is listed twice"},
     {BASE "[route r]\nlistener = in\ncluster = c\nplugins = a, b\n",
      "t.ini:8: [route r] plugins: unknown plugin 'a' (no [plugin a] section)"},
     {BASE "[route r]\nlua = x.lua\n", "t.ini:6: [route r] lua: not supported yet in this version"},

@@ -11,16 +11,7 @@
 
 #include "../../core/proxy.c"
 
-static int checks, failures;
-
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        checks++;                                                                 \
-        if (!(c)) {                                                               \
-            failures++;                                                           \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-        }                                                                         \
-    } while (0)
+#include "check.h"
 
 static bool has(const sk_buf *b, const char *s)
 {

@@ -15,17 +15,10 @@
 #include "metrics.h"
 #include "sk.h"
 
-static int checks, failures;
+#include "check.h"
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            failures++;                                                              \
-        }                                                                            \
-    } while (0)
-
+/* Here an assertion ends the whole test (used outside void functions). */
+#undef ASSERT
 #define ASSERT(cond)                                                                  \
     do {                                                                              \
         checks++;                                                                     \

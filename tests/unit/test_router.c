@@ -11,25 +11,7 @@
 
 #include "config.h"
 
-static int checks, failures;
-
-#define CHECK(c)                                                                  \
-    do {                                                                          \
-        checks++;                                                                 \
-        if (!(c)) {                                                               \
-            failures++;                                                           \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #c); \
-        }                                                                         \
-    } while (0)
-#define ASSERT(c)                                                                     \
-    do {                                                                              \
-        checks++;                                                                     \
-        if (!(c)) {                                                                   \
-            failures++;                                                               \
-            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__, __LINE__, #c); \
-            return;                                                                   \
-        }                                                                             \
-    } while (0)
+#include "check.h"
 
 static char tmpdir[256];
 
