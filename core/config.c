@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "lua_filter.h"
 #include "plugin_host.h"
 
 /* ---- number, duration, size and address syntax ------------------------------------------ */
@@ -202,12 +203,20 @@ static void route_free(sk_route *r)
     free(r->plugins);
     free(r->rewrite_prefix);
     free(r->respond_body);
+    free(r->lua);
+    for (size_t i = 0; i < r->nlua_keys; i++) {
+        free(r->lua_keys[i].key);
+        free(r->lua_keys[i].value);
+    }
+    free(r->lua_keys);
+    free(r->lua_src);
     free(r);
 }
 
 static void config_free(sk_config *c)
 {
     if (!c) return;
+    sk_lua_gen_free(c->lua); /* the Lua states may hold nothing of what follows, but go first */
     for (size_t i = 0; i < c->nlisteners; i++) {
         free(c->listeners[i]->name);
         free(c->listeners[i]->routes);
@@ -606,6 +615,7 @@ static const keydef sidekick_keys[] = {
     {"log_level", k_log_level, 0, 0, 0, 0},
     {"access_log", k_access_log, 0, 0, 0, 0},
     {"drain_timeout", k_duration, 0, CFG(drain_timeout_ms), 0, DUR_MAX},
+    {"lua_memory", k_size, 0, CFG(lua_memory), 1024 * 1024, 1ull << 40},
     {NULL, NULL, 0, 0, 0, 0},
 };
 
@@ -811,6 +821,40 @@ static int k_respond(ctx *x, sect *s, const keydef *k, const char *v)
     return set_str(x, &r->respond_body, xstrdup(x, *p ? p + 1 : ""));
 }
 
+/* `lua = FILE`: kept as written, resolved against lua_dir once the whole
+ * file is read ([sidekick] may come later). */
+static int k_lua(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    return set_str(x, &r->lua, xstrdup(x, v));
+}
+
+/* `lua.NAME = value`: configuration for the route's script. */
+static int k_lua_key(ctx *x, sect *s, const char *name, const char *value)
+{
+    sk_route *r = s->obj;
+    const char *n = name + 4;
+    if (!*n) return bad(x, "empty name after 'lua.'");
+    for (const char *p = n; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_')
+            return bad(x, "bad name '%s' (expected lua.NAME with NAME of [A-Za-z0-9_])", name);
+    for (size_t i = 0; i < r->nlua_keys; i++)
+        if (strcmp(r->lua_keys[i].key, n) == 0) return bad(x, "duplicate key");
+    sk_lua_kv *a = realloc(r->lua_keys, (r->nlua_keys + 1) * sizeof(*a));
+    if (!a) return oom(x);
+    r->lua_keys = a;
+    sk_lua_kv *kv = &a[r->nlua_keys];
+    kv->key = strdup(n);
+    kv->value = strdup(value);
+    if (!kv->key || !kv->value) {
+        free(kv->key);
+        free(kv->value);
+        return oom(x);
+    }
+    r->nlua_keys++;
+    return 0;
+}
+
 #define RT(f) offsetof(sk_route, f)
 
 static const keydef route_keys[] = {
@@ -826,8 +870,8 @@ static const keydef route_keys[] = {
     {"retries", k_uint, 0, RT(retries), 0, 10},
     {"respond", k_respond, 0, 0, 0, 0},
     {"plugins", k_plugins, 0, 0, 0, 0},
-    {"lua", NULL, 0, 0, 0, 0},
-    {"lua_budget", NULL, 0, 0, 0, 0},
+    {"lua", k_lua, 0, 0, 0, 0},
+    {"lua_budget", k_duration, 0, RT(lua_budget_ms), 1, 10000},
     {NULL, NULL, 0, 0, 0, 0},
 };
 
@@ -967,6 +1011,7 @@ static void *new_object(ctx *x, int kind, const char *name)
         r->index = (int)c->nroutes - 1;
         r->line = x->lineno;
         r->timeout_ms = 15000;
+        r->lua_budget_ms = 50;
         if (!(r->prefix = xstrdup(x, "/"))) return NULL;
     } else {
         sk_cluster *cl = obj;
@@ -1106,6 +1151,10 @@ static int on_key(void *user, const char *section, const char *name, const char 
         }
         return 1;
     }
+    if (s->kind == SEC_ROUTE && strncmp(name, "lua.", 4) == 0) {
+        k_lua_key(x, s, name, value);
+        return 1;
+    }
     const keydef *t = key_tables[s->kind], *k = NULL;
     for (int i = 0; t[i].name; i++)
         if (strcmp(t[i].name, name) == 0) k = &t[i];
@@ -1164,6 +1213,18 @@ static int check_section(ctx *x, sect *s)
             return fail_at(x, SK_MAX(cl, rl), s, cl > rl ? "cluster" : "respond",
                            "'cluster' and 'respond' are exclusive");
         if (!cl && !rl) return fail_at(x, s->line, s, NULL, "needs 'cluster' or 'respond'");
+        if (r->nlua_keys && !r->lua) return fail_at(x, s->line, s, NULL, "lua.* keys without 'lua'");
+        if (key_line(s, "lua_budget") && !r->lua)
+            return fail_at(x, key_line(s, "lua_budget"), s, "lua_budget", "needs 'lua'");
+        if (r->lua && rl)
+            return fail_at(x, key_line(s, "lua"), s, "lua", "a route with 'respond' runs no filter");
+        if (r->lua && r->lua[0] != '/') { /* relative to lua_dir */
+            char *dir = x->dir;
+            x->dir = x->cfg->lua_dir;
+            char *abs = resolve_path(x, r->lua);
+            x->dir = dir;
+            if (set_str(x, &r->lua, abs) < 0) return -1;
+        }
     } else if (s->kind == SEC_CLUSTER) {
         sk_cluster *cl = s->obj;
         if (!key_line(s, "endpoints")) return fail_at(x, s->line, s, NULL, "missing 'endpoints'");
@@ -1268,6 +1329,7 @@ static int set_defaults(ctx *x)
         return fail_at(x, 0, NULL, NULL, "bad default admin address");
     c->log_level = SK_LOG_INFO;
     c->drain_timeout_ms = 15000;
+    c->lua_memory = 64 * 1024 * 1024;
     if (!(c->plugin_dir = resolve_path(x, "plugins"))) return -1;
     if (!(c->lua_dir = resolve_path(x, "lua"))) return -1;
     if (!(c->access_log = xstrdup(x, "stdout"))) return -1;
@@ -1318,6 +1380,14 @@ static int load(ctx *x)
             return fail_at(x, pi->load_line ? pi->load_line : s->line, s, pi->load_line ? "load" : NULL, "%s",
                            err);
         if (lrc < 0) return fail_at(x, s->line, s, NULL, "%s", err); /* create() refused the section */
+    }
+    /* Every route script is read and run once here: a syntax error or a
+     * failing top level fails the load like any bad key. */
+    char lerr[2048];
+    int bad_route = -1;
+    if (sk_lua_load_config(c, &bad_route, lerr, sizeof(lerr)) < 0) {
+        sect *s = bad_route >= 0 ? find_sect(x, SEC_ROUTE, c->routes[bad_route]->name) : NULL;
+        return fail_at(x, s ? key_line(s, "lua") : 0, s, s ? "lua" : NULL, "%s", lerr);
     }
     return 0;
 }

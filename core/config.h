@@ -39,6 +39,12 @@ typedef struct sk_header_match {
     char *value; /* exact value required, or NULL: the header only has to be present */
 } sk_header_match;
 
+/* One `lua.NAME = value` of a route (NAME without "lua."). */
+typedef struct sk_lua_kv {
+    char *key;
+    char *value;
+} sk_lua_kv;
+
 /* One entry of a route's `cluster = a 90, b 10`. */
 typedef struct sk_weighted_cluster {
     sk_cluster *cluster; /* the target (owned by the config) */
@@ -87,6 +93,13 @@ struct sk_route {
     size_t nplugins;               /* number of plugins */
     int respond_status;            /* `respond` status, or 0 */
     char *respond_body;            /* `respond` body (may be ""), or NULL */
+    char *lua;                     /* `lua`: absolute path of the route script, or NULL */
+    uint64_t lua_budget_ms;        /* `lua_budget`, default 50ms: Lua time per request */
+    sk_lua_kv *lua_keys;           /* `lua.NAME = value` keys, for r:config() */
+    size_t nlua_keys;              /* number of them */
+    char *lua_src;                 /* the script as read at load (the generation's copy) */
+    size_t lua_src_len;            /* its length */
+    uint64_t lua_errors[3];        /* Lua failures by kind (error, budget, memory), atomic */
     int line;                      /* line of the section header */
 };
 
@@ -139,6 +152,7 @@ struct sk_config {
     sk_addr admin;             /* `admin`, default 127.0.0.1:15000 */
     char *plugin_dir;          /* `plugin_dir`, resolved against the file's directory */
     char *lua_dir;             /* `lua_dir`, resolved likewise */
+    uint64_t lua_memory;       /* `lua_memory`, default 64m: cap of each worker's Lua state */
     int log_level;             /* `log_level`, SK_LOG_*, default info */
     char *access_log;          /* "stdout", "stderr", "off" or an absolute path; default stdout */
     uint64_t drain_timeout_ms; /* `drain_timeout`, default 15s */
@@ -151,6 +165,7 @@ struct sk_config {
     size_t nclusters;
     sk_instance **plugins; /* [plugin NAME] instances, in file order */
     size_t nplugins;
+    struct sk_lua_gen *lua; /* Lua states of this generation (lua_filter.c), NULL without scripts */
 };
 
 /* The cluster named `name`, or NULL. */

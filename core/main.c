@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "plugin_host.h"
+#include "lua_filter.h"
 #include "server.h"
 #include "worker.h"
 
@@ -32,6 +33,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: sidekick -c FILE        run with this config (foreground)\n"
                "       sidekick -t -c FILE     check the config and exit 0 (valid) or 1\n"
+               "       sidekick lua-test FILE_test.lua...  run offline Lua filter tests\n"
                "       sidekick --version      print the version\n");
 }
 
@@ -107,6 +109,13 @@ int main(int argc, char **argv)
         {"test", no_argument, NULL, 't'},
         {NULL, 0, NULL, 0},
     };
+    if (argc >= 2 && strcmp(argv[1], "lua-test") == 0) {
+        if (argc < 3) {
+            usage(stderr);
+            return 2;
+        }
+        return sk_lua_test_main(argc - 2, argv + 2);
+    }
     const char *file = NULL;
     bool test = false;
     int opt;

@@ -21,6 +21,7 @@
 #include <jansson.h>
 
 #include "metrics.h"
+#include "lua_filter.h"
 #include "plugin_host.h"
 
 static const uint64_t hist_bounds_us[SK_HIST_BUCKETS - 1] = SK_HIST_BOUNDS_US;
@@ -259,7 +260,8 @@ int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, sk_metrics *
                  "Generation number of the running configuration.", cfg ? cfg->generation : 0) < 0 ||
         prom_u64(out, "sidekick_workers", "gauge", "Number of worker threads.", (uint64_t)n) < 0)
         return -1;
-    return cfg ? sk_plugins_render_prometheus(out, cfg) : 0;
+    if (!cfg) return 0;
+    return sk_plugins_render_prometheus(out, cfg) | sk_lua_render_prometheus(out, cfg);
 }
 
 /* json_object_set_new() that remembers a failure in *ok. */

@@ -17,6 +17,7 @@
 #include <strings.h>
 
 #include "http1.h"
+#include "lua_filter.h"
 #include "plugin_host.h"
 #include "worker.h"
 
@@ -112,7 +113,9 @@ static int build_upstream_head(sk_request *r)
     sk_buf_reset(b);
     int rc = sk_buf_puts(b, r->method);
     rc |= sk_buf_append(b, " ", 1);
-    if (rt->rewrite_prefix && rt->prefix) {
+    if (r->up_path) { /* set by the Lua filter: replaces any rewrite */
+        rc |= sk_buf_append(b, r->up_path, r->up_path_len);
+    } else if (rt->rewrite_prefix && rt->prefix) {
         size_t plen = strlen(rt->prefix);
         rc |= sk_buf_append(b, rt->rewrite_prefix, strlen(rt->rewrite_prefix));
         const char *rest = r->path + plen;
@@ -315,6 +318,19 @@ static void run_chain(sk_request *r)
         }
         break;
     }
+    if (r->route->lua && !r->lua_ran) {
+        r->lua_ran = true;
+        sk_status st = sk_lua_on_request(r);
+        if (c->dead) return;
+        if (st == SK_RESPOND) {
+            plugin_reply(r);
+            return;
+        }
+        if (st != SK_CONTINUE) {
+            sk_conn_local_reply(c, 500, "filter_error", NULL, false);
+            return;
+        }
+    }
     if (r->route->respond_status) {
         sk_conn_local_reply(c, r->route->respond_status, NULL, r->route->respond_body, false);
         return;
@@ -389,6 +405,20 @@ static bool response_hooks(sk_request *r)
 {
     r->in_response_hooks = true;
     bool stop = false;
+    if (r->lua_ran) { /* the Lua filter ran last on the way in: first on the way out */
+        r->lr_status = 0;
+        sk_status st = sk_lua_on_response(r);
+        if (st != SK_CONTINUE) {
+            stop = true;
+            if (st != SK_RESPOND || !r->lr_status) {
+                r->lr_status = 500;
+                r->lr_reason = "filter_error";
+                r->lr_body = "filter_error\n";
+                r->lr_body_len = 13;
+                r->lr_headers = NULL;
+            }
+        }
+    }
     for (unsigned i = r->chain_pos; i-- > 0 && !stop;) {
         sk_instance *pi = chain_at(r, i);
         if (!pi) continue;
@@ -566,7 +596,7 @@ int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chun
     sk_conn *c = r->conn;
     sk_head *h = &r->rhead;
     if (sk_head_finish(h) < 0) return -1;
-    if (r->chain_pos) {
+    if (r->chain_pos || r->lua_ran) {
         r->status = status;
         if (response_hooks(r)) {
             r->status = 0;

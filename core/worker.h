@@ -160,6 +160,12 @@ struct sk_request {
     const char *lr_body;           /* its body (arena) */
     size_t lr_body_len;            /* its length */
     const char **lr_headers;       /* its extra headers: name, value, ..., NULL (arena) */
+    /* The route's Lua filter (lua_filter.c). */
+    bool lua_ran;        /* on_request ran: on_response runs too */
+    int lua_ref;         /* registry ref of the Lua request object, 0 = none */
+    uint64_t lua_ns;     /* Lua time used so far, against lua_budget */
+    const char *up_path; /* path sent upstream, set by r:set_path() (arena), or NULL */
+    size_t up_path_len;
 };
 
 /* One metadata entry of a request (arena). */

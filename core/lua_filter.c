@@ -1,0 +1,1330 @@
+/*
+ * lua_filter.c — per-route LuaJIT filters.
+ *
+ * A config generation keeps the source of every route script (read once at
+ * load, where it is also run once in a scratch state to catch errors). Each
+ * worker builds its own Lua state for the generation on first use: one
+ * sandboxed environment per route, the module run once in it, the hooks
+ * kept in the registry. A request's hook runs in a coroutine taken from a
+ * small pool, with the request as a userdata `r`.
+ *
+ * Containment. The state's allocator refuses to grow past `lua_memory`
+ * while a script runs; a count hook checks the clock every 1000 VM
+ * instructions against the request's deadline. Hooks do not run inside
+ * JIT-compiled traces, so the JIT is off in these states: every Lua
+ * instruction goes through the interpreter, where the hook does run. Time
+ * spent inside one C library call (a pathological string pattern) is not
+ * interrupted; docs/lua.md has the measurements. Once a script is over its
+ * budget or memory, every later hook raises again and the sandbox's
+ * pcall/xpcall hand the error on, so a script cannot catch its way out.
+ */
+#include <errno.h>
+#include <lauxlib.h>
+#include <lua.h>
+#include <luajit.h>
+#include <lualib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "http1.h"
+#include "lua_filter.h"
+#include "plugin_host.h"
+#include "worker.h"
+
+#define REQ_MAGIC     0x534b5251u /* "SKRQ" */
+#define HOOK_EVERY    1000        /* VM instructions between budget checks */
+#define LOAD_BUDGET   1000        /* ms for a module's top level */
+#define POOL_MAX      64          /* idle coroutines kept per state */
+#define MAX_SRC       (16u << 20) /* largest script or module file */
+#define MAX_RESP_HDRS 64          /* headers of r:respond() */
+
+enum { KILL_NONE = 0, KILL_BUDGET, KILL_MEMORY };
+enum { ERR_ERROR = 0, ERR_BUDGET = 1, ERR_MEMORY = 2 };
+enum { HOOK_REQUEST = 0, HOOK_RESPONSE = 1 };
+
+/* A module source read at load (for `require` in worker states). */
+typedef struct sk_lua_mod {
+    struct sk_lua_mod *next;
+    char *path; /* absolute file name */
+    char *src;
+    size_t len;
+} sk_lua_mod;
+
+/* One Lua state. */
+typedef struct sk_lua_vm {
+    lua_State *L;
+    sk_lua_gen *gen;   /* NULL in the test runner */
+    const char *dir;   /* lua_dir: where `require` looks */
+    size_t mem, limit; /* bytes allocated, and the cap while a script runs */
+    bool running;      /* a script runs: the cap and the budget apply */
+    bool recording;    /* load-time check: record `require`d sources in gen */
+    int kill;          /* KILL_*: why the running script must stop */
+    uint64_t deadline; /* sk_now_ns() limit of the running script */
+    int *route_ref;    /* per route index: registry ref of the module table, or 0 */
+    int *config_ref;   /* per route index: registry ref of its r:config() table */
+    uint8_t *hooks;    /* per route index: bit 0 on_request, bit 1 on_response */
+    int req_mt;        /* registry ref: metatable of request objects */
+    int no_ctx;        /* registry ref: the placeholder env of a request without ctx */
+    int proto;         /* registry ref: the sandbox's shared values */
+    int pool;          /* registry ref: idle coroutines (array) */
+    int npool;         /* their number */
+    bool broken;       /* the worker state could not be built */
+} sk_lua_vm;
+
+struct sk_lua_gen {
+    sk_config *cfg;   /* owner (not a reference) */
+    int nworkers;     /* size of vms */
+    sk_lua_vm **vms;  /* per worker, built by that worker on first use */
+    sk_lua_mod *mods; /* sources of modules required at load */
+};
+
+/* The request object's userdata. */
+typedef struct lreq {
+    uint32_t magic;
+    int phase;      /* HOOK_* running */
+    bool responded; /* r:respond() was called in this hook */
+    sk_request *r;  /* NULL once the request is over */
+} lreq;
+
+static sk_lua_vm *vm_of(lua_State *L)
+{
+    void *ud;
+    lua_getallocf(L, &ud);
+    return ud;
+}
+
+/* ---- memory and time ------------------------------------------------------------------ */
+
+static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    sk_lua_vm *vm = ud;
+    if (nsize == 0) {
+        free(ptr);
+        vm->mem -= osize;
+        return NULL;
+    }
+    if (nsize > osize && vm->running && vm->mem - osize + nsize > vm->limit) {
+        vm->kill = KILL_MEMORY;
+        return NULL;
+    }
+    void *p = realloc(ptr, nsize);
+    if (p) vm->mem = vm->mem - osize + nsize;
+    return p;
+}
+
+static void budget_hook(lua_State *L, lua_Debug *ar)
+{
+    sk_lua_vm *vm = vm_of(L);
+    if (!vm->running) return;
+    if (!vm->kill && sk_now_ns() > vm->deadline) vm->kill = KILL_BUDGET;
+    if (!vm->kill) return;
+    const char *what = vm->kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded";
+    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+        luaL_error(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
+    luaL_error(L, "%s", what);
+}
+
+static int l_killed(lua_State *L)
+{
+    lua_pushboolean(L, vm_of(L)->kill != KILL_NONE);
+    return 1;
+}
+
+static int panic(lua_State *L)
+{
+    sk_error("lua: unprotected error: %s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "?");
+    abort();
+}
+
+/* ---- reading files ---------------------------------------------------------------------- */
+
+static char *read_file(const char *path, size_t *len, char *err, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, n, "cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t cap = 0, used = 0;
+    for (;;) {
+        if (used == cap) {
+            if (cap >= MAX_SRC) {
+                snprintf(err, n, "%s: larger than %u bytes", path, MAX_SRC);
+                goto fail;
+            }
+            cap = cap ? cap * 2 : 8192;
+            char *nb = realloc(buf, cap + 1);
+            if (!nb) {
+                snprintf(err, n, "out of memory");
+                goto fail;
+            }
+            buf = nb;
+        }
+        size_t got = fread(buf + used, 1, cap - used, f);
+        used += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        snprintf(err, n, "cannot read %s: %s", path, strerror(errno));
+        goto fail;
+    }
+    fclose(f);
+    buf[used] = 0;
+    *len = used;
+    return buf;
+fail:
+    fclose(f);
+    free(buf);
+    return NULL;
+}
+
+/* ---- the sandbox ------------------------------------------------------------------------- */
+
+/* Base functions a script may use (pcall and xpcall are replaced below). */
+static const char *const safe_base[] = {
+    "assert", "error",    "ipairs", "next",   "pairs",        "select",       "tonumber", "tostring", "type",
+    "unpack", "rawequal", "rawget", "rawset", "setmetatable", "getmetatable", "_VERSION", NULL,
+};
+/* Libraries copied into every environment (string without dump). */
+static const char *const safe_libs[] = {"string", "table", "math", "bit", "coroutine", NULL};
+
+/* pcall and xpcall that do not let a script swallow its budget or memory kill. */
+static const char pcall_src[] = "local raw_pcall, raw_xpcall, killed, error = ...\n"
+                                "local function pass(ok, ...)\n"
+                                "  if not ok and killed() then error((...), 0) end\n"
+                                "  return ok, ...\n"
+                                "end\n"
+                                "return function(f, ...) return pass(raw_pcall(f, ...)) end,\n"
+                                "       function(f, h, ...) return pass(raw_xpcall(f, h, ...)) end\n";
+
+static void open_lib(lua_State *L, lua_CFunction f, const char *name)
+{
+    lua_pushcfunction(L, f);
+    lua_pushstring(L, name);
+    lua_call(L, 1, 0);
+}
+
+/* Fills the registry table `proto` with what every environment gets. Host side. */
+static void build_proto(sk_lua_vm *vm)
+{
+    lua_State *L = vm->L;
+    open_lib(L, luaopen_base, "");
+    open_lib(L, luaopen_string, LUA_STRLIBNAME);
+    open_lib(L, luaopen_table, LUA_TABLIBNAME);
+    open_lib(L, luaopen_math, LUA_MATHLIBNAME);
+    open_lib(L, luaopen_bit, LUA_BITLIBNAME);
+
+    lua_newtable(L); /* proto */
+    for (int i = 0; safe_base[i]; i++) {
+        lua_getglobal(L, safe_base[i]);
+        lua_setfield(L, -2, safe_base[i]);
+    }
+    for (int i = 0; safe_libs[i]; i++) {
+        lua_getglobal(L, safe_libs[i]);
+        lua_setfield(L, -2, safe_libs[i]);
+    }
+    if (luaL_loadbuffer(L, pcall_src, sizeof(pcall_src) - 1, "=sandbox") != 0) abort();
+    lua_getglobal(L, "pcall");
+    lua_getglobal(L, "xpcall");
+    lua_pushcfunction(L, l_killed);
+    lua_getglobal(L, "error");
+    lua_call(L, 4, 2);
+    lua_setfield(L, -3, "xpcall");
+    lua_setfield(L, -2, "pcall");
+    vm->proto = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    /* Strings share one metatable whose __index is the real string table:
+     * hide it, so that no script can change string methods for the others. */
+    lua_pushliteral(L, "");
+    lua_getmetatable(L, -1);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+
+    /* Nothing reaches the real globals any more; empty them anyway. */
+    lua_pushvalue(L, LUA_GLOBALSINDEX);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
+}
+
+static void copy_table(lua_State *L, int src)
+{
+    lua_newtable(L);
+    lua_pushnil(L);
+    while (lua_next(L, src)) {
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, -4);
+    }
+}
+
+/* Is this a module name `require` accepts ("a.b_c", no "..", no "/")? */
+static bool module_name_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 200 || s[0] == '.' || s[n - 1] == '.') return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                  c == '-' || c == '.';
+        if (!ok || (c == '.' && s[i + 1] == '.')) return false;
+    }
+    return true;
+}
+
+static const sk_lua_mod *find_mod(const sk_lua_gen *g, const char *path)
+{
+    for (const sk_lua_mod *m = g ? g->mods : NULL; m; m = m->next)
+        if (strcmp(m->path, path) == 0) return m;
+    return NULL;
+}
+
+/* require(name), upvalues: env, loaded, dir. Modules run in the caller's environment. */
+static int sb_require(lua_State *L)
+{
+    sk_lua_vm *vm = vm_of(L);
+    size_t n;
+    const char *name = luaL_checklstring(L, 1, &n);
+    if (!module_name_ok(name, n)) return luaL_error(L, "require: bad module name '%s'", name);
+    lua_settop(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, lua_upvalueindex(2));
+    if (lua_toboolean(L, -1)) {
+        if (lua_islightuserdata(L, -1)) return luaL_error(L, "require: loop while loading '%s'", name);
+        return 1;
+    }
+    lua_pop(L, 1);
+    char path[4096];
+    int pl = snprintf(path, sizeof(path), "%s/%s.lua", lua_tostring(L, lua_upvalueindex(3)), name);
+    if (pl < 0 || (size_t)pl >= sizeof(path)) return luaL_error(L, "require: name too long");
+    for (char *p = path + strlen(lua_tostring(L, lua_upvalueindex(3))) + 1; *p; p++)
+        if (*p == '.' && strcmp(p, ".lua") != 0) *p = '/';
+
+    const sk_lua_mod *m = find_mod(vm->gen, path);
+    char err[512], chunk[4200];
+    snprintf(chunk, sizeof(chunk), "@%s", path);
+    int rc;
+    if (m) {
+        rc = luaL_loadbufferx(L, m->src, m->len, chunk, "t");
+    } else {
+        size_t len;
+        char *src = read_file(path, &len, err, sizeof(err));
+        if (!src) return luaL_error(L, "require '%s': %s", name, err);
+        rc = luaL_loadbufferx(L, src, len, chunk, "t");
+        if (rc == 0 && vm->recording && vm->gen) {
+            sk_lua_mod *nm = calloc(1, sizeof(*nm));
+            if (nm && (nm->path = strdup(path))) {
+                nm->src = src;
+                nm->len = len;
+                nm->next = vm->gen->mods;
+                vm->gen->mods = nm;
+                src = NULL;
+            } else {
+                free(nm);
+            }
+        }
+        free(src);
+    }
+    if (rc != 0) return lua_error(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_setfenv(L, -2);
+    lua_pushvalue(L, 1);
+    lua_pushlightuserdata(L, (void *)&module_name_ok); /* "loading" marker */
+    lua_rawset(L, lua_upvalueindex(2));
+    lua_pushvalue(L, 1);
+    lua_call(L, 1, 1);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        lua_pushboolean(L, 1);
+    }
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, lua_upvalueindex(2));
+    return 1;
+}
+
+/* load(s [, name [, mode [, env]]]) and loadstring(s [, name]): source text only. */
+static int sb_load(lua_State *L)
+{
+    size_t n;
+    if (lua_type(L, 1) != LUA_TSTRING) {
+        lua_pushnil(L);
+        lua_pushliteral(L, "load: only source strings are accepted");
+        return 2;
+    }
+    const char *s = lua_tolstring(L, 1, &n);
+    const char *name = luaL_optstring(L, 2, "=(load)");
+    if (luaL_loadbufferx(L, s, n, name, "t") != 0) {
+        lua_pushnil(L);
+        lua_insert(L, -2);
+        return 2;
+    }
+    if (lua_istable(L, 4))
+        lua_pushvalue(L, 4);
+    else
+        lua_pushvalue(L, lua_upvalueindex(1));
+    lua_setfenv(L, -2);
+    return 1;
+}
+
+/* Appends the arguments from `first` on as text, separated by spaces. */
+static void args_text(lua_State *L, int first, luaL_Buffer *b)
+{
+    int top = lua_gettop(L);
+    for (int i = first; i <= top; i++) {
+        if (i > first) luaL_addchar(b, ' ');
+        switch (lua_type(L, i)) {
+        case LUA_TSTRING:
+        case LUA_TNUMBER: {
+            size_t n;
+            const char *s = lua_tolstring(L, i, &n);
+            luaL_addlstring(b, s, n);
+            break;
+        }
+        case LUA_TBOOLEAN: luaL_addstring(b, lua_toboolean(L, i) ? "true" : "false"); break;
+        case LUA_TNIL: luaL_addstring(b, "nil"); break;
+        default: {
+            char t[64];
+            snprintf(t, sizeof(t), "%s: %p", lua_typename(L, lua_type(L, i)), lua_topointer(L, i));
+            luaL_addstring(b, t);
+        }
+        }
+    }
+}
+
+/* sk.log(level, ...), upvalue: the route name. */
+static int sk_log_fn(lua_State *L)
+{
+    static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
+    int level = luaL_checkoption(L, 1, NULL, levels);
+    if (level > sk_log_level) return 0;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    args_text(L, 2, &b);
+    luaL_pushresult(&b);
+    sk_log(level, "lua %s: %s", lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, -1));
+    return 0;
+}
+
+static int sk_now_fn(lua_State *L)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+    return 1;
+}
+
+/*
+ * Pushes a new environment: the shared safe functions, its own copies of
+ * the libraries, `sk`, and load/loadstring/require bound to it. `who`
+ * names it in sk.log lines; `dir` is where require looks.
+ */
+static void new_env(sk_lua_vm *vm, const char *who, const char *dir)
+{
+    lua_State *L = vm->L;
+    lua_createtable(L, 0, 32);
+    int env = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->proto);
+    int proto = env + 1;
+    lua_pushnil(L);
+    while (lua_next(L, proto)) {
+        if (lua_istable(L, -1)) {
+            int lib = lua_gettop(L);
+            copy_table(L, lib);
+            if (strcmp(lua_tostring(L, -3), "string") == 0) {
+                lua_pushnil(L);
+                lua_setfield(L, -2, "dump");
+            }
+            lua_replace(L, lib);
+        }
+        lua_pushvalue(L, -2);
+        lua_insert(L, -2);
+        lua_rawset(L, env);
+    }
+    lua_pop(L, 1); /* proto */
+
+    lua_pushvalue(L, env);
+    lua_setfield(L, env, "_G");
+    lua_pushvalue(L, env);
+    lua_pushcclosure(L, sb_load, 1);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, env, "load");
+    lua_setfield(L, env, "loadstring");
+    lua_pushvalue(L, env);
+    lua_newtable(L);
+    lua_pushstring(L, dir);
+    lua_pushcclosure(L, sb_require, 3);
+    lua_setfield(L, env, "require");
+
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, who);
+    lua_pushcclosure(L, sk_log_fn, 1);
+    lua_setfield(L, -2, "log");
+    lua_pushcfunction(L, sk_now_fn);
+    lua_setfield(L, -2, "now");
+    lua_setfield(L, env, "sk");
+}
+
+/* ---- running code ------------------------------------------------------------------------ */
+
+static int traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
+    return 1;
+}
+
+/* lua_pcall of the function below nargs with a traceback, as a script
+ * (capped memory, deadline in ms). Host side. Returns the pcall status. */
+static int run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
+{
+    lua_State *L = vm->L;
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, traceback);
+    lua_insert(L, base);
+    bool was = vm->running;
+    uint64_t old_deadline = vm->deadline;
+    int old_kill = vm->kill;
+    vm->running = true;
+    vm->kill = KILL_NONE;
+    vm->deadline = sk_now_ns() + budget_ms * 1000000ull;
+    int rc = lua_pcall(L, nargs, nres, base);
+    if (rc == 0 && vm->kill) { /* the script caught its own kill and returned */
+        lua_settop(L, base);
+        lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded");
+        rc = LUA_ERRRUN;
+    }
+    if (vm->kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
+    vm->running = was;
+    vm->deadline = old_deadline;
+    vm->kill = old_kill;
+    lua_remove(L, base);
+    return rc;
+}
+
+/*
+ * Runs a route script's source in a new environment and pushes the module
+ * table (checked: a table, hooks functions or absent). 0, or -1 with the
+ * message in err. Host side.
+ */
+static int instantiate(sk_lua_vm *vm, const char *who, const char *path, const char *src, size_t len,
+                       const char *dir, char *err, size_t n)
+{
+    lua_State *L = vm->L;
+    int top = lua_gettop(L);
+    new_env(vm, who, dir);
+    char chunk[4200];
+    snprintf(chunk, sizeof(chunk), "@%s", path);
+    if (luaL_loadbufferx(L, src, len, chunk, "t") != 0) {
+        snprintf(err, n, "%s", lua_tostring(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_pushvalue(L, top + 1);
+    lua_setfenv(L, -2);
+    if (run_script(vm, 0, 1, LOAD_BUDGET) != 0) {
+        snprintf(err, n, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_settop(L, top);
+        return -1;
+    }
+    if (!lua_istable(L, -1)) {
+        snprintf(err, n, "%s: the script must return a table of hooks (got %s)", path, luaL_typename(L, -1));
+        lua_settop(L, top);
+        return -1;
+    }
+    static const char *const hooks[] = {"on_request", "on_response"};
+    for (int i = 0; i < 2; i++) {
+        lua_getfield(L, -1, hooks[i]);
+        bool ok = lua_isnil(L, -1) || lua_isfunction(L, -1);
+        lua_pop(L, 1);
+        if (!ok) {
+            snprintf(err, n, "%s: %s must be a function", path, hooks[i]);
+            lua_settop(L, top);
+            return -1;
+        }
+    }
+    lua_remove(L, top + 1); /* the env: the hooks keep it */
+    return 0;
+}
+
+static sk_lua_vm *vm_new(size_t limit, const char *dir)
+{
+    sk_lua_vm *vm = calloc(1, sizeof(*vm));
+    if (!vm) return NULL;
+    vm->limit = limit;
+    vm->dir = dir;
+    vm->L = lua_newstate(vm_alloc, vm);
+    if (!vm->L) {
+        free(vm);
+        return NULL;
+    }
+    lua_State *L = vm->L;
+    lua_atpanic(L, panic);
+    luaJIT_setmode(L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    build_proto(vm);
+    lua_newtable(L);
+    vm->pool = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    vm->no_ctx = luaL_ref(L, LUA_REGISTRYINDEX);
+    return vm;
+}
+
+static void vm_free(sk_lua_vm *vm)
+{
+    if (!vm) return;
+    lua_close(vm->L);
+    free(vm->route_ref);
+    free(vm->config_ref);
+    free(vm->hooks);
+    free(vm);
+}
+
+/* ---- the request object ----------------------------------------------------------------- */
+
+static lreq *check_req(lua_State *L)
+{
+    lreq *q = lua_type(L, 1) == LUA_TUSERDATA ? lua_touserdata(L, 1) : NULL;
+    if (!q || q->magic != REQ_MAGIC) luaL_error(L, "expected the request object (call methods with ':')");
+    if (!q->r) luaL_error(L, "the request is over");
+    return q;
+}
+
+static sk_req *R(lreq *q)
+{
+    return (sk_req *)q->r;
+}
+
+/* A string argument without NUL bytes. */
+static const char *check_text(lua_State *L, int i)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, i, &n);
+    if (strlen(s) != n) luaL_argerror(L, i, "contains a NUL byte");
+    return s;
+}
+
+static int push_str(lua_State *L, sk_str s)
+{
+    if (s.ptr)
+        lua_pushlstring(L, s.ptr, s.len);
+    else
+        lua_pushnil(L);
+    return 1;
+}
+
+static void need_phase(lua_State *L, lreq *q, int phase, const char *fn)
+{
+    if (q->phase != phase)
+        luaL_error(L, "r:%s() is only allowed in %s", fn,
+                   phase == HOOK_REQUEST ? "on_request" : "on_response");
+}
+
+static int r_method(lua_State *L)
+{
+    return push_str(L, sk_host.method(R(check_req(L))));
+}
+static int r_path(lua_State *L)
+{
+    lreq *q = check_req(L);
+    if (q->r->up_path) {
+        lua_pushlstring(L, q->r->up_path, q->r->up_path_len);
+        return 1;
+    }
+    return push_str(L, sk_host.path(R(q)));
+}
+static int r_query(lua_State *L)
+{
+    return push_str(L, sk_host.query(R(check_req(L))));
+}
+static int r_host(lua_State *L)
+{
+    return push_str(L, sk_host.authority(R(check_req(L))));
+}
+static int r_client_ip(lua_State *L)
+{
+    return push_str(L, sk_host.client_ip(R(check_req(L))));
+}
+static int r_identity(lua_State *L)
+{
+    return push_str(L, sk_host.identity(R(check_req(L))));
+}
+static int r_route(lua_State *L)
+{
+    return push_str(L, sk_host.route(R(check_req(L))));
+}
+
+static int r_set_path(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_REQUEST, "set_path");
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (n == 0 || p[0] != '/') luaL_argerror(L, 2, "must start with '/'");
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c <= 0x20 || c == 0x7f || c == '?' || c == '#') luaL_argerror(L, 2, "bad character in path");
+    }
+    char *copy = sk_arena_strndup(&q->r->arena, p, n);
+    if (!copy) luaL_error(L, "out of memory");
+    q->r->up_path = copy;
+    q->r->up_path_len = n;
+    return 0;
+}
+
+static int r_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    sk_str v;
+    if (!sk_host.header(R(q), check_text(L, 2), &v)) return 0;
+    return push_str(L, v);
+}
+
+/* Pushes a table of headers: lower-case name → value, repeats joined with ", ". */
+static int push_headers(lua_State *L, const sk_head *h)
+{
+    lua_createtable(L, 0, (int)h->nhdrs);
+    char name[256];
+    for (size_t i = 0; i < h->nhdrs; i++) {
+        const sk_header *x = &h->views[i];
+        size_t nl = x->name_len < sizeof(name) ? x->name_len : sizeof(name) - 1;
+        for (size_t j = 0; j < nl; j++) {
+            char c = x->name[j];
+            name[j] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+        }
+        lua_pushlstring(L, name, nl);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, x->value, x->value_len);
+        } else {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, x->value, x->value_len);
+            lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+    }
+    return 1;
+}
+
+static int r_headers(lua_State *L)
+{
+    return push_headers(L, &check_req(L)->r->head);
+}
+
+static int edit_result(lua_State *L, int rc, const char *fn)
+{
+    if (rc < 0) luaL_error(L, "r:%s(): bad header name or value, or the request already went upstream", fn);
+    return 0;
+}
+
+static int r_set_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_REQUEST, "set_header");
+    return edit_result(L, sk_host.set_header(R(q), check_text(L, 2), check_text(L, 3)), "set_header");
+}
+static int r_add_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_REQUEST, "add_header");
+    return edit_result(L, sk_host.add_header(R(q), check_text(L, 2), check_text(L, 3)), "add_header");
+}
+static int r_remove_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_REQUEST, "remove_header");
+    return edit_result(L, sk_host.remove_header(R(q), check_text(L, 2)), "remove_header");
+}
+
+static int r_meta(lua_State *L)
+{
+    lreq *q = check_req(L);
+    const char *v = sk_host.meta(R(q), check_text(L, 2));
+    if (!v) return 0;
+    lua_pushstring(L, v);
+    return 1;
+}
+static int r_set_meta(lua_State *L)
+{
+    lreq *q = check_req(L);
+    if (sk_host.set_meta(R(q), check_text(L, 2), check_text(L, 3)) < 0) luaL_error(L, "out of memory");
+    return 0;
+}
+
+static int r_ctx(lua_State *L)
+{
+    lreq *q = check_req(L);
+    sk_lua_vm *vm = vm_of(L);
+    lua_getfenv(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->no_ctx);
+    bool none = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+    if (none) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfenv(L, 1);
+    }
+    SK_UNUSED(q);
+    return 1;
+}
+
+static int r_config(lua_State *L)
+{
+    lreq *q = check_req(L);
+    sk_lua_vm *vm = vm_of(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->config_ref[q->r->route->index]);
+    return 1;
+}
+
+static int r_set_cluster(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_REQUEST, "set_cluster");
+    const char *name = check_text(L, 2);
+    if (sk_host.set_cluster(R(q), name) < 0) luaL_error(L, "r:set_cluster(): unknown cluster '%s'", name);
+    return 0;
+}
+
+static int r_respond(lua_State *L)
+{
+    lreq *q = check_req(L);
+    int status = (int)luaL_checkinteger(L, 2);
+    size_t blen = 0;
+    const char *body = luaL_optlstring(L, 3, NULL, &blen);
+    const char *hs[2 * MAX_RESP_HDRS + 1];
+    size_t n = 0;
+    if (!lua_isnoneornil(L, 4)) {
+        luaL_checktype(L, 4, LUA_TTABLE);
+        lua_pushnil(L);
+        while (lua_next(L, 4)) {
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                luaL_error(L, "r:respond(): headers must be a table of name = value strings");
+            if (n == 2 * MAX_RESP_HDRS) luaL_error(L, "r:respond(): more than %d headers", MAX_RESP_HDRS);
+            hs[n++] = lua_tostring(L, -2);
+            hs[n++] = lua_tostring(L, -1);
+            lua_pop(L, 1);
+        }
+    }
+    hs[n] = NULL;
+    if (status < 200 || status > 599) luaL_argerror(L, 2, "status must be 200..599");
+    if (sk_host.respond(R(q), status, NULL, body, blen, n ? hs : NULL) < 0)
+        luaL_error(L, "r:respond(): bad header name or value, or the response already started");
+    q->responded = true;
+    return lua_yield(L, 0); /* the hook ends here */
+}
+
+static int r_status(lua_State *L)
+{
+    lua_pushinteger(L, sk_host.status(R(check_req(L))));
+    return 1;
+}
+static int r_response_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    sk_str v;
+    if (!sk_host.response_header(R(q), check_text(L, 2), &v)) return 0;
+    return push_str(L, v);
+}
+static int r_set_response_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_RESPONSE, "set_response_header");
+    return edit_result(L, sk_host.set_response_header(R(q), check_text(L, 2), check_text(L, 3)),
+                       "set_response_header");
+}
+static int r_add_response_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_RESPONSE, "add_response_header");
+    return edit_result(L, sk_host.add_response_header(R(q), check_text(L, 2), check_text(L, 3)),
+                       "add_response_header");
+}
+static int r_remove_response_header(lua_State *L)
+{
+    lreq *q = check_req(L);
+    need_phase(L, q, HOOK_RESPONSE, "remove_response_header");
+    return edit_result(L, sk_host.remove_response_header(R(q), check_text(L, 2)), "remove_response_header");
+}
+
+static const luaL_Reg req_methods[] = {
+    {"method", r_method},
+    {"path", r_path},
+    {"set_path", r_set_path},
+    {"query", r_query},
+    {"host", r_host},
+    {"header", r_header},
+    {"headers", r_headers},
+    {"set_header", r_set_header},
+    {"add_header", r_add_header},
+    {"remove_header", r_remove_header},
+    {"client_ip", r_client_ip},
+    {"identity", r_identity},
+    {"route", r_route},
+    {"meta", r_meta},
+    {"set_meta", r_set_meta},
+    {"ctx", r_ctx},
+    {"config", r_config},
+    {"set_cluster", r_set_cluster},
+    {"respond", r_respond},
+    {"status", r_status},
+    {"response_header", r_response_header},
+    {"set_response_header", r_set_response_header},
+    {"add_response_header", r_add_response_header},
+    {"remove_response_header", r_remove_response_header},
+    {NULL, NULL},
+};
+
+/* ---- generations and worker states ------------------------------------------------------ */
+
+/* Builds the routes of cfg into vm (module tables, config tables, hook bits). */
+static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err, size_t n)
+{
+    lua_State *L = vm->L;
+    vm->route_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(int));
+    vm->config_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(int));
+    vm->hooks = calloc(cfg->nroutes ? cfg->nroutes : 1, 1);
+    if (!vm->route_ref || !vm->config_ref || !vm->hooks) {
+        snprintf(err, n, "out of memory");
+        return -1;
+    }
+    luaL_newmetatable(L, "sidekick.request");
+    lua_newtable(L);
+    luaL_register(L, NULL, req_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushliteral(L, "sidekick.request");
+    lua_setfield(L, -2, "__metatable");
+    vm->req_mt = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        sk_route *rt = cfg->routes[i];
+        if (!rt->lua) continue;
+        char who[300];
+        snprintf(who, sizeof(who), "route %s", rt->name);
+        if (instantiate(vm, who, rt->lua, rt->lua_src, rt->lua_src_len, cfg->lua_dir, err, n) < 0) {
+            *bad_route = (int)i;
+            return -1;
+        }
+        lua_getfield(L, -1, "on_request");
+        vm->hooks[i] |= lua_isfunction(L, -1) ? 1 : 0;
+        lua_getfield(L, -2, "on_response");
+        vm->hooks[i] |= lua_isfunction(L, -1) ? 2 : 0;
+        lua_pop(L, 2);
+        vm->route_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_createtable(L, 0, (int)rt->nlua_keys);
+        for (size_t k = 0; k < rt->nlua_keys; k++) {
+            lua_pushstring(L, rt->lua_keys[k].value);
+            lua_setfield(L, -2, rt->lua_keys[k].key);
+        }
+        vm->config_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 0;
+}
+
+int sk_lua_load_config(sk_config *c, int *bad_route, char *err, size_t err_size)
+{
+    *bad_route = -1;
+    bool any = false;
+    for (size_t i = 0; i < c->nroutes; i++) {
+        sk_route *rt = c->routes[i];
+        if (!rt->lua) continue;
+        any = true;
+        if (!(rt->lua_src = read_file(rt->lua, &rt->lua_src_len, err, err_size))) {
+            *bad_route = (int)i;
+            return -1;
+        }
+    }
+    if (!any) return 0;
+    sk_lua_gen *g = calloc(1, sizeof(*g));
+    if (!g || !(g->vms = calloc((size_t)c->workers, sizeof(*g->vms)))) {
+        free(g);
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
+    g->cfg = c;
+    g->nworkers = c->workers;
+    c->lua = g;
+    /* The check: every script run once, as a worker will run it. */
+    sk_lua_vm *vm = vm_new(c->lua_memory, c->lua_dir);
+    if (!vm) {
+        snprintf(err, err_size, "cannot create a Lua state");
+        return -1;
+    }
+    vm->gen = g;
+    vm->recording = true;
+    int rc = load_routes(vm, c, bad_route, err, err_size);
+    vm_free(vm);
+    return rc;
+}
+
+void sk_lua_gen_free(sk_lua_gen *g)
+{
+    if (!g) return;
+    for (int i = 0; i < g->nworkers; i++) vm_free(g->vms[i]);
+    free(g->vms);
+    while (g->mods) {
+        sk_lua_mod *m = g->mods;
+        g->mods = m->next;
+        free(m->path);
+        free(m->src);
+        free(m);
+    }
+    free(g);
+}
+
+/* The request's worker state for its generation, built on first use. */
+static sk_lua_vm *worker_vm(sk_request *r)
+{
+    sk_lua_gen *g = r->config->lua;
+    int id = r->worker->id;
+    if (!g || id >= g->nworkers) return NULL;
+    sk_lua_vm *vm = g->vms[id];
+    if (vm) return vm->broken ? NULL : vm;
+    sk_config *c = r->config;
+    vm = vm_new(c->lua_memory, c->lua_dir);
+    if (!vm) {
+        sk_error("lua: cannot create the Lua state of worker %d", id);
+        return NULL;
+    }
+    vm->gen = g;
+    g->vms[id] = vm;
+    char err[2048];
+    int bad = -1;
+    if (load_routes(vm, c, &bad, err, sizeof(err)) < 0) {
+        sk_error("lua: worker %d: %s", id, err);
+        vm->broken = true;
+        return NULL;
+    }
+    return vm;
+}
+
+/* Pushes an idle coroutine (or a new one) onto L; returns it. */
+static lua_State *take_coroutine(sk_lua_vm *vm)
+{
+    lua_State *L = vm->L;
+    if (vm->npool == 0) return lua_newthread(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->pool);
+    lua_rawgeti(L, -1, vm->npool);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, vm->npool--);
+    lua_remove(L, -2);
+    return lua_tothread(L, -1);
+}
+
+/* Keeps the coroutine on top of L for the next hook (it finished cleanly). */
+static void give_back(sk_lua_vm *vm)
+{
+    lua_State *L = vm->L;
+    if (vm->npool >= POOL_MAX) return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->pool);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, ++vm->npool);
+    lua_pop(L, 1);
+}
+
+static void count_error(sk_request *r, int kind)
+{
+    __atomic_add_fetch(&((sk_route *)r->route)->lua_errors[kind], 1, __ATOMIC_RELAXED);
+}
+
+static sk_status run_hook(sk_request *r, int hook)
+{
+    static const char *const names[] = {"on_request", "on_response"};
+    const sk_route *rt = r->route;
+    sk_lua_vm *vm = worker_vm(r);
+    if (!vm) {
+        count_error(r, ERR_ERROR);
+        return SK_ERROR;
+    }
+    if (!(vm->hooks[rt->index] & (1 << hook))) return SK_CONTINUE;
+    lua_State *L = vm->L;
+    int top = lua_gettop(L);
+    lua_State *co = take_coroutine(vm);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->route_ref[rt->index]);
+    lua_getfield(L, -1, names[hook]);
+    lua_xmove(L, co, 1);
+    lua_pop(L, 1);
+    lreq *q;
+    if (r->lua_ref) {
+        lua_rawgeti(co, LUA_REGISTRYINDEX, r->lua_ref);
+        q = lua_touserdata(co, -1);
+    } else {
+        q = lua_newuserdata(co, sizeof(*q));
+        q->magic = REQ_MAGIC;
+        q->r = r;
+        lua_rawgeti(co, LUA_REGISTRYINDEX, vm->req_mt);
+        lua_setmetatable(co, -2);
+        lua_rawgeti(co, LUA_REGISTRYINDEX, vm->no_ctx);
+        lua_setfenv(co, -2);
+        lua_pushvalue(co, -1);
+        r->lua_ref = luaL_ref(co, LUA_REGISTRYINDEX);
+    }
+    q->phase = hook;
+    q->responded = false;
+
+    uint64_t budget = rt->lua_budget_ms * 1000000ull, t0 = sk_now_ns();
+    vm->deadline = t0 + (budget > r->lua_ns ? budget - r->lua_ns : 0);
+    vm->kill = KILL_NONE;
+    vm->running = true;
+    int rc = lua_resume(co, 1);
+    vm->running = false;
+    r->lua_ns += sk_now_ns() - t0;
+
+    sk_status st = SK_CONTINUE;
+    int kind = vm->kill == KILL_BUDGET ? ERR_BUDGET : vm->kill == KILL_MEMORY ? ERR_MEMORY : ERR_ERROR;
+    if (rc == 0 && !vm->kill) {
+        if (lua_gettop(co) == 0) give_back(vm);
+        st = q->responded ? SK_RESPOND : SK_CONTINUE;
+    } else if (rc == LUA_YIELD && q->responded && !vm->kill) {
+        st = SK_RESPOND; /* r:respond() ended the hook; the coroutine stays suspended and is dropped */
+    } else {
+        if (rc == 0 || rc == LUA_YIELD)
+            lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded"
+                              : vm->kill == KILL_MEMORY
+                                  ? "lua_memory exceeded"
+                                  : "coroutine.yield() is not allowed at the top of a hook");
+        else
+            lua_xmove(co, L, 1);
+        const char *msg = lua_tostring(L, -1);
+        luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+        sk_warn("lua route %s: %s: %s", rt->name, names[hook], lua_tostring(L, -1));
+        count_error(r, kind);
+        if (vm->kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
+        st = SK_ERROR;
+    }
+    vm->kill = KILL_NONE;
+    lua_settop(L, top);
+    return st;
+}
+
+sk_status sk_lua_on_request(sk_request *r)
+{
+    return run_hook(r, HOOK_REQUEST);
+}
+
+sk_status sk_lua_on_response(sk_request *r)
+{
+    return run_hook(r, HOOK_RESPONSE);
+}
+
+void sk_lua_request_done(sk_request *r)
+{
+    sk_lua_gen *g = r->config ? r->config->lua : NULL;
+    sk_lua_vm *vm = g && r->worker->id < g->nworkers ? g->vms[r->worker->id] : NULL;
+    if (vm && r->lua_ref) {
+        lua_rawgeti(vm->L, LUA_REGISTRYINDEX, r->lua_ref);
+        lreq *q = lua_touserdata(vm->L, -1);
+        if (q) q->r = NULL;
+        lua_pop(vm->L, 1);
+        luaL_unref(vm->L, LUA_REGISTRYINDEX, r->lua_ref);
+    }
+    r->lua_ref = 0;
+}
+
+int sk_lua_render_prometheus(sk_buf *out, const sk_config *c)
+{
+    static const char *const kinds[] = {"error", "budget", "memory"};
+    bool any = false;
+    int rc = 0;
+    for (size_t i = 0; i < c->nroutes; i++) {
+        const sk_route *rt = c->routes[i];
+        if (!rt->lua) continue;
+        if (!any)
+            rc |= sk_buf_puts(out, "# HELP sidekick_lua_errors_total Lua filter failures answered with 500 "
+                                   "filter_error, by route and kind.\n"
+                                   "# TYPE sidekick_lua_errors_total counter\n");
+        any = true;
+        for (int k = 0; k < 3; k++)
+            rc |= sk_buf_printf(out, "sidekick_lua_errors_total{route=\"%s\",kind=\"%s\"} %llu\n", rt->name,
+                                kinds[k],
+                                (unsigned long long)__atomic_load_n(&rt->lua_errors[k], __ATOMIC_RELAXED));
+    }
+    return rc ? -1 : 0;
+}
+
+/* ---- the offline test runner ------------------------------------------------------------- */
+
+#include "lua_test_src.h" /* sk_lua_test_src: core/lua_test.lua */
+
+/* Directory part of path ("." when none), malloc'd. */
+static char *dir_of(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) return strdup(".");
+    if (slash == path) return strdup("/");
+    return strndup(path, (size_t)(slash - path));
+}
+
+/* load_filter(path, config): the module table of a filter file, in its own env. */
+static int t_load_filter(lua_State *L)
+{
+    sk_lua_vm *vm = vm_of(L);
+    const char *rel = luaL_checkstring(L, 1);
+    char path[4096];
+    if (rel[0] == '/')
+        snprintf(path, sizeof(path), "%s", rel);
+    else
+        snprintf(path, sizeof(path), "%s/%s", lua_tostring(L, lua_upvalueindex(1)), rel);
+    char err[2048];
+    size_t len;
+    char *src = read_file(path, &len, err, sizeof(err));
+    if (!src) return luaL_error(L, "%s", err);
+    char *dir = dir_of(path);
+    bool was = vm->running;
+    vm->running = false; /* instantiate runs the top level as a script itself */
+    int rc = dir ? instantiate(vm, rel, path, src, len, dir, err, sizeof(err)) : -1;
+    vm->running = was;
+    free(src);
+    free(dir);
+    if (rc < 0) return luaL_error(L, "%s", err);
+    return 1;
+}
+
+/* run(fn, r, budget_ms): fn(r) in a new coroutine. Returns "ok" | "yield" | "error", message. */
+static int t_run(lua_State *L)
+{
+    sk_lua_vm *vm = vm_of(L);
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    uint64_t budget = (uint64_t)luaL_optinteger(L, 3, 50);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_xmove(L, co, 2);
+    uint64_t old_deadline = vm->deadline;
+    int old_kill = vm->kill;
+    vm->deadline = sk_now_ns() + budget * 1000000ull;
+    vm->kill = KILL_NONE;
+    int rc = lua_resume(co, 1);
+    int kill = vm->kill;
+    vm->kill = KILL_NONE;
+    if (kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
+    vm->deadline = old_deadline;
+    vm->kill = old_kill;
+    if (rc == 0 && !kill) {
+        lua_pushliteral(L, "ok");
+        return 1;
+    }
+    if (rc == LUA_YIELD && !kill) {
+        lua_pushliteral(L, "yield");
+        return 1;
+    }
+    lua_pushliteral(L, "error");
+    if (rc == 0 || rc == LUA_YIELD)
+        lua_pushstring(L, kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded");
+    else
+        lua_xmove(co, L, 1);
+    const char *msg = lua_tostring(L, -1);
+    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+    lua_remove(L, -2);
+    return 2;
+}
+
+static int t_out(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    fwrite(s, 1, n, stdout);
+    fflush(stdout);
+    return 0;
+}
+
+/* Runs one test file; returns the number of failures (1 if it does not load). */
+static int run_test_file(const char *file)
+{
+    char *dir = dir_of(file);
+    sk_lua_vm *vm = dir ? vm_new(256u << 20, dir) : NULL;
+    if (!vm) {
+        fprintf(stderr, "lua-test: out of memory\n");
+        free(dir);
+        return 1;
+    }
+    lua_State *L = vm->L;
+    int failed = 1;
+    printf("# %s\n", file);
+    fflush(stdout);
+    /* The library, with the privileged helpers it alone sees. */
+    if (luaL_loadbuffer(L, sk_lua_test_src, sizeof(sk_lua_test_src) - 1, "=lua_test") != 0) {
+        fprintf(stderr, "lua-test: %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, dir);
+    lua_pushcclosure(L, t_load_filter, 1);
+    lua_setfield(L, -2, "load_filter");
+    lua_pushcfunction(L, t_run);
+    lua_setfield(L, -2, "run");
+    lua_pushcfunction(L, t_out);
+    lua_setfield(L, -2, "out");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->proto);
+    lua_setfield(L, -2, "base");
+    /* The library's own environment: the sandbox too, plus the helpers. */
+    new_env(vm, "lua-test", dir);
+    lua_setfenv(L, -3);
+    if (lua_pcall(L, 1, 2, 0) != 0) {
+        fprintf(stderr, "lua-test: %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    int finish = lua_gettop(L), T = finish - 1;
+    /* The test file, in a sandbox environment with T. */
+    char err[2048];
+    size_t len;
+    char *src = read_file(file, &len, err, sizeof(err));
+    if (!src) {
+        fprintf(stderr, "lua-test: %s\n", err);
+        goto out;
+    }
+    char chunk[4200];
+    snprintf(chunk, sizeof(chunk), "@%s", file);
+    int rc = luaL_loadbufferx(L, src, len, chunk, "t");
+    free(src);
+    if (rc != 0) {
+        printf("not ok - %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    new_env(vm, "test", dir);
+    lua_pushvalue(L, T);
+    lua_setfield(L, -2, "T");
+    lua_getfield(L, T, "print");
+    lua_setfield(L, -2, "print");
+    lua_setfenv(L, -2);
+    if (run_script(vm, 0, 0, 60000) != 0) {
+        printf("not ok - %s\n", lua_tostring(L, -1));
+        fflush(stdout);
+        lua_pop(L, 1);
+        lua_pushvalue(L, finish);
+        lua_pushboolean(L, 1);
+    } else {
+        lua_pushvalue(L, finish);
+        lua_pushboolean(L, 0);
+    }
+    if (lua_pcall(L, 1, 1, 0) != 0) {
+        fprintf(stderr, "lua-test: %s\n", lua_tostring(L, -1));
+        goto out;
+    }
+    failed = (int)lua_tointeger(L, -1);
+out:
+    vm_free(vm);
+    free(dir);
+    return failed;
+}
+
+int sk_lua_test_main(int argc, char **argv)
+{
+    if (argc < 1) {
+        fprintf(stderr, "usage: sidekick lua-test FILE_test.lua [FILE_test.lua...]\n");
+        return 2;
+    }
+    int failed = 0;
+    for (int i = 0; i < argc; i++) failed += run_test_file(argv[i]);
+    return failed ? 1 : 0;
+}

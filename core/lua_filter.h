@@ -1,0 +1,42 @@
+/*
+ * lua_filter.h — per-route LuaJIT filters: the generation's scripts, one sandboxed
+ * Lua state per worker, hooks run in a coroutine per request with a time
+ * and memory budget, and the offline test runner (`sidekick lua-test`).
+ */
+#ifndef SK_LUA_FILTER_H
+#define SK_LUA_FILTER_H
+
+#include <sidekick/plugin.h>
+
+#include "sk.h"
+
+typedef struct sk_config sk_config;
+typedef struct sk_request sk_request;
+typedef struct sk_lua_gen sk_lua_gen;
+
+/*
+ * Reads every route script of `c` and runs it once in a scratch state (the
+ * top level, with a 1 s budget), so that a syntax error, a failing top
+ * level or a module that returns no table fails the load. Keeps the sources
+ * (and those of modules they `require`) in the generation: workers compile
+ * exactly what was checked. Main thread. 0, or -1 with *bad_route set to the
+ * route index (or -1) and the message in err.
+ */
+int sk_lua_load_config(sk_config *c, int *bad_route, char *err, size_t err_size);
+/* Closes every worker state of the generation. Any thread, once nothing runs Lua of it. */
+void sk_lua_gen_free(sk_lua_gen *g);
+
+/* The route's on_request / on_response for r (worker thread). SK_CONTINUE,
+ * SK_RESPOND (a reply is prepared in r->lr_*), or SK_ERROR (logged, counted). */
+sk_status sk_lua_on_request(sk_request *r);
+sk_status sk_lua_on_response(sk_request *r);
+/* The request is over: its Lua object stops working and is released. */
+void sk_lua_request_done(sk_request *r);
+
+/* sidekick_lua_errors_total for every route with a script. 0 or -1. */
+int sk_lua_render_prometheus(sk_buf *out, const sk_config *c);
+
+/* `sidekick lua-test FILE...`: runs offline filter tests. Exit status. */
+int sk_lua_test_main(int argc, char **argv);
+
+#endif
