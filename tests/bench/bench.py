@@ -142,12 +142,23 @@ def rss(pids):
 TARGETS = ["direct", "sidekick", "nginx", "haproxy"]
 PROXIES = ["sidekick", "nginx", "haproxy"]
 
-# metric key -> (label, unit/format, kind); kind "lat" = shown as proxy minus direct
+# metric key -> (label, unit/format, kind); kind "lat" = shown as proxy minus direct,
+# kind ("diff", A, B) = metric A minus metric B of the same round, scenario and target
 METRICS = [
     ("rps", "requests/s (wrk -c50)", "%.0f", "abs"),
     ("cpu_us", "proxy CPU µs/request", "%.2f", "abs"),
     ("cpu_user_us", "  of which user space", "%.2f", "abs"),
     ("wrk_errors", "wrk socket errors", "%.0f", "abs"),
+    # scenarios with a paired baseline (SC_BASE in tests/bench/run): the same request
+    # headers on the baseline path, run back to back with each scenario run
+    ("base_rps", "requests/s, paired baseline", "%.0f", "abs"),
+    ("base_cpu_us", "proxy CPU µs/request, paired baseline", "%.2f", "abs"),
+    ("base_cpu_user_us", "  of which user space", "%.2f", "abs"),
+    ("base_wrk_errors", "wrk socket errors, paired baseline", "%.0f", "abs"),
+    ("cost_cpu_us", "added CPU µs/request (scenario − baseline)", "%.2f",
+     ("diff", "cpu_us", "base_cpu_us")),
+    ("cost_cpu_user_us", "  of which user space", "%.2f",
+     ("diff", "cpu_user_us", "base_cpu_user_us")),
 ]
 for rate in ("1000", "10000"):
     for p, pl in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")):
@@ -195,7 +206,11 @@ def table(raw, out, info):
         cells, med = {}, {}
         for t in TARGETS:
             vals_by_round = data.get((scen, key, t), {})
-            if kind == "lat" and t != "direct":
+            if isinstance(kind, tuple):
+                a = data.get((scen, kind[1], t), {})
+                b = data.get((scen, kind[2], t), {})
+                vals = [v - b[r] for r, v in a.items() if r in b]
+            elif kind == "lat" and t != "direct":
                 base = data.get((scen, key, "direct"), {})
                 vals = [v - base[r] for r, v in vals_by_round.items() if r in base]
             else:
