@@ -558,8 +558,24 @@ static void handle_request(conn *c)
         json_t *j = strcmp(p, "/config") == 0 ? config_json(cfg, &ok) : clusters_json(cfg, &ok);
         respond_body(c, render_json(j, ok), JSON_TYPE);
     } else if (strcmp(p, "/reload") == 0) {
-        const char *t = "{\"ok\":false,\"error\":\"reload is not supported in this version\"}\n";
-        respond(c, 501, JSON_TYPE, t, strlen(t), NULL, false);
+        char *err = NULL;
+        bool ok = true;
+        json_t *j = json_object();
+        if (sk_server_reload(&err) < 0) {
+            jset(j, "ok", json_false(), &ok);
+            jset_str(j, "error", err ? err : "reload failed", &ok);
+        } else {
+            jset(j, "ok", json_true(), &ok);
+            jset(j, "generation", jint(sk_srv.config->generation), &ok);
+        }
+        int rc = render_json(j, ok);
+        if (rc == 0 && err) {
+            respond(c, 400, JSON_TYPE, admin.body.data + admin.body.off, sk_buf_pending(&admin.body), NULL,
+                    false);
+        } else {
+            respond_body(c, rc, JSON_TYPE);
+        }
+        free(err);
     } else if (strcmp(p, "/drain") == 0) {
         const char *t = "{\"ok\":true}\n";
         respond(c, 202, JSON_TYPE, t, strlen(t), NULL, true);

@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <limits.h>
 #include <net/if.h>
@@ -32,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -300,7 +302,8 @@ struct ctx {
     sk_config *cfg;   /* being built */
     const char *path; /* the file as named by the caller, for messages */
     char *dir;        /* absolute directory of the file */
-    FILE *fp;         /* the file */
+    FILE *fp;         /* the file (a memory stream over snapshot) */
+    char *snapshot;   /* the file's bytes, read at once */
     char *buf;        /* getline buffer */
     size_t bufcap;    /* its size */
     int lineno;       /* line last handed to inih */
@@ -1020,6 +1023,7 @@ static void *new_object(ctx *x, int kind, const char *name)
         cl->line = x->lineno;
         cl->lb = SK_LB_ROUND_ROBIN;
         cl->connect_timeout_ms = 1000;
+        cl->config = c;
         cl->max_connections = cl->max_pending = cl->max_requests = 1024;
         pthread_mutex_init(&cl->eps_lock, NULL);
     }
@@ -1316,6 +1320,56 @@ static sect *sect_at(ctx *x, int line)
     return found;
 }
 
+/*
+ * Reads the whole file into memory and parses that copy: a reload sees one
+ * version of the file. A file that changes while it is read (a writer
+ * rewriting it in place) is refused rather than half applied; writing a
+ * temporary file and rename(2)-ing it over the config is the safe way.
+ */
+static int read_snapshot(ctx *x)
+{
+    int fd = open(x->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return fail_at(x, 0, NULL, NULL, "cannot open: %s", strerror(errno));
+    struct stat before, after;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = fstat(fd, &before);
+    while (rc == 0) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 16384;
+            char *nb = cap > (64u << 20) ? NULL : realloc(buf, cap);
+            if (!nb) {
+                rc = -2;
+                break;
+            }
+            buf = nb;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) rc = -1;
+        if (n <= 0) break;
+        len += (size_t)n;
+    }
+    if (rc == 0) rc = fstat(fd, &after);
+    close(fd);
+    if (rc == 0 &&
+        (before.st_size != after.st_size || (off_t)len != after.st_size ||
+         before.st_mtim.tv_sec != after.st_mtim.tv_sec || before.st_mtim.tv_nsec != after.st_mtim.tv_nsec)) {
+        free(buf);
+        return fail_at(x, 0, NULL, NULL,
+                       "the file changed while it was read: refused (write a new file and rename it over)");
+    }
+    if (rc != 0) {
+        free(buf);
+        return rc == -2 ? fail_at(x, 0, NULL, NULL, "file too large (more than 64 MB)")
+                        : fail_at(x, 0, NULL, NULL, "read error: %s", strerror(errno));
+    }
+    x->snapshot = buf;
+    x->fp = fmemopen(buf ? buf : (char *)"", len, "r");
+    if (!x->fp) return oom(x);
+    return 0;
+}
+
 static int set_defaults(ctx *x)
 {
     sk_config *c = x->cfg;
@@ -1345,8 +1399,7 @@ static int load(ctx *x)
     x->dir = slash == c->file ? strdup("/") : strndup(c->file, (size_t)(slash - c->file));
     if (!x->dir) return oom(x);
     if (set_defaults(x) < 0) return -1;
-    x->fp = fopen(x->path, "r");
-    if (!x->fp) return fail_at(x, 0, NULL, NULL, "cannot open: %s", strerror(errno));
+    if (read_snapshot(x) < 0) return -1;
 
     int rc = ini_parse_stream(read_line, x, on_key, x);
     if (rc > 0 && (!x->failed || x->err_line > rc)) {
@@ -1412,6 +1465,7 @@ sk_config *sk_config_load(const char *path, char **err)
     int rc = path ? load(&x) : fail_at(&x, 0, NULL, NULL, "no file given");
 
     if (x.fp) fclose(x.fp);
+    free(x.snapshot);
     free(x.buf);
     free(x.dir);
     for (size_t i = 0; i < x.nsects; i++) {

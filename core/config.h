@@ -68,6 +68,7 @@ struct sk_listener {
     size_t nplugins;            /* number of plugins */
     sk_route **routes;          /* routes naming this listener, in file order */
     size_t nroutes;             /* number of routes */
+    unsigned active_conns;      /* open connections of this generation's listener (atomic) */
     int line;                   /* line of the section header, for messages */
 };
 
@@ -100,6 +101,7 @@ struct sk_route {
     char *lua_src;                 /* the script as read at load (the generation's copy) */
     size_t lua_src_len;            /* its length */
     uint64_t lua_errors[3];        /* Lua failures by kind (error, budget, memory), atomic */
+    size_t metrics_row;            /* row of its request counters (metrics.c), by name */
     int line;                      /* line of the section header */
 };
 
@@ -121,6 +123,7 @@ struct sk_cluster {
     unsigned max_pending;        /* `max_pending`, default 1024 */
     unsigned max_requests;       /* `max_requests`, default 1024 */
     int line;                    /* line of the section header */
+    sk_config *config;           /* the generation it belongs to (not a reference) */
 
     /* Runtime circuit-breaker counters, shared by all workers (atomics).
      * The only mutable part of a config. */

@@ -541,6 +541,10 @@ static void finish_request(sk_conn *c)
         c->paused = false;
     }
     c->filter_wait = false;
+    if (c->config != w->config) { /* reloaded meanwhile: the next request uses the new generation */
+        sk_conn_adopt_generation(c);
+        if (c->closing || c->dead) return;
+    }
     set_timer(c, c->rpos < c->rlen ? c->listener->header_timeout_ms : c->listener->idle_timeout_ms);
     if (c->rpos < c->rlen) ev_feed_event(w->loop, &c->rio, EV_READ);
     sk_conn_resume_read(c);

@@ -62,12 +62,95 @@ void sk_server_drain(void)
     ev_timer_start(sk_srv.loop, &drain_poll);
 }
 
+/* Generations replaced by a reload: main keeps a reference to each until it
+ * is the last holder, so that plugin destroy() and dlclose() run here. */
+static sk_config *retired[1024];
+static size_t nretired;
+static ev_timer retire_poll;
+
+static void on_retire_poll(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < nretired; i++) {
+        sk_config *c = retired[i];
+        if (__atomic_load_n(&c->refcnt, __ATOMIC_ACQUIRE) == 1) {
+            sk_info("generation %llu released", (unsigned long long)c->generation);
+            sk_config_unref(c);
+        } else {
+            retired[k++] = c;
+        }
+    }
+    nretired = k;
+    if (nretired == 0) ev_timer_stop(loop, t);
+}
+
+/* Is a key that needs a restart different? Writes the message if so. */
+static bool needs_restart(const sk_config *a, const sk_config *b, char *msg, size_t n)
+{
+    const char *what = NULL;
+    if (a->workers != b->workers)
+        what = "workers";
+    else if (a->admin_enabled != b->admin_enabled || strcmp(a->admin.text, b->admin.text) != 0)
+        what = "admin";
+    else if (strcmp(a->access_log, b->access_log) != 0)
+        what = "access_log";
+    if (what) snprintf(msg, n, "%s: [sidekick] %s: cannot change on reload (restart needed)", b->file, what);
+    return what != NULL;
+}
+
+int sk_server_reload(char **errp)
+{
+    sk_config *cur = sk_srv.config;
+    char *err = NULL;
+    char msg[512];
+    sk_config *next = NULL;
+    if (SK_LOAD(sk_srv.draining)) {
+        err = strdup("draining: reload refused");
+    } else if (nretired == SK_ARRAY_LEN(retired)) {
+        err = strdup("too many generations still draining: reload refused");
+    } else if ((next = sk_config_load(cur->file, &err)) != NULL) {
+        next->generation = cur->generation + 1;
+        if (needs_restart(cur, next, msg, sizeof(msg))) {
+            err = strdup(msg);
+        } else {
+            sk_metrics_assign_rows(next);
+            sk_workers_reload(cur, next, sk_metrics_rows_needed(), &err);
+        }
+    }
+    if (err || !next) {
+        if (!err) err = strdup("cannot load the configuration");
+        __atomic_add_fetch(&sk_config_reload_failures, 1, __ATOMIC_RELAXED);
+        sk_error("reload refused, generation %llu keeps running: %s", (unsigned long long)cur->generation,
+                 err ? err : "out of memory");
+        sk_config_unref(next);
+        *errp = err;
+        return -1;
+    }
+    retired[nretired++] = cur;
+    if (!ev_is_active(&retire_poll)) {
+        ev_timer_init(&retire_poll, on_retire_poll, 0.05, 0.05);
+        ev_timer_start(sk_srv.loop, &retire_poll);
+    }
+    sk_srv.config = next;
+    __atomic_add_fetch(&sk_config_reloads, 1, __ATOMIC_RELAXED);
+    sk_log_level = next->log_level;
+    sk_info("reloaded %s: generation %llu (%zu listeners, %zu routes, %zu clusters, %zu plugins)", next->file,
+            (unsigned long long)next->generation, next->nlisteners, next->nroutes, next->nclusters,
+            next->nplugins);
+    return 0;
+}
+
 static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
 {
     switch (s->signum) {
     case SIGTERM:
     case SIGINT: sk_server_drain(); break;
-    case SIGHUP: sk_warn("SIGHUP: configuration reload is not supported in this version; ignored"); break;
+    case SIGHUP: {
+        char *err = NULL;
+        sk_info("SIGHUP: reloading %s", sk_srv.config->file);
+        if (sk_server_reload(&err) < 0) free(err);
+        break;
+    }
     case SIGUSR1:
         if (accesslog_path) {
             int fd = open(accesslog_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
@@ -162,6 +245,7 @@ int main(int argc, char **argv)
     sk_srv.started_at = time(NULL);
     sk_srv.nworkers = (size_t)cfg->workers;
     sk_plugins_set_process(sk_srv.loop, cfg->workers);
+    sk_metrics_assign_rows(cfg);
     sk_srv.metrics = calloc(sk_srv.nworkers, sizeof(*sk_srv.metrics));
     if (!sk_srv.metrics) return 1;
     for (size_t i = 0; i < sk_srv.nworkers; i++) {
@@ -214,6 +298,8 @@ int main(int argc, char **argv)
         sk_config *cfg_done = sk_srv.config;
         sk_srv.config = NULL;
         sk_config_unref(cfg_done);
+        for (size_t i = 0; i < nretired; i++) sk_config_unref(retired[i]);
+        nretired = 0;
     }
     fflush(stdout);
     return 0;

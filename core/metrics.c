@@ -24,25 +24,88 @@
 #include "lua_filter.h"
 #include "plugin_host.h"
 
+uint64_t sk_config_reloads, sk_config_reload_failures;
+
 static const uint64_t hist_bounds_us[SK_HIST_BUCKETS - 1] = SK_HIST_BOUNDS_US;
 
 /*
- * sk_metrics_new() allocates a zeroed sk_metrics whose route table has a row
- * per route of `cfg` plus one row for requests that matched no route. `cfg`
- * may be NULL (no routes). Returns NULL on allocation failure; the caller
- * owns the result and releases it with sk_metrics_free().
+ * Route rows are kept by route *name*, process-wide, so that a route's
+ * counters go on across reloads: row 0 counts requests that matched no
+ * route, row k > 0 the route named row_names[k]. Names are only added, on
+ * the main thread, before the generation that brings them is published.
+ */
+static char **row_names;
+static size_t nrows = 1, rows_cap;
+
+/* The row of route `name`, added if new; 0 when the table cannot grow. */
+static size_t route_row(const char *name)
+{
+    for (size_t i = 1; i < nrows; i++)
+        if (strcmp(row_names[i], name) == 0) return i;
+    if (nrows >= rows_cap) {
+        size_t cap = rows_cap ? rows_cap * 2 : 64;
+        char **a = realloc(row_names, cap * sizeof(*a));
+        if (!a) return 0;
+        row_names = a;
+        rows_cap = cap;
+    }
+    if (!(row_names[nrows] = strdup(name))) return 0;
+    return nrows++;
+}
+
+/* Gives every route of cfg its row (main thread, before publishing cfg). */
+void sk_metrics_assign_rows(sk_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nroutes; i++) cfg->routes[i]->metrics_row = route_row(cfg->routes[i]->name);
+}
+
+/* Number of rows a table needs now. */
+size_t sk_metrics_rows_needed(void)
+{
+    return nrows;
+}
+
+/*
+ * sk_metrics_new() allocates a zeroed sk_metrics whose route table has room
+ * for the rows named so far (and some more). Returns NULL on allocation
+ * failure; the caller releases it with sk_metrics_free().
  */
 sk_metrics *sk_metrics_new(const sk_config *cfg)
 {
+    SK_UNUSED(cfg);
     sk_metrics *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
-    m->nroutes = cfg ? cfg->nroutes : 0;
-    m->route_status = calloc((m->nroutes + 1) * SK_STATUS_SLOTS, sizeof(uint64_t));
+    m->nroutes = SK_MAX(nrows * 2, (size_t)64);
+    m->route_status = calloc(m->nroutes * SK_STATUS_SLOTS, sizeof(uint64_t));
     if (!m->route_status) {
         free(m);
         return NULL;
     }
     return m;
+}
+
+/*
+ * Makes room for `rows` rows (worker thread: the only writer). The old
+ * table stays allocated (readers on the admin thread may hold it) and is
+ * freed with the metrics. 0 or -1.
+ */
+int sk_metrics_reserve(sk_metrics *m, size_t rows)
+{
+    if (rows <= m->nroutes) return 0;
+    size_t cap = SK_MAX(rows * 2, m->nroutes * 2);
+    uint64_t *t = calloc(cap * SK_STATUS_SLOTS, sizeof(uint64_t));
+    void **old = realloc(m->old_tables, (m->nold + 1) * sizeof(*old));
+    if (!t || !old) {
+        free(t);
+        if (old) m->old_tables = old;
+        return -1;
+    }
+    m->old_tables = old;
+    memcpy(t, m->route_status, m->nroutes * SK_STATUS_SLOTS * sizeof(uint64_t));
+    m->old_tables[m->nold++] = m->route_status;
+    __atomic_store_n(&m->route_status, t, __ATOMIC_RELEASE);
+    __atomic_store_n(&m->nroutes, cap, __ATOMIC_RELEASE);
+    return 0;
 }
 
 /*
@@ -53,6 +116,8 @@ void sk_metrics_free(sk_metrics *m)
 {
     if (!m) return;
     free(m->route_status);
+    for (size_t i = 0; i < m->nold; i++) free(m->old_tables[i]);
+    free(m->old_tables);
     free(m);
 }
 
@@ -67,8 +132,7 @@ void sk_metrics_free(sk_metrics *m)
 void sk_metrics_request(sk_metrics *m, const sk_route *route, int status, uint64_t duration_us)
 {
     if (!m) return;
-    size_t row = m->nroutes;
-    if (route && route->index >= 0 && (size_t)route->index < m->nroutes) row = (size_t)route->index;
+    size_t row = route && route->metrics_row < m->nroutes ? route->metrics_row : 0;
     if (status >= 100 && status < 100 + SK_STATUS_SLOTS)
         SK_INC(m->route_status[row * SK_STATUS_SLOTS + (size_t)(status - 100)]);
 
@@ -116,21 +180,19 @@ static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
     }
 }
 
-/*
- * Sums row `row` of the route tables into counts[SK_STATUS_SLOTS]. Row
- * `SIZE_MAX` means each worker's own "no route" row. Returns true when any
- * cell is non-zero.
- */
+/* Sums row `row` of the route tables into counts[SK_STATUS_SLOTS]. Returns
+ * true when any cell is non-zero. */
 static bool sum_row(uint64_t *counts, sk_metrics *const *m, size_t n, size_t row)
 {
     bool any = false;
     memset(counts, 0, SK_STATUS_SLOTS * sizeof(uint64_t));
     for (size_t i = 0; i < n; i++) {
         const sk_metrics *w = m[i];
-        if (!w || !w->route_status) continue;
-        size_t r = row == SIZE_MAX ? w->nroutes : row;
-        if (r > w->nroutes) continue;
-        const uint64_t *cells = w->route_status + r * SK_STATUS_SLOTS;
+        if (!w) continue;
+        size_t rows = __atomic_load_n(&w->nroutes, __ATOMIC_ACQUIRE);
+        const uint64_t *table = __atomic_load_n(&w->route_status, __ATOMIC_ACQUIRE);
+        if (!table || row >= rows) continue;
+        const uint64_t *cells = table + row * SK_STATUS_SLOTS;
         for (size_t s = 0; s < SK_STATUS_SLOTS; s++) {
             uint64_t v = SK_LOAD(cells[s]);
             counts[s] += v;
@@ -138,16 +200,6 @@ static bool sum_row(uint64_t *counts, sk_metrics *const *m, size_t n, size_t row
         }
     }
     return any;
-}
-
-/* Number of route rows that can be named with `cfg`. */
-static size_t named_rows(const sk_config *cfg, sk_metrics *const *m, size_t n)
-{
-    size_t rows = 0;
-    for (size_t i = 0; i < n; i++)
-        if (m[i] && m[i]->nroutes > rows) rows = m[i]->nroutes;
-    size_t have = cfg ? cfg->nroutes : 0;
-    return SK_MIN(rows, have);
 }
 
 /* Appends `s` escaped as a Prometheus label value (\\, \", \n). */
@@ -216,10 +268,9 @@ int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, sk_metrics *
     if (prom_family(out, "sidekick_requests_total", "counter",
                     "Requests answered, by route and status code (route=\"\": no route matched).") < 0)
         return -1;
-    size_t rows = named_rows(cfg, m, n);
-    for (size_t r = 0; r < rows; r++)
-        if (sum_row(counts, m, n, r) && prom_route_row(out, cfg->routes[r]->name, counts) < 0) return -1;
-    if (sum_row(counts, m, n, SIZE_MAX) && prom_route_row(out, "", counts) < 0) return -1;
+    for (size_t r = 1; r < nrows; r++)
+        if (sum_row(counts, m, n, r) && prom_route_row(out, row_names[r], counts) < 0) return -1;
+    if (sum_row(counts, m, n, 0) && prom_route_row(out, "", counts) < 0) return -1;
 
     const char *h = "sidekick_request_duration_seconds";
     if (prom_family(out, h, "histogram", "Time from request start to the last byte of the response.") < 0)
@@ -258,6 +309,11 @@ int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, sk_metrics *
                  t.bytes_sent) < 0 ||
         prom_u64(out, "sidekick_config_generation", "gauge",
                  "Generation number of the running configuration.", cfg ? cfg->generation : 0) < 0 ||
+        prom_u64(out, "sidekick_config_reloads_total", "counter",
+                 "Reloads that published a new configuration generation.", SK_LOAD(sk_config_reloads)) < 0 ||
+        prom_u64(out, "sidekick_config_reload_failures_total", "counter",
+                 "Reloads refused (invalid file, plugin or Lua failure, unbindable address).",
+                 SK_LOAD(sk_config_reload_failures)) < 0 ||
         prom_u64(out, "sidekick_workers", "gauge", "Number of worker threads.", (uint64_t)n) < 0)
         return -1;
     if (!cfg) return 0;
@@ -347,10 +403,9 @@ int sk_metrics_render_json(sk_buf *out, const sk_config *cfg, sk_metrics *const 
         return -1;
     }
 
-    size_t rows = named_rows(cfg, m, n);
-    for (size_t r = 0; r < rows && ok; r++)
-        if (sum_row(counts, m, n, r)) json_route_row(reqs, cfg->routes[r]->name, counts, &ok);
-    if (ok && sum_row(counts, m, n, SIZE_MAX)) json_route_row(reqs, "", counts, &ok);
+    for (size_t r = 1; r < nrows && ok; r++)
+        if (sum_row(counts, m, n, r)) json_route_row(reqs, row_names[r], counts, &ok);
+    if (ok && sum_row(counts, m, n, 0)) json_route_row(reqs, "", counts, &ok);
 
     uint64_t cum = 0;
     for (size_t b = 0; b < SK_HIST_BUCKETS && ok; b++) {

@@ -24,7 +24,9 @@ typedef struct sk_metrics {
     /* requests by route and status: (nroutes + 1) rows of SK_STATUS_SLOTS;
      * row nroutes counts requests that matched no route */
     uint64_t *route_status;
-    size_t nroutes;                             /* number of routes the table was sized for */
+    size_t nroutes;    /* rows the table has (row 0: no route) */
+    void **old_tables; /* tables replaced by sk_metrics_reserve */
+    size_t nold;
     uint64_t downstream_active;                 /* open client connections (gauge) */
     uint64_t downstream_total;                  /* accepted client connections */
     uint64_t upstream_active;                   /* open upstream connections (gauge) */
@@ -38,8 +40,17 @@ typedef struct sk_metrics {
     uint64_t duration_count;                    /* number of requests observed */
 } sk_metrics;
 
-/* Allocates a zeroed sk_metrics sized for cfg's routes; NULL on OOM. */
+/* Reloads that published a generation / that were refused (main thread writes). */
+extern uint64_t sk_config_reloads, sk_config_reload_failures;
+
+/* Allocates a zeroed sk_metrics sized for the route rows named so far; NULL on OOM. */
 sk_metrics *sk_metrics_new(const sk_config *cfg);
+/* Gives every route of cfg its row, by name (main thread, before publishing cfg). */
+void sk_metrics_assign_rows(sk_config *cfg);
+/* Rows a route table needs for every route named so far. */
+size_t sk_metrics_rows_needed(void);
+/* Grows m's route table to `rows` rows (its worker thread). 0 or -1. */
+int sk_metrics_reserve(sk_metrics *m, size_t rows);
 /* Frees it. */
 void sk_metrics_free(sk_metrics *m);
 /* Counts one finished request (worker thread only). route may be NULL. */

@@ -26,6 +26,10 @@ extern sk_server sk_srv;
  * work up to drain_timeout, exit 0. Main thread only; idempotent. */
 void sk_server_drain(void);
 
+/* Reloads the config file into a new generation and publishes it (SIGHUP,
+ * POST /reload). Main thread. 0, or -1 with *err (malloc'd): nothing changed. */
+int sk_server_reload(char **err);
+
 /*
  * Starts the admin HTTP endpoint on cfg->admin, served on `loop` (main
  * thread). Returns 0, or -1 with *err set (malloc'd) when it cannot bind.

@@ -222,6 +222,25 @@ static void side_init(sk_tcp *t, side *s, int fd)
     s->rio.data = s->wio.data = s;
 }
 
+/* Does a relay of this worker still run on generation cfg? With `cut`,
+ * closes those that do (drain_timeout after a reload). */
+bool sk_tcp_uses_generation(sk_worker *w, const sk_config *cfg, bool cut)
+{
+    bool used = false;
+    sk_link *l = w->tcp_conns.next;
+    while (l != &w->tcp_conns) {
+        sk_tcp *t = SK_CONTAINER(l, sk_tcp, link);
+        l = l->next;
+        if (t->config != cfg) continue;
+        used = true;
+        if (cut) {
+            t->reason = "drain_timeout";
+            tcp_close(t);
+        }
+    }
+    return used;
+}
+
 /* Takes over an accepted socket of a tcp listener and connects upstream. */
 void sk_tcp_accept(sk_worker *w, const sk_listener *l, int fd, const char *client_addr)
 {

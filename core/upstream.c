@@ -135,7 +135,8 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_worker *w)
  * a changed endpoint set first. NULL when the cluster has no endpoint. */
 sk_pool *sk_cluster_pick(sk_worker *w, sk_cluster *cl, const sk_pool *avoid)
 {
-    sk_wcluster *wc = &w->clusters[cl->index];
+    sk_wcluster *wc = sk_worker_wcluster(w, cl);
+    if (!wc) return NULL;
     if (__atomic_load_n(&cl->eps_version, __ATOMIC_ACQUIRE) != wc->version) adopt_endpoints(cl, wc, w);
     size_t n = wc->npools;
     if (n == 0) return NULL;
@@ -153,20 +154,40 @@ sk_pool *sk_cluster_pick(sk_worker *w, sk_cluster *cl, const sk_pool *avoid)
     }
 }
 
-/* Frees the worker's pools at exit (connections are closed by then; a pool
- * still counting one is left to it). */
-void sk_pools_free(sk_worker *w)
+/* Frees a generation's pools (retired generation no request of this worker
+ * uses any more, or exit): idle connections close; a pool still counting a
+ * connection is orphaned and freed with it. */
+void sk_pools_free(sk_worker *w, sk_wgen *g)
 {
-    for (size_t i = 0; i < w->config->nclusters; i++) {
-        sk_wcluster *wc = &w->clusters[i];
+    for (size_t i = 0; i < g->config->nclusters; i++) {
+        sk_wcluster *wc = &g->clusters[i];
         for (size_t j = 0; j < wc->npools; j++) {
             sk_pool *p = wc->pools[j];
+            bool freed = false;
             p->orphan = true;
-            if (p->conns == 0 && p->active == 0) pool_free(p);
+            while (!sk_list_empty(&p->idle) && !freed) {
+                freed = p->conns == 1 && p->active == 0; /* closing the last one frees the pool */
+                up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
+            }
+            if (!freed && p->conns == 0 && p->active == 0) pool_free(p);
         }
         free(wc->pools);
         wc->pools = NULL;
         wc->npools = 0;
+    }
+}
+
+/* A generation stops being current: its pools keep serving the requests
+ * already on them, but connections close instead of going back idle. */
+void sk_pools_retire(sk_worker *w, sk_wgen *g)
+{
+    for (size_t i = 0; i < g->config->nclusters; i++) {
+        sk_wcluster *wc = &g->clusters[i];
+        for (size_t j = 0; j < wc->npools; j++) {
+            sk_pool *p = wc->pools[j];
+            p->retired = true;
+            while (!sk_list_empty(&p->idle)) up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
+        }
     }
 }
 
@@ -305,8 +326,8 @@ void sk_upstream_release(sk_upconn *u, bool reuse)
         u->pool->active--;
         u->req = NULL;
     }
-    if (!reuse || u->pool->orphan || w->draining || !u->connected || sk_out_pending(&u->out) > 0 ||
-        u->rpos != u->rlen) {
+    if (!reuse || u->pool->orphan || u->pool->retired || w->draining || !u->connected ||
+        sk_out_pending(&u->out) > 0 || u->rpos != u->rlen) {
         up_close(u);
         return;
     }
@@ -338,11 +359,13 @@ void sk_upstream_resume_read(sk_upconn *u)
 /* Closes every idle pooled connection of the worker (drain, shutdown). */
 void sk_upstream_close_idle(sk_worker *w)
 {
-    for (size_t i = 0; i < w->config->nclusters; i++) {
-        sk_wcluster *wc = &w->clusters[i];
-        for (size_t e = 0; e < wc->npools; e++) {
-            sk_pool *p = wc->pools[e];
-            while (!sk_list_empty(&p->idle)) up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
+    for (sk_wgen *g = w->gen; g; g = g == w->gen ? w->retired : g->next) {
+        for (size_t i = 0; i < g->config->nclusters; i++) {
+            sk_wcluster *wc = &g->clusters[i];
+            for (size_t e = 0; e < wc->npools; e++) {
+                sk_pool *p = wc->pools[e];
+                while (!sk_list_empty(&p->idle)) up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
+            }
         }
     }
 }

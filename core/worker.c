@@ -21,10 +21,9 @@
 
 static sk_worker *workers;
 static int nworkers;
-static int running;         /* atomic: workers whose loop still runs */
-static int drain_requested; /* atomic */
-/* open connections per listener across workers (atomic), by listener index */
-static unsigned *listener_conns;
+static int running;                     /* atomic: workers whose loop still runs */
+static int drain_requested;             /* atomic */
+static __thread sk_worker *this_worker; /* the worker running on this thread */
 
 static int bind_listener(const sk_listener *l, char **err)
 {
@@ -70,7 +69,7 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
                 sk_warn("accept on %s: %s", l->address.text, strerror(errno));
             return;
         }
-        unsigned *cnt = &listener_conns[l->index];
+        unsigned *cnt = (unsigned *)&l->active_conns;
         if (__atomic_add_fetch(cnt, 1, __ATOMIC_RELAXED) > l->max_connections) {
             __atomic_sub_fetch(cnt, 1, __ATOMIC_RELAXED);
             sk_debug("listener %s: max_connections %u reached, closing new connection", l->name,
@@ -100,13 +99,12 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 void sk__listener_conn_closed(const sk_listener *l);
 void sk__listener_conn_closed(const sk_listener *l)
 {
-    if (!listener_conns) return; /* connections made without sk_workers_start (fuzzers) */
-    __atomic_sub_fetch(&listener_conns[l->index], 1, __ATOMIC_RELAXED);
+    __atomic_sub_fetch((unsigned *)&l->active_conns, 1, __ATOMIC_RELAXED);
 }
 
 static void close_listeners(sk_worker *w)
 {
-    for (size_t i = 0; i < w->config->nlisteners; i++) {
+    for (size_t i = 0; i < w->nlisteners; i++) {
         sk_wlistener *wl = &w->listeners[i];
         if (wl->fd < 0) continue;
         ev_io_stop(w->loop, &wl->io);
@@ -169,20 +167,254 @@ void sk__worker_defer_free(sk_worker *w, sk_conn *c)
     w->dead[w->ndead++] = c;
 }
 
+/* ---- generations ---------------------------------------------------------------------- */
+
+sk_wgen *sk_wgen_new(sk_worker *w, sk_config *cfg)
+{
+    sk_wgen *g = calloc(1, sizeof(*g));
+    if (!g) return NULL;
+    g->clusters = calloc(cfg->nclusters ? cfg->nclusters : 1, sizeof(*g->clusters));
+    if (!g->clusters) {
+        free(g);
+        return NULL;
+    }
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        g->clusters[i].version = UINT64_MAX; /* pools are made from the endpoint set at first use */
+        g->clusters[i].rr = (uint32_t)w->id;
+    }
+    sk_config_ref(cfg);
+    g->config = cfg;
+    return g;
+}
+
+/* Releases the worker's hold on a generation nothing here uses any more. */
+static void wgen_free(sk_worker *w, sk_wgen *g)
+{
+    sk_pools_free(w, g);
+    sk_plugins_worker_fini(g->config, w->id);
+    sk_debug("worker %d: released generation %llu", w->id, (unsigned long long)g->config->generation);
+    sk_config_unref(g->config);
+    free(g->clusters);
+    free(g);
+}
+
+sk_wcluster *sk_worker_wcluster(sk_worker *w, const sk_cluster *cl)
+{
+    for (sk_wgen *g = w->gen; g; g = g == w->gen ? w->retired : g->next)
+        if (g->config == cl->config) return &g->clusters[cl->index];
+    return NULL;
+}
+
+static bool same_listener(const sk_listener *a, const sk_listener *b)
+{
+    return a->protocol == b->protocol && strcmp(a->address.text, b->address.text) == 0;
+}
+
+void sk_conn_adopt_generation(sk_conn *c)
+{
+    sk_worker *w = c->worker;
+    sk_config *nc = w->config;
+    if (c->config == nc || c->dead || c->closing) return;
+    const sk_listener *nl = NULL;
+    for (size_t i = 0; i < nc->nlisteners && !nl; i++)
+        if (same_listener(nc->listeners[i], c->listener)) nl = nc->listeners[i];
+    if (!nl) { /* the listener was removed: this connection ends after its request */
+        if (c->req) {
+            c->req->close_after = true;
+        } else {
+            c->closing = true;
+            sk_conn_pause_read(c);
+            sk_conn_flush(c);
+        }
+        return;
+    }
+    __atomic_sub_fetch((unsigned *)&c->listener->active_conns, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch((unsigned *)&nl->active_conns, 1, __ATOMIC_RELAXED);
+    sk_config_ref(nc);
+    sk_config_unref(c->config); /* never the last: main holds retired generations */
+    c->config = nc;
+    c->listener = nl;
+}
+
+/* Does anything of this worker still use generation cfg? With `cut`, closes
+ * what does (drain_timeout reached). */
+static bool generation_used(sk_worker *w, const sk_config *cfg, bool cut)
+{
+    bool used = false;
+    sk_link *l = w->conns.next;
+    while (l != &w->conns) {
+        sk_conn *c = SK_CONTAINER(l, sk_conn, link);
+        l = l->next;
+        if (c->dead) continue;
+        if (c->config == cfg || (c->req && c->req->config == cfg)) {
+            used = true;
+            if (cut) sk_conn_close(c);
+        }
+    }
+    return sk_tcp_uses_generation(w, cfg, cut) || used;
+}
+
+static void on_retire_check(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    sk_worker *w = t->data;
+    uint64_t now = sk_now_ms();
+    for (sk_wgen **pg = &w->retired; *pg;) {
+        sk_wgen *g = *pg;
+        bool late = now - g->retired_ms > w->config->drain_timeout_ms;
+        if (generation_used(w, g->config, late)) {
+            if (late)
+                sk_warn("worker %d: drain_timeout reached: closed connections still on generation %llu",
+                        w->id, (unsigned long long)g->config->generation);
+            pg = &g->next;
+            continue;
+        }
+        *pg = g->next;
+        wgen_free(w, g);
+    }
+    if (!w->retired) ev_timer_stop(loop, t);
+}
+
+/* A new generation to switch to, for every worker. */
+typedef struct reload_msg {
+    sk_config *config; /* reference, dropped by the last worker */
+    int *fds;          /* [worker][listener] new sockets, -1 = keep the old one */
+    size_t rows;       /* metrics rows needed */
+    int remaining;     /* workers that have not switched yet (atomic) */
+} reload_msg;
+
+static void free_reload_msg(reload_msg *m, int nw)
+{
+    for (int i = 0; i < nw * (int)m->config->nlisteners; i++)
+        if (m->fds[i] >= 0) close(m->fds[i]);
+    free(m->fds);
+    sk_config_unref(m->config);
+    free(m);
+}
+
+static void start_listener(sk_worker *w, sk_wlistener *wl)
+{
+    ev_io_init(&wl->io, on_accept, wl->fd, EV_READ);
+    wl->io.data = wl;
+    ev_io_start(w->loop, &wl->io);
+}
+
+/* The worker's side of a reload: runs on its loop (a safe point). */
+static void apply_reload(void *arg)
+{
+    reload_msg *m = arg;
+    sk_worker *w = this_worker;
+    sk_config *nc = m->config;
+    size_t n = nc->nlisteners;
+    sk_wlistener *nl = calloc(n ? n : 1, sizeof(*nl));
+    sk_wgen *g = sk_wgen_new(w, nc);
+    if (!nl || !g) {
+        /* Out of memory: this worker stays on the old generation. */
+        sk_error("worker %d: out of memory switching to generation %llu", w->id,
+                 (unsigned long long)nc->generation);
+        free(nl);
+        free(g);
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        sk_wlistener *wl = &nl[i];
+        wl->worker = w;
+        wl->listener = nc->listeners[i];
+        int *fd = &m->fds[(size_t)w->id * n + i];
+        wl->fd = *fd;
+        *fd = -1; /* the worker owns it now */
+        for (size_t j = 0; wl->fd < 0 && j < w->nlisteners; j++) {
+            sk_wlistener *old = &w->listeners[j];
+            if (old->fd >= 0 && same_listener(old->listener, wl->listener)) {
+                ev_io_stop(w->loop, &old->io);
+                wl->fd = old->fd; /* same address: the socket and its backlog stay */
+                old->fd = -1;
+            }
+        }
+        if (wl->fd >= 0 && !w->draining) start_listener(w, wl);
+    }
+    close_listeners(w); /* those not carried over: removed listeners */
+    free(w->listeners);
+    w->listeners = nl;
+    w->nlisteners = n;
+
+    if (sk_plugins_worker_init(nc, w->id, w->loop) < 0)
+        sk_error("worker %d: a plugin failed to initialise; its hooks may misbehave", w->id);
+    sk_metrics_reserve(w->metrics, m->rows);
+    sk_wgen *old = w->gen;
+    sk_pools_retire(w, old);
+    old->retired_ms = sk_now_ms();
+    old->next = w->retired;
+    w->retired = old;
+    w->gen = g;
+    w->config = nc;
+    /* Idle keep-alive connections move now; busy ones after their request. */
+    sk_link *l = w->conns.next;
+    while (l != &w->conns) {
+        sk_conn *c = SK_CONTAINER(l, sk_conn, link);
+        l = l->next;
+        if (!c->req) sk_conn_adopt_generation(c);
+    }
+    ev_timer_again(w->loop, &w->retire_timer);
+    on_retire_check(w->loop, &w->retire_timer, 0);
+done:
+    if (__atomic_sub_fetch(&m->remaining, 1, __ATOMIC_ACQ_REL) == 0) free_reload_msg(m, nworkers);
+}
+
+int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
+{
+    size_t n = next->nlisteners;
+    reload_msg *m = calloc(1, sizeof(*m));
+    int *fds = calloc((size_t)nworkers * (n ? n : 1), sizeof(int));
+    if (!m || !fds) {
+        free(m);
+        free(fds);
+        *err = strdup("out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < (size_t)nworkers * n; i++) fds[i] = -1;
+    m->fds = fds;
+    m->config = next;
+    m->rows = rows;
+    m->remaining = nworkers;
+    sk_config_ref(next);
+    for (size_t i = 0; i < n; i++) {
+        bool kept = false;
+        for (size_t j = 0; j < cur->nlisteners && !kept; j++)
+            kept = same_listener(cur->listeners[j], next->listeners[i]);
+        for (int k = 0; !kept && k < nworkers; k++) {
+            if ((fds[(size_t)k * n + i] = bind_listener(next->listeners[i], err)) < 0) {
+                free_reload_msg(m, nworkers);
+                return -1;
+            }
+        }
+    }
+    if (sk_workers_post(apply_reload, m) < 0) {
+        free_reload_msg(m, nworkers);
+        *err = strdup("out of memory");
+        return -1;
+    }
+    return 0;
+}
+
 static void *worker_main(void *arg)
 {
     sk_worker *w = arg;
+    this_worker = w;
     if (sk_plugins_worker_init(w->config, w->id, w->loop) < 0)
         sk_error("worker %d: a plugin failed to initialise; its hooks may misbehave", w->id);
     ev_run(w->loop, 0);
-    sk_plugins_worker_fini(w->config, w->id);
     /* Drained: release what is left. */
     reap(w->loop, &w->reap, 0);
     sk_upstream_close_idle(w);
-    sk_pools_free(w);
+    while (w->retired) {
+        sk_wgen *g = w->retired;
+        w->retired = g->next;
+        wgen_free(w, g);
+    }
     /* The generation is released by the last holder: main, once every
      * worker is done (plugin destroy() then runs on the main thread). */
-    sk_config_unref(w->config);
+    wgen_free(w, w->gen);
+    w->gen = NULL;
     w->config = NULL;
     __atomic_sub_fetch(&running, 1, __ATOMIC_RELEASE);
     return NULL;
@@ -301,7 +533,7 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
         *err = strdup("cannot create an event loop");
         return -1;
     }
-    sk_config_ref(cfg);
+    w->gen = sk_wgen_new(w, cfg);
     w->config = cfg;
     w->metrics = m;
     w->accesslog_fd = logfd;
@@ -310,29 +542,22 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
     sk_list_init(&w->free_reqs);
     if (getrandom(&w->rng, sizeof(w->rng), 0) != sizeof(w->rng) || w->rng == 0)
         w->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)id << 32) ^ sk_now_ns();
-    w->listeners = calloc(cfg->nlisteners, sizeof(*w->listeners));
-    w->clusters = calloc(cfg->nclusters, sizeof(*w->clusters));
-    if ((!w->listeners && cfg->nlisteners) || (!w->clusters && cfg->nclusters)) {
+    w->listeners = calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof(*w->listeners));
+    if (!w->listeners || !w->gen) {
         *err = strdup("out of memory");
         return -1;
     }
-    for (size_t i = 0; i < cfg->nclusters; i++) {
-        sk_cluster *cl = cfg->clusters[i];
-        sk_wcluster *wc = &w->clusters[i];
-        SK_UNUSED(cl);
-        wc->version = UINT64_MAX; /* pools are made from the endpoint set at first use */
-        wc->rr = (uint32_t)id;
-    }
+    w->nlisteners = cfg->nlisteners;
     for (size_t i = 0; i < cfg->nlisteners; i++) {
         sk_wlistener *wl = &w->listeners[i];
         wl->worker = w;
         wl->listener = cfg->listeners[i];
         wl->fd = bind_listener(cfg->listeners[i], err);
         if (wl->fd < 0) return -1;
-        ev_io_init(&wl->io, on_accept, wl->fd, EV_READ);
-        wl->io.data = wl;
-        ev_io_start(w->loop, &wl->io);
+        start_listener(w, wl);
     }
+    ev_timer_init(&w->retire_timer, on_retire_check, 0., 0.1);
+    w->retire_timer.data = w;
     ev_async_init(&w->wake, on_wake);
     w->wake.data = w;
     ev_async_start(w->loop, &w->wake);
@@ -349,8 +574,7 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
 int sk_workers_start(sk_config *cfg, sk_metrics **metrics, int n, int accesslog_fd, char **err)
 {
     workers = calloc((size_t)n, sizeof(*workers));
-    listener_conns = calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof(*listener_conns));
-    if (!workers || !listener_conns) {
+    if (!workers) {
         *err = strdup("out of memory");
         return -1;
     }

@@ -234,6 +234,7 @@ struct sk_pool {
     unsigned active;      /* requests in flight to this endpoint on this worker */
     unsigned conns;       /* open connections (idle + in use) */
     bool orphan;          /* the endpoint left the cluster: freed when conns = 0 */
+    bool retired;         /* its generation is no longer current: no idle connections */
 };
 
 /* Per-worker runtime state of a cluster. */
@@ -243,6 +244,16 @@ typedef struct sk_wcluster {
     uint64_t version; /* sk_cluster.eps_version adopted, UINT64_MAX = none yet */
     uint32_t rr;      /* round-robin cursor */
 } sk_wcluster;
+
+/* A generation as one worker holds it: a reference and the pools of its
+ * clusters. The current one, and retired ones that connections or requests
+ * of this worker still use. */
+typedef struct sk_wgen {
+    struct sk_wgen *next;  /* next retired generation */
+    sk_config *config;     /* reference */
+    sk_wcluster *clusters; /* config->nclusters entries */
+    uint64_t retired_ms;   /* when it stopped being current (sk_now_ms), 0 = current */
+} sk_wgen;
 
 /* One listening socket of a worker. */
 typedef struct sk_wlistener {
@@ -257,15 +268,18 @@ struct sk_worker {
     int id; /* 0..n-1 */
     pthread_t thread;
     struct ev_loop *loop;
-    sk_config *config;       /* current generation (reference) */
+    sk_config *config;       /* current generation (= gen->config) */
+    sk_wgen *gen;            /* current generation: reference and pools */
+    sk_wgen *retired;        /* older generations still in use here */
+    ev_timer retire_timer;   /* frees retired generations once unused */
     sk_metrics *metrics;     /* written only by this worker */
-    sk_wlistener *listeners; /* config->nlisteners entries */
-    sk_wcluster *clusters;   /* config->nclusters entries */
-    sk_link conns;           /* open downstream HTTP connections */
-    sk_link tcp_conns;       /* open downstream connections of tcp listeners */
-    size_t nconns;           /* both kinds */
-    sk_link free_reqs;       /* recycled sk_request */
-    char **free_bufs;        /* recycled read buffers */
+    sk_wlistener *listeners; /* nlisteners entries, for config->listeners */
+    size_t nlisteners;
+    sk_link conns;     /* open downstream HTTP connections */
+    sk_link tcp_conns; /* open downstream connections of tcp listeners */
+    size_t nconns;     /* both kinds */
+    sk_link free_reqs; /* recycled sk_request */
+    char **free_bufs;  /* recycled read buffers */
     size_t nfree_bufs, free_bufs_cap;
     ev_async wake;            /* main → worker: drain */
     ev_async post;            /* main → worker: posted work (sk_workers_post) */
@@ -298,6 +312,22 @@ int sk_workers_start(sk_config *cfg, sk_metrics **metrics, int n, int accesslog_
 int sk_workers_post(void (*cb)(void *), void *arg);
 /* Asks every worker to drain (thread-safe). */
 void sk_workers_drain(void);
+/*
+ * Publishes generation `next` (main thread): binds the listeners that `cur`
+ * does not have (one socket per worker), then each worker switches at its
+ * next loop iteration: listeners with an unchanged address keep their
+ * sockets, removed ones close, idle keep-alive connections move over, and
+ * in-flight work finishes on `cur`. `rows` is the metrics rows needed.
+ * Returns 0, or -1 with *err (malloc'd) and nothing changed.
+ */
+int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err);
+/* A worker's hold on generation cfg (a reference, empty pools); NULL on OOM. */
+sk_wgen *sk_wgen_new(sk_worker *w, sk_config *cfg);
+/* The worker pools of cluster cl's generation on worker w, or NULL. */
+sk_wcluster *sk_worker_wcluster(sk_worker *w, const sk_cluster *cl);
+/* Moves an idle connection to the worker's current generation (or drains
+ * it when its listener is gone). */
+void sk_conn_adopt_generation(sk_conn *c);
 /* Number of workers still running (thread-safe). */
 int sk_workers_running(void);
 /* Next pseudo-random number of the worker. */
@@ -373,7 +403,9 @@ void sk_proxy_upstream_error(sk_request *r, int status, const char *reason, bool
  * can. NULL when the cluster has no endpoint. */
 sk_pool *sk_cluster_pick(sk_worker *w, sk_cluster *cl, const sk_pool *avoid);
 /* Frees a worker's pools of every cluster (worker exit). */
-void sk_pools_free(sk_worker *w);
+void sk_pools_free(sk_worker *w, sk_wgen *g);
+/* Orphans a retired generation's pools (idle connections close). */
+void sk_pools_retire(sk_worker *w, sk_wgen *g);
 /* Gets a pooled or new connection to r->pool and attaches it to r.
  * Returns 0, or -1 (connect failed at once: caller handles). */
 int sk_upstream_attach(sk_request *r);
@@ -390,6 +422,8 @@ void sk_upstream_close_idle(sk_worker *w);
 /* --- tcp.c --- */
 /* Takes over an accepted socket of a `protocol = tcp` listener. */
 void sk_tcp_accept(sk_worker *w, const sk_listener *l, int fd, const char *client_addr);
+/* Does a relay of w still run on generation cfg? `cut` closes those. */
+bool sk_tcp_uses_generation(sk_worker *w, const sk_config *cfg, bool cut);
 
 /* --- accesslog.c --- */
 /* Writes the access log line of a finished request (if enabled). */

@@ -87,7 +87,7 @@ static void fuzz_setup(const char *config_text)
     w->id = 0;
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
     if (!w->loop) fuzz_die("ev_loop_new", NULL);
-    w->config = cfg; /* takes the load's reference */
+    w->config = cfg; /* the generation takes a reference; the load's stays */
     w->metrics = sk_metrics_new(cfg);
     if (!w->metrics) fuzz_die("sk_metrics_new", "out of memory");
     /* SK_FUZZ_ACCESSLOG=1: access log lines on stderr (exercises accesslog.c). */
@@ -96,10 +96,9 @@ static void fuzz_setup(const char *config_text)
     sk_list_init(&w->tcp_conns);
     sk_list_init(&w->free_reqs);
     w->rng = 0x9E3779B97F4A7C15ull; /* fixed: runs are reproducible */
-    w->clusters = calloc(cfg->nclusters ? cfg->nclusters : 1, sizeof(*w->clusters));
-    if (!w->clusters) fuzz_die("calloc", NULL);
-    /* pools are made from each cluster's endpoint set at first use */
-    for (size_t i = 0; i < cfg->nclusters; i++) w->clusters[i].version = UINT64_MAX;
+    sk_metrics_assign_rows(cfg);
+    w->gen = sk_wgen_new(w, cfg); /* pools are made from each cluster's endpoint set at first use */
+    if (!w->gen) fuzz_die("sk_wgen_new", "out of memory");
     ev_prepare_init(&w->reap, fuzz_reap);
     w->reap.data = w;
     ev_prepare_start(w->loop, &w->reap);

@@ -96,7 +96,7 @@ static void test_sums(void)
 {
     sk_metrics *w0 = sk_metrics_new(&cfg), *w1 = sk_metrics_new(&cfg);
     ASSERT(w0 && w1);
-    CHECK(w0->nroutes == 2);
+    CHECK(w0->nroutes >= 3); /* row 0 (no route) + api + web */
 
     /* worker 0: 3 × api 200, 1 × api 503, 1 unmatched 404 */
     sk_metrics_request(w0, &route_api, 200, 100);     /* ≤ 0.0005 */
@@ -232,27 +232,43 @@ static void test_sums(void)
     sk_metrics_free(w1);
 }
 
-/* A route of another generation (index beyond the table) counts as "no route". */
-static void test_foreign_route(void)
+/* A route whose row is beyond a table counts as "no route"; a table grows
+ * when more names are known; counters stay with the name across reloads. */
+static void test_rows(void)
 {
-    static sk_route other = {.name = "other", .index = 5};
+    static sk_route other = {.name = "other", .metrics_row = 100000};
     sk_metrics *m = sk_metrics_new(&cfg);
     ASSERT(m);
     sk_metrics_request(m, &other, 200, 1);
+    sk_metrics_request(m, &route_api, 200, 1);
+    /* a "reload": a new generation where api is the second route */
+    static sk_route api2 = {.name = "api", .index = 1}, fresh = {.name = "fresh", .index = 0};
+    static sk_route *routes2[] = {&fresh, &api2};
+    static sk_config cfg2 = {.refcnt = 1, .generation = 8, .routes = routes2, .nroutes = 2};
+    sk_metrics_assign_rows(&cfg2);
+    CHECK(api2.metrics_row == route_api.metrics_row);
+    CHECK(fresh.metrics_row == 3);
+    ASSERT(sk_metrics_reserve(m, 1000) == 0);
+    CHECK(m->nroutes >= 1000);
+    sk_metrics_request(m, &api2, 200, 1);
+    sk_metrics_request(m, &fresh, 201, 1);
     sk_metrics *const ms[] = {m};
     sk_buf out = {0};
-    ASSERT(sk_metrics_render_prometheus(&out, &cfg, ms, 1) == 0);
+    ASSERT(sk_metrics_render_prometheus(&out, &cfg2, ms, 1) == 0);
     ASSERT(sk_buf_append(&out, "", 1) == 0);
     CHECK_LINE(out.data, "sidekick_requests_total{route=\"\",code=\"200\"} 1");
+    CHECK_LINE(out.data, "sidekick_requests_total{route=\"api\",code=\"200\"} 2");
+    CHECK_LINE(out.data, "sidekick_requests_total{route=\"fresh\",code=\"201\"} 1");
     sk_buf_free(&out);
     sk_metrics_free(m);
 }
 
 int main(void)
 {
+    sk_metrics_assign_rows(&cfg);
     test_empty();
     test_sums();
-    test_foreign_route();
+    test_rows();
     printf("test_metrics: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }
