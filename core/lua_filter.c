@@ -55,22 +55,23 @@ typedef struct sk_lua_mod {
 /* One Lua state. */
 typedef struct sk_lua_vm {
     lua_State *L;
-    sk_lua_gen *gen;   /* NULL in the test runner */
-    const char *dir;   /* lua_dir: where `require` looks */
-    size_t mem, limit; /* bytes allocated, and the cap while a script runs */
-    bool running;      /* a script runs: the cap and the budget apply */
-    bool recording;    /* load-time check: record `require`d sources in gen */
-    int kill;          /* KILL_*: why the running script must stop */
-    uint64_t deadline; /* sk_now_ns() limit of the running script */
-    int *route_ref;    /* per route index: registry ref of the module table, or 0 */
-    int *config_ref;   /* per route index: registry ref of its r:config() table */
-    uint8_t *hooks;    /* per route index: bit 0 on_request, bit 1 on_response */
-    int req_mt;        /* registry ref: metatable of request objects */
-    int no_ctx;        /* registry ref: the placeholder env of a request without ctx */
-    int proto;         /* registry ref: the sandbox's shared values */
-    int pool;          /* registry ref: idle coroutines (array) */
-    int npool;         /* their number */
-    bool broken;       /* the worker state could not be built */
+    sk_lua_gen *gen;           /* NULL in the test runner */
+    const char *dir;           /* lua_dir: where `require` looks */
+    size_t mem, limit;         /* bytes allocated, and the cap while a script runs */
+    bool running;              /* a script runs: the cap and the budget apply */
+    bool recording;            /* load-time check: record `require`d sources in gen */
+    int kill;                  /* KILL_*: why the running script must stop */
+    uint64_t deadline;         /* sk_now_ns() limit of the running script */
+    int *route_ref;            /* per route index: registry ref of the module table, or 0 */
+    int (*hook_ref)[2];        /* per route index: registry refs of on_request / on_response, or 0 */
+    int *config_ref;           /* per route index: registry ref of its r:config() table */
+    uint8_t *hooks;            /* per route index: bit 0 on_request, bit 1 on_response */
+    int req_mt;                /* registry ref: metatable of request objects */
+    int anchors;               /* registry ref: coroutines in use or idle (thread → true) */
+    int proto;                 /* registry ref: the sandbox's shared values */
+    lua_State *idle[POOL_MAX]; /* idle coroutines, ready for the next hook */
+    int nidle;                 /* their number */
+    bool broken;               /* the worker state could not be built */
 } sk_lua_vm;
 
 struct sk_lua_gen {
@@ -572,9 +573,7 @@ static sk_lua_vm *vm_new(size_t limit, const char *dir)
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
     build_proto(vm);
     lua_newtable(L);
-    vm->pool = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_newtable(L);
-    vm->no_ctx = luaL_ref(L, LUA_REGISTRYINDEX);
+    vm->anchors = luaL_ref(L, LUA_REGISTRYINDEX);
     return vm;
 }
 
@@ -583,6 +582,7 @@ static void vm_free(sk_lua_vm *vm)
     if (!vm) return;
     lua_close(vm->L);
     free(vm->route_ref);
+    free(vm->hook_ref);
     free(vm->config_ref);
     free(vm->hooks);
     free(vm);
@@ -761,21 +761,18 @@ static int r_set_meta(lua_State *L)
     return 0;
 }
 
+/* A request object starts with the (empty) globals table as its env; the
+ * first r:ctx() gives it a table of its own. */
 static int r_ctx(lua_State *L)
 {
-    lreq *q = check_req(L);
-    sk_lua_vm *vm = vm_of(L);
+    check_req(L);
     lua_getfenv(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->no_ctx);
-    bool none = lua_rawequal(L, -1, -2);
-    lua_pop(L, 1);
-    if (none) {
+    if (lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
         lua_pop(L, 1);
         lua_newtable(L);
         lua_pushvalue(L, -1);
         lua_setfenv(L, 1);
     }
-    SK_UNUSED(q);
     return 1;
 }
 
@@ -892,9 +889,10 @@ static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err,
 {
     lua_State *L = vm->L;
     vm->route_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(int));
+    vm->hook_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(*vm->hook_ref));
     vm->config_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(int));
     vm->hooks = calloc(cfg->nroutes ? cfg->nroutes : 1, 1);
-    if (!vm->route_ref || !vm->config_ref || !vm->hooks) {
+    if (!vm->route_ref || !vm->hook_ref || !vm->config_ref || !vm->hooks) {
         snprintf(err, n, "out of memory");
         return -1;
     }
@@ -915,11 +913,16 @@ static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err,
             *bad_route = (int)i;
             return -1;
         }
-        lua_getfield(L, -1, "on_request");
-        vm->hooks[i] |= lua_isfunction(L, -1) ? 1 : 0;
-        lua_getfield(L, -2, "on_response");
-        vm->hooks[i] |= lua_isfunction(L, -1) ? 2 : 0;
-        lua_pop(L, 2);
+        static const char *const names[] = {"on_request", "on_response"};
+        for (int h = 0; h < 2; h++) {
+            lua_getfield(L, -1, names[h]);
+            if (lua_isfunction(L, -1)) {
+                vm->hooks[i] |= (uint8_t)(1 << h);
+                vm->hook_ref[i][h] = luaL_ref(L, LUA_REGISTRYINDEX);
+            } else {
+                lua_pop(L, 1);
+            }
+        }
         vm->route_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
         lua_createtable(L, 0, (int)rt->nlua_keys);
         for (size_t k = 0; k < rt->nlua_keys; k++) {
@@ -1008,27 +1011,33 @@ static sk_lua_vm *worker_vm(sk_request *r)
     return vm;
 }
 
-/* Pushes an idle coroutine (or a new one) onto L; returns it. */
+/* An idle coroutine, or a new one (anchored in vm->anchors); NULL on OOM. */
 static lua_State *take_coroutine(sk_lua_vm *vm)
 {
+    if (vm->nidle) return vm->idle[--vm->nidle];
     lua_State *L = vm->L;
-    if (vm->npool == 0) return lua_newthread(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->pool);
-    lua_rawgeti(L, -1, vm->npool);
-    lua_pushnil(L);
-    lua_rawseti(L, -3, vm->npool--);
-    lua_remove(L, -2);
-    return lua_tothread(L, -1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->anchors);
+    lua_State *co = lua_newthread(L);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return co;
 }
 
-/* Keeps the coroutine on top of L for the next hook (it finished cleanly). */
-static void give_back(sk_lua_vm *vm)
+/* A coroutine after a hook: kept for the next one when it finished cleanly,
+ * else (suspended in r:respond(), failed) let go. */
+static void give_back(sk_lua_vm *vm, lua_State *co, bool reusable)
 {
+    if (reusable && vm->nidle < POOL_MAX) {
+        vm->idle[vm->nidle++] = co;
+        return;
+    }
     lua_State *L = vm->L;
-    if (vm->npool >= POOL_MAX) return;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->pool);
-    lua_pushvalue(L, -2);
-    lua_rawseti(L, -2, ++vm->npool);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->anchors);
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
     lua_pop(L, 1);
 }
 
@@ -1048,12 +1057,8 @@ static sk_status run_hook(sk_request *r, int hook)
     }
     if (!(vm->hooks[rt->index] & (1 << hook))) return SK_CONTINUE;
     lua_State *L = vm->L;
-    int top = lua_gettop(L);
     lua_State *co = take_coroutine(vm);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->route_ref[rt->index]);
-    lua_getfield(L, -1, names[hook]);
-    lua_xmove(L, co, 1);
-    lua_pop(L, 1);
+    lua_rawgeti(co, LUA_REGISTRYINDEX, vm->hook_ref[rt->index][hook]);
     lreq *q;
     if (r->lua_ref) {
         lua_rawgeti(co, LUA_REGISTRYINDEX, r->lua_ref);
@@ -1064,8 +1069,6 @@ static sk_status run_hook(sk_request *r, int hook)
         q->r = r;
         lua_rawgeti(co, LUA_REGISTRYINDEX, vm->req_mt);
         lua_setmetatable(co, -2);
-        lua_rawgeti(co, LUA_REGISTRYINDEX, vm->no_ctx);
-        lua_setfenv(co, -2);
         lua_pushvalue(co, -1);
         r->lua_ref = luaL_ref(co, LUA_REGISTRYINDEX);
     }
@@ -1083,27 +1086,31 @@ static sk_status run_hook(sk_request *r, int hook)
     sk_status st = SK_CONTINUE;
     int kind = vm->kill == KILL_BUDGET ? ERR_BUDGET : vm->kill == KILL_MEMORY ? ERR_MEMORY : ERR_ERROR;
     if (rc == 0 && !vm->kill) {
-        if (lua_gettop(co) == 0) give_back(vm);
-        st = q->responded ? SK_RESPOND : SK_CONTINUE;
-    } else if (rc == LUA_YIELD && q->responded && !vm->kill) {
-        st = SK_RESPOND; /* r:respond() ended the hook; the coroutine stays suspended and is dropped */
-    } else {
-        if (rc == 0 || rc == LUA_YIELD)
-            lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded"
-                              : vm->kill == KILL_MEMORY
-                                  ? "lua_memory exceeded"
-                                  : "coroutine.yield() is not allowed at the top of a hook");
-        else
-            lua_xmove(co, L, 1);
-        const char *msg = lua_tostring(L, -1);
-        luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
-        sk_warn("lua route %s: %s: %s", rt->name, names[hook], lua_tostring(L, -1));
-        count_error(r, kind);
-        if (vm->kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
-        st = SK_ERROR;
+        lua_settop(co, 0);
+        give_back(vm, co, true);
+        return q->responded ? SK_RESPOND : SK_CONTINUE;
     }
-    vm->kill = KILL_NONE;
+    if (rc == LUA_YIELD && q->responded && !vm->kill) {
+        give_back(vm, co, false); /* r:respond() ended the hook: the suspended coroutine is dropped */
+        return SK_RESPOND;
+    }
+    int top = lua_gettop(L);
+    if (rc == 0 || rc == LUA_YIELD)
+        lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded"
+                          : vm->kill == KILL_MEMORY
+                              ? "lua_memory exceeded"
+                              : "coroutine.yield() is not allowed at the top of a hook");
+    else
+        lua_xmove(co, L, 1);
+    const char *msg = lua_tostring(L, -1);
+    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+    sk_warn("lua route %s: %s: %s", rt->name, names[hook], lua_tostring(L, -1));
+    count_error(r, kind);
     lua_settop(L, top);
+    give_back(vm, co, false);
+    if (vm->kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
+    vm->kill = KILL_NONE;
+    st = SK_ERROR;
     return st;
 }
 
