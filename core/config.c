@@ -283,6 +283,8 @@ typedef struct sect {
     size_t nnames;          /* number of names */
     char **pnames;          /* listener, route: the instance names of `plugins` */
     size_t npnames;         /* number of them */
+    int lua_key_line;       /* route: line of the first `lua.NAME` key, 0 if none */
+    char lua_key[64];       /* its name */
 } sect;
 
 typedef struct ctx ctx;
@@ -837,6 +839,10 @@ static int k_lua_key(ctx *x, sect *s, const char *name, const char *value)
 {
     sk_route *r = s->obj;
     const char *n = name + 4;
+    if (!s->lua_key_line) {
+        s->lua_key_line = x->lineno;
+        snprintf(s->lua_key, sizeof(s->lua_key), "%s", name);
+    }
     if (!*n) return bad(x, "empty name after 'lua.'");
     for (const char *p = n; *p; p++)
         if (!isalnum((unsigned char)*p) && *p != '_')
@@ -1217,7 +1223,7 @@ static int check_section(ctx *x, sect *s)
             return fail_at(x, SK_MAX(cl, rl), s, cl > rl ? "cluster" : "respond",
                            "'cluster' and 'respond' are exclusive");
         if (!cl && !rl) return fail_at(x, s->line, s, NULL, "needs 'cluster' or 'respond'");
-        if (r->nlua_keys && !r->lua) return fail_at(x, s->line, s, NULL, "lua.* keys without 'lua'");
+        if (r->nlua_keys && !r->lua) return fail_at(x, s->lua_key_line, s, s->lua_key, "needs 'lua'");
         if (key_line(s, "lua_budget") && !r->lua)
             return fail_at(x, key_line(s, "lua_budget"), s, "lua_budget", "needs 'lua'");
         if (r->lua && rl)

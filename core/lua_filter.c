@@ -72,6 +72,7 @@ typedef struct sk_lua_vm {
     lua_State *idle[POOL_MAX]; /* idle coroutines, ready for the next hook */
     int nidle;                 /* their number */
     bool broken;               /* the worker state could not be built */
+    const char *cstack;        /* frame address of the C function that started the script */
 } sk_lua_vm;
 
 struct sk_lua_gen {
@@ -115,10 +116,19 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     return p;
 }
 
+/* C stack a script may use below the host's frame: C functions that call back into Lua
+ * (string.gsub, table.sort, coroutine.resume) nest C frames that LuaJIT does not limit;
+ * gsub alone takes ~8 KiB per level, so a recursive callback ends a worker's 8 MiB stack
+ * within ~1000 levels, long before any budget. Checked every HOOK_EVERY instructions. */
+#define CSTACK_MAX ((ptrdiff_t)1 << 20)
+
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     sk_lua_vm *vm = vm_of(L);
     if (!vm->running) return;
+    /* the frame address, not a local's: ASan may put locals on a fake stack */
+    const char *here = __builtin_frame_address(0);
+    if (vm->cstack && vm->cstack - here > CSTACK_MAX) luaL_error(L, "C stack overflow");
     if (!vm->kill && sk_now_ns() > vm->deadline) vm->kill = KILL_BUDGET;
     if (!vm->kill) return;
     const char *what = vm->kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded";
@@ -243,7 +253,10 @@ static void build_proto(sk_lua_vm *vm)
     lua_getmetatable(L, -1);
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
-    lua_pop(L, 2);
+    lua_getfield(L, -1, "__index"); /* the real string table: ("").dump must not work */
+    lua_pushnil(L);
+    lua_setfield(L, -2, "dump");
+    lua_pop(L, 3);
 
     /* Nothing reaches the real globals any more; empty them anyway. */
     lua_pushvalue(L, LUA_GLOBALSINDEX);
@@ -497,7 +510,10 @@ static int run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
     vm->running = true;
     vm->kill = KILL_NONE;
     vm->deadline = sk_now_ns() + budget_ms * 1000000ull;
+    const char *old_cstack = vm->cstack;
+    vm->cstack = __builtin_frame_address(0);
     int rc = lua_pcall(L, nargs, nres, base);
+    vm->cstack = old_cstack;
     if (rc == 0 && vm->kill) { /* the script caught its own kill and returned */
         lua_settop(L, base);
         lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded");
@@ -684,7 +700,10 @@ static int r_header(lua_State *L)
 {
     lreq *q = check_req(L);
     sk_str v;
-    if (!sk_host.header(R(q), check_text(L, 2), &v)) return 0;
+    if (!sk_host.header(R(q), check_text(L, 2), &v)) {
+        lua_pushnil(L);
+        return 1;
+    }
     return push_str(L, v);
 }
 
@@ -750,7 +769,10 @@ static int r_meta(lua_State *L)
 {
     lreq *q = check_req(L);
     const char *v = sk_host.meta(R(q), check_text(L, 2));
-    if (!v) return 0;
+    if (!v) {
+        lua_pushnil(L);
+        return 1;
+    }
     lua_pushstring(L, v);
     return 1;
 }
@@ -830,7 +852,10 @@ static int r_response_header(lua_State *L)
 {
     lreq *q = check_req(L);
     sk_str v;
-    if (!sk_host.response_header(R(q), check_text(L, 2), &v)) return 0;
+    if (!sk_host.response_header(R(q), check_text(L, 2), &v)) {
+        lua_pushnil(L);
+        return 1;
+    }
     return push_str(L, v);
 }
 static int r_set_response_header(lua_State *L)
@@ -985,15 +1010,13 @@ void sk_lua_gen_free(sk_lua_gen *g)
     free(g);
 }
 
-/* The request's worker state for its generation, built on first use. */
-static sk_lua_vm *worker_vm(sk_request *r)
+/* Worker `id`'s state for generation c, built on first use. */
+static sk_lua_vm *vm_for(sk_config *c, int id)
 {
-    sk_lua_gen *g = r->config->lua;
-    int id = r->worker->id;
+    sk_lua_gen *g = c->lua;
     if (!g || id >= g->nworkers) return NULL;
     sk_lua_vm *vm = g->vms[id];
     if (vm) return vm->broken ? NULL : vm;
-    sk_config *c = r->config;
     vm = vm_new(c->lua_memory, c->lua_dir);
     if (!vm) {
         sk_error("lua: cannot create the Lua state of worker %d", id);
@@ -1046,11 +1069,16 @@ static void count_error(sk_request *r, int kind)
     __atomic_add_fetch(&((sk_route *)r->route)->lua_errors[kind], 1, __ATOMIC_RELAXED);
 }
 
+void sk_lua_worker_prepare(sk_config *c, int worker_id)
+{
+    if (c->lua) vm_for(c, worker_id);
+}
+
 static sk_status run_hook(sk_request *r, int hook)
 {
     static const char *const names[] = {"on_request", "on_response"};
     const sk_route *rt = r->route;
-    sk_lua_vm *vm = worker_vm(r);
+    sk_lua_vm *vm = vm_for(r->config, r->worker->id);
     if (!vm) {
         count_error(r, ERR_ERROR);
         return SK_ERROR;
@@ -1079,7 +1107,9 @@ static sk_status run_hook(sk_request *r, int hook)
     vm->deadline = t0 + (budget > r->lua_ns ? budget - r->lua_ns : 0);
     vm->kill = KILL_NONE;
     vm->running = true;
+    vm->cstack = __builtin_frame_address(0);
     int rc = lua_resume(co, 1);
+    vm->cstack = NULL;
     vm->running = false;
     r->lua_ns += sk_now_ns() - t0;
 
@@ -1211,7 +1241,10 @@ static int t_run(lua_State *L)
     int old_kill = vm->kill;
     vm->deadline = sk_now_ns() + budget * 1000000ull;
     vm->kill = KILL_NONE;
+    const char *old_cstack = vm->cstack;
+    vm->cstack = __builtin_frame_address(0);
     int rc = lua_resume(co, 1);
+    vm->cstack = old_cstack;
     int kill = vm->kill;
     vm->kill = KILL_NONE;
     if (kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);

@@ -26,6 +26,10 @@ int sk_lua_load_config(sk_config *c, int *bad_route, char *err, size_t err_size)
 /* Closes every worker state of the generation. Any thread, once nothing runs Lua of it. */
 void sk_lua_gen_free(sk_lua_gen *g);
 
+/* Builds worker `worker_id`'s Lua state for generation c now (its thread),
+ * rather than at its first request. */
+void sk_lua_worker_prepare(sk_config *c, int worker_id);
+
 /* The route's on_request / on_response for r (worker thread). SK_CONTINUE,
  * SK_RESPOND (a reply is prepared in r->lr_*), or SK_ERROR (logged, counted). */
 sk_status sk_lua_on_request(sk_request *r);

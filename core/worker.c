@@ -339,6 +339,7 @@ static void apply_reload(void *arg)
 
     if (sk_plugins_worker_init(nc, w->id, w->loop) < 0)
         sk_error("worker %d: a plugin failed to initialise; its hooks may misbehave", w->id);
+    sk_lua_worker_prepare(nc, w->id);
     sk_metrics_reserve(w->metrics, m->rows);
     sk_wgen *old = w->gen;
     sk_pools_retire(w, old);
@@ -402,6 +403,7 @@ static void *worker_main(void *arg)
     this_worker = w;
     if (sk_plugins_worker_init(w->config, w->id, w->loop) < 0)
         sk_error("worker %d: a plugin failed to initialise; its hooks may misbehave", w->id);
+    sk_lua_worker_prepare(w->config, w->id);
     ev_run(w->loop, 0);
     /* Drained: release what is left. */
     reap(w->loop, &w->reap, 0);

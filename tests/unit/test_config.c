@@ -513,7 +513,7 @@ static const struct {
      "t.ini:7: [listener l] plugins: plugin 'a' is listed twice"},
     {BASE "[route r]\nlistener = in\ncluster = c\nplugins = a, b\n",
      "t.ini:8: [route r] plugins: unknown plugin 'a' (no [plugin a] section)"},
-    {BASE "[route r]\nlistener = in\ncluster = c\nlua.x = 1\n", "t.ini:5: [route r] lua.* keys without 'lua'"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nlua.x = 1\n", "t.ini:8: [route r] lua.x: needs 'lua'"},
     {BASE "[route r]\nlistener = in\ncluster = c\nlua_budget = 50ms\n",
      "t.ini:8: [route r] lua_budget: needs 'lua'"},
     {BASE "[route r]\nlistener = in\ncluster = c\nlua = x.lua\nlua_budget = 0ms\n",
