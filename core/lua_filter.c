@@ -107,9 +107,17 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         vm->mem -= osize;
         return NULL;
     }
-    if (nsize > osize && vm->running && vm->mem - osize + nsize > vm->limit) {
-        vm->kill = KILL_MEMORY;
-        return NULL;
+    if (nsize > osize && vm->running) {
+        if (vm->mem - osize + nsize > vm->limit) {
+            vm->kill = KILL_MEMORY;
+            return NULL;
+        }
+        /* A few huge steps (s = s .. s) run fewer instructions than the
+         * hook's interval: large allocations check the deadline too. */
+        if (nsize >= 65536 && (vm->kill == KILL_BUDGET || sk_now_ns() > vm->deadline)) {
+            vm->kill = KILL_BUDGET;
+            return NULL;
+        }
     }
     void *p = realloc(ptr, nsize);
     if (p) vm->mem = vm->mem - osize + nsize;
@@ -1064,6 +1072,22 @@ static void give_back(sk_lua_vm *vm, lua_State *co, bool reusable)
     lua_pop(L, 1);
 }
 
+/* Moves co's error message onto L; when the script was stopped (budget,
+ * memory) but the error says something else ("not enough memory" from a
+ * refused allocation), says why first. */
+static void kill_message(lua_State *L, lua_State *co, int kill)
+{
+    lua_xmove(co, L, 1);
+    const char *m = lua_tostring(L, -1);
+    const char *why = kill == KILL_BUDGET   ? "lua_budget exceeded"
+                      : kill == KILL_MEMORY ? "lua_memory exceeded"
+                                            : NULL;
+    if (why && (!m || !strstr(m, why))) {
+        lua_pushfstring(L, "%s (%s)", why, m ? m : "error");
+        lua_remove(L, -2);
+    }
+}
+
 static void count_error(sk_request *r, int kind)
 {
     __atomic_add_fetch(&((sk_route *)r->route)->lua_errors[kind], 1, __ATOMIC_RELAXED);
@@ -1131,7 +1155,7 @@ static sk_status run_hook(sk_request *r, int hook)
                               ? "lua_memory exceeded"
                               : "coroutine.yield() is not allowed at the top of a hook");
     else
-        lua_xmove(co, L, 1);
+        kill_message(L, co, vm->kill);
     const char *msg = lua_tostring(L, -1);
     luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
     sk_warn("lua route %s: %s: %s", rt->name, names[hook], lua_tostring(L, -1));
@@ -1262,7 +1286,7 @@ static int t_run(lua_State *L)
     if (rc == 0 || rc == LUA_YIELD)
         lua_pushstring(L, kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded");
     else
-        lua_xmove(co, L, 1);
+        kill_message(L, co, kill);
     const char *msg = lua_tostring(L, -1);
     luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
     lua_remove(L, -2);
