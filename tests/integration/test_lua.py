@@ -1147,3 +1147,46 @@ def test_absolute_script_path(tmp_path, lua_dir, sidekick_bin):
     p = write_conf(tmp_path, route_with(f"lua = {EXAMPLES / 'rewrite.lua'}"), lua_dir)
     res = run_sidekick(["-t", "-c", str(p)])
     assert res.returncode == 0, res.stderr
+
+
+# --------------------------------------------------------------------------
+# metadata shared with C plugins
+
+PLUGIN_DIR = os.environ.get("SIDEKICK_PLUGIN_DIR", str(REPO / "build" / "tests" / "plugins"))
+
+
+def test_meta_is_shared_with_c_plugins(proxy, lua_dir):
+    """A route plugin's set_meta is visible to r:meta(); r:set_meta() values
+    live across on_request and on_response; both reach the upstream/client."""
+    if not os.path.exists(os.path.join(PLUGIN_DIR, "fx_headers.so")):
+        pytest.skip("fx_headers.so not built")
+    lua_dir.write("meta.lua", """
+local M = {}
+function M.on_request(r)
+  r:set_header("x-from-c", r:meta("tenant") or "absent")
+  r:set_meta("lua-said", "hello")
+  r:set_header("x-missing", tostring(r:meta("nope")))
+end
+function M.on_response(r)
+  r:set_response_header("x-meta", (r:meta("lua-said") or "-") .. "/" .. (r:meta("tenant") or "-"))
+end
+return M
+""")
+    routes = f"""
+[plugin tag]
+load = {PLUGIN_DIR}/fx_headers.so
+set_meta = tenant=acme
+
+[route api]
+listener = main
+cluster = up
+plugins = tag
+lua = meta.lua
+"""
+    sk, ups = proxy(routes, lua_dir=lua_dir)
+    resp = get(sk, "/m")
+    assert resp.status == 200, resp
+    assert resp.header("x-meta") == "hello/acme"
+    req = ups["up"].requests[-1]
+    assert req.header("x-from-c") == "acme"
+    assert req.header("x-missing") == "nil"
