@@ -436,6 +436,18 @@ static int sk_log_fn(lua_State *L)
     return 0;
 }
 
+/* print(...): sk.log("info", ...), as scripts written for plain Lua expect it to work. */
+static int print_fn(lua_State *L)
+{
+    if (SK_LOG_INFO > sk_log_level) return 0;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    args_text(L, 1, &b);
+    luaL_pushresult(&b);
+    sk_log(SK_LOG_INFO, "lua %s: %s", lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, -1));
+    return 0;
+}
+
 static int sk_now_fn(lua_State *L)
 {
     struct timespec ts;
@@ -486,6 +498,9 @@ static void new_env(sk_lua_vm *vm, const char *who, const char *dir)
     lua_pushcclosure(L, sb_require, 3);
     lua_setfield(L, env, "require");
 
+    lua_pushstring(L, who);
+    lua_pushcclosure(L, print_fn, 1);
+    lua_setfield(L, env, "print");
     lua_createtable(L, 0, 2);
     lua_pushstring(L, who);
     lua_pushcclosure(L, sk_log_fn, 1);
