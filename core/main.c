@@ -114,7 +114,12 @@ int sk_server_reload(char **errp)
             err = strdup(msg);
         } else {
             sk_metrics_assign_rows(next);
-            sk_workers_reload(cur, next, sk_metrics_rows_needed(), &err);
+            char *berr = NULL;
+            if (sk_workers_reload(cur, next, sk_metrics_rows_needed(), &berr) < 0) {
+                snprintf(msg, sizeof(msg), "%s: %s", next->file, berr ? berr : "out of memory");
+                err = strdup(msg);
+            }
+            free(berr);
         }
     }
     if (err || !next) {

@@ -353,7 +353,14 @@ static void apply_reload(void *arg)
     while (l != &w->conns) {
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
-        if (!c->req) sk_conn_adopt_generation(c);
+        if (!c->req) {
+            sk_conn_adopt_generation(c);
+        } else {
+            /* busy: moves after its request, or ends then if its listener is gone */
+            bool kept = false;
+            for (size_t i = 0; i < n && !kept; i++) kept = same_listener(nc->listeners[i], c->listener);
+            if (!kept) c->req->close_after = true;
+        }
     }
     ev_timer_again(w->loop, &w->retire_timer);
     on_retire_check(w->loop, &w->retire_timer, 0);

@@ -84,3 +84,8 @@ def upstream():
     yield factory
     for u in made:
         u.close()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a long test (reload under load, many reloads); "
+                                       "-m 'not slow' skips them")
