@@ -522,7 +522,10 @@ static int k_duration(ctx *x, sect *s, const keydef *k, const char *v)
     if (sk_parse_duration(v, &ms) < 0) return bad(x, "bad duration '%s'", v);
     if (ms < k->min) return bad(x, "duration '%s' must be greater than 0", v);
     if (ms > k->max)
-        return bad(x, "duration '%s' is too long (at most %llum)", v, (unsigned long long)(k->max / 60000));
+        return k->max < 60000
+                   ? bad(x, "duration '%s' is too long (at most %llums)", v, (unsigned long long)k->max)
+                   : bad(x, "duration '%s' is too long (at most %llum)", v,
+                         (unsigned long long)(k->max / 60000));
     *(uint64_t *)field(s, k) = ms;
     return 0;
 }

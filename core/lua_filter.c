@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
 
 #include "http1.h"
@@ -254,6 +255,16 @@ static void build_proto(sk_lua_vm *vm)
     lua_setfield(L, -3, "xpcall");
     lua_setfield(L, -2, "pcall");
     vm->proto = luaL_ref(L, LUA_REGISTRYINDEX);
+
+    /* Every state its own random sequence (else each worker and each
+     * generation would draw the same canary decisions). */
+    uint32_t seed = 0;
+    if (getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) seed = (uint32_t)sk_now_ns();
+    lua_getglobal(L, "math");
+    lua_getfield(L, -1, "randomseed");
+    lua_pushnumber(L, (double)(seed & 0x7fffffff));
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
 
     /* Strings share one metatable whose __index is the real string table:
      * hide it, so that no script can change string methods for the others. */
@@ -1150,7 +1161,12 @@ static sk_status run_hook(sk_request *r, int hook)
     int rc = lua_resume(co, 1);
     vm->cstack = NULL;
     vm->running = false;
-    r->lua_ns += sk_now_ns() - t0;
+    uint64_t spent = sk_now_ns() - t0;
+    r->lua_ns += spent;
+    if (spent > 1000000) ev_now_update(r->worker->loop); /* timers armed next must not start in the past */
+    /* Time spent in one long C call (a pattern match) is not interrupted:
+     * a hook that returns past its budget still fails. */
+    if (!vm->kill && r->lua_ns > budget && (rc == 0 || rc == LUA_YIELD)) vm->kill = KILL_BUDGET;
 
     sk_status st = SK_CONTINUE;
     int kind = vm->kill == KILL_BUDGET ? ERR_BUDGET : vm->kill == KILL_MEMORY ? ERR_MEMORY : ERR_ERROR;
@@ -1284,6 +1300,7 @@ static int t_run(lua_State *L)
     vm->cstack = __builtin_frame_address(0);
     int rc = lua_resume(co, 1);
     vm->cstack = old_cstack;
+    if (!vm->kill && sk_now_ns() > vm->deadline && (rc == 0 || rc == LUA_YIELD)) vm->kill = KILL_BUDGET;
     int kill = vm->kill;
     vm->kill = KILL_NONE;
     if (kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);

@@ -24,6 +24,10 @@
 sk_server sk_srv;
 
 static ev_signal sig_term, sig_int, sig_hup, sig_usr1;
+/* The config file as named on the command line. Reloads read this name, not
+ * the resolved cfg->file: a Kubernetes ConfigMap volume swaps a symlink
+ * (..data) on update, and the old target directory disappears. */
+static const char *config_path;
 static ev_timer drain_poll;
 static uint64_t drain_deadline_ms;
 static int accesslog_fd = -1;
@@ -108,7 +112,7 @@ int sk_server_reload(char **errp)
         err = strdup("draining: reload refused");
     } else if (nretired == SK_ARRAY_LEN(retired)) {
         err = strdup("too many generations still draining: reload refused");
-    } else if ((next = sk_config_load(cur->file, &err)) != NULL) {
+    } else if ((next = sk_config_load(config_path, &err)) != NULL) {
         next->generation = cur->generation + 1;
         if (needs_restart(cur, next, msg, sizeof(msg))) {
             err = strdup(msg);
@@ -152,7 +156,7 @@ static void on_signal(struct ev_loop *loop, ev_signal *s, int revents)
     case SIGINT: sk_server_drain(); break;
     case SIGHUP: {
         char *err = NULL;
-        sk_info("SIGHUP: reloading %s", sk_srv.config->file);
+        sk_info("SIGHUP: reloading %s", config_path);
         if (sk_server_reload(&err) < 0) free(err);
         break;
     }
@@ -226,6 +230,7 @@ int main(int argc, char **argv)
     sk_plugins_set_process(sk_srv.loop, 0);
 
     char *err = NULL;
+    config_path = file;
     sk_config *cfg = sk_config_load(file, &err);
     if (!cfg) {
         fprintf(stderr, "sidekick: %s\n", err ? err : "cannot load the configuration");

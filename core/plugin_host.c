@@ -7,6 +7,7 @@
  * The request handle a plugin sees (sk_req) is the core's sk_request.
  */
 #include <dlfcn.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -58,6 +59,55 @@ int sk_instance_add_key(sk_instance *pi, const char *key, const char *value, int
     return 0;
 }
 
+/*
+ * The file behind every .so loaded so far (main thread only). A name the
+ * dynamic loader already has gives back the copy in memory, so a .so
+ * replaced in place while a generation still uses it would silently keep
+ * running the old code after a reload: such a load is refused instead.
+ */
+typedef struct loaded_so {
+    char *path;
+    dev_t dev;
+    ino_t ino;
+} loaded_so;
+static loaded_so *loaded;
+static size_t nloaded;
+
+/* 0, or -1 with err set when path is loaded but the file changed since. */
+static int check_replaced(const char *path, char *err, size_t err_size)
+{
+    struct stat st;
+    if (stat(path, &st) < 0) return 0; /* dlopen reports it */
+    for (size_t i = 0; i < nloaded; i++) {
+        if (strcmp(loaded[i].path, path) != 0) continue;
+        void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+        if (!h) { /* no longer loaded: this load reads the file afresh */
+            loaded[i].dev = st.st_dev;
+            loaded[i].ino = st.st_ino;
+            return 0;
+        }
+        dlclose(h);
+        if (loaded[i].dev != st.st_dev || loaded[i].ino != st.st_ino) {
+            snprintf(err, err_size,
+                     "cannot load %s: the file was replaced while a running generation uses the old one, "
+                     "which stays in memory; install the new version under a new file name and point "
+                     "'load' at it",
+                     path);
+            return -1;
+        }
+        return 0;
+    }
+    loaded_so *a = realloc(loaded, (nloaded + 1) * sizeof(*a));
+    if (!a) return 0;
+    loaded = a;
+    if ((loaded[nloaded].path = strdup(path))) {
+        loaded[nloaded].dev = st.st_dev;
+        loaded[nloaded].ino = st.st_ino;
+        nloaded++;
+    }
+    return 0;
+}
+
 /* dlopens the .so, checks the ABI, creates the instance. */
 int sk_instance_load(sk_instance *pi, const char *plugin_dir, int nworkers, char *err, size_t err_size)
 {
@@ -70,6 +120,7 @@ int sk_instance_load(sk_instance *pi, const char *plugin_dir, int nworkers, char
     else
         snprintf(path, sizeof(path), "%s/%s.so", plugin_dir, pi->name);
     if (!(pi->path = strdup(path))) goto oom;
+    if (check_replaced(path, err, err_size) < 0) return -1;
     pi->dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
     if (!pi->dl) {
         snprintf(err, err_size, "cannot load %s: %s", path, dlerror());

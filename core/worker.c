@@ -248,6 +248,7 @@ static bool generation_used(sk_worker *w, const sk_config *cfg, bool cut)
         if (c->dead) continue;
         if (c->config == cfg || (c->req && c->req->config == cfg)) {
             used = true;
+            if (cut && c->req && !c->req->reason) c->req->reason = "drain_timeout";
             if (cut) sk_conn_close(c);
         }
     }
