@@ -176,7 +176,10 @@ class Sidekick:
         self.ports = dict(self.given_ports)
         for _, fname, _, _ in string.Formatter().parse(self.template):
             if fname and fname not in self.ports:
-                self.ports[fname] = free_port()
+                port = free_port()
+                while port in self.ports.values():  # two placeholders, one random port
+                    port = free_port()
+                self.ports[fname] = port
         self.ini_text = self.template.format(**self.ports)
         self.config.write_text(self.ini_text)
 
