@@ -142,6 +142,11 @@ int sk_server_reload(char **errp)
     }
     sk_srv.config = next;
     __atomic_add_fetch(&sk_config_reloads, 1, __ATOMIC_RELAXED);
+    /* Answer once the workers are on it (normally well under a millisecond);
+     * a worker busy in a long call (a Lua C call) switches when it is done. */
+    if (!sk_workers_wait_switched(1000))
+        sk_warn("reload: a worker has not switched to generation %llu after 1 s; it will when its loop runs",
+                (unsigned long long)next->generation);
     sk_log_level = next->log_level;
     sk_info("reloaded %s: generation %llu (%zu listeners, %zu routes, %zu clusters, %zu plugins)", next->file,
             (unsigned long long)next->generation, next->nlisteners, next->nroutes, next->nclusters,

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "plugin_host.h"
@@ -24,6 +25,7 @@ static int nworkers;
 static int running;                     /* atomic: workers whose loop still runs */
 static int drain_requested;             /* atomic */
 static __thread sk_worker *this_worker; /* the worker running on this thread */
+static int switches_pending;            /* reload messages not applied yet, over all workers (atomic) */
 
 static int bind_listener(const sk_listener *l, char **err)
 {
@@ -366,7 +368,19 @@ static void apply_reload(void *arg)
     ev_timer_again(w->loop, &w->retire_timer);
     on_retire_check(w->loop, &w->retire_timer, 0);
 done:
+    __atomic_sub_fetch(&switches_pending, 1, __ATOMIC_RELEASE);
     if (__atomic_sub_fetch(&m->remaining, 1, __ATOMIC_ACQ_REL) == 0) free_reload_msg(m, nworkers);
+}
+
+bool sk_workers_wait_switched(uint64_t timeout_ms)
+{
+    uint64_t deadline = sk_now_ms() + timeout_ms;
+    while (__atomic_load_n(&switches_pending, __ATOMIC_ACQUIRE) > 0) {
+        if (sk_now_ms() >= deadline) return false;
+        struct timespec ts = {0, 200000}; /* 0.2 ms */
+        nanosleep(&ts, NULL);
+    }
+    return true;
 }
 
 int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
@@ -397,7 +411,9 @@ int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
             }
         }
     }
+    __atomic_add_fetch(&switches_pending, nworkers, __ATOMIC_RELEASE);
     if (sk_workers_post(apply_reload, m) < 0) {
+        __atomic_sub_fetch(&switches_pending, nworkers, __ATOMIC_RELEASE);
         free_reload_msg(m, nworkers);
         *err = strdup("out of memory");
         return -1;

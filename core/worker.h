@@ -323,6 +323,9 @@ void sk_workers_drain(void);
 int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err);
 /* A worker's hold on generation cfg (a reference, empty pools); NULL on OOM. */
 sk_wgen *sk_wgen_new(sk_worker *w, sk_config *cfg);
+/* Waits (main thread, bounded) until every worker applied the reloads
+ * posted so far. false when timeout_ms passed first. */
+bool sk_workers_wait_switched(uint64_t timeout_ms);
 /* The worker pools of cluster cl's generation on worker w, or NULL. */
 sk_wcluster *sk_worker_wcluster(sk_worker *w, const sk_cluster *cl);
 /* Moves an idle connection to the worker's current generation (or drains
