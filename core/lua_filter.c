@@ -3,10 +3,10 @@
  *
  * A config generation keeps the source of every route script (read once at
  * load, where it is also run once in a scratch state to catch errors). Each
- * worker builds its own Lua state for the generation on first use: one
- * sandboxed environment per route, the module run once in it, the hooks
- * kept in the registry. A request's hook runs in a coroutine taken from a
- * small pool, with the request as a userdata `r`.
+ * worker builds its own Lua state for the generation when it starts or
+ * switches to it: one sandboxed environment per route, the module run once
+ * in it, the hooks kept in the registry. A request's hooks run in one
+ * coroutine, taken from a small pool, with the request as a userdata `r`.
  *
  * Containment. The state's allocator refuses to grow past `lua_memory`
  * while a script runs; a count hook checks the clock every 1000 VM
@@ -1081,8 +1081,8 @@ static lua_State *take_coroutine(sk_lua_vm *vm)
     return co;
 }
 
-/* A coroutine after a hook: kept for the next one when it finished cleanly,
- * else (suspended in r:respond(), failed) let go. */
+/* A request's coroutine once the request is over: kept for the next request
+ * when it finished cleanly, else (suspended in r:respond(), failed) let go. */
 static void give_back(sk_lua_vm *vm, lua_State *co, bool reusable)
 {
     if (reusable && vm->nidle < POOL_MAX) {
@@ -1135,21 +1135,25 @@ static sk_status run_hook(sk_request *r, int hook)
     }
     if (!(vm->hooks[rt->index] & (1 << hook))) return SK_CONTINUE;
     lua_State *L = vm->L;
-    lua_State *co = take_coroutine(vm);
-    lua_rawgeti(co, LUA_REGISTRYINDEX, vm->hook_ref[rt->index][hook]);
-    lreq *q;
-    if (r->lua_ref) {
-        lua_rawgeti(co, LUA_REGISTRYINDEX, r->lua_ref);
-        q = lua_touserdata(co, -1);
-    } else {
+    /* One coroutine per request, for both hooks: the request object sits in
+     * its first stack slot between them. */
+    lua_State *co = r->lua_co;
+    lreq *q = r->lua_q;
+    if (!co) {
+        co = take_coroutine(vm);
         q = lua_newuserdata(co, sizeof(*q));
         q->magic = REQ_MAGIC;
         q->r = r;
         lua_rawgeti(co, LUA_REGISTRYINDEX, vm->req_mt);
         lua_setmetatable(co, -2);
-        lua_pushvalue(co, -1);
-        r->lua_ref = luaL_ref(co, LUA_REGISTRYINDEX);
+        r->lua_co = co;
+        r->lua_q = q;
+    } else if (lua_status(co) != 0) { /* not reached: no hook runs after a failed or replying one */
+        count_error(r, ERR_ERROR);
+        return SK_ERROR;
     }
+    lua_rawgeti(co, LUA_REGISTRYINDEX, vm->hook_ref[rt->index][hook]);
+    lua_pushvalue(co, 1);
     q->phase = hook;
     q->responded = false;
 
@@ -1171,14 +1175,11 @@ static sk_status run_hook(sk_request *r, int hook)
     sk_status st = SK_CONTINUE;
     int kind = vm->kill == KILL_BUDGET ? ERR_BUDGET : vm->kill == KILL_MEMORY ? ERR_MEMORY : ERR_ERROR;
     if (rc == 0 && !vm->kill) {
-        lua_settop(co, 0);
-        give_back(vm, co, true);
+        lua_settop(co, 1); /* the request object stays for the next hook */
         return q->responded ? SK_RESPOND : SK_CONTINUE;
     }
-    if (rc == LUA_YIELD && q->responded && !vm->kill) {
-        give_back(vm, co, false); /* r:respond() ended the hook: the suspended coroutine is dropped */
-        return SK_RESPOND;
-    }
+    if (rc == LUA_YIELD && q->responded && !vm->kill)
+        return SK_RESPOND; /* r:respond() ended the hook; the coroutine is let go with the request */
     int top = lua_gettop(L);
     if (rc == 0 || rc == LUA_YIELD)
         lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded"
@@ -1192,7 +1193,6 @@ static sk_status run_hook(sk_request *r, int hook)
     sk_warn("lua route %s: %s: %s", rt->name, names[hook], lua_tostring(L, -1));
     count_error(r, kind);
     lua_settop(L, top);
-    give_back(vm, co, false);
     if (vm->kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
     vm->kill = KILL_NONE;
     st = SK_ERROR;
@@ -1213,14 +1213,16 @@ void sk_lua_request_done(sk_request *r)
 {
     sk_lua_gen *g = r->config ? r->config->lua : NULL;
     sk_lua_vm *vm = g && r->worker->id < g->nworkers ? g->vms[r->worker->id] : NULL;
-    if (vm && r->lua_ref) {
-        lua_rawgeti(vm->L, LUA_REGISTRYINDEX, r->lua_ref);
-        lreq *q = lua_touserdata(vm->L, -1);
-        if (q) q->r = NULL;
-        lua_pop(vm->L, 1);
-        luaL_unref(vm->L, LUA_REGISTRYINDEX, r->lua_ref);
+    lreq *q = r->lua_q;
+    lua_State *co = r->lua_co;
+    if (q) q->r = NULL; /* a script that kept `r` gets "the request is over" */
+    if (vm && co) {
+        bool reusable = lua_status(co) == 0;
+        if (reusable) lua_settop(co, 0);
+        give_back(vm, co, reusable);
     }
-    r->lua_ref = 0;
+    r->lua_co = NULL;
+    r->lua_q = NULL;
 }
 
 int sk_lua_render_prometheus(sk_buf *out, const sk_config *c)

@@ -541,7 +541,7 @@ void sk_request_free(sk_request *r)
 {
     sk_worker *w = r->worker;
     if (ev_is_active(&r->timeout)) ev_timer_stop(w->loop, &r->timeout);
-    if (r->lua_ref) sk_lua_request_done(r);
+    if (r->lua_co) sk_lua_request_done(r);
     sk_config_unref(r->config);
     r->config = NULL;
     if (r->head.raw.cap > 65536 || r->head.cap > 256) head_free(&r->head);

@@ -162,7 +162,8 @@ struct sk_request {
     const char **lr_headers;       /* its extra headers: name, value, ..., NULL (arena) */
     /* The route's Lua filter (lua_filter.c). */
     bool lua_ran;        /* on_request ran: on_response runs too */
-    int lua_ref;         /* registry ref of the Lua request object, 0 = none */
+    void *lua_co;        /* its coroutine (lua_State *) for both hooks, or NULL */
+    void *lua_q;         /* the Lua request object (userdata in the coroutine's slot 1) */
     uint64_t lua_ns;     /* Lua time used so far, against lua_budget */
     const char *up_path; /* path sent upstream, set by r:set_path() (arena), or NULL */
     size_t up_path_len;
