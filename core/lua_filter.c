@@ -146,6 +146,16 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     luaL_error(L, "%s", what);
 }
 
+bool sk_lua_over_budget(lua_State *L)
+{
+    void *ud;
+    if (lua_getallocf(L, &ud) != vm_alloc) return false;
+    sk_lua_vm *vm = ud;
+    if (!vm->running) return false;
+    if (!vm->kill && sk_now_ns() > vm->deadline) vm->kill = KILL_BUDGET;
+    return vm->kill != KILL_NONE;
+}
+
 static int l_killed(lua_State *L)
 {
     lua_pushboolean(L, vm_of(L)->kill != KILL_NONE);
@@ -236,6 +246,9 @@ static void build_proto(sk_lua_vm *vm)
     open_lib(L, luaopen_table, LUA_TABLIBNAME);
     open_lib(L, luaopen_math, LUA_MATHLIBNAME);
     open_lib(L, luaopen_bit, LUA_BITLIBNAME);
+    lua_getglobal(L, "string"); /* pattern functions that stop at the budget */
+    sk_lua_open_patterns(L, -1);
+    lua_pop(L, 1);
 
     lua_newtable(L); /* proto */
     for (int i = 0; safe_base[i]; i++) {

@@ -37,6 +37,14 @@ sk_status sk_lua_on_response(sk_request *r);
 /* The request is over: its Lua object stops working and is released. */
 void sk_lua_request_done(sk_request *r);
 
+/* lua_pattern.c: replaces find, match, gmatch and gsub in the string table
+ * at stack index `string_table` with versions that check the budget. */
+struct lua_State;
+void sk_lua_open_patterns(struct lua_State *L, int string_table);
+/* Is the script running in L past its budget (then it is marked stopped)?
+ * false for a state that is not a filter state. */
+bool sk_lua_over_budget(struct lua_State *L);
+
 /* sidekick_lua_errors_total for every route with a script. 0 or -1. */
 int sk_lua_render_prometheus(sk_buf *out, const sk_config *c);
 

@@ -831,6 +831,16 @@ local faults = {
         mt.__tostring = function(t) return "<" .. tostring(setmetatable({}, mt)) .. ">" end
         return tostring(setmetatable({}, mt))
     end,
+    -- backtracking patterns: one C call each, stopped by the pattern step counter
+    pattern_find = function()
+        return (string.rep("a", 30000)):find("(.-)(.-)(.-)b")
+    end,
+    pattern_gsub = function()
+        return (string.rep("a", 30000)):gsub("(.-)(.-)(.-)b", "x")
+    end,
+    pattern_gmatch = function()
+        for x in (string.rep("a", 30000)):gmatch("(.-)(.-)(.-)b") do end
+    end,
     bad_cluster = function(r) r:set_cluster("no-such-cluster") end,
     response_setter_in_request = function(r) r:set_response_header("x-a", "1") end,
 }
@@ -910,7 +920,8 @@ def test_error_in_on_response(proxy, lua_dir, fault):
 
 
 @pytest.mark.parametrize("fault", ["loop", "loop_count", "loop_calls", "loop_pcall",
-                                   "loop_xpcall", "loop_coroutine", "loop_gsub"])
+                                   "loop_xpcall", "loop_coroutine", "loop_gsub",
+                                   "pattern_find", "pattern_gsub", "pattern_gmatch"])
 def test_endless_loop_hits_the_budget(proxy, lua_dir, fault):
     sk, ups = fault_proxy(proxy, lua_dir)
     r = get(sk, "/loop", headers={"x-fault": fault}, timeout=15)
@@ -932,14 +943,16 @@ def test_endless_loop_in_on_response_hits_the_budget(proxy, lua_dir):
     check_next_request_works(sk, ups, 1)
 
 
-def test_loop_does_not_starve_a_concurrent_request(proxy, lua_dir):
-    """One worker: while a script spins, another request waits at most for
-    the budget, then is served."""
+@pytest.mark.parametrize("fault", ["loop", "pattern_find"])
+def test_loop_does_not_starve_a_concurrent_request(proxy, lua_dir, fault):
+    """One worker: while a script spins (in Lua code, or inside one
+    backtracking pattern call), another request waits at most for the
+    budget, then is served."""
     sk, ups = fault_proxy(proxy, lua_dir)
     results = {}
 
     def spin(i):
-        results[i] = get(sk, f"/loop{i}", headers={"x-fault": "loop"}, timeout=15)
+        results[i] = get(sk, f"/loop{i}", headers={"x-fault": fault}, timeout=15)
 
     threads = [threading.Thread(target=spin, args=(i,)) for i in range(3)]
     for t in threads:
