@@ -12,6 +12,7 @@
  */
 #include <lauxlib.h>
 #include <lua.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include "lua_filter.h"
@@ -89,6 +90,7 @@ static int in_class(int c, int cl)
     case 'a': res = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); break;
     case 'c': res = c < 32 || c == 127; break;
     case 'd': res = c >= '0' && c <= '9'; break;
+    case 'g': res = c > 32 && c < 127; break; /* LuaJIT has Lua 5.2's %g */
     case 'l': res = c >= 'a' && c <= 'z'; break;
     case 'p':
         res = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
@@ -333,6 +335,14 @@ static ptrdiff_t start_pos(lua_Integer pos, size_t len)
     return pos >= 0 ? (ptrdiff_t)pos : 0;
 }
 
+/* Any pattern character in the whole pattern (NULs included, as LuaJIT checks it)? */
+static bool has_specials(const char *p, size_t lp)
+{
+    for (size_t i = 0; i < lp; i++)
+        if (p[i] && strchr(SPECIALS, p[i])) return true;
+    return false;
+}
+
 static int str_find_aux(lua_State *L, int find)
 {
     size_t ls, lp;
@@ -343,7 +353,7 @@ static int str_find_aux(lua_State *L, int find)
         init = 0;
     else if ((size_t)init > ls)
         init = (ptrdiff_t)ls; /* as Lua 5.1 and LuaJIT: past the end means at the end */
-    if (find && (lua_toboolean(L, 4) || strpbrk(p, SPECIALS) == NULL)) {
+    if (find && (lua_toboolean(L, 4) || !has_specials(p, lp))) {
         /* a plain search (LuaJIT does the same when there are no specials) */
         const char *hit = NULL;
         if (lp == 0) {
