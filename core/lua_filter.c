@@ -63,10 +63,8 @@ typedef struct sk_lua_vm {
     bool recording;            /* load-time check: record `require`d sources in gen */
     int kill;                  /* KILL_*: why the running script must stop */
     uint64_t deadline;         /* sk_now_ns() limit of the running script */
-    int *route_ref;            /* per route index: registry ref of the module table, or 0 */
     int (*hook_ref)[2];        /* per route index: registry refs of on_request / on_response, or 0 */
     int *config_ref;           /* per route index: registry ref of its r:config() table */
-    uint8_t *hooks;            /* per route index: bit 0 on_request, bit 1 on_response */
     int req_mt;                /* registry ref: metatable of request objects */
     int anchors;               /* registry ref: coroutines in use or idle (thread → true) */
     int proto;                 /* registry ref: the sandbox's shared values */
@@ -131,6 +129,13 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
  * within ~1000 levels, long before any budget. Checked every HOOK_EVERY instructions. */
 #define CSTACK_MAX ((ptrdiff_t)1 << 20)
 
+/* Must the running script stop (past its deadline, or already stopped)? */
+static bool must_stop(sk_lua_vm *vm)
+{
+    if (!vm->kill && sk_now_ns() > vm->deadline) vm->kill = KILL_BUDGET;
+    return vm->kill != KILL_NONE;
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     sk_lua_vm *vm = vm_of(L);
@@ -138,8 +143,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     /* the frame address, not a local's: ASan may put locals on a fake stack */
     const char *here = __builtin_frame_address(0);
     if (vm->cstack && vm->cstack - here > CSTACK_MAX) luaL_error(L, "C stack overflow");
-    if (!vm->kill && sk_now_ns() > vm->deadline) vm->kill = KILL_BUDGET;
-    if (!vm->kill) return;
+    if (!must_stop(vm)) return;
     const char *what = vm->kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded";
     if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
         luaL_error(L, "%s:%d: %s", ar->short_src, ar->currentline, what);
@@ -151,9 +155,7 @@ bool sk_lua_over_budget(lua_State *L)
     void *ud;
     if (lua_getallocf(L, &ud) != vm_alloc) return false;
     sk_lua_vm *vm = ud;
-    if (!vm->running) return false;
-    if (!vm->kill && sk_now_ns() > vm->deadline) vm->kill = KILL_BUDGET;
-    return vm->kill != KILL_NONE;
+    return vm->running && must_stop(vm);
 }
 
 static int l_killed(lua_State *L)
@@ -333,6 +335,8 @@ static const sk_lua_mod *find_mod(const sk_lua_gen *g, const char *path)
     return NULL;
 }
 
+static char loading_marker; /* loaded[name] while name's chunk runs */
+
 /* require(name), upvalues: env, loaded, dir. Modules run in the caller's environment. */
 static int sb_require(lua_State *L)
 {
@@ -383,7 +387,7 @@ static int sb_require(lua_State *L)
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_setfenv(L, -2);
     lua_pushvalue(L, 1);
-    lua_pushlightuserdata(L, (void *)&module_name_ok); /* "loading" marker */
+    lua_pushlightuserdata(L, &loading_marker);
     lua_rawset(L, lua_upvalueindex(2));
     lua_pushvalue(L, 1);
     lua_call(L, 1, 1);
@@ -446,30 +450,29 @@ static void args_text(lua_State *L, int first, luaL_Buffer *b)
     }
 }
 
-/* sk.log(level, ...), upvalue: the route name. */
-static int sk_log_fn(lua_State *L)
+/* Logs the arguments from `first` on, prefixed with the name in upvalue 1. */
+static int log_args(lua_State *L, int level, int first)
 {
-    static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
-    int level = luaL_checkoption(L, 1, NULL, levels);
     if (level > sk_log_level) return 0;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    args_text(L, 2, &b);
+    args_text(L, first, &b);
     luaL_pushresult(&b);
     sk_log(level, "lua %s: %s", lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, -1));
     return 0;
 }
 
+/* sk.log(level, ...), upvalue: the route name. */
+static int sk_log_fn(lua_State *L)
+{
+    static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
+    return log_args(L, luaL_checkoption(L, 1, NULL, levels), 2);
+}
+
 /* print(...): sk.log("info", ...), as scripts written for plain Lua expect it to work. */
 static int print_fn(lua_State *L)
 {
-    if (SK_LOG_INFO > sk_log_level) return 0;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    args_text(L, 1, &b);
-    luaL_pushresult(&b);
-    sk_log(SK_LOG_INFO, "lua %s: %s", lua_tostring(L, lua_upvalueindex(1)), lua_tostring(L, -1));
-    return 0;
+    return log_args(L, SK_LOG_INFO, 1);
 }
 
 static int sk_now_fn(lua_State *L)
@@ -536,41 +539,28 @@ static void new_env(sk_lua_vm *vm, const char *who, const char *dir)
 
 /* ---- running code ------------------------------------------------------------------------ */
 
-static int traceback(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    luaL_traceback(L, L, msg ? msg : "(error object is not a string)", 1);
-    return 1;
-}
+static int resume_script(sk_lua_vm *vm, lua_State *co, int nargs, uint64_t deadline, int *kill);
+static void push_failure(lua_State *L, lua_State *co, int rc, int kill);
 
-/* lua_pcall of the function below nargs with a traceback, as a script
- * (capped memory, deadline in ms). Host side. Returns the pcall status. */
+/* Calls the function below nargs on L as a script (capped memory, deadline
+ * in ms), in a coroutine like a hook. Host side. 0 with nres results on L,
+ * or LUA_ERRRUN with the message and traceback on L. */
 static int run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
 {
     lua_State *L = vm->L;
-    int base = lua_gettop(L) - nargs;
-    lua_pushcfunction(L, traceback);
-    lua_insert(L, base);
-    bool was = vm->running;
-    uint64_t old_deadline = vm->deadline;
-    int old_kill = vm->kill;
-    vm->running = true;
-    vm->kill = KILL_NONE;
-    vm->deadline = sk_now_ns() + budget_ms * 1000000ull;
-    const char *old_cstack = vm->cstack;
-    vm->cstack = __builtin_frame_address(0);
-    int rc = lua_pcall(L, nargs, nres, base);
-    vm->cstack = old_cstack;
-    if (rc == 0 && vm->kill) { /* the script caught its own kill and returned */
-        lua_settop(L, base);
-        lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded");
+    lua_State *co = lua_newthread(L);
+    lua_insert(L, -(nargs + 2)); /* below the function: it anchors the coroutine */
+    lua_xmove(L, co, nargs + 1);
+    int kill;
+    int rc = resume_script(vm, co, nargs, sk_now_ns() + budget_ms * 1000000ull, &kill);
+    if (rc == 0 && !kill) {
+        lua_settop(co, nres);
+        lua_xmove(co, L, nres);
+    } else {
+        push_failure(L, co, rc, kill);
         rc = LUA_ERRRUN;
     }
-    if (vm->kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
-    vm->running = was;
-    vm->deadline = old_deadline;
-    vm->kill = old_kill;
-    lua_remove(L, base);
+    lua_remove(L, -(rc == 0 ? nres : 1) - 1); /* the coroutine, below the results or the message */
     return rc;
 }
 
@@ -644,10 +634,8 @@ static void vm_free(sk_lua_vm *vm)
 {
     if (!vm) return;
     lua_close(vm->L);
-    free(vm->route_ref);
     free(vm->hook_ref);
     free(vm->config_ref);
-    free(vm->hooks);
     free(vm);
 }
 
@@ -956,15 +944,14 @@ static const luaL_Reg req_methods[] = {
 
 /* ---- generations and worker states ------------------------------------------------------ */
 
-/* Builds the routes of cfg into vm (module tables, config tables, hook bits). */
+/* Builds the routes of cfg into vm: hook functions (the module's state
+ * stays reachable through them) and r:config() tables. */
 static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err, size_t n)
 {
     lua_State *L = vm->L;
-    vm->route_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(int));
     vm->hook_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(*vm->hook_ref));
     vm->config_ref = calloc(cfg->nroutes ? cfg->nroutes : 1, sizeof(int));
-    vm->hooks = calloc(cfg->nroutes ? cfg->nroutes : 1, 1);
-    if (!vm->route_ref || !vm->hook_ref || !vm->config_ref || !vm->hooks) {
+    if (!vm->hook_ref || !vm->config_ref) {
         snprintf(err, n, "out of memory");
         return -1;
     }
@@ -988,14 +975,12 @@ static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err,
         static const char *const names[] = {"on_request", "on_response"};
         for (int h = 0; h < 2; h++) {
             lua_getfield(L, -1, names[h]);
-            if (lua_isfunction(L, -1)) {
-                vm->hooks[i] |= (uint8_t)(1 << h);
+            if (lua_isfunction(L, -1))
                 vm->hook_ref[i][h] = luaL_ref(L, LUA_REGISTRYINDEX);
-            } else {
+            else
                 lua_pop(L, 1);
-            }
         }
-        vm->route_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pop(L, 1); /* the module table */
         lua_createtable(L, 0, (int)rt->nlua_keys);
         for (size_t k = 0; k < rt->nlua_keys; k++) {
             lua_pushstring(L, rt->lua_keys[k].value);
@@ -1127,6 +1112,49 @@ static void kill_message(lua_State *L, lua_State *co, int kill)
     }
 }
 
+/*
+ * Resumes co (function and nargs on its stack) as a script until `deadline`:
+ * the memory cap and the budget apply. Returns lua_resume's status and sets
+ * *kill to why the script was stopped (KILL_NONE when it was not). Restores
+ * the state's previous run state (a test file running a hook).
+ */
+static int resume_script(sk_lua_vm *vm, lua_State *co, int nargs, uint64_t deadline, int *kill)
+{
+    bool was = vm->running;
+    uint64_t old_deadline = vm->deadline;
+    int old_kill = vm->kill;
+    const char *old_cstack = vm->cstack;
+    vm->running = true;
+    vm->deadline = deadline;
+    vm->kill = KILL_NONE;
+    vm->cstack = __builtin_frame_address(0);
+    int rc = lua_resume(co, nargs);
+    /* Time spent in one long C call is not interrupted: a hook that returns
+     * past its deadline still fails. */
+    if (rc == 0 || rc == LUA_YIELD) must_stop(vm);
+    *kill = vm->kill;
+    vm->running = was;
+    vm->deadline = old_deadline;
+    vm->kill = old_kill;
+    vm->cstack = old_cstack;
+    if (*kill == KILL_MEMORY) lua_gc(vm->L, LUA_GCCOLLECT, 0); /* free what the failed script built */
+    return rc;
+}
+
+/* Pushes onto L why co failed, with its traceback. */
+static void push_failure(lua_State *L, lua_State *co, int rc, int kill)
+{
+    if (rc == 0 || rc == LUA_YIELD)
+        lua_pushstring(L, kill == KILL_BUDGET   ? "lua_budget exceeded"
+                          : kill == KILL_MEMORY ? "lua_memory exceeded"
+                                                : "coroutine.yield() is not allowed at the top of a hook");
+    else
+        kill_message(L, co, kill);
+    const char *msg = lua_tostring(L, -1);
+    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+    lua_remove(L, -2);
+}
+
 static void count_error(sk_request *r, int kind)
 {
     __atomic_add_fetch(&((sk_route *)r->route)->lua_errors[kind], 1, __ATOMIC_RELAXED);
@@ -1146,7 +1174,7 @@ static sk_status run_hook(sk_request *r, int hook)
         count_error(r, ERR_ERROR);
         return SK_ERROR;
     }
-    if (!(vm->hooks[rt->index] & (1 << hook))) return SK_CONTINUE;
+    if (!vm->hook_ref[rt->index][hook]) return SK_CONTINUE;
     lua_State *L = vm->L;
     /* One coroutine per request, for both hooks: the request object sits in
      * its first stack slot between them. */
@@ -1171,45 +1199,22 @@ static sk_status run_hook(sk_request *r, int hook)
     q->responded = false;
 
     uint64_t budget = rt->lua_budget_ms * 1000000ull, t0 = sk_now_ns();
-    vm->deadline = t0 + (budget > r->lua_ns ? budget - r->lua_ns : 0);
-    vm->kill = KILL_NONE;
-    vm->running = true;
-    vm->cstack = __builtin_frame_address(0);
-    int rc = lua_resume(co, 1);
-    vm->cstack = NULL;
-    vm->running = false;
+    int kill;
+    int rc = resume_script(vm, co, 1, t0 + (budget > r->lua_ns ? budget - r->lua_ns : 0), &kill);
     uint64_t spent = sk_now_ns() - t0;
     r->lua_ns += spent;
     if (spent > 1000000) ev_now_update(r->worker->loop); /* timers armed next must not start in the past */
-    /* Time spent in one long C call (a pattern match) is not interrupted:
-     * a hook that returns past its budget still fails. */
-    if (!vm->kill && r->lua_ns > budget && (rc == 0 || rc == LUA_YIELD)) vm->kill = KILL_BUDGET;
-
-    sk_status st = SK_CONTINUE;
-    int kind = vm->kill == KILL_BUDGET ? ERR_BUDGET : vm->kill == KILL_MEMORY ? ERR_MEMORY : ERR_ERROR;
-    if (rc == 0 && !vm->kill) {
+    if (rc == 0 && !kill) {
         lua_settop(co, 1); /* the request object stays for the next hook */
         return q->responded ? SK_RESPOND : SK_CONTINUE;
     }
-    if (rc == LUA_YIELD && q->responded && !vm->kill)
+    if (rc == LUA_YIELD && q->responded && !kill)
         return SK_RESPOND; /* r:respond() ended the hook; the coroutine is let go with the request */
-    int top = lua_gettop(L);
-    if (rc == 0 || rc == LUA_YIELD)
-        lua_pushstring(L, vm->kill == KILL_BUDGET ? "lua_budget exceeded"
-                          : vm->kill == KILL_MEMORY
-                              ? "lua_memory exceeded"
-                              : "coroutine.yield() is not allowed at the top of a hook");
-    else
-        kill_message(L, co, vm->kill);
-    const char *msg = lua_tostring(L, -1);
-    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+    push_failure(L, co, rc, kill);
     sk_warn("lua route %s: %s: %s", rt->name, names[hook], lua_tostring(L, -1));
-    count_error(r, kind);
-    lua_settop(L, top);
-    if (vm->kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
-    vm->kill = KILL_NONE;
-    st = SK_ERROR;
-    return st;
+    lua_pop(L, 1);
+    count_error(r, kill == KILL_BUDGET ? ERR_BUDGET : kill == KILL_MEMORY ? ERR_MEMORY : ERR_ERROR);
+    return SK_ERROR;
 }
 
 sk_status sk_lua_on_request(sk_request *r)
@@ -1294,6 +1299,7 @@ static int t_load_filter(lua_State *L)
     free(src);
     free(dir);
     if (rc < 0) return luaL_error(L, "%s", err);
+    lua_xmove(vm->L, L, 1); /* instantiate works on the state's main stack; L is the test file's coroutine */
     return 1;
 }
 
@@ -1307,20 +1313,8 @@ static int t_run(lua_State *L)
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 2);
     lua_xmove(L, co, 2);
-    uint64_t old_deadline = vm->deadline;
-    int old_kill = vm->kill;
-    vm->deadline = sk_now_ns() + budget * 1000000ull;
-    vm->kill = KILL_NONE;
-    const char *old_cstack = vm->cstack;
-    vm->cstack = __builtin_frame_address(0);
-    int rc = lua_resume(co, 1);
-    vm->cstack = old_cstack;
-    if (!vm->kill && sk_now_ns() > vm->deadline && (rc == 0 || rc == LUA_YIELD)) vm->kill = KILL_BUDGET;
-    int kill = vm->kill;
-    vm->kill = KILL_NONE;
-    if (kill == KILL_MEMORY) lua_gc(L, LUA_GCCOLLECT, 0);
-    vm->deadline = old_deadline;
-    vm->kill = old_kill;
+    int kill;
+    int rc = resume_script(vm, co, 1, sk_now_ns() + budget * 1000000ull, &kill);
     if (rc == 0 && !kill) {
         lua_pushliteral(L, "ok");
         return 1;
@@ -1330,13 +1324,7 @@ static int t_run(lua_State *L)
         return 1;
     }
     lua_pushliteral(L, "error");
-    if (rc == 0 || rc == LUA_YIELD)
-        lua_pushstring(L, kill == KILL_BUDGET ? "lua_budget exceeded" : "lua_memory exceeded");
-    else
-        kill_message(L, co, kill);
-    const char *msg = lua_tostring(L, -1);
-    luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
-    lua_remove(L, -2);
+    push_failure(L, co, rc, kill);
     return 2;
 }
 

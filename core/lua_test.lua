@@ -112,27 +112,30 @@ end
 local Req = {}
 Req.__index = Req
 
-function Req:method() local d = self._d; return d.method end
-function Req:path() local d = self._d; return d.path end
-function Req:query() local d = self._d; return d.query end
-function Req:host() local d = self._d; return d.host end
-function Req:client_ip() local d = self._d; return d.client_ip end
-function Req:identity() local d = self._d; return d.identity end
-function Req:route() local d = self._d; return d.route end
-function Req:config() local d = self._d; return d._config or {} end
+function Req:method() return self._d.method end
+function Req:path() return self._d.path end
+function Req:query() return self._d.query end
+function Req:host() return self._d.host end
+function Req:client_ip() return self._d.client_ip end
+function Req:identity() return self._d.identity end
+function Req:route() return self._d.route end
+function Req:config() return self._d._config or {} end
 
-function Req:set_path(p) local d = self._d;
+function Req:set_path(p)
+  local d = self._d
   phase(d, "request", "set_path")
   if type(p) ~= "string" or p:sub(1, 1) ~= "/" then error("bad argument #1 to 'set_path' (must start with '/')", 2) end
   if p:find("[%z\1-\32\127?#]") then error("bad argument #1 to 'set_path' (bad character in path)", 2) end
   d.path = p
 end
 
-function Req:header(n) local d = self._d;
+function Req:header(n)
+  local d = self._d
   return first(d.headers[tostring(n):lower()])
 end
 
-function Req:headers() local d = self._d;
+function Req:headers()
+  local d = self._d
   local t = {}
   for k, v in pairs(d.headers) do
     t[k] = type(v) == "table" and table.concat(v, ", ") or v
@@ -140,38 +143,47 @@ function Req:headers() local d = self._d;
   return t
 end
 
-function Req:set_header(n, v) local d = self._d;
+function Req:set_header(n, v)
+  local d = self._d
   phase(d, "request", "set_header")
   d.headers[check_name(n, "set_header")] = check_value(v, "set_header")
 end
 
-function Req:add_header(n, v) local d = self._d;
-  phase(d, "request", "add_header")
-  local k, val = check_name(n, "add_header"), check_value(v, "add_header")
-  local cur = d.headers[k]
+-- Adds one more value of header k (a second value makes an array).
+local function append(headers, k, val)
+  local cur = headers[k]
   if cur == nil then
-    d.headers[k] = val
+    headers[k] = val
   elseif type(cur) == "table" then
     cur[#cur + 1] = val
   else
-    d.headers[k] = { cur, val }
+    headers[k] = { cur, val }
   end
 end
 
-function Req:remove_header(n) local d = self._d;
+function Req:add_header(n, v)
+  local d = self._d
+  phase(d, "request", "add_header")
+  append(d.headers, check_name(n, "add_header"), check_value(v, "add_header"))
+end
+
+function Req:remove_header(n)
+  local d = self._d
   phase(d, "request", "remove_header")
   d.headers[check_name(n, "remove_header")] = nil
 end
 
-function Req:meta(k) local d = self._d; return d.meta[k] end
-function Req:set_meta(k, v) local d = self._d; d.meta[tostring(k)] = tostring(v) end
+function Req:meta(k) return self._d.meta[k] end
+function Req:set_meta(k, v) self._d.meta[tostring(k)] = tostring(v) end
 
-function Req:ctx() local d = self._d;
+function Req:ctx()
+  local d = self._d
   d._ctx = d._ctx or {}
   return d._ctx
 end
 
-function Req:set_cluster(name) local d = self._d;
+function Req:set_cluster(name)
+  local d = self._d
   phase(d, "request", "set_cluster")
   if type(name) ~= "string" or (d._clusters and not d._clusters[name]) then
     error("r:set_cluster(): unknown cluster '" .. tostring(name) .. "'", 2)
@@ -179,7 +191,8 @@ function Req:set_cluster(name) local d = self._d;
   d.cluster = name
 end
 
-function Req:respond(status, body, headers) local d = self._d;
+function Req:respond(status, body, headers)
+  local d = self._d
   if type(status) ~= "number" or status < 200 or status > 599 or status % 1 ~= 0 then
     error("bad argument #1 to 'respond' (status must be 200..599)", 2)
   end
@@ -194,33 +207,30 @@ function Req:respond(status, body, headers) local d = self._d;
   coroutine.yield() -- the hook ends here, as in the proxy
 end
 
-function Req:status() local d = self._d;
+function Req:status()
+  local d = self._d
   return d.response and d.response.status or 0
 end
 
-function Req:response_header(n) local d = self._d;
+function Req:response_header(n)
+  local d = self._d
   return d.response and first(d.response.headers[tostring(n):lower()])
 end
 
-function Req:set_response_header(n, v) local d = self._d;
+function Req:set_response_header(n, v)
+  local d = self._d
   phase(d, "response", "set_response_header")
   d.response.headers[check_name(n, "set_response_header")] = check_value(v, "set_response_header")
 end
 
-function Req:add_response_header(n, v) local d = self._d;
+function Req:add_response_header(n, v)
+  local d = self._d
   phase(d, "response", "add_response_header")
-  local k, val = check_name(n, "add_response_header"), check_value(v, "add_response_header")
-  local cur = d.response.headers[k]
-  if cur == nil then
-    d.response.headers[k] = val
-  elseif type(cur) == "table" then
-    cur[#cur + 1] = val
-  else
-    d.response.headers[k] = { cur, val }
-  end
+  append(d.response.headers, check_name(n, "add_response_header"), check_value(v, "add_response_header"))
 end
 
-function Req:remove_response_header(n) local d = self._d;
+function Req:remove_response_header(n)
+  local d = self._d
   phase(d, "response", "remove_response_header")
   d.response.headers[check_name(n, "remove_response_header")] = nil
 end

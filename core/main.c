@@ -264,7 +264,7 @@ int main(int argc, char **argv)
     sk_srv.metrics = calloc(sk_srv.nworkers, sizeof(*sk_srv.metrics));
     if (!sk_srv.metrics) return 1;
     for (size_t i = 0; i < sk_srv.nworkers; i++) {
-        sk_srv.metrics[i] = sk_metrics_new(cfg);
+        sk_srv.metrics[i] = sk_metrics_new();
         if (!sk_srv.metrics[i]) {
             fprintf(stderr, "sidekick: out of memory\n");
             return 1;

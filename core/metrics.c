@@ -8,11 +8,9 @@
  * across counters (a request may be in the histogram but not yet in the
  * per-route table), which is the usual trade-off for lock-free counters.
  *
- * The route table of an sk_metrics is sized for the generation it was
- * created with (rows 0..nroutes-1 are cfg->routes by index, row nroutes is
- * "no route"). Rendering maps rows to names through the config it is given;
- * rows beyond that config's routes are skipped, so a mismatched config never
- * reads out of bounds.
+ * Route rows are keyed by route name, process-wide (row 0 is "no route"),
+ * so counters carry across reloads; a worker grows its table when a reload
+ * brings new names (sk_metrics_reserve).
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -70,9 +68,8 @@ size_t sk_metrics_rows_needed(void)
  * for the rows named so far (and some more). Returns NULL on allocation
  * failure; the caller releases it with sk_metrics_free().
  */
-sk_metrics *sk_metrics_new(const sk_config *cfg)
+sk_metrics *sk_metrics_new(void)
 {
-    SK_UNUSED(cfg);
     sk_metrics *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
     m->nroutes = SK_MAX(nrows * 2, (size_t)64);

@@ -44,7 +44,7 @@ typedef struct sk_metrics {
 extern uint64_t sk_config_reloads, sk_config_reload_failures;
 
 /* Allocates a zeroed sk_metrics sized for the route rows named so far; NULL on OOM. */
-sk_metrics *sk_metrics_new(const sk_config *cfg);
+sk_metrics *sk_metrics_new(void);
 /* Gives every route of cfg its row, by name (main thread, before publishing cfg). */
 void sk_metrics_assign_rows(sk_config *cfg);
 /* Rows a route table needs for every route named so far. */

@@ -399,8 +399,19 @@ void sk_proxy_log(sk_request *r)
     }
 }
 
-/* on_response of every plugin the request reached, last first. Returns
- * true when a plugin replaced the response (reply prepared or error). */
+/* A response hook failed: its reply is 500 filter_error. */
+static void prepare_filter_error(sk_request *r)
+{
+    r->lr_status = 500;
+    r->lr_reason = "filter_error";
+    r->lr_body = "filter_error\n";
+    r->lr_body_len = 13;
+    r->lr_headers = NULL;
+}
+
+/* on_response of the Lua filter, then of every plugin the request reached,
+ * last first. Returns true when a hook replaced the response (reply
+ * prepared or error). */
 static bool response_hooks(sk_request *r)
 {
     r->in_response_hooks = true;
@@ -410,13 +421,7 @@ static bool response_hooks(sk_request *r)
         sk_status st = sk_lua_on_response(r);
         if (st != SK_CONTINUE) {
             stop = true;
-            if (st != SK_RESPOND || !r->lr_status) {
-                r->lr_status = 500;
-                r->lr_reason = "filter_error";
-                r->lr_body = "filter_error\n";
-                r->lr_body_len = 13;
-                r->lr_headers = NULL;
-            }
+            if (st != SK_RESPOND || !r->lr_status) prepare_filter_error(r);
         }
     }
     for (unsigned i = r->chain_pos; i-- > 0 && !stop;) {
@@ -429,11 +434,7 @@ static bool response_hooks(sk_request *r)
         if (st == SK_RESPOND && r->lr_status) break;
         if (st == SK_RESPOND) __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
         sk_warn("plugin %s: on_response failed", pi->name);
-        r->lr_status = 500;
-        r->lr_reason = "filter_error";
-        r->lr_body = "filter_error\n";
-        r->lr_body_len = 13;
-        r->lr_headers = NULL;
+        prepare_filter_error(r);
     }
     r->in_response_hooks = false;
     return stop;

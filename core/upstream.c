@@ -177,18 +177,25 @@ void sk_pools_free(sk_worker *w, sk_wgen *g)
     }
 }
 
-/* A generation stops being current: its pools keep serving the requests
- * already on them, but connections close instead of going back idle. */
-void sk_pools_retire(sk_worker *w, sk_wgen *g)
+/* Closes the idle connections of a generation's pools (which stay). */
+static void close_idle_of(sk_wgen *g)
 {
     for (size_t i = 0; i < g->config->nclusters; i++) {
         sk_wcluster *wc = &g->clusters[i];
         for (size_t j = 0; j < wc->npools; j++) {
             sk_pool *p = wc->pools[j];
-            p->retired = true;
             while (!sk_list_empty(&p->idle)) up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
         }
     }
+}
+
+/* A generation stops being current: its pools keep serving the requests
+ * already on them, but connections close instead of going back idle. */
+void sk_pools_retire(sk_worker *w, sk_wgen *g)
+{
+    for (size_t i = 0; i < g->config->nclusters; i++)
+        for (size_t j = 0; j < g->clusters[i].npools; j++) g->clusters[i].pools[j]->retired = true;
+    close_idle_of(g);
 }
 
 static void start_read(sk_upconn *u)
@@ -359,15 +366,7 @@ void sk_upstream_resume_read(sk_upconn *u)
 /* Closes every idle pooled connection of the worker (drain, shutdown). */
 void sk_upstream_close_idle(sk_worker *w)
 {
-    for (sk_wgen *g = w->gen; g; g = g == w->gen ? w->retired : g->next) {
-        for (size_t i = 0; i < g->config->nclusters; i++) {
-            sk_wcluster *wc = &g->clusters[i];
-            for (size_t e = 0; e < wc->npools; e++) {
-                sk_pool *p = wc->pools[e];
-                while (!sk_list_empty(&p->idle)) up_close(SK_CONTAINER(p->idle.next, sk_upconn, link));
-            }
-        }
-    }
+    for (sk_wgen *g = w->gen; g; g = sk_wgen_next(w, g)) close_idle_of(g);
 }
 
 /* ---- response parser callbacks ---- */

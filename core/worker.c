@@ -202,7 +202,7 @@ static void wgen_free(sk_worker *w, sk_wgen *g)
 
 sk_wcluster *sk_worker_wcluster(sk_worker *w, const sk_cluster *cl)
 {
-    for (sk_wgen *g = w->gen; g; g = g == w->gen ? w->retired : g->next)
+    for (sk_wgen *g = w->gen; g; g = sk_wgen_next(w, g))
         if (g->config == cl->config) return &g->clusters[cl->index];
     return NULL;
 }
@@ -212,14 +212,20 @@ static bool same_listener(const sk_listener *a, const sk_listener *b)
     return a->protocol == b->protocol && strcmp(a->address.text, b->address.text) == 0;
 }
 
+/* The listener of cfg with l's address and protocol, or NULL. */
+static const sk_listener *listener_like(const sk_config *cfg, const sk_listener *l)
+{
+    for (size_t i = 0; i < cfg->nlisteners; i++)
+        if (same_listener(cfg->listeners[i], l)) return cfg->listeners[i];
+    return NULL;
+}
+
 void sk_conn_adopt_generation(sk_conn *c)
 {
     sk_worker *w = c->worker;
     sk_config *nc = w->config;
     if (c->config == nc || c->dead || c->closing) return;
-    const sk_listener *nl = NULL;
-    for (size_t i = 0; i < nc->nlisteners && !nl; i++)
-        if (same_listener(nc->listeners[i], c->listener)) nl = nc->listeners[i];
+    const sk_listener *nl = listener_like(nc, c->listener);
     if (!nl) { /* the listener was removed: this connection ends after its request */
         if (c->req) {
             c->req->close_after = true;
@@ -360,9 +366,7 @@ static void apply_reload(void *arg)
             sk_conn_adopt_generation(c);
         } else {
             /* busy: moves after its request, or ends then if its listener is gone */
-            bool kept = false;
-            for (size_t i = 0; i < n && !kept; i++) kept = same_listener(nc->listeners[i], c->listener);
-            if (!kept) c->req->close_after = true;
+            if (!listener_like(nc, c->listener)) c->req->close_after = true;
         }
     }
     ev_timer_again(w->loop, &w->retire_timer);
@@ -401,9 +405,7 @@ int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
     m->remaining = nworkers;
     sk_config_ref(next);
     for (size_t i = 0; i < n; i++) {
-        bool kept = false;
-        for (size_t j = 0; j < cur->nlisteners && !kept; j++)
-            kept = same_listener(cur->listeners[j], next->listeners[i]);
+        bool kept = listener_like(cur, next->listeners[i]) != NULL;
         for (int k = 0; !kept && k < nworkers; k++) {
             if ((fds[(size_t)k * n + i] = bind_listener(next->listeners[i], err)) < 0) {
                 free_reload_msg(m, nworkers);

@@ -256,6 +256,9 @@ typedef struct sk_wgen {
     uint64_t retired_ms;   /* when it stopped being current (sk_now_ms), 0 = current */
 } sk_wgen;
 
+/* Iterates a worker's generations, current first: for (g = w->gen; g; g = sk_wgen_next(w, g)). */
+#define sk_wgen_next(w, g) ((g) == (w)->gen ? (w)->retired : (g)->next)
+
 /* One listening socket of a worker. */
 typedef struct sk_wlistener {
     sk_worker *worker;

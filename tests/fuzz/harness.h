@@ -88,7 +88,7 @@ static void fuzz_setup(const char *config_text)
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
     if (!w->loop) fuzz_die("ev_loop_new", NULL);
     w->config = cfg; /* the generation takes a reference; the load's stays */
-    w->metrics = sk_metrics_new(cfg);
+    w->metrics = sk_metrics_new();
     if (!w->metrics) fuzz_die("sk_metrics_new", "out of memory");
     /* SK_FUZZ_ACCESSLOG=1: access log lines on stderr (exercises accesslog.c). */
     w->accesslog_fd = getenv("SK_FUZZ_ACCESSLOG") ? 2 : -1;

@@ -68,7 +68,7 @@ static json_t *find_request(json_t *reqs, const char *route, int code)
 
 static void test_empty(void)
 {
-    sk_metrics *m = sk_metrics_new(&cfg);
+    sk_metrics *m = sk_metrics_new();
     ASSERT(m);
     sk_metrics *const ms[] = {m};
     sk_buf out = {0};
@@ -94,7 +94,7 @@ static void test_empty(void)
 
 static void test_sums(void)
 {
-    sk_metrics *w0 = sk_metrics_new(&cfg), *w1 = sk_metrics_new(&cfg);
+    sk_metrics *w0 = sk_metrics_new(), *w1 = sk_metrics_new();
     ASSERT(w0 && w1);
     CHECK(w0->nroutes >= 3); /* row 0 (no route) + api + web */
 
@@ -237,7 +237,7 @@ static void test_sums(void)
 static void test_rows(void)
 {
     static sk_route other = {.name = "other", .metrics_row = 100000};
-    sk_metrics *m = sk_metrics_new(&cfg);
+    sk_metrics *m = sk_metrics_new();
     ASSERT(m);
     sk_metrics_request(m, &other, 200, 1);
     sk_metrics_request(m, &route_api, 200, 1);
