@@ -33,6 +33,8 @@ from typing import Callable, List, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[2]
 SIDEKICK_BIN = os.environ.get("SIDEKICK_BIN", str(REPO / "build" / "sidekick"))
+# The fixture plugins of tests/plugins (fx_*.so): set by ctest, else the default build.
+PLUGIN_DIR = os.environ.get("SIDEKICK_PLUGIN_DIR", str(REPO / "build" / "tests" / "plugins"))
 CURL = "/usr/bin/curl"
 
 Headers = List[Tuple[str, str]]
@@ -67,6 +69,11 @@ def free_port() -> int:
         return s.getsockname()[1]
     finally:
         s.close()
+
+
+def missing_fixtures(names) -> List[str]:
+    """The fixture plugins of `names` (fx_headers, ...) not built in PLUGIN_DIR."""
+    return [n for n in names if not os.path.exists(os.path.join(PLUGIN_DIR, n + ".so"))]
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 5.0, interval: float = 0.02) -> bool:
@@ -297,12 +304,20 @@ class Sidekick:
                 out.append(json.loads(line))
         return out
 
-    def vmhwm_kb(self) -> int:
+    def _status_kb(self, field: str) -> int:
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise RuntimeError("no VmHWM")
+        raise RuntimeError(f"no {field}")
+
+    def vmhwm_kb(self) -> int:
+        """Peak resident memory of the process."""
+        return self._status_kb("VmHWM")
+
+    def vmrss_kb(self) -> int:
+        """Resident memory of the process now."""
+        return self._status_kb("VmRSS")
 
     def admin_get(self, path: str, timeout: float = 5.0):
         return http_request(self.admin_port, "GET", path, timeout=timeout)

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from harness import PLUGIN_DIR, missing_fixtures
 from harness import (REPO, RawClient, Reply, assert_local_reply, echo_handler, free_port,
                      http_request, metric_value, parse_prometheus, run_sidekick, sk_ini, wait_for)
 
@@ -88,14 +89,6 @@ def wait_errors(sk, route, kind, value, timeout=5.0):
         text = sk.admin_get("/metrics").body.decode()
         lines = "\n".join(l for l in text.splitlines() if "lua" in l)
         pytest.fail(f"{ERRORS}{{route={route},kind={kind}}} != {value}; lua metrics:\n{lines}")
-
-
-def vmrss_kb(sk):
-    with open(f"/proc/{sk.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def assert_filter_error(resp):
@@ -977,7 +970,7 @@ def test_huge_allocation_is_capped(proxy, lua_dir, fault):
     assert wait_for(lambda: errors(sk, "faults", "memory") + errors(sk, "faults", "budget") == 2,
                     5), (errors(sk, "faults", "memory"), errors(sk, "faults", "budget"))
     if not SANITIZED:
-        rss = vmrss_kb(sk)
+        rss = sk.vmrss_kb()
         assert rss < 200 * 1024, f"VmRSS {rss} kB after a capped allocation"
     check_next_request_works(sk, ups, 0)
 
@@ -1165,13 +1158,12 @@ def test_absolute_script_path(tmp_path, lua_dir, sidekick_bin):
 # --------------------------------------------------------------------------
 # metadata shared with C plugins
 
-PLUGIN_DIR = os.environ.get("SIDEKICK_PLUGIN_DIR", str(REPO / "build" / "tests" / "plugins"))
 
 
 def test_meta_is_shared_with_c_plugins(proxy, lua_dir):
     """A route plugin's set_meta is visible to r:meta(); r:set_meta() values
     live across on_request and on_response; both reach the upstream/client."""
-    if not os.path.exists(os.path.join(PLUGIN_DIR, "fx_headers.so")):
+    if missing_fixtures(["fx_headers"]):
         pytest.skip("fx_headers.so not built")
     lua_dir.write("meta.lua", """
 local M = {}

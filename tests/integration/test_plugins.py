@@ -24,10 +24,10 @@ import time
 
 import pytest
 
+from harness import PLUGIN_DIR, missing_fixtures
 from harness import (REPO, RawClient, Reply, assert_local_reply, build_request, free_port, http_request,
                      metric_value, parse_prometheus, run_sidekick, wait_for)
 
-PLUGIN_DIR = os.environ.get("SIDEKICK_PLUGIN_DIR", str(REPO / "build" / "tests" / "plugins"))
 BUILD_DIR = os.environ.get("SIDEKICK_BUILD_DIR")
 
 FIXTURES = ["fx_headers", "fx_respond", "fx_pause", "fx_count", "fx_error", "fx_failcreate",
@@ -36,7 +36,7 @@ FIXTURES = ["fx_headers", "fx_respond", "fx_pause", "fx_count", "fx_error", "fx_
 
 @pytest.fixture(autouse=True)
 def _fixtures_built():
-    missing = [f for f in FIXTURES if not os.path.exists(os.path.join(PLUGIN_DIR, f + ".so"))]
+    missing = missing_fixtures(FIXTURES)
     if missing:
         pytest.fail(f"fixture plugins not built in {PLUGIN_DIR}: {missing} "
                     f"(set SIDEKICK_PLUGIN_DIR)")

@@ -37,10 +37,10 @@ import time
 
 import pytest
 
+from harness import PLUGIN_DIR, missing_fixtures
 from harness import (REPO, ConnectionClosed, RawClient, Reply, build_request, free_port, http_request,
                      metric_value, parse_prometheus, run_sidekick, sk_ini, wait_for)
 
-PLUGIN_DIR = os.environ.get("SIDEKICK_PLUGIN_DIR", str(REPO / "build" / "tests" / "plugins"))
 SANITIZED = bool(os.environ.get("SIDEKICK_SANITIZED"))
 
 FIXTURES = ["fx_lifecycle", "fx_headers", "fx_failcreate"]
@@ -61,7 +61,7 @@ FAILURES = "sidekick_config_reload_failures_total"
 
 @pytest.fixture(autouse=True)
 def _fixtures_built():
-    missing = [f for f in FIXTURES if not os.path.exists(os.path.join(PLUGIN_DIR, f + ".so"))]
+    missing = missing_fixtures(FIXTURES)
     if missing:
         pytest.fail(f"fixture plugins not built in {PLUGIN_DIR}: {missing} "
                     f"(set SIDEKICK_PLUGIN_DIR)")
@@ -262,11 +262,7 @@ class Env:
         return sorted(ports)
 
     def rss_kb(self):
-        with open(f"/proc/{self.sk.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        return self.sk.vmrss_kb()
 
 
 @pytest.fixture
