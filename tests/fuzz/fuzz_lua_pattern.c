@@ -1,6 +1,6 @@
 /*
  * fuzz_lua_pattern.c — libFuzzer target for the Lua pattern functions of
- * filter states (core/lua_pattern.c): the input is "PATTERN\nSUBJECT"; find
+ * filter states (core/ext/lua_pattern.c): the input is "PATTERN\nSUBJECT"; find
  * (also plain and with an init), match, gmatch and gsub (string, function
  * and table replacements) must give the same results as LuaJIT's own, or
  * both fail. A difference aborts. Subject and pattern are cut to 64 and 24

@@ -4,7 +4,7 @@
  *
  * A config is loaded from text with sk_config_load(); a worker is
  * assembled by hand on the fuzzer's thread as worker_init() in
- * core/worker.c does it, minus listening sockets, threads and the drain
+ * core/runtime/worker.c does it, minus listening sockets, threads and the drain
  * async; connections are handed to sk_conn_accept() as accepted sockets
  * are. The loop only ever runs with EVRUN_NOWAIT; timeouts are fired by
  * hand (fuzz_fire_timers) instead of waiting for them.

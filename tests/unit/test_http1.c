@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../core/proxy.c"
+#include "../../core/proxy/proxy.c"
 
 #include "check.h"
 

@@ -1,6 +1,6 @@
 /*
  * test_lua_pattern.c — sidekick's string.find/match/gmatch/gsub
- * (core/lua_pattern.c) against LuaJIT's own, on fixed cases and on many
+ * (core/ext/lua_pattern.c) against LuaJIT's own, on fixed cases and on many
  * generated patterns and subjects: same results, or both an error.
  */
 #include <lauxlib.h>

@@ -1,5 +1,5 @@
 /*
- * test_metrics.c — unit test of core/metrics.c: counting, summing across
+ * test_metrics.c — unit test of core/obs/metrics.c: counting, summing across
  * workers, the Prometheus and JSON renderings, cumulative histogram buckets
  * and the omission of zero series. The config is built by hand (only the
  * fields metrics.c reads), so the test does not depend on the INI loader.

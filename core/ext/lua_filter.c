@@ -1266,7 +1266,7 @@ int sk_lua_render_prometheus(sk_buf *out, const sk_config *c)
 
 /* ---- the offline test runner ------------------------------------------------------------- */
 
-#include "lua_test_src.h" /* sk_lua_test_src: core/lua_test.lua */
+#include "lua_test_src.h" /* sk_lua_test_src: core/ext/lua_test.lua */
 
 /* Directory part of path ("." when none), malloc'd. */
 static char *dir_of(const char *path)
