@@ -29,7 +29,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "http1.h"
+#include "head.h"
 #include "lua_filter.h"
 #include "plugin_host.h"
 #include "worker.h"

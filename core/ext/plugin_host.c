@@ -15,7 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "http1.h"
+#include "head.h"
 #include "metrics.h"
 #include "plugin_host.h"
 #include "worker.h"

@@ -39,187 +39,13 @@ static const llhttp_settings_t req_settings = {
     .on_message_complete = on_message_complete,
 };
 
-static void on_read(struct ev_loop *loop, ev_io *io, int revents);
-static void on_write(struct ev_loop *loop, ev_io *io, int revents);
+static void on_readable(sk_transport *t);
+static void on_writable(sk_transport *t);
+
+static const sk_transport_cbs conn_cbs = {.on_readable = on_readable, .on_writable = on_writable};
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
 static void finish_request(sk_conn *c);
 static int bad_request(sk_conn *c, int status);
-
-/* ---- message heads, shared with upstream.c ---- */
-
-/* Appends a piece of a header name; starts a new header when the previous
- * piece was a value. Returns 0, or -1 when a limit is exceeded / OOM. */
-int sk_head_field(sk_head *h, const char *at, size_t n, size_t max_headers, size_t max_bytes)
-{
-    if (h->done) {
-        /* A trailer field of a chunked body: not forwarded (the head went
-         * out long ago), but bounded like the head. */
-        h->trailer_bytes += n;
-        return h->trailer_bytes > max_bytes ? -2 : 0;
-    }
-    if (h->nhdrs == 0 || h->in_value) {
-        if (h->nhdrs >= max_headers) return -1;
-        if (h->nhdrs == h->cap) {
-            size_t cap = h->cap ? h->cap * 2 : 32;
-            sk_hdr_off *o = realloc(h->offs, cap * sizeof(*o));
-            if (!o) return -1;
-            h->offs = o;
-            h->cap = cap;
-        }
-        sk_hdr_off *o = &h->offs[h->nhdrs++];
-        o->name = (uint32_t)h->raw.len;
-        o->name_len = 0;
-        o->value = (uint32_t)h->raw.len;
-        o->value_len = 0;
-        h->in_value = false;
-    }
-    if (h->raw.len + n > max_bytes) return -2;
-    if (sk_buf_append(&h->raw, at, n) < 0) return -1;
-    h->offs[h->nhdrs - 1].name_len += (uint32_t)n;
-    return 0;
-}
-
-/* Appends a piece of a header value. Same returns as sk_head_field. */
-int sk_head_value(sk_head *h, const char *at, size_t n, size_t max_bytes)
-{
-    if (h->done) {
-        h->trailer_bytes += n;
-        return h->trailer_bytes > max_bytes ? -2 : 0;
-    }
-    if (h->nhdrs == 0) return -1;
-    sk_hdr_off *o = &h->offs[h->nhdrs - 1];
-    if (!h->in_value) {
-        o->value = (uint32_t)h->raw.len;
-        o->value_len = 0;
-        h->in_value = true;
-    }
-    if (h->raw.len + n > max_bytes) return -2;
-    if (sk_buf_append(&h->raw, at, n) < 0) return -1;
-    o->value_len += (uint32_t)n;
-    return 0;
-}
-
-/* Builds the sk_header views once the head is complete (raw no longer
- * grows). Trims surrounding whitespace from values. Returns 0 or -1. */
-int sk_head_finish(sk_head *h)
-{
-    h->done = true;
-    if (h->nhdrs > h->views_cap) {
-        sk_header *v = realloc(h->views, h->nhdrs * sizeof(*v));
-        if (!v) return -1;
-        h->views = v;
-        h->views_cap = h->nhdrs;
-    }
-    for (size_t i = 0; i < h->nhdrs; i++) {
-        const sk_hdr_off *o = &h->offs[i];
-        const char *v = h->raw.data + o->value;
-        size_t vl = o->value_len;
-        while (vl && (*v == ' ' || *v == '\t')) v++, vl--;
-        while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\t')) vl--;
-        h->views[i].name = h->raw.data + o->name;
-        h->views[i].name_len = o->name_len;
-        h->views[i].value = v;
-        h->views[i].value_len = vl;
-    }
-    return 0;
-}
-
-/* Returns the first header named `name` (lower-case), or NULL. */
-const sk_header *sk_head_get(const sk_head *h, const char *name)
-{
-    for (size_t i = 0; i < h->nhdrs; i++)
-        if (sk_streq_nocase(h->views[i].name, h->views[i].name_len, name)) return &h->views[i];
-    return NULL;
-}
-
-/* Counts headers named `name`. */
-size_t sk_head_count(const sk_head *h, const char *name)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < h->nhdrs; i++)
-        if (sk_streq_nocase(h->views[i].name, h->views[i].name_len, name)) n++;
-    return n;
-}
-
-/* Is s a valid header name (name) or value (no CR, LF, NUL or other
- * controls but TAB)? Shared with the plugin host. */
-bool sk_header_field_ok(const char *s, bool name)
-{
-    if (!s || (name && !*s)) return false;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '\r' || *p == '\n' || *p == 0x7f || (*p < 0x20 && *p != '\t')) return false;
-        if (name && (*p == ':' || *p <= 0x20)) return false;
-    }
-    return true;
-}
-
-/* Edits a complete head (plugins, filters): with `replace`, removes every
- * header named `name`; then, when value is not NULL, appends `name: value`
- * (copied into the arena). Returns 0, or -1 on a bad name/value or OOM. */
-int sk_head_edit(sk_head *h, sk_arena *a, const char *name, const char *value, bool replace)
-{
-    if (!h->done || !sk_header_field_ok(name, true) || (value && !sk_header_field_ok(value, false)))
-        return -1;
-    if (replace) {
-        size_t j = 0;
-        for (size_t i = 0; i < h->nhdrs; i++)
-            if (!sk_streq_nocase(h->views[i].name, h->views[i].name_len, name)) h->views[j++] = h->views[i];
-        h->nhdrs = j;
-    }
-    if (!value) return 0;
-    if (h->nhdrs + 1 > h->views_cap) {
-        size_t cap = h->views_cap ? h->views_cap * 2 : 8;
-        sk_header *v = realloc(h->views, cap * sizeof(*v));
-        if (!v) return -1;
-        h->views = v;
-        h->views_cap = cap;
-    }
-    size_t nl = strlen(name), vl = strlen(value);
-    const char *n = sk_arena_strndup(a, name, nl), *v = sk_arena_strndup(a, value, vl);
-    if (!n || !v) return -1;
-    h->views[h->nhdrs].name = n;
-    h->views[h->nhdrs].name_len = nl;
-    h->views[h->nhdrs].value = v;
-    h->views[h->nhdrs].value_len = vl;
-    h->nhdrs++;
-    return 0;
-}
-
-/* Standard reason phrase of a status code. */
-const char *sk_status_text(int status)
-{
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 413: return "Payload Too Large";
-    case 414: return "URI Too Long";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default:
-        return status < 300   ? "OK"
-               : status < 400 ? "Redirect"
-               : status < 500 ? "Client Error"
-                              : "Server Error";
-    }
-}
 
 /* ---- connection life ---- */
 
@@ -243,13 +69,11 @@ void sk_conn_accept(sk_worker *w, const sk_listener *l, int fd, const struct soc
         sk__listener_conn_closed(l);
         return;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->worker = w;
     c->listener = l;
     c->config = w->config;
     sk_config_ref(c->config);
-    sk_transport_plain(&c->tr, fd);
+    sk_transport_accept(&c->tr, w->loop, fd, &conn_cbs, c);
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &in->sin_addr, c->client_ip, sizeof(c->client_ip));
@@ -264,17 +88,13 @@ void sk_conn_accept(sk_worker *w, const sk_listener *l, int fd, const struct soc
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
     c->parser.data = c;
-    ev_io_init(&c->rio, on_read, fd, EV_READ);
-    ev_io_init(&c->wio, on_write, fd, EV_WRITE);
-    c->rio.data = c->wio.data = c;
     ev_init(&c->timer, on_timer);
     c->timer.data = c;
     sk_list_insert(&w->conns, &c->link);
     w->nconns++;
     SK_INC(w->metrics->downstream_active);
     SK_INC(w->metrics->downstream_total);
-    ev_io_start(w->loop, &c->rio);
-    c->reading = true;
+    sk_transport_want_read(&c->tr, true);
     set_timer(c, l->header_timeout_ms);
 }
 
@@ -284,8 +104,6 @@ void sk_conn_close(sk_conn *c)
     if (c->dead) return;
     sk_worker *w = c->worker;
     c->dead = true;
-    ev_io_stop(w->loop, &c->rio);
-    ev_io_stop(w->loop, &c->wio);
     ev_timer_stop(w->loop, &c->timer);
     if (c->req) {
         sk_request *r = c->req;
@@ -298,7 +116,7 @@ void sk_conn_close(sk_conn *c)
         sk_request_free(r);
         c->req = NULL;
     }
-    c->tr.ops->close(&c->tr);
+    sk_transport_close(&c->tr);
     sk__listener_conn_closed(c->listener);
     SK_DEC(w->metrics->downstream_active);
     sk_list_remove(&c->link);
@@ -340,11 +158,11 @@ void sk_conn_flush(sk_conn *c)
     size_t pending = sk_out_pending(&c->out);
     if (before > pending) SK_ADD(c->worker->metrics->bytes_sent, before - pending);
     if (pending > 0) {
-        if (!ev_is_active(&c->wio)) ev_io_start(c->worker->loop, &c->wio);
+        sk_transport_want_write(&c->tr, true);
         if (pending > SK_HIGH_WATER && c->req && c->req->up) sk_upstream_pause_read(c->req->up);
         return;
     }
-    if (ev_is_active(&c->wio)) ev_io_stop(c->worker->loop, &c->wio);
+    sk_transport_want_write(&c->tr, false);
     if (c->closing && !c->req && !c->lingering) {
         if (!c->linger || c->read_eof) {
             sk_conn_close(c);
@@ -355,14 +173,11 @@ void sk_conn_flush(sk_conn *c)
          * the reply in the client's receive queue. Half-close, drain what
          * arrives for a short while, then close (nginx's lingering close). */
         c->lingering = true;
-        c->tr.ops->shutdown(&c->tr);
+        sk_transport_shutdown(&c->tr);
         ev_timer_stop(c->worker->loop, &c->timer);
         c->timer.repeat = 2.0;
         ev_timer_again(c->worker->loop, &c->timer);
-        if (!c->reading) {
-            ev_io_start(c->worker->loop, &c->rio);
-            c->reading = true;
-        }
+        sk_transport_want_read(&c->tr, true);
     }
 }
 
@@ -382,19 +197,13 @@ int sk_conn_send_copy(sk_conn *c, const void *p, size_t n)
 /* Stops reading from the client (upstream is slower than the client). */
 void sk_conn_pause_read(sk_conn *c)
 {
-    if (c->reading) {
-        ev_io_stop(c->worker->loop, &c->rio);
-        c->reading = false;
-    }
+    sk_transport_want_read(&c->tr, false);
 }
 
 /* Resumes reading from the client. */
 void sk_conn_resume_read(sk_conn *c)
 {
-    if (!c->reading && !c->dead && !c->closing) {
-        ev_io_start(c->worker->loop, &c->rio);
-        c->reading = true;
-    }
+    if (!c->dead && !c->closing) sk_transport_want_read(&c->tr, true);
 }
 
 /* Queues a local reply for the current request. With `close`, the
@@ -490,7 +299,7 @@ void sk_conn_filter_resumed(sk_conn *c)
             llhttp_resume(&c->parser);
             c->paused = false;
         }
-        if (c->rpos < c->rlen) ev_feed_event(c->worker->loop, &c->rio, EV_READ);
+        if (c->rpos < c->rlen) sk_transport_feed_read(&c->tr);
         sk_conn_resume_read(c);
     }
     sk_request *r = c->req;
@@ -546,7 +355,7 @@ static void finish_request(sk_conn *c)
         if (c->closing || c->dead) return;
     }
     set_timer(c, c->rpos < c->rlen ? c->listener->header_timeout_ms : c->listener->idle_timeout_ms);
-    if (c->rpos < c->rlen) ev_feed_event(w->loop, &c->rio, EV_READ);
+    if (c->rpos < c->rlen) sk_transport_feed_read(&c->tr);
     sk_conn_resume_read(c);
 }
 
@@ -611,18 +420,6 @@ static int bad_request(sk_conn *c, int status)
     return -1;
 }
 
-static bool is_token(const char *s, size_t n)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    if (n == 0) return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              (ch && strchr(extra, ch))))
-            return false;
-    }
-    return true;
-}
 
 /* Splits the request target into path and query; accepts origin-form and
  * absolute-form (http://authority/path). */
@@ -671,7 +468,7 @@ static int on_headers_complete(llhttp_t *p)
     /* llhttp 8 lets whitespace before the colon through ("Host : x"):
      * a header name must be a token (RFC 9110 5.1). */
     for (size_t i = 0; i < r->head.nhdrs; i++)
-        if (!is_token(r->head.views[i].name, r->head.views[i].name_len)) return bad_request(c, 400);
+        if (!sk_is_token(r->head.views[i].name, r->head.views[i].name_len)) return bad_request(c, 400);
     r->method_id = p->method;
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     r->http_minor = p->http_minor;
@@ -825,14 +622,14 @@ static void process(sk_conn *c)
     if (!c->dead) sk_conn_flush(c);
 }
 
-static void on_read(struct ev_loop *loop, ev_io *io, int revents)
+static void on_readable(sk_transport *t)
 {
-    sk_conn *c = io->data;
+    sk_conn *c = t->data;
     if (c->dead) return;
     if (c->lingering) {
         char sink[4096];
         for (int i = 0;; i++) {
-            ssize_t n = c->tr.ops->read(&c->tr, sink, sizeof(sink));
+            ssize_t n = sk_transport_read(&c->tr, sink, sizeof(sink));
             if (n > 0 && i < 16) continue;
             if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) return;
             break; /* EOF or error */
@@ -855,7 +652,7 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
         c->rpos = 0;
     }
     if (c->rlen < SK_READ_BUF && !c->closing) {
-        ssize_t n = c->tr.ops->read(&c->tr, c->rbuf + c->rlen, SK_READ_BUF - c->rlen);
+        ssize_t n = sk_transport_read(&c->tr, c->rbuf + c->rlen, SK_READ_BUF - c->rlen);
         if (n == 0) {
             /* The client closed its side. A request that was read whole is
              * still answered (then the connection closes); anything else is
@@ -893,9 +690,9 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
     process(c);
 }
 
-static void on_write(struct ev_loop *loop, ev_io *io, int revents)
+static void on_writable(sk_transport *t)
 {
-    sk_conn *c = io->data;
+    sk_conn *c = t->data;
     sk_conn_flush(c);
     if (c->dead) return;
     if (sk_out_pending(&c->out) < SK_LOW_WATER && c->req) sk_proxy_client_drained(c->req);

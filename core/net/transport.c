@@ -1,7 +1,10 @@
 /*
- * transport.c — plain TCP transport and the sk_out write queue.
+ * transport.c — the plain TCP transport: the socket, its watchers, and a
+ * non-blocking connect with a timeout.
  */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -44,105 +47,129 @@ static const sk_transport_ops plain_ops = {
     .close = plain_close,
 };
 
-/* Initialises t as a plain TCP transport owning fd. */
-void sk_transport_plain(sk_transport *t, int fd)
+static void on_io_read(struct ev_loop *loop, ev_io *io, int revents)
 {
+    sk_transport *t = io->data;
+    t->cbs->on_readable(t);
+}
+
+/* Ends a connect: stops its timer, reports err (0 = connected). */
+static void connect_done(sk_transport *t, int err)
+{
+    t->connecting = false;
+    ev_timer_stop(t->loop, &t->timer);
+    if (!t->want_write) ev_io_stop(t->loop, &t->wio);
+    if (!err && t->want_read && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
+    t->cbs->on_connected(t, err);
+}
+
+static void on_io_write(struct ev_loop *loop, ev_io *io, int revents)
+{
+    sk_transport *t = io->data;
+    if (t->connecting) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+        connect_done(t, err);
+        return;
+    }
+    t->cbs->on_writable(t);
+}
+
+static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
+{
+    sk_transport *t = w->data;
+    connect_done(t, ETIMEDOUT);
+}
+
+/* Sets up t around fd (plain TCP) without watching anything yet. */
+static void init(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_cbs *cbs, void *data)
+{
+    memset(t, 0, sizeof(*t));
     t->ops = &plain_ops;
+    t->cbs = cbs;
+    t->data = data;
+    t->loop = loop;
     t->fd = fd;
-    t->ctx = NULL;
+    ev_io_init(&t->rio, on_io_read, fd, EV_READ);
+    ev_io_init(&t->wio, on_io_write, fd, EV_WRITE);
+    ev_init(&t->timer, on_connect_timeout);
+    t->rio.data = t->wio.data = t->timer.data = t;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-/* Queues a piece by reference; falls back to copying when the iov is full. */
-int sk_out_ref(sk_out *o, const void *p, size_t n)
+/* Takes over an accepted socket (see transport.h). */
+void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_cbs *cbs,
+                         void *data)
 {
-    if (n == 0) return 0;
-    if (o->niov == SK_OUT_IOV && sk_out_detach(o) < 0) return -1;
-    o->iov[o->niov].iov_base = (void *)p;
-    o->iov[o->niov].iov_len = n;
-    o->niov++;
-    o->iov_bytes += n;
+    init(t, loop, fd, cbs, data);
+}
+
+/* Starts a non-blocking connect (see transport.h). */
+int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct sockaddr *sa, socklen_t len,
+                         uint64_t timeout_ms, const sk_transport_cbs *cbs, void *data)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        memset(t, 0, sizeof(*t));
+        t->fd = -1;
+        return -1;
+    }
+    init(t, loop, fd, cbs, data);
+    if (connect(fd, sa, len) == 0) return 1;
+    if (errno != EINPROGRESS) {
+        int e = errno;
+        sk_transport_close(t);
+        errno = e;
+        return -1;
+    }
+    t->connecting = true;
+    ev_io_start(loop, &t->wio);
+    if (timeout_ms) {
+        t->timer.repeat = (double)timeout_ms / 1000.0;
+        ev_timer_again(loop, &t->timer);
+    }
     return 0;
 }
 
-/* Queues a copy: small pieces go to scratch, larger ones to the backlog. */
-int sk_out_copy(sk_out *o, const void *p, size_t n)
+/* Turns readable events on or off (deferred while connecting). */
+void sk_transport_want_read(sk_transport *t, bool on)
 {
-    if (n == 0) return 0;
-    if (n <= sizeof(o->scratch) - o->scratch_len && o->niov < SK_OUT_IOV) {
-        char *dst = o->scratch + o->scratch_len;
-        memcpy(dst, p, n);
-        o->scratch_len += n;
-        return sk_out_ref(o, dst, n);
+    t->want_read = on;
+    if (t->fd < 0 || t->connecting) return;
+    if (on && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
+    if (!on && ev_is_active(&t->rio)) ev_io_stop(t->loop, &t->rio);
+}
+
+/* Turns writable events on or off (the connect watches writability itself). */
+void sk_transport_want_write(sk_transport *t, bool on)
+{
+    t->want_write = on;
+    if (t->fd < 0 || t->connecting) return;
+    if (on && !ev_is_active(&t->wio)) ev_io_start(t->loop, &t->wio);
+    if (!on && ev_is_active(&t->wio)) ev_io_stop(t->loop, &t->wio);
+}
+
+/* Queues a readable event for the next loop iteration. */
+void sk_transport_feed_read(sk_transport *t)
+{
+    if (t->fd >= 0) ev_feed_event(t->loop, &t->rio, EV_READ);
+}
+
+/* Stops the watchers and closes the socket. */
+void sk_transport_close(sk_transport *t)
+{
+    if (!t->ops) return;
+    if (t->loop) {
+        ev_io_stop(t->loop, &t->rio);
+        ev_io_stop(t->loop, &t->wio);
+        ev_timer_stop(t->loop, &t->timer);
+        /* a readable event fed but not yet delivered must not reach a freed owner */
+        ev_clear_pending(t->loop, &t->rio);
+        ev_clear_pending(t->loop, &t->wio);
+        ev_clear_pending(t->loop, &t->timer);
     }
-    if (sk_out_detach(o) < 0) return -1;
-    return sk_buf_append(&o->backlog, p, n);
-}
-
-/* Copies the referenced pieces into the backlog and empties the iov. */
-int sk_out_detach(sk_out *o)
-{
-    for (int i = 0; i < o->niov; i++)
-        if (sk_buf_append(&o->backlog, o->iov[i].iov_base, o->iov[i].iov_len) < 0) return -1;
-    o->niov = 0;
-    o->iov_bytes = 0;
-    o->scratch_len = 0;
-    return 0;
-}
-
-/* Writes backlog and pieces with one writev; keeps the rest in the backlog. */
-int sk_out_flush(sk_out *o, sk_transport *t)
-{
-    if (t == NULL || t->fd < 0) return sk_out_detach(o);
-    while (sk_out_pending(o) > 0) {
-        struct iovec iov[SK_OUT_IOV + 1];
-        int n = 0;
-        size_t blen = sk_buf_pending(&o->backlog);
-        if (blen) {
-            iov[n].iov_base = o->backlog.data + o->backlog.off;
-            iov[n].iov_len = blen;
-            n++;
-        }
-        memcpy(iov + n, o->iov, sizeof(struct iovec) * (size_t)o->niov);
-        n += o->niov;
-        ssize_t w = t->ops->writev(t, iov, n);
-        if (w < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
-            return -1;
-        }
-        size_t done = (size_t)w;
-        size_t fromb = SK_MIN(done, blen);
-        sk_buf_consume(&o->backlog, fromb);
-        done -= fromb;
-        int i = 0;
-        while (i < o->niov && done >= o->iov[i].iov_len) {
-            done -= o->iov[i].iov_len;
-            o->iov_bytes -= o->iov[i].iov_len;
-            i++;
-        }
-        if (i < o->niov && done > 0) {
-            o->iov[i].iov_base = (char *)o->iov[i].iov_base + done;
-            o->iov[i].iov_len -= done;
-            o->iov_bytes -= done;
-        }
-        memmove(o->iov, o->iov + i, sizeof(struct iovec) * (size_t)(o->niov - i));
-        o->niov -= i;
-        if (o->niov == 0) o->scratch_len = 0;
-    }
-    return sk_out_detach(o);
-}
-
-/* Drops everything queued. */
-void sk_out_clear(sk_out *o)
-{
-    sk_buf_reset(&o->backlog);
-    o->niov = 0;
-    o->iov_bytes = 0;
-    o->scratch_len = 0;
-}
-
-/* Frees the backlog storage. */
-void sk_out_free(sk_out *o)
-{
-    sk_out_clear(o);
-    sk_buf_free(&o->backlog);
+    if (t->fd >= 0) t->ops->close(t);
+    t->want_read = t->want_write = t->connecting = false;
 }

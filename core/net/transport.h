@@ -1,80 +1,114 @@
 /*
- * transport.h — the byte-stream layer under every connection.
+ * transport.h — the byte stream under every connection.
  *
- * HTTP code never calls read(2)/writev(2) itself: it goes through an
- * sk_transport, so that TLS (wolfSSL) can be slotted under a connection
- * later without touching the codecs. Plain TCP is the only transport today.
+ * A transport owns the socket: the fd, its read/write watchers on the
+ * owner's loop, a non-blocking connect with its timeout, and (for TLS) the
+ * handshake. Its owner — a codec, the TCP relay — never touches the fd: it
+ * says what it wants (want_read / want_write) and gets events through the
+ * callbacks it registered, as Redis' connection.c does. For plain TCP an
+ * event is an fd readiness; for TLS it is not (a read may need the socket to
+ * be writable during a renegotiation, bytes may wait inside the TLS
+ * library), so a TLS transport is one more sk_transport_ops and the codecs
+ * do not change.
+ *
+ * Threads: a transport lives on one loop (one worker or the main thread).
  */
 #ifndef SK_TRANSPORT_H
 #define SK_TRANSPORT_H
 
+#include <ev.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "sk.h"
 
 typedef struct sk_transport sk_transport;
 
+/* What a transport tells its owner. Every callback gets the transport; the
+ * owner finds itself in t->data. A callback may close the transport. */
+typedef struct sk_transport_cbs {
+    /* Bytes, EOF or an error can be read now (read() will not block). */
+    void (*on_readable)(sk_transport *t);
+    /* Output can be written now (only while want_write is on). */
+    void (*on_writable)(sk_transport *t);
+    /* The connect started by sk_transport_connect() finished: err is 0, or
+     * an errno value (ETIMEDOUT after the timeout). Handshakes of a secure
+     * transport are part of it. NULL on accepted transports. */
+    void (*on_connected)(sk_transport *t, int err);
+} sk_transport_cbs;
+
+/* One kind of transport (plain TCP today; TLS later). */
 typedef struct sk_transport_ops {
     /* Reads up to len bytes. Returns >0 bytes, 0 at EOF, -1 with errno
      * (EAGAIN when nothing is available). */
     ssize_t (*read)(sk_transport *t, void *buf, size_t len);
     /* Writes from iov. Returns bytes written (may be partial), or -1 with
-     * errno (EAGAIN when the socket buffer is full). */
+     * errno (EAGAIN when nothing more fits now). */
     ssize_t (*writev)(sk_transport *t, const struct iovec *iov, int iovcnt);
+    /* Advances a handshake: 0 done, 1 in progress (it set the watchers it
+     * needs), -1 failed (errno). NULL: nothing to shake hands about. */
+    int (*handshake)(sk_transport *t);
     /* Shuts the write side (half close); may be a no-op. */
     void (*shutdown)(sk_transport *t);
-    /* Closes the transport and its fd. */
+    /* Releases the implementation's state and closes the fd. */
     void (*close)(sk_transport *t);
 } sk_transport_ops;
 
 struct sk_transport {
     const sk_transport_ops *ops; /* the implementation (static storage) */
+    const sk_transport_cbs *cbs; /* the owner's callbacks (static storage) */
+    void *data;                  /* the owner */
+    struct ev_loop *loop;        /* the loop the watchers run on */
     int fd;                      /* the socket; -1 once closed */
     void *ctx;                   /* implementation data (TLS session), owned by ops */
+    ev_io rio, wio;              /* read / write readiness of fd */
+    ev_timer timer;              /* connect (and handshake) timeout */
+    bool want_read;              /* the owner wants on_readable */
+    bool want_write;             /* the owner wants on_writable */
+    bool connecting;             /* sk_transport_connect() has not finished */
+    char alpn[16];               /* negotiated application protocol, "" when none (plain TCP) */
+    const char *peer_identity;   /* verified peer identity (SPIFFE ID), NULL when none */
 };
 
-/* Initialises t as a plain TCP transport over fd (which it then owns). */
-void sk_transport_plain(sk_transport *t, int fd);
-
-#define SK_OUT_IOV 8
+/*
+ * Takes over an accepted, non-blocking socket fd as a plain transport on
+ * loop: sets TCP_NODELAY, reports to cbs with t->data = data. Nothing is
+ * watched until the owner asks (sk_transport_want_read).
+ */
+void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_cbs *cbs,
+                         void *data);
 
 /*
- * sk_out — output towards one transport.
- *
- * Pieces are queued by reference (sk_out_ref: zero-copy, the memory must
- * stay valid until the next sk_out_flush) or by copy. sk_out_flush() writes
- * the backlog and the referenced pieces with one writev and copies whatever
- * the socket did not take into the backlog, so no reference outlives the
- * event handler that made it.
+ * Opens a non-blocking TCP connection to sa on loop. Returns 1 when it is
+ * connected at once (on_connected is not called), 0 when it is in progress
+ * (cbs->on_connected follows, with ETIMEDOUT after timeout_ms; 0 = no
+ * timeout), -1 with errno when it failed at once (t is closed).
  */
-typedef struct sk_out {
-    sk_buf backlog;                /* bytes that must go first (already copied) */
-    struct iovec iov[SK_OUT_IOV];  /* referenced pieces after the backlog */
-    int niov;                      /* number of pieces */
-    size_t iov_bytes;              /* total bytes in iov */
-    char scratch[SK_OUT_IOV * 12]; /* small copied pieces (chunk headers) */
-    size_t scratch_len;            /* bytes used in scratch */
-} sk_out;
+int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct sockaddr *sa, socklen_t len,
+                         uint64_t timeout_ms, const sk_transport_cbs *cbs, void *data);
 
-/* Queues n bytes at p by reference. Returns 0 or -1 on OOM. */
-int sk_out_ref(sk_out *o, const void *p, size_t n);
-/* Queues a copy of n bytes. Returns 0 or -1 on OOM. */
-int sk_out_copy(sk_out *o, const void *p, size_t n);
-/* Bytes queued in total (backlog + pieces). */
-static inline size_t sk_out_pending(const sk_out *o)
+/* Turns on_readable / on_writable events on or off. */
+void sk_transport_want_read(sk_transport *t, bool on);
+void sk_transport_want_write(sk_transport *t, bool on);
+/* Makes on_readable run at the next loop iteration even if no new byte
+ * arrives (the owner has unparsed input of its own). */
+void sk_transport_feed_read(sk_transport *t);
+
+/* Reads / writes through the implementation (see sk_transport_ops). */
+static inline ssize_t sk_transport_read(sk_transport *t, void *buf, size_t len)
 {
-    return sk_buf_pending(&o->backlog) + o->iov_bytes;
+    return t->ops->read(t, buf, len);
 }
-/*
- * Writes what it can to t (t may be NULL: not connected yet, copy only).
- * Returns 0, or -1 with errno on a write error (the connection is dead).
- */
-int sk_out_flush(sk_out *o, sk_transport *t);
-/* Moves all referenced pieces into the backlog (before their memory goes). */
-int sk_out_detach(sk_out *o);
-/* Drops everything queued. */
-void sk_out_clear(sk_out *o);
-/* Frees the backlog storage. */
-void sk_out_free(sk_out *o);
+static inline ssize_t sk_transport_writev(sk_transport *t, const struct iovec *iov, int iovcnt)
+{
+    return t->ops->writev(t, iov, iovcnt);
+}
+/* Half-closes the write side. */
+static inline void sk_transport_shutdown(sk_transport *t)
+{
+    t->ops->shutdown(t);
+}
+/* Stops every watcher and timer and closes the fd. Safe to call twice. */
+void sk_transport_close(sk_transport *t);
 
 #endif

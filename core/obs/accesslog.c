@@ -8,7 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "http1.h"
+#include "head.h"
 #include "worker.h"
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */

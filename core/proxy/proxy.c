@@ -16,7 +16,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "http1.h"
+#include "head.h"
 #include "lua_filter.h"
 #include "plugin_host.h"
 #include "worker.h"
@@ -537,12 +537,7 @@ bool sk_proxy_retry_status(sk_request *r, int status)
 /* Starts the next attempt after a retried response. */
 void sk_proxy_retry(sk_request *r)
 {
-    sk_buf_reset(&r->rhead.raw);
-    r->rhead.nhdrs = 0;
-    r->rhead.url_len = 0;
-    r->rhead.in_value = false;
-    r->rhead.done = false;
-    r->rhead.trailer_bytes = 0;
+    sk_head_reset(&r->rhead);
     sk_debug("retrying %s %.*s after an upstream %s (attempt %u)", r->method, (int)r->path_len, r->path,
              "5xx", r->attempts + 1);
     start_upstream(r);

@@ -19,8 +19,7 @@
 void sk__listener_conn_closed(const sk_listener *l);
 
 typedef struct side {
-    sk_transport tr;
-    ev_io rio, wio;
+    sk_transport tr; /* the socket and its watchers */
     char *buf; /* bytes read from this side, waiting for the other */
     size_t off, len;
     bool eof;  /* this side sent FIN */
@@ -35,7 +34,8 @@ typedef struct sk_tcp {
     sk_link link;  /* in worker->tcp_conns */
     side down, up; /* client side, upstream side */
     bool connected;
-    ev_timer timer;   /* connect timeout, then idle timeout */
+    bool up_counted;  /* holds an upstream connection slot of the cluster */
+    ev_timer timer;   /* idle timeout */
     sk_addr endpoint; /* where the bytes go */
     bool has_endpoint;
     uint64_t start_ns;
@@ -49,13 +49,11 @@ static void tcp_close(sk_tcp *t)
     sk_worker *w = t->worker;
     side *s[2] = {&t->down, &t->up};
     for (int i = 0; i < 2; i++) {
-        ev_io_stop(w->loop, &s[i]->rio);
-        ev_io_stop(w->loop, &s[i]->wio);
-        if (s[i]->tr.ops) s[i]->tr.ops->close(&s[i]->tr);
+        sk_transport_close(&s[i]->tr);
         sk_worker_buf_put(w, s[i]->buf);
     }
     ev_timer_stop(w->loop, &t->timer);
-    if (t->up.tr.ops) {
+    if (t->up_counted) {
         __atomic_sub_fetch(&t->listener->cluster->active_connections, 1, __ATOMIC_RELAXED);
         SK_DEC(w->metrics->upstream_active);
     }
@@ -111,11 +109,11 @@ static int pump(side *s)
     sk_worker *w = t->worker;
     while (s->off < s->len) {
         struct iovec iov = {s->buf + s->off, s->len - s->off};
-        ssize_t n = o->tr.ops->writev(&o->tr, &iov, 1);
+        ssize_t n = sk_transport_writev(&o->tr, &iov, 1);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                ev_io_start(w->loop, &o->wio);
-                ev_io_stop(w->loop, &s->rio);
+                sk_transport_want_write(&o->tr, true);
+                sk_transport_want_read(&s->tr, false);
                 return 0;
             }
             t->reason = s == &t->down ? "upstream_reset" : "client_abort";
@@ -131,10 +129,10 @@ static int pump(side *s)
         }
     }
     s->off = s->len = 0;
-    ev_io_stop(w->loop, &o->wio);
+    sk_transport_want_write(&o->tr, false);
     if (s->eof) {
         if (!o->shut) {
-            o->tr.ops->shutdown(&o->tr);
+            sk_transport_shutdown(&o->tr);
             o->shut = true;
         }
         if (o->eof && o->off == o->len) {
@@ -142,20 +140,20 @@ static int pump(side *s)
             return -1;
         }
     } else {
-        ev_io_start(w->loop, &s->rio);
+        sk_transport_want_read(&s->tr, true);
     }
     return 0;
 }
 
-static void on_side_read(struct ev_loop *loop, ev_io *io, int revents)
+static void on_side_readable(sk_transport *tr)
 {
-    side *s = io->data;
+    side *s = tr->data;
     sk_tcp *t = s->t;
     if (!s->buf && !(s->buf = sk_worker_buf_get(t->worker))) {
         tcp_close(t);
         return;
     }
-    ssize_t n = s->tr.ops->read(&s->tr, s->buf, SK_READ_BUF);
+    ssize_t n = sk_transport_read(&s->tr, s->buf, SK_READ_BUF);
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return;
         t->reason = s == &t->up ? "upstream_reset" : "client_abort";
@@ -165,7 +163,7 @@ static void on_side_read(struct ev_loop *loop, ev_io *io, int revents)
     touch(t);
     if (n == 0) {
         s->eof = true;
-        ev_io_stop(loop, &s->rio);
+        sk_transport_want_read(&s->tr, false);
     } else {
         s->off = 0;
         s->len = (size_t)n;
@@ -174,53 +172,49 @@ static void on_side_read(struct ev_loop *loop, ev_io *io, int revents)
     pump(s);
 }
 
-static void on_side_write(struct ev_loop *loop, ev_io *io, int revents)
+static void on_side_writable(sk_transport *tr)
 {
-    side *o = io->data;
-    sk_tcp *t = o->t;
-    if (o == &t->up && !t->connected) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        getsockopt(o->tr.fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err) {
-            sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint.text,
-                     strerror(err));
-            SK_INC(t->worker->metrics->upstream_connect_failures);
-            t->reason = "upstream_connect_failure";
-            tcp_close(t);
-            return;
-        }
-        t->connected = true;
-        ev_io_stop(loop, &o->wio);
-        ev_io_start(loop, &t->down.rio);
-        ev_io_start(loop, &t->up.rio);
-        touch(t);
-        return;
-    }
+    side *o = tr->data;
     /* The other side's buffer is what waits for this side to be writable. */
     pump(other(o));
+}
+
+/* Both sides may talk now. */
+static void start_relay(sk_tcp *t)
+{
+    t->connected = true;
+    sk_transport_want_read(&t->down.tr, true);
+    sk_transport_want_read(&t->up.tr, true);
+    touch(t);
+}
+
+static void on_up_connected(sk_transport *tr, int err)
+{
+    side *o = tr->data;
+    sk_tcp *t = o->t;
+    if (err) {
+        sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint.text,
+                 err == ETIMEDOUT ? "timed out" : strerror(err));
+        SK_INC(t->worker->metrics->upstream_connect_failures);
+        t->reason = "upstream_connect_failure";
+        tcp_close(t);
+        return;
+    }
+    start_relay(t);
 }
 
 static void on_tcp_timer(struct ev_loop *loop, ev_timer *tm, int revents)
 {
     sk_tcp *t = tm->data;
-    if (!t->connected) {
-        SK_INC(t->worker->metrics->upstream_connect_failures);
-        t->reason = "upstream_connect_failure";
-    } else {
-        t->reason = "idle_timeout";
-    }
+    t->reason = "idle_timeout";
     tcp_close(t);
 }
 
-static void side_init(sk_tcp *t, side *s, int fd)
-{
-    s->t = t;
-    sk_transport_plain(&s->tr, fd);
-    ev_io_init(&s->rio, on_side_read, fd, EV_READ);
-    ev_io_init(&s->wio, on_side_write, fd, EV_WRITE);
-    s->rio.data = s->wio.data = s;
-}
+static const sk_transport_cbs side_cbs = {
+    .on_readable = on_side_readable,
+    .on_writable = on_side_writable,
+    .on_connected = on_up_connected,
+};
 
 /* Does a relay of this worker still run on generation cfg? With `cut`,
  * closes those that do (drain_timeout after a reload). */
@@ -260,9 +254,8 @@ void sk_tcp_accept(sk_worker *w, const sk_listener *l, int fd, const char *clien
     w->nconns++;
     SK_INC(w->metrics->downstream_active);
     SK_INC(w->metrics->downstream_total);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    side_init(t, &t->down, fd);
+    t->down.t = t->up.t = t;
+    sk_transport_accept(&t->down.tr, w->loop, fd, &side_cbs, &t->down);
     ev_init(&t->timer, on_tcp_timer);
     t->timer.data = t;
 
@@ -281,25 +274,17 @@ void sk_tcp_accept(sk_worker *w, const sk_listener *l, int fd, const char *clien
         tcp_close(t);
         return;
     }
-    const sk_addr *a = &t->endpoint;
-    int ufd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (ufd < 0) {
-        __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
-        t->reason = "upstream_connect_failure";
-        tcp_close(t);
-        return;
-    }
-    setsockopt(ufd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    side_init(t, &t->up, ufd);
+    t->up_counted = true;
     SK_INC(w->metrics->upstream_active);
     SK_INC(w->metrics->upstream_opened);
-    if (connect(ufd, (const struct sockaddr *)&a->ss, a->len) < 0 && errno != EINPROGRESS) {
+    const sk_addr *a = &t->endpoint;
+    int rc = sk_transport_connect(&t->up.tr, w->loop, (const struct sockaddr *)&a->ss, a->len,
+                                  cl->connect_timeout_ms, &side_cbs, &t->up);
+    if (rc < 0) {
         SK_INC(w->metrics->upstream_connect_failures);
         t->reason = "upstream_connect_failure";
         tcp_close(t);
         return;
     }
-    ev_io_start(w->loop, &t->up.wio);
-    t->timer.repeat = (double)cl->connect_timeout_ms / 1000.0;
-    ev_timer_again(w->loop, &t->timer);
+    if (rc == 1) start_relay(t);
 }

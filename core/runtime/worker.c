@@ -510,32 +510,14 @@ sk_request *sk_request_new(sk_worker *w, sk_conn *c)
     r->rhead = rhead;
     r->uphead = uphead;
     r->arena = arena;
-    sk_buf_reset(&r->head.raw);
-    r->head.nhdrs = 0;
-    r->head.in_value = false;
-    r->head.done = false;
-    r->head.trailer_bytes = 0;
-    r->head.url = r->head.url_len = 0;
-    sk_buf_reset(&r->rhead.raw);
-    r->rhead.nhdrs = 0;
-    r->rhead.in_value = false;
-    r->rhead.done = false;
-    r->rhead.trailer_bytes = 0;
-    r->rhead.url = r->rhead.url_len = 0;
+    sk_head_reset(&r->head);
+    sk_head_reset(&r->rhead);
     sk_buf_reset(&r->uphead);
     r->worker = w;
     r->conn = c;
     r->config = c->config;
     sk_config_ref(r->config);
     return r;
-}
-
-static void head_free(sk_head *h)
-{
-    sk_buf_free(&h->raw);
-    free(h->offs);
-    free(h->views);
-    memset(h, 0, sizeof(*h));
 }
 
 /* Returns a request to the free list; oversized buffers are released. */
@@ -546,8 +528,8 @@ void sk_request_free(sk_request *r)
     if (r->lua_co) sk_lua_request_done(r);
     sk_config_unref(r->config);
     r->config = NULL;
-    if (r->head.raw.cap > 65536 || r->head.cap > 256) head_free(&r->head);
-    if (r->rhead.raw.cap > 65536 || r->rhead.cap > 256) head_free(&r->rhead);
+    if (r->head.raw.cap > 65536 || r->head.cap > 256) sk_head_free(&r->head);
+    if (r->rhead.raw.cap > 65536 || r->rhead.cap > 256) sk_head_free(&r->rhead);
     if (r->uphead.cap > 65536) sk_buf_free(&r->uphead);
     sk_arena_reset(&r->arena);
     sk_list_insert(&w->free_reqs, &r->link);

@@ -13,7 +13,10 @@
 #include <pthread.h>
 
 #include "config.h"
+#include "head.h"
+#include "list.h"
 #include "metrics.h"
+#include "out.h"
 #include "transport.h"
 
 typedef struct sk_worker sk_worker;
@@ -22,57 +25,11 @@ typedef struct sk_request sk_request;
 typedef struct sk_upconn sk_upconn;
 typedef struct sk_pool sk_pool;
 
-/* Intrusive doubly linked list. */
-typedef struct sk_link {
-    struct sk_link *prev, *next;
-} sk_link;
-
-static inline void sk_list_init(sk_link *l)
-{
-    l->prev = l->next = l;
-}
-static inline bool sk_list_empty(const sk_link *l)
-{
-    return l->next == l;
-}
-static inline void sk_list_insert(sk_link *head, sk_link *n)
-{
-    n->next = head->next;
-    n->prev = head;
-    head->next->prev = n;
-    head->next = n;
-}
-static inline void sk_list_remove(sk_link *n)
-{
-    n->prev->next = n->next;
-    n->next->prev = n->prev;
-    n->prev = n->next = n;
-}
-#define SK_CONTAINER(p, type, field) ((type *)((char *)(p)-offsetof(type, field)))
 
 #define SK_READ_BUF         32768        /* bytes read per read(2) */
 #define SK_HIGH_WATER       (256 * 1024) /* stop reading the source above this */
 #define SK_LOW_WATER        (64 * 1024)  /* resume below this */
 #define SK_UPSTREAM_IDLE_MS 60000        /* idle pooled upstream connections close after */
-
-/* A parsed header: offsets into sk_request.head (stable across reallocs). */
-typedef struct sk_hdr_off {
-    uint32_t name, name_len, value, value_len;
-} sk_hdr_off;
-
-/* The parsed head of a message plus its storage. Reused across requests. */
-typedef struct sk_head {
-    sk_buf raw;            /* url/status text and header bytes, back to back */
-    sk_hdr_off *offs;      /* header offsets into raw */
-    size_t nhdrs;          /* headers parsed */
-    size_t cap;            /* capacity of offs */
-    uint32_t url, url_len; /* request target (request) or reason text (response) */
-    sk_header *views;      /* header views, valid once the head is complete */
-    size_t views_cap;      /* capacity of views */
-    bool in_value;         /* last callback was a value piece */
-    bool done;             /* head complete: later fields are trailers (dropped, but counted) */
-    size_t trailer_bytes;  /* bytes of trailer fields seen */
-} sk_head;
 
 /* Where a request is in its life. */
 enum sk_req_state {
@@ -82,8 +39,6 @@ enum sk_req_state {
     SK_REQ_DONE,       /* response complete */
 };
 
-/* How a body is framed on the wire. */
-enum sk_framing { SK_BODY_NONE = 0, SK_BODY_LENGTH, SK_BODY_CHUNKED, SK_BODY_EOF };
 
 /*
  * One request/response exchange. Independent of the downstream codec so
@@ -181,8 +136,7 @@ struct sk_conn {
     const sk_listener *listener; /* the listener it was accepted on (of conn->config) */
     sk_config *config;           /* generation at accept (reference) */
     sk_link link;                /* in worker->conns */
-    sk_transport tr;             /* the socket */
-    ev_io rio, wio;              /* read / write readiness */
+    sk_transport tr;             /* the socket and its watchers */
     ev_timer timer;              /* header or idle timeout */
     llhttp_t parser;             /* HTTP/1 request parser */
     char *rbuf;                  /* read buffer (SK_READ_BUF, from the worker's pool) or NULL */
@@ -191,7 +145,6 @@ struct sk_conn {
     sk_request *req;             /* current request, or NULL between requests */
     char client_ip[46];          /* peer address text */
     char client_addr[64];        /* peer "ip:port" */
-    bool reading;                /* rio started */
     bool closing;                /* close once out is flushed */
     bool dead;                   /* closed; free at the next safe point */
     bool paused;                 /* parser paused at a message end */
@@ -208,16 +161,14 @@ struct sk_upconn {
     sk_worker *worker;       /* owner */
     sk_pool *pool;           /* the (cluster, endpoint) pool it belongs to */
     sk_link link;            /* in pool->idle while idle */
-    sk_transport tr;         /* the socket */
-    ev_io rio, wio;          /* readiness */
-    ev_timer timer;          /* connect timeout, then idle timeout */
+    sk_transport tr;         /* the socket, its watchers and the connect */
+    ev_timer timer;          /* idle timeout in the pool */
     llhttp_t parser;         /* HTTP/1 response parser */
     char *rbuf;              /* read buffer, SK_READ_BUF */
     size_t rpos, rlen;       /* unparsed bytes */
     sk_out out;              /* towards the upstream */
     sk_request *req;         /* the request using it, or NULL when idle */
     bool connected;          /* connect completed */
-    bool reading;            /* rio started */
     bool got_response_bytes; /* any byte of the response arrived */
     bool response_done;      /* on_message_complete seen */
     bool reusable;           /* may go back to the pool */

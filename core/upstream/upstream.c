@@ -13,7 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "http1.h"
+#include "head.h"
 #include "worker.h"
 
 #define SK_UP_MAX_HEADERS    200
@@ -35,8 +35,15 @@ static const llhttp_settings_t resp_settings = {
     .on_message_complete = on_message_complete,
 };
 
-static void on_read(struct ev_loop *loop, ev_io *io, int revents);
-static void on_write(struct ev_loop *loop, ev_io *io, int revents);
+static void on_readable(sk_transport *t);
+static void on_writable(sk_transport *t);
+static void on_connected(sk_transport *t, int err);
+
+static const sk_transport_cbs up_cbs = {
+    .on_readable = on_readable,
+    .on_writable = on_writable,
+    .on_connected = on_connected,
+};
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
 
 static void pool_free(sk_pool *p)
@@ -47,14 +54,12 @@ static void pool_free(sk_pool *p)
 static void up_close(sk_upconn *u)
 {
     sk_worker *w = u->worker;
-    ev_io_stop(w->loop, &u->rio);
-    ev_io_stop(w->loop, &u->wio);
     ev_timer_stop(w->loop, &u->timer);
     if (!sk_list_empty(&u->link)) {
         sk_list_remove(&u->link);
         u->pool->nidle--;
     }
-    u->tr.ops->close(&u->tr);
+    sk_transport_close(&u->tr);
     __atomic_sub_fetch((unsigned *)&u->pool->cluster->active_connections, 1, __ATOMIC_RELAXED);
     SK_DEC(w->metrics->upstream_active);
     sk_worker_buf_put(w, u->rbuf);
@@ -200,10 +205,7 @@ void sk_pools_retire(sk_worker *w, sk_wgen *g)
 
 static void start_read(sk_upconn *u)
 {
-    if (!u->reading) {
-        ev_io_start(u->worker->loop, &u->rio);
-        u->reading = true;
-    }
+    sk_transport_want_read(&u->tr, true);
 }
 
 /* Fails the request using u (if any) and closes u. */
@@ -249,43 +251,32 @@ int sk_upstream_attach(sk_request *r)
         }
         r->counted_pending = true;
         const sk_addr *a = &pool->endpoint.address;
-        int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        u = fd >= 0 ? calloc(1, sizeof(*u)) : NULL;
+        u = calloc(1, sizeof(*u));
         if (!u) {
-            if (fd >= 0) close(fd);
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
             sk_request_pending_done(r);
             return -1;
         }
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         r->up_reused = false;
         u->worker = w;
         u->pool = pool;
         pool->conns++;
         sk_list_init(&u->link);
-        sk_transport_plain(&u->tr, fd);
-        ev_io_init(&u->rio, on_read, fd, EV_READ);
-        ev_io_init(&u->wio, on_write, fd, EV_WRITE);
-        u->rio.data = u->wio.data = u;
         ev_init(&u->timer, on_timer);
         u->timer.data = u;
         SK_INC(w->metrics->upstream_active);
         SK_INC(w->metrics->upstream_opened);
-        int rc = connect(fd, (const struct sockaddr *)&a->ss, a->len);
-        if (rc < 0 && errno != EINPROGRESS) {
+        int rc = sk_transport_connect(&u->tr, w->loop, (const struct sockaddr *)&a->ss, a->len,
+                                      cl->connect_timeout_ms, &up_cbs, u);
+        if (rc < 0) {
             sk_debug("connect to %s: %s", a->text, strerror(errno));
             up_close(u);
             return -1;
         }
-        if (rc == 0) {
+        if (rc == 1) {
             u->connected = true;
             sk_request_pending_done(r);
             start_read(u);
-        } else {
-            ev_io_start(w->loop, &u->wio);
-            u->timer.repeat = (double)cl->connect_timeout_ms / 1000.0;
-            ev_timer_again(w->loop, &u->timer);
         }
     }
     pool->active++;
@@ -317,10 +308,10 @@ int sk_upstream_flush(sk_upconn *u)
         return 0;
     }
     if (sk_out_pending(&u->out) > 0) {
-        if (!ev_is_active(&u->wio)) ev_io_start(u->worker->loop, &u->wio);
+        sk_transport_want_write(&u->tr, true);
         if (u->req && sk_out_pending(&u->out) > SK_HIGH_WATER) sk_conn_pause_read(u->req->conn);
-    } else if (ev_is_active(&u->wio)) {
-        ev_io_stop(u->worker->loop, &u->wio);
+    } else {
+        sk_transport_want_write(&u->tr, false);
     }
     return 0;
 }
@@ -351,10 +342,7 @@ void sk_upstream_release(sk_upconn *u, bool reuse)
 /* Stops reading the upstream until the client catches up. */
 void sk_upstream_pause_read(sk_upconn *u)
 {
-    if (u->reading) {
-        ev_io_stop(u->worker->loop, &u->rio);
-        u->reading = false;
-    }
+    sk_transport_want_read(&u->tr, false);
 }
 
 /* Resumes reading the upstream. */
@@ -400,10 +388,7 @@ static int on_headers_complete(llhttp_t *p)
     if (status >= 100 && status < 200) {
         if (status == 101) return -1; /* never asked for an upgrade */
         /* Informational: dropped; the final response follows. */
-        sk_buf_reset(&r->rhead.raw);
-        r->rhead.nhdrs = 0;
-        r->rhead.url_len = 0;
-        r->rhead.in_value = false;
+        sk_head_reset(&r->rhead);
         return 0;
     }
     bool head = r->method_id == HTTP_HEAD;
@@ -456,15 +441,15 @@ static void finish_response(sk_upconn *u, bool eof)
     sk_proxy_response_end(r); /* may release and free u */
 }
 
-static void on_read(struct ev_loop *loop, ev_io *io, int revents)
+static void on_readable(sk_transport *t)
 {
-    sk_upconn *u = io->data;
+    sk_upconn *u = t->data;
     sk_worker *w = u->worker;
     if (!u->req) {
         /* Idle in the pool: the upstream closed it, or sent something it
          * should not have. Either way it is not reusable. */
         char b[1];
-        ssize_t n = u->tr.ops->read(&u->tr, b, sizeof(b));
+        ssize_t n = sk_transport_read(&u->tr, b, sizeof(b));
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
         up_close(u);
         return;
@@ -477,7 +462,7 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
         }
         u->rpos = u->rlen = 0;
     }
-    ssize_t n = u->tr.ops->read(&u->tr, u->rbuf, SK_READ_BUF);
+    ssize_t n = sk_transport_read(&u->tr, u->rbuf, SK_READ_BUF);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     sk_request *r = u->req;
     sk_conn *c = r->conn;
@@ -521,34 +506,29 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
     if (sk_out_pending(&c->out) > SK_HIGH_WATER) sk_upstream_pause_read(u);
 }
 
-static void on_write(struct ev_loop *loop, ev_io *io, int revents)
+static void on_writable(sk_transport *t)
 {
-    sk_upconn *u = io->data;
-    if (!u->connected) {
-        int err = 0;
-        socklen_t len = sizeof(err);
-        getsockopt(u->tr.fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        ev_timer_stop(loop, &u->timer);
-        if (err) {
-            sk_debug("connect to %s: %s", u->pool->endpoint.address.text, strerror(err));
-            up_fail(u, 502, "upstream_connect_failure", true);
-            return;
-        }
-        u->connected = true;
-        if (u->req) sk_request_pending_done(u->req);
-        start_read(u);
-    }
+    sk_upconn *u = t->data;
     if (sk_upstream_flush(u) < 0) return;
     if (u->req && sk_out_pending(&u->out) < SK_LOW_WATER) sk_conn_resume_read(u->req->conn);
 }
 
-static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
+static void on_connected(sk_transport *t, int err)
 {
     sk_upconn *u = t->data;
-    if (!u->connected && u->req) {
-        sk_debug("connect to %s timed out", u->pool->endpoint.address.text);
+    if (err) {
+        sk_debug("connect to %s: %s", u->pool->endpoint.address.text,
+                 err == ETIMEDOUT ? "timed out" : strerror(err));
         up_fail(u, 502, "upstream_connect_failure", true);
         return;
     }
-    up_close(u); /* idle too long in the pool */
+    u->connected = true;
+    if (u->req) sk_request_pending_done(u->req);
+    start_read(u);
+    on_writable(t);
+}
+
+static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    up_close(t->data); /* idle too long in the pool */
 }
