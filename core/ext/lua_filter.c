@@ -32,6 +32,7 @@
 #include "head.h"
 #include "lua_filter.h"
 #include "plugin_host.h"
+#include "request.h"
 #include "worker.h"
 
 #define REQ_MAGIC     0x534b5251u /* "SKRQ" */

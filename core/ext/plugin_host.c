@@ -18,6 +18,7 @@
 #include "head.h"
 #include "metrics.h"
 #include "plugin_host.h"
+#include "request.h"
 #include "worker.h"
 
 #define REQ(r) ((sk_request *)(r))
@@ -323,7 +324,7 @@ static sk_str h_authority(sk_req *r)
 }
 static sk_str h_client_ip(sk_req *r)
 {
-    const char *ip = REQ(r)->conn->client_ip;
+    const char *ip = REQ(r)->client_ip;
     return mkstr(ip, strlen(ip));
 }
 static sk_str h_identity(sk_req *r)

@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "head.h"
+#include "message.h"
 
 
 /* Appends a piece of a header name; starts a new header when the previous
@@ -216,4 +216,20 @@ void sk_head_free(sk_head *h)
     free(h->offs);
     free(h->views);
     memset(h, 0, sizeof(*h));
+}
+
+/* The enum sk_method of a method name (exact, case-sensitive: RFC 9110 9.1). */
+int sk_method_id(const char *name, size_t len)
+{
+    static const struct {
+        const char *name;
+        int id;
+    } methods[] = {
+        {"GET", SK_METHOD_GET},         {"HEAD", SK_METHOD_HEAD},   {"POST", SK_METHOD_POST},
+        {"PUT", SK_METHOD_PUT},         {"DELETE", SK_METHOD_DELETE}, {"OPTIONS", SK_METHOD_OPTIONS},
+        {"TRACE", SK_METHOD_TRACE},     {"PATCH", SK_METHOD_PATCH}, {"CONNECT", SK_METHOD_CONNECT},
+    };
+    for (size_t i = 0; i < SK_ARRAY_LEN(methods); i++)
+        if (strlen(methods[i].name) == len && memcmp(methods[i].name, name, len) == 0) return methods[i].id;
+    return SK_METHOD_OTHER;
 }

@@ -8,8 +8,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "head.h"
-#include "worker.h"
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
 static size_t utf8_len(const unsigned char *s, size_t n)
@@ -85,9 +85,8 @@ static void json_cstr(sk_buf *b, const char *s)
 /* Writes the access log line of a finished (or aborted) request. */
 void sk_accesslog_write(sk_request *r)
 {
-    sk_worker *w = r->worker;
+    sk_wctx *w = r->worker;
     if (w->accesslog_fd < 0) return;
-    sk_conn *c = r->conn;
     sk_buf *b = &w->logline;
     sk_buf_reset(b);
     struct timespec ts;
@@ -103,7 +102,7 @@ void sk_accesslog_write(sk_request *r)
     sk_buf_printf(b, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"generation\":%llu,\"listener\":",
                   tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                   ts.tv_nsec / 1000000, (unsigned long long)r->config->generation);
-    json_cstr(b, c->listener->name);
+    json_cstr(b, r->listener->name);
     sk_buf_append(b, ",\"route\":", 9);
     json_cstr(b, r->route ? r->route->name : NULL);
     sk_buf_append(b, ",\"cluster\":", 11);
@@ -111,7 +110,7 @@ void sk_accesslog_write(sk_request *r)
     sk_buf_append(b, ",\"endpoint\":", 12);
     json_cstr(b, r->endpoint[0] ? r->endpoint : NULL);
     sk_buf_append(b, ",\"client\":", 10);
-    json_cstr(b, c->client_addr);
+    json_cstr(b, r->client_addr);
     sk_buf_append(b, ",\"method\":", 10);
     json_cstr(b, r->method);
     sk_buf_append(b, ",\"authority\":", 13);
@@ -121,7 +120,10 @@ void sk_accesslog_write(sk_request *r)
         json_str(b, r->head.raw.data + r->head.url, r->head.url_len);
     else
         json_str(b, NULL, 0);
-    sk_buf_printf(b, ",\"protocol\":\"HTTP/1.%d\",\"status\":%d,\"reason\":", r->http_minor, r->status);
+    if (r->version >= 20)
+        sk_buf_printf(b, ",\"protocol\":\"HTTP/%d\",\"status\":%d,\"reason\":", r->version / 10, r->status);
+    else
+        sk_buf_printf(b, ",\"protocol\":\"HTTP/1.%d\",\"status\":%d,\"reason\":", r->version % 10, r->status);
     json_cstr(b, r->reason);
     sk_buf_printf(
         b, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,\"upstream_duration_ms\":",

@@ -1,14 +1,15 @@
 /*
- * proxy.c — a request's way through the proxy once its head is parsed:
- * route match, local replies, cluster and endpoint choice with circuit
- * breakers, the upstream request head (hop-by-hop removal, x-forwarded-*,
- * x-request-id), body streaming with re-framing, the response head back to
- * the client, retries and upstream errors.
+ * proxy.c — a request's way through the proxy once its head is parsed: the
+ * filter chain (listener plugins, route match, route plugins, the route's
+ * Lua filter), local replies, cluster and endpoint choice with circuit
+ * breakers, the upstream request (hop-by-hop removal, x-forwarded-*,
+ * x-request-id), body streaming both ways with back-pressure, the response
+ * head back to the client, retries and upstream errors.
  *
- * This file does not know HTTP/1 wire details of the downstream side beyond
- * the sk_conn calls, so that an HTTP/2 codec can drive it later. The filter
- * chain lives here too (run_chain): listener plugins, route match, route
- * plugins, then the upstream; the Lua step will join it after the plugins.
+ * This file writes no wire format: it hears from the downstream codec
+ * through sk_proxy_server_cbs, from upstream connections through
+ * client_cbs, and answers through their ops tables (http/codec.h). So an
+ * HTTP/2 codec drives it unchanged.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -16,10 +17,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include "h1_client.h"
 #include "head.h"
 #include "lua_filter.h"
+#include "metrics.h"
 #include "plugin_host.h"
-#include "worker.h"
+#include "pool.h"
+#include "request.h"
 
 /* Is this header hop-by-hop, or one the proxy sets itself? `conn` is the
  * Connection header's value (tokens named there are hop-by-hop too). */
@@ -57,28 +61,41 @@ static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
     return false;
 }
 
-/* Appends the end-to-end headers of h ("name: value\r\n" each). 0 or -1. */
-static int append_headers(sk_buf *b, const sk_head *h, bool request)
+/* Collects the end-to-end fields of h into a growable array *out (capacity
+ * *cap, kept for the next request), leaving `room` free entries at the
+ * end. Returns the number collected, or -1 on OOM. */
+static ssize_t collect_headers(const sk_head *h, bool request, sk_header **out, size_t *cap, size_t room)
 {
+    if (h->nhdrs + room > *cap) {
+        size_t n = h->nhdrs + room + 8;
+        sk_header *v = realloc(*out, n * sizeof(*v));
+        if (!v) return -1;
+        *out = v;
+        *cap = n;
+    }
     const sk_header *conn = sk_head_get(h, "connection");
-    int rc = 0;
+    size_t k = 0;
     for (size_t i = 0; i < h->nhdrs; i++) {
         const sk_header *x = &h->views[i];
-        if (skip_header(x, conn, request)) continue;
-        rc |= sk_buf_append(b, x->name, x->name_len);
-        rc |= sk_buf_append(b, ": ", 2);
-        rc |= sk_buf_append(b, x->value, x->value_len);
-        rc |= sk_buf_append(b, "\r\n", 2);
+        if (!skip_header(x, conn, request)) (*out)[k++] = *x;
     }
-    return rc;
+    return (ssize_t)k;
 }
 
-static void gen_request_id(sk_worker *w, char out[37])
+static void hdr_set(sk_header *h, const char *name, const char *value, size_t value_len)
+{
+    h->name = name;
+    h->name_len = strlen(name);
+    h->value = value;
+    h->value_len = value_len;
+}
+
+static void gen_request_id(sk_wctx *w, char out[37])
 {
     /* a random (version 4) UUID, formatted by hand: printf is costly here */
     static const char hex[] = "0123456789abcdef";
-    uint64_t hi = ((uint64_t)sk_worker_rand(w) << 32) | sk_worker_rand(w);
-    uint64_t lo = ((uint64_t)sk_worker_rand(w) << 32) | sk_worker_rand(w);
+    uint64_t hi = ((uint64_t)sk_wctx_rand(w) << 32) | sk_wctx_rand(w);
+    uint64_t lo = ((uint64_t)sk_wctx_rand(w) << 32) | sk_wctx_rand(w);
     hi = (hi & ~0xf000ull) | 0x4000ull;                        /* version 4 */
     lo = (lo & 0x3fffffffffffffffull) | 0x8000000000000000ull; /* variant 10 */
     char *p = out;
@@ -105,149 +122,192 @@ static void stop_timeout(sk_request *r)
     if (ev_is_active(&r->timeout)) ev_timer_stop(r->worker->loop, &r->timeout);
 }
 
-/* Builds the request head as it goes upstream into r->uphead. */
-static int build_upstream_head(sk_request *r)
+/* Lets go of the upstream connection: back to its pool when reuse is
+ * allowed, else closed. */
+static void release_upstream(sk_request *r, bool reuse)
 {
-    sk_buf *b = &r->uphead;
+    if (!r->up) return;
+    sk_upconn *u = r->up;
+    r->up = NULL;
+    sk_pool_put(u, reuse);
+}
+
+/* A local reply through the downstream codec; body NULL = the reason. */
+static void reply(sk_request *r, int status, const char *reason, const char *body, bool close)
+{
+    r->down_ops->local_reply(r->down, status, reason, body, body ? strlen(body) : 0, NULL, close);
+}
+
+static bool gone(const sk_request *r)
+{
+    return r->down_ops->gone(r->down);
+}
+
+/*
+ * Works out the request as it goes upstream: the path (Lua's set_path, or
+ * the route's rewrite_prefix), and the header fields — the client's
+ * end-to-end ones, x-forwarded-for (appended), x-forwarded-proto, a Host
+ * for HTTP/1.0 clients that sent none, x-request-id. Kept in the request
+ * for retries. Returns 0 or -1 (OOM).
+ */
+static int build_upstream_request(sk_request *r, sk_out_request *q)
+{
     const sk_route *rt = r->route;
-    sk_buf_reset(b);
-    int rc = sk_buf_puts(b, r->method);
-    rc |= sk_buf_append(b, " ", 1);
+    const sk_head *h = &r->head;
+    memset(q, 0, sizeof(*q));
+    q->method = r->method;
+    q->method_id = r->method_id;
     if (r->up_path) { /* set by the Lua filter: replaces any rewrite */
-        rc |= sk_buf_append(b, r->up_path, r->up_path_len);
+        q->path = r->up_path;
+        q->path_len = r->up_path_len;
     } else if (rt->rewrite_prefix && rt->prefix) {
-        size_t plen = strlen(rt->prefix);
-        rc |= sk_buf_append(b, rt->rewrite_prefix, strlen(rt->rewrite_prefix));
+        size_t plen = strlen(rt->prefix), rwl = strlen(rt->rewrite_prefix);
         const char *rest = r->path + plen;
         size_t rlen = r->path_len - plen;
         /* "/api/" → "/" with path "/api/x": avoid "//x" when both carry a slash. */
-        size_t rwl = strlen(rt->rewrite_prefix);
         if (rlen && rest[0] == '/' && rwl && rt->rewrite_prefix[rwl - 1] == '/') rest++, rlen--;
-        rc |= sk_buf_append(b, rest, rlen);
+        char *p = sk_arena_alloc(&r->arena, rwl + rlen + 1);
+        if (!p) return -1;
+        memcpy(p, rt->rewrite_prefix, rwl);
+        memcpy(p + rwl, rest, rlen);
+        p[rwl + rlen] = 0;
+        q->path = p;
+        q->path_len = rwl + rlen;
     } else {
-        rc |= sk_buf_append(b, r->path, r->path_len);
+        q->path = r->path;
+        q->path_len = r->path_len;
     }
-    if (r->query) {
-        rc |= sk_buf_append(b, "?", 1);
-        rc |= sk_buf_append(b, r->query, r->query_len);
-    }
-    rc |= sk_buf_append(b, " HTTP/1.1\r\n", 11);
+    q->query = r->query;
+    q->query_len = r->query_len;
+    q->framing = r->req_framing;
+    q->length = r->req_content_length;
 
-    const sk_head *h = &r->head;
-    rc |= append_headers(b, h, true);
-    rc |= sk_buf_append(b, "x-forwarded-for: ", 17);
+    ssize_t k = collect_headers(h, true, &r->up_hdrs, &r->up_nhdrs_cap, 4);
+    if (k < 0) return -1;
+    sk_buf *x = &r->xff;
+    sk_buf_reset(x);
+    int rc = 0;
     for (size_t i = 0; i < h->nhdrs; i++) {
-        const sk_header *x = &h->views[i];
-        if (!sk_streq_nocase(x->name, x->name_len, "x-forwarded-for") || x->value_len == 0) continue;
-        rc |= sk_buf_append(b, x->value, x->value_len);
-        rc |= sk_buf_append(b, ", ", 2);
+        const sk_header *v = &h->views[i];
+        if (!sk_streq_nocase(v->name, v->name_len, "x-forwarded-for") || v->value_len == 0) continue;
+        rc |= sk_buf_append(x, v->value, v->value_len);
+        rc |= sk_buf_append(x, ", ", 2);
     }
-    rc |= sk_buf_puts(b, r->conn->client_ip);
-    rc |= sk_buf_puts(b, "\r\nx-forwarded-proto: http\r\n");
+    rc |= sk_buf_puts(x, r->client_ip);
+    if (rc) return -1;
+    sk_header *o = r->up_hdrs;
+    hdr_set(&o[k++], "x-forwarded-for", x->data, x->len);
+    hdr_set(&o[k++], "x-forwarded-proto", "http", 4);
     /* HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one. */
-    if (!r->authority_len)
-        rc |= sk_buf_printf(b, "host: %s\r\n", r->cluster ? r->cluster->name : "localhost");
-    rc |= sk_buf_puts(b, "x-request-id: ");
-    rc |= sk_buf_puts(b, r->request_id);
-    rc |= sk_buf_append(b, "\r\n", 2);
-    if (r->req_framing == SK_BODY_LENGTH)
-        rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, r->req_content_length) |
-              sk_buf_puts(b, "\r\n");
-    else if (r->req_framing == SK_BODY_CHUNKED)
-        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
-    else if (r->method_id == HTTP_POST || r->method_id == HTTP_PUT || r->method_id == HTTP_PATCH)
-        rc |= sk_buf_append(b, "content-length: 0\r\n", 19);
-    rc |= sk_buf_append(b, "\r\n", 2);
-    return rc ? -1 : 0;
+    if (!r->authority_len) {
+        const char *host = r->cluster ? r->cluster->name : "localhost";
+        hdr_set(&o[k++], "host", host, strlen(host));
+    }
+    hdr_set(&o[k++], "x-request-id", r->request_id, strlen(r->request_id));
+    r->up_nhdrs = (size_t)k;
+    q->hdrs = r->up_hdrs;
+    q->nhdrs = r->up_nhdrs;
+    return 0;
 }
+
+static void upstream_error(sk_request *r, int status, const char *reason, bool retryable);
 
 static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
     sk_request *r = t->data;
-    sk_conn *c = r->conn;
-    sk_proxy_upstream_error(r, 504, "upstream_timeout", false);
-    sk_conn_flush(c);
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
+    upstream_error(r, 504, "upstream_timeout", false);
+    ops->flush(down);
 }
+
+extern const sk_client_cbs sk_proxy_client_cbs;
 
 /* Starts (or restarts, for a retry) the upstream exchange. */
 static void start_upstream(sk_request *r)
 {
     sk_pool *pool = sk_cluster_pick(r->worker, r->cluster, r->pool);
     if (!pool) {
-        sk_proxy_upstream_error(r, 503, "no_healthy_upstream", false);
+        upstream_error(r, 503, "no_healthy_upstream", false);
         return;
     }
     r->pool = pool;
     memcpy(r->endpoint, pool->endpoint.address.text, sizeof(r->endpoint));
     r->attempts++;
     r->upstream_start_ns = sk_now_ns();
-    int rc = sk_upstream_attach(r);
-    if (rc == -2) {
-        sk_proxy_upstream_error(r, 503, "overloaded", false);
+    int got;
+    sk_upconn *u = sk_pool_get(r->worker, pool, &got);
+    if (got == SK_POOL_OVERLOADED) {
+        upstream_error(r, 503, "overloaded", false);
         return;
     }
-    if (rc < 0) {
-        sk_proxy_upstream_error(r, 502, "upstream_connect_failure", true);
+    if (!u) {
+        upstream_error(r, 502, "upstream_connect_failure", true);
         return;
     }
-    /* Inside the client's parser, process() flushes once the body pieces of
+    r->up_reused = got == SK_POOL_REUSED;
+    r->counted_pending = got == SK_POOL_CONNECTING;
+    r->up = u;
+    r->up_ops = &sk_h1_client_ops;
+    sk_upconn_attach(u, &r->msg, r, &sk_proxy_client_cbs);
+    sk_out_request q;
+    if (build_upstream_request(r, &q) < 0 || r->up_ops->send_head(u, &q) < 0) {
+        upstream_error(r, 500, "internal_error", false);
+        return;
+    }
+    /* Inside the codec's parser, input_done flushes once the body pieces of
      * this read are queued too: one write for head and body. */
-    if (!r->conn->in_parser) sk_upstream_flush(r->up);
+    if (!r->in_codec) r->up_ops->flush(u);
 }
 
 /* The chain is done: pick the cluster and start the upstream exchange. */
 static void go_upstream(sk_request *r)
 {
-    sk_conn *c = r->conn;
     const sk_route *rt = r->route;
     r->cluster =
-        r->cluster_override ? r->cluster_override : sk_route_pick_cluster(rt, sk_worker_rand(r->worker));
+        r->cluster_override ? r->cluster_override : sk_route_pick_cluster(rt, sk_wctx_rand(r->worker));
     if (__atomic_add_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED) > r->cluster->max_requests) {
         __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
-        sk_conn_local_reply(c, 503, "overloaded", NULL, false);
+        reply(r, 503, "overloaded", NULL, false);
         return;
     }
     r->counted_request = true;
-    if (build_upstream_head(r) < 0) {
-        release_cluster(r);
-        sk_conn_local_reply(c, 500, "internal_error", NULL, true);
-        return;
-    }
     if (rt->timeout_ms) {
         ev_timer_init(&r->timeout, on_route_timeout, (double)rt->timeout_ms / 1000.0, 0.);
         r->timeout.data = r;
         ev_timer_start(r->worker->loop, &r->timeout);
     }
-    if (r->expect_continue) sk_conn_send_copy(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    if (r->expect_continue) r->down_ops->send_continue(r->down);
     start_upstream(r);
 }
 
 /* Sends the local reply a plugin prepared with respond(). */
 static void plugin_reply(sk_request *r)
 {
-    sk_conn_local_reply_ex(r->conn, r->lr_status, r->lr_reason, r->lr_body, r->lr_body_len, r->lr_headers,
-                           false);
+    r->down_ops->local_reply(r->down, r->lr_status, r->lr_reason, r->lr_body, r->lr_body_len, r->lr_headers,
+                             false);
 }
 
 static void filter_error(sk_request *r, sk_instance *pi, const char *hook)
 {
     sk_warn("plugin %s: %s failed for %s %.*s", pi->name, hook, r->method ? r->method : "-", (int)r->path_len,
             r->path ? r->path : "");
-    sk_conn_local_reply(r->conn, 500, "filter_error", NULL, false);
+    reply(r, 500, "filter_error", NULL, false);
 }
 
 static void on_filter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
     sk_request *r = t->data;
-    sk_conn *c = r->conn;
     sk_instance *pi = r->paused_by;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
     sk_warn("plugin %s: request paused longer than %.0f ms, giving up", pi->name, t->repeat * 1000);
     r->filter_paused = false;
     r->paused_by = NULL;
     sk_plugin_on_cancel(pi, r);
     __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
-    sk_conn_local_reply(c, 500, "filter_error", NULL, false);
-    sk_conn_filter_resumed(c);
+    reply(r, 500, "filter_error", NULL, false);
+    ops->chain_resumed(down);
 }
 
 /* Applies a hook's result. Returns true when the chain stops here. */
@@ -265,7 +325,7 @@ static bool chain_result(sk_request *r, sk_instance *pi, sk_status st)
         r->paused_by = pi;
         /* A plugin that never resumes must not hold the request forever. */
         uint64_t ms =
-            r->route && r->route->timeout_ms ? r->route->timeout_ms : r->conn->listener->header_timeout_ms;
+            r->route && r->route->timeout_ms ? r->route->timeout_ms : r->listener->header_timeout_ms;
         ev_timer_init(&r->timeout, on_filter_timeout, (double)ms / 1000.0, 0.);
         r->timeout.repeat = (double)ms / 1000.0;
         r->timeout.data = r;
@@ -286,16 +346,15 @@ static bool chain_result(sk_request *r, sk_instance *pi, sk_status st)
 }
 
 /*
- * The filter chain: listener plugins, route match, route plugins, then the
- * upstream (or the route's `respond`). Resumable: r->chain_pos remembers
- * where a paused plugin stopped.
+ * The filter chain: listener plugins, route match, route plugins, the Lua
+ * filter, then the upstream (or the route's `respond`). Resumable:
+ * r->chain_pos remembers where a paused plugin stopped.
  */
 static void run_chain(sk_request *r)
 {
-    sk_conn *c = r->conn;
-    const sk_listener *l = c->listener;
+    const sk_listener *l = r->listener;
     for (;;) {
-        if (c->dead || r->response_started) return;
+        if (gone(r) || r->response_started) return;
         if (r->chain_pos < l->nplugins) {
             sk_instance *pi = l->plugins[r->chain_pos++];
             if (chain_result(r, pi, sk_plugin_on_request(pi, r))) return;
@@ -306,7 +365,7 @@ static void run_chain(sk_request *r)
             r->route = sk_route_match(l, r->method, strlen(r->method), r->host, r->host_len, r->path,
                                       r->path_len, r->head.views, r->head.nhdrs);
             if (!r->route) {
-                sk_conn_local_reply(c, 404, "no_route", NULL, false);
+                reply(r, 404, "no_route", NULL, false);
                 return;
             }
         }
@@ -321,38 +380,21 @@ static void run_chain(sk_request *r)
     if (r->route->lua && !r->lua_ran) {
         r->lua_ran = true;
         sk_status st = sk_lua_on_request(r);
-        if (c->dead) return;
+        if (gone(r)) return;
         if (st == SK_RESPOND) {
             plugin_reply(r);
             return;
         }
         if (st != SK_CONTINUE) {
-            sk_conn_local_reply(c, 500, "filter_error", NULL, false);
+            reply(r, 500, "filter_error", NULL, false);
             return;
         }
     }
     if (r->route->respond_status) {
-        sk_conn_local_reply(c, r->route->respond_status, NULL, r->route->respond_body, false);
+        reply(r, r->route->respond_status, NULL, r->route->respond_body, false);
         return;
     }
     go_upstream(r);
-}
-
-/* Routes a complete request head through the filter chain. Returns 0, or
- * -1 if parsing must stop. r->filter_paused tells the codec to wait. */
-int sk_proxy_head(sk_request *r)
-{
-    sk_conn *c = r->conn;
-    /* x-request-id: the client's (if sane) or a new one; logged either way. */
-    const sk_header *rid = sk_head_get(&r->head, "x-request-id");
-    if (rid && rid->value_len && rid->value_len < sizeof(r->request_id)) {
-        memcpy(r->request_id, rid->value, rid->value_len);
-        r->request_id[rid->value_len] = 0;
-    } else {
-        gen_request_id(r->worker, r->request_id);
-    }
-    run_chain(r);
-    return c->dead ? -1 : 0;
 }
 
 /* host->resume(): continues a paused chain with the hook's result. */
@@ -369,7 +411,8 @@ void sk_proxy_resume(sk_request *r, int status)
         return;
     }
     sk_instance *pi = r->paused_by;
-    sk_conn *c = r->conn;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
     stop_timeout(r);
     r->filter_paused = false;
     r->paused_by = NULL;
@@ -379,13 +422,18 @@ void sk_proxy_resume(sk_request *r, int status)
     }
     if (st == SK_ERROR) __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
     if (!chain_result(r, pi, st)) run_chain(r);
-    if (!c->dead) sk_conn_filter_resumed(c);
+    /* A reply may have finished (and recycled) r by now: it is only touched
+     * again while it is not finished. The stream outlives this call. */
+    if (ops->gone(down)) return;
+    ops->chain_resumed(down);
+    if (!r->finished && r->up && r->up_ops->flush(r->up) < 0) return;
+    ops->flush(down);
 }
 
 /* The plugins the request went through, for on_response / on_log (in reverse). */
 static sk_instance *chain_at(const sk_request *r, unsigned i)
 {
-    const sk_listener *l = r->conn->listener;
+    const sk_listener *l = r->listener;
     if (i < l->nplugins) return l->plugins[i];
     return r->route ? r->route->plugins[i - l->nplugins] : NULL;
 }
@@ -440,60 +488,23 @@ static bool response_hooks(sk_request *r)
     return stop;
 }
 
-/* A plugin's on_response replaced the upstream response: drop the upstream
+/* A filter's on_response replaced the upstream response: drop the upstream
  * connection and answer with the prepared reply. */
-void sk_proxy_filter_reply(sk_request *r)
+static void filter_reply(sk_request *r)
 {
-    if (r->up) {
-        sk_upconn *u = r->up;
-        r->up = NULL;
-        sk_upstream_release(u, false);
-    }
+    release_upstream(r, false);
     stop_timeout(r);
     release_cluster(r);
     r->status = 0;
-    sk_conn *c = r->conn;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
     plugin_reply(r);
-    sk_conn_flush(c);
+    ops->flush(down);
 }
 
-/* Forwards a piece of decoded request body, re-framed for the upstream. */
-int sk_proxy_body(sk_request *r, const char *p, size_t n)
-{
-    sk_upconn *u = r->up;
-    if (!u) return 0; /* the exchange failed; a reply is on its way */
-    int rc = 0;
-    if (r->req_framing == SK_BODY_CHUNKED) {
-        char hdr[24];
-        size_t hl = sk_chunk_header(hdr, n);
-        rc |= sk_out_copy(&u->out, hdr, (size_t)hl);
-        rc |= sk_out_ref(&u->out, p, n);
-        rc |= sk_out_copy(&u->out, "\r\n", 2);
-    } else {
-        rc |= sk_out_ref(&u->out, p, n);
-    }
-    if (rc) {
-        sk_proxy_upstream_error(r, 500, "internal_error", false);
-        return -1;
-    }
-    return 0;
-}
-
-/* The request body is complete: terminates chunked framing. */
-int sk_proxy_body_end(sk_request *r)
-{
-    sk_upconn *u = r->up;
-    r->up_body_done = true;
-    if (!u) return 0;
-    if (r->req_framing == SK_BODY_CHUNKED && sk_out_copy(&u->out, "0\r\n\r\n", 5) < 0) {
-        sk_proxy_upstream_error(r, 500, "internal_error", false);
-        return -1;
-    }
-    return 0;
-}
-
-/* The client went away (or the request is being cut): drop upstream work. */
-void sk_proxy_abort(sk_request *r)
+/* Nothing more goes upstream for r: a paused filter is cancelled, the
+ * upstream connection and the circuit-breaker slots are released. */
+static void cancel(sk_request *r)
 {
     stop_timeout(r);
     if (r->filter_paused) {
@@ -502,67 +513,39 @@ void sk_proxy_abort(sk_request *r)
         r->paused_by = NULL;
         sk_plugin_on_cancel(pi, r);
     }
-    if (r->up) {
-        sk_upconn *u = r->up;
-        r->up = NULL;
-        sk_upstream_release(u, false);
-    }
+    release_upstream(r, false);
     release_cluster(r);
 }
 
-/* Client output drained: let the upstream send more. */
-void sk_proxy_client_drained(sk_request *r)
-{
-    if (r->up) sk_upstream_resume_read(r->up);
-}
+/* ---- retry policy ---- */
 
-static bool idempotent(int m)
-{
-    return m == HTTP_GET || m == HTTP_HEAD || m == HTTP_OPTIONS || m == HTTP_PUT || m == HTTP_DELETE ||
-           m == HTTP_TRACE;
-}
-
+/* May this request be sent (again) after a failed attempt? */
 static bool may_retry(const sk_request *r)
 {
-    return !r->response_started && r->route && r->attempts <= r->route->retries && idempotent(r->method_id) &&
+    return !r->response_started && r->route && r->attempts <= r->route->retries &&
+           sk_method_idempotent(r->method_id) && r->req_framing == SK_BODY_NONE;
+}
+
+/* A pooled connection the upstream closed while we picked it (the
+ * keep-alive race) gets one free retry on a fresh connection, whatever
+ * `retries` says, when nothing of the response arrived and the request is
+ * safe to send again. */
+static bool may_retry_stale(const sk_request *r)
+{
+    return r->up_reused && !r->stale_retried && !r->response_started && sk_method_idempotent(r->method_id) &&
            r->req_framing == SK_BODY_NONE;
-}
-
-/* A 502/503/504 answer is retried (not forwarded) while retries are left. */
-bool sk_proxy_retry_status(sk_request *r, int status)
-{
-    return (status == 502 || status == 503 || status == 504) && may_retry(r);
-}
-
-/* Starts the next attempt after a retried response. */
-void sk_proxy_retry(sk_request *r)
-{
-    sk_head_reset(&r->rhead);
-    sk_debug("retrying %s %.*s after an upstream %s (attempt %u)", r->method, (int)r->path_len, r->path,
-             "5xx", r->attempts + 1);
-    start_upstream(r);
 }
 
 /* An upstream attempt failed (connect failure, reset, garbage, timeout).
  * Retries when allowed, else answers with a local reply, or cuts the
  * client connection when part of the response is already sent. */
-void sk_proxy_upstream_error(sk_request *r, int status, const char *reason, bool retryable)
+static void upstream_error(sk_request *r, int status, const char *reason, bool retryable)
 {
-    sk_conn *c = r->conn;
-    if (r->up) {
-        sk_upconn *u = r->up;
-        r->up = NULL;
-        sk_upstream_release(u, false);
-    }
+    release_upstream(r, false);
     sk_request_pending_done(r);
     if (strcmp(reason, "upstream_connect_failure") == 0)
         SK_INC(r->worker->metrics->upstream_connect_failures);
-    /* A pooled connection the upstream closed while we picked it (the
-     * keep-alive race): one free retry on a fresh connection, whatever
-     * `retries` says, when nothing of the response arrived and the request
-     * is safe to send again. */
-    if (retryable && r->up_reused && !r->stale_retried && !r->response_started && idempotent(r->method_id) &&
-        r->req_framing == SK_BODY_NONE) {
+    if (retryable && may_retry_stale(r)) {
         r->stale_retried = true;
         r->attempts--;
         sk_debug("pooled upstream connection was stale, retrying on a new one");
@@ -579,107 +562,249 @@ void sk_proxy_upstream_error(sk_request *r, int status, const char *reason, bool
     release_cluster(r);
     if (r->response_started) {
         r->reason = reason;
-        sk_conn_close(c);
+        r->down_ops->abort(r->down);
         return;
     }
-    sk_conn_local_reply(c, status, reason, NULL, false);
+    reply(r, status, reason, NULL, false);
 }
 
-/* Builds the response head towards the client from the upstream's. */
-int sk_proxy_response_head(sk_request *r, int status, bool no_body, bool up_chunked, bool up_length,
-                           uint64_t length)
+/* ---- sk_client_cbs: what the upstream connection tells the request ---- */
+
+static void up_connected(void *rq)
 {
-    sk_conn *c = r->conn;
+    sk_request_pending_done(rq);
+}
+
+/* A 502/503/504 answer is retried (not forwarded) while retries are left. */
+static bool up_retry_status(void *rq, int status)
+{
+    return (status == 502 || status == 503 || status == 504) && may_retry(rq);
+}
+
+/* Sends the response head to the client, after the on_response hooks. */
+static int up_response_head(void *rq, int status, bool no_body, bool has_length, uint64_t length)
+{
+    sk_request *r = rq;
     sk_head *h = &r->rhead;
     if (sk_head_finish(h) < 0) return -1;
     if (r->chain_pos || r->lua_ran) {
         r->status = status;
         if (response_hooks(r)) {
             r->status = 0;
-            return 1; /* the caller stops parsing and calls sk_proxy_filter_reply */
+            return 1; /* the codec stops reading and calls filter_reply */
         }
     }
-    sk_buf *b = &r->uphead; /* the request head was sent: reuse its storage */
-    sk_buf_reset(b);
-    const char *reason = h->url_len ? h->raw.data + h->url : sk_status_text(status);
-    size_t reason_len = h->url_len ? h->url_len : strlen(reason);
-    char sl[14] = "HTTP/1.1 000 ";
     if (status < 100 || status > 999) return -1;
-    sl[9] = (char)('0' + status / 100);
-    sl[10] = (char)('0' + status / 10 % 10);
-    sl[11] = (char)('0' + status % 10);
-    int rc = sk_buf_append(b, sl, 13);
-    rc |= sk_buf_append(b, reason, reason_len);
-    rc |= sk_buf_append(b, "\r\n", 2);
-    rc |= append_headers(b, h, false);
-    bool close = r->close_after || !r->keep_alive || c->worker->draining || c->read_eof;
+    ssize_t n = collect_headers(h, false, &r->down_hdrs, &r->down_hdrs_cap, 0);
+    if (n < 0) return -1;
+    int framing;
     if (no_body) {
-        r->resp_framing = SK_BODY_NONE;
-        if (up_length && (r->method_id == HTTP_HEAD || status == 304))
-            rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
-    } else if (up_length) {
-        r->resp_framing = SK_BODY_LENGTH;
-        rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
-    } else if (r->http_minor >= 1) {
-        r->resp_framing = SK_BODY_CHUNKED;
-        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
+        framing = SK_BODY_NONE;
+        has_length = has_length && (r->method_id == SK_METHOD_HEAD || status == 304);
     } else {
-        r->resp_framing = SK_BODY_EOF;
-        close = true;
+        framing = has_length ? SK_BODY_LENGTH : SK_BODY_CHUNKED;
     }
-    SK_UNUSED(up_chunked);
-    if (close) {
-        r->close_after = true;
-        rc |= sk_buf_append(b, "connection: close\r\n", 19);
-    } else if (r->http_minor == 0) {
-        rc |= sk_buf_append(b, "connection: keep-alive\r\n", 24);
-    }
-    rc |= sk_buf_append(b, "\r\n", 2);
-    if (rc || sk_conn_send_ref(c, b->data, b->len) < 0) return -1;
-    r->status = status;
-    r->response_started = true;
-    r->state = SK_REQ_RESPONDING;
-    r->bytes_sent += b->len;
-    return 0;
+    const char *reason = h->url_len ? h->raw.data + h->url : NULL;
+    return r->down_ops->send_head(r->down, status, reason, h->url_len, r->down_hdrs, (size_t)n, framing,
+                                  has_length, length);
 }
 
-/* Forwards response body bytes, re-framed for the client. */
-int sk_proxy_response_body(sk_request *r, const char *p, size_t n)
+static int up_response_body(void *rq, const char *p, size_t n)
 {
-    sk_conn *c = r->conn;
-    int rc = 0;
-    if (r->resp_framing == SK_BODY_NONE) return 0;
-    if (r->resp_framing == SK_BODY_CHUNKED) {
-        char hdr[24];
-        size_t hl = sk_chunk_header(hdr, n);
-        rc |= sk_conn_send_copy(c, hdr, (size_t)hl);
-        rc |= sk_conn_send_ref(c, p, n);
-        rc |= sk_conn_send_copy(c, "\r\n", 2);
-        r->bytes_sent += (size_t)hl + n + 2;
-    } else {
-        rc |= sk_conn_send_ref(c, p, n);
-        r->bytes_sent += n;
-    }
-    return rc ? -1 : 0;
+    sk_request *r = rq;
+    return r->down_ops->send_body(r->down, p, n);
 }
 
 /* The upstream response is complete: flush, release the upstream
- * connection (pooled if it is still cleanly framed), finish the request. */
-void sk_proxy_response_end(sk_request *r)
+ * connection (pooled if it is still cleanly framed), finish the response. */
+static void up_response_end(void *rq, bool reusable)
 {
-    sk_conn *c = r->conn;
-    if (r->resp_framing == SK_BODY_CHUNKED) {
-        sk_conn_send_copy(c, "0\r\n\r\n", 5);
-        r->bytes_sent += 5;
-    }
+    sk_request *r = rq;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
+    ops->send_end(down);
     r->upstream_end_ns = sk_now_ns();
     stop_timeout(r);
     /* Flush while the body still points into the upstream read buffer. */
-    sk_conn_flush(c);
-    if (c->dead) return; /* closing aborted the request and released everything */
-    sk_upconn *u = r->up;
-    r->up = NULL;
-    if (u) sk_upstream_release(u, u->reusable && r->up_body_done);
+    ops->flush(down);
+    if (ops->gone(down)) return; /* closing finished the request and released everything */
+    release_upstream(r, reusable && r->up_body_done);
     release_cluster(r);
-    sk_conn_response_done(c);
+    ops->response_done(down);
 }
+
+/* A retried response was read whole: try again. */
+static void up_retry(void *rq, bool reusable)
+{
+    sk_request *r = rq;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
+    release_upstream(r, reusable && r->up_body_done);
+    sk_head_reset(&r->rhead);
+    sk_debug("retrying %s %.*s after an upstream %s (attempt %u)", r->method, (int)r->path_len, r->path,
+             "5xx", r->attempts + 1);
+    start_upstream(r);
+    ops->flush(down);
+}
+
+static void up_error(void *rq, int status, const char *reason, bool retryable)
+{
+    sk_request *r = rq;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
+    upstream_error(r, status, reason, retryable);
+    ops->flush(down);
+}
+
+static void up_filter_reply(void *rq)
+{
+    filter_reply(rq);
+}
+
+/* The upstream is slower than the client: stop reading the client. */
+static void up_congested(void *rq)
+{
+    sk_request *r = rq;
+    r->down_ops->pause_body(r->down);
+}
+
+static void up_drained(void *rq)
+{
+    sk_request *r = rq;
+    r->down_ops->resume_body(r->down);
+}
+
+/* Body pieces of one upstream read are queued to the client: write them. */
+static int up_read_done(void *rq)
+{
+    sk_request *r = rq;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
+    ops->flush(down);
+    if (ops->gone(down)) return -1; /* closing released the upstream connection */
+    return ops->pending(down) > SK_HIGH_WATER ? 1 : 0;
+}
+
+const sk_client_cbs sk_proxy_client_cbs = {
+    .connected = up_connected,
+    .retry_status = up_retry_status,
+    .response_head = up_response_head,
+    .response_body = up_response_body,
+    .response_end = up_response_end,
+    .retry = up_retry,
+    .error = up_error,
+    .filter_reply = up_filter_reply,
+    .congested = up_congested,
+    .drained = up_drained,
+    .read_done = up_read_done,
+};
+
+/* ---- sk_server_cbs: what the downstream codec tells the request ---- */
+
+static void *down_begin(void *s, const sk_server_ops *ops, const sk_conn_info *ci, sk_msg **msg)
+{
+    sk_request *r = sk_request_new(ci, ops, s);
+    if (!r) return NULL;
+    *msg = &r->msg;
+    return r;
+}
+
+/* The request head is complete: x-request-id, then the filter chain.
+ * 1 while a filter holds it, -1 when the stream is gone, else 0. */
+static int down_head(void *rq)
+{
+    sk_request *r = rq;
+    /* x-request-id: the client's (if sane) or a new one; logged either way. */
+    const sk_header *rid = sk_head_get(&r->head, "x-request-id");
+    if (rid && rid->value_len && rid->value_len < sizeof(r->request_id)) {
+        memcpy(r->request_id, rid->value, rid->value_len);
+        r->request_id[rid->value_len] = 0;
+    } else {
+        gen_request_id(r->worker, r->request_id);
+    }
+    r->in_codec = true;
+    run_chain(r);
+    if (gone(r)) return -1;
+    r->in_codec = false;
+    return r->filter_paused ? 1 : 0;
+}
+
+/* Forwards a piece of decoded request body. */
+static int down_body(void *rq, const char *p, size_t n)
+{
+    sk_request *r = rq;
+    if (!r->up) return 0; /* the exchange failed; a reply is on its way */
+    if (r->up_ops->send_body(r->up, p, n) < 0) {
+        upstream_error(r, 500, "internal_error", false);
+        return -1;
+    }
+    return 0;
+}
+
+/* The request body is complete. */
+static int down_body_end(void *rq)
+{
+    sk_request *r = rq;
+    r->up_body_done = true;
+    if (r->up && r->up_ops->send_end(r->up) < 0) {
+        upstream_error(r, 500, "internal_error", false);
+        return -1;
+    }
+    return 0;
+}
+
+/* What one client read brought is queued upstream: write it. */
+static void down_input_done(void *rq)
+{
+    sk_request *r = rq;
+    if (r->up) r->up_ops->flush(r->up);
+}
+
+/* The client is slower than the upstream: stop reading the upstream. */
+static void down_congested(void *rq)
+{
+    sk_request *r = rq;
+    if (r->up) r->up_ops->pause_read(r->up);
+}
+
+static void down_drained(void *rq)
+{
+    sk_request *r = rq;
+    if (r->up) r->up_ops->resume_read(r->up);
+}
+
+static void down_cancel(void *rq)
+{
+    sk_request *r = rq;
+    if (r->up || r->counted_request || r->filter_paused) cancel(r);
+}
+
+/* The exchange is over. A cut one is cancelled and logged unless its
+ * response was complete; either way it is counted (complete ones) and
+ * recycled. */
+static void down_finish(void *rq, bool complete)
+{
+    sk_request *r = rq;
+    if (!complete) {
+        cancel(r);
+        if (r->status == 0 || !r->response_started || r->state != SK_REQ_DONE) {
+            if (!r->reason) r->reason = "client_abort";
+            sk_request_log(r);
+        }
+        sk_request_free(r);
+        return;
+    }
+    sk_request_finish(r);
+}
+
+const sk_server_cbs sk_proxy_server_cbs = {
+    .begin = down_begin,
+    .head = down_head,
+    .body = down_body,
+    .body_end = down_body_end,
+    .input_done = down_input_done,
+    .congested = down_congested,
+    .drained = down_drained,
+    .cancel = down_cancel,
+    .finish = down_finish,
+};

@@ -14,9 +14,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "worker.h"
-
-void sk__listener_conn_closed(const sk_listener *l);
+#include "metrics.h"
+#include "pool.h"
+#include "tcp.h"
 
 typedef struct side {
     sk_transport tr; /* the socket and its watchers */
@@ -28,10 +28,12 @@ typedef struct side {
 } side;
 
 typedef struct sk_tcp {
-    sk_worker *worker;
+    sk_wctx *worker;
+    const sk_tcp_owner *owner; /* the runtime's hooks */
+    void *owner_data;
     const sk_listener *listener;
     sk_config *config;
-    sk_link link;  /* in worker->tcp_conns */
+    sk_link link;  /* in the owner's list */
     side down, up; /* client side, upstream side */
     bool connected;
     bool up_counted;  /* holds an upstream connection slot of the cluster */
@@ -46,11 +48,11 @@ typedef struct sk_tcp {
 
 static void tcp_close(sk_tcp *t)
 {
-    sk_worker *w = t->worker;
+    sk_wctx *w = t->worker;
     side *s[2] = {&t->down, &t->up};
     for (int i = 0; i < 2; i++) {
         sk_transport_close(&s[i]->tr);
-        sk_worker_buf_put(w, s[i]->buf);
+        sk_wctx_buf_put(w, s[i]->buf);
     }
     ev_timer_stop(w->loop, &t->timer);
     if (t->up_counted) {
@@ -80,10 +82,8 @@ static void tcp_close(sk_tcp *t)
             SK_UNUSED(wr);
         }
     }
-    sk__listener_conn_closed(t->listener);
     SK_DEC(w->metrics->downstream_active);
-    sk_list_remove(&t->link);
-    w->nconns--;
+    t->owner->closed(t->owner_data, &t->link, t->listener);
     sk_config_unref(t->config);
     free(t);
 }
@@ -106,7 +106,7 @@ static int pump(side *s)
 {
     sk_tcp *t = s->t;
     side *o = other(s);
-    sk_worker *w = t->worker;
+    sk_wctx *w = t->worker;
     while (s->off < s->len) {
         struct iovec iov = {s->buf + s->off, s->len - s->off};
         ssize_t n = sk_transport_writev(&o->tr, &iov, 1);
@@ -149,7 +149,7 @@ static void on_side_readable(sk_transport *tr)
 {
     side *s = tr->data;
     sk_tcp *t = s->t;
-    if (!s->buf && !(s->buf = sk_worker_buf_get(t->worker))) {
+    if (!s->buf && !(s->buf = sk_wctx_buf_get(t->worker))) {
         tcp_close(t);
         return;
     }
@@ -218,11 +218,11 @@ static const sk_transport_cbs side_cbs = {
 
 /* Does a relay of this worker still run on generation cfg? With `cut`,
  * closes those that do (drain_timeout after a reload). */
-bool sk_tcp_uses_generation(sk_worker *w, const sk_config *cfg, bool cut)
+bool sk_tcp_uses_generation(sk_link *relays, const sk_config *cfg, bool cut)
 {
     bool used = false;
-    sk_link *l = w->tcp_conns.next;
-    while (l != &w->tcp_conns) {
+    sk_link *l = relays->next;
+    while (l != relays) {
         sk_tcp *t = SK_CONTAINER(l, sk_tcp, link);
         l = l->next;
         if (t->config != cfg) continue;
@@ -236,22 +236,24 @@ bool sk_tcp_uses_generation(sk_worker *w, const sk_config *cfg, bool cut)
 }
 
 /* Takes over an accepted socket of a tcp listener and connects upstream. */
-void sk_tcp_accept(sk_worker *w, const sk_listener *l, int fd, const char *client_addr)
+void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cfg, const sk_listener *l, int fd,
+                   const char *client_addr)
 {
     sk_tcp *t = calloc(1, sizeof(*t));
     if (!t) {
         close(fd);
-        sk__listener_conn_closed(l);
+        o->closed(owner, NULL, l);
         return;
     }
     t->worker = w;
+    t->owner = o;
+    t->owner_data = owner;
     t->listener = l;
-    t->config = w->config;
+    t->config = cfg;
     sk_config_ref(t->config);
     t->start_ns = sk_now_ns();
     snprintf(t->client_addr, sizeof(t->client_addr), "%s", client_addr);
-    sk_list_insert(&w->tcp_conns, &t->link);
-    w->nconns++;
+    o->opened(owner, &t->link);
     SK_INC(w->metrics->downstream_active);
     SK_INC(w->metrics->downstream_total);
     t->down.t = t->up.t = t;

@@ -1,7 +1,8 @@
 /*
  * worker.c — worker threads: one libev loop each, their own SO_REUSEPORT
- * listening sockets, accept, free lists, the dead-connection reaper and the
- * drain sequence.
+ * listening sockets, accept, the connections' owner (lists, generation
+ * moves), the reaper of deferred frees, generations and reload switches,
+ * and the drain sequence.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -16,8 +17,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "plugin_host.h"
 #include "lua_filter.h"
+#include "plugin_host.h"
+#include "request.h"
+#include "tcp.h"
 #include "worker.h"
 
 static sk_worker *workers;
@@ -49,6 +52,7 @@ fail:;
 }
 
 static void on_wake(struct ev_loop *loop, ev_async *a, int revents);
+static const sk_tcp_owner tcp_owner;
 
 static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
 {
@@ -90,18 +94,61 @@ static void on_accept(struct ev_loop *loop, ev_io *io, int revents)
                 inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip));
                 snprintf(addr, sizeof(addr), "[%s]:%u", ip, ntohs(in6->sin6_port));
             }
-            sk_tcp_accept(w, l, fd, addr);
+            sk_tcp_accept(&w->ctx, &tcp_owner, w, w->config, l, fd, addr);
             continue;
         }
-        sk_conn_accept(w, l, fd, (struct sockaddr *)&ss);
+        sk_worker_accept_http(w, l, fd, (struct sockaddr *)&ss);
     }
 }
 
-/* Called by http1.c when a connection of listener l closes. */
-void sk__listener_conn_closed(const sk_listener *l);
-void sk__listener_conn_closed(const sk_listener *l)
+/* A connection of listener l closed. */
+static void listener_conn_closed(const sk_listener *l)
 {
     __atomic_sub_fetch((unsigned *)&l->active_conns, 1, __ATOMIC_RELAXED);
+}
+
+static void conn_closed(sk_conn *c);
+static void conn_idle(sk_conn *c);
+static const sk_conn_owner conn_owner = {.closed = conn_closed, .idle = conn_idle};
+
+/* sk_tcp_owner: a relay starts / ends on worker `owner`. */
+static void tcp_opened(void *owner, sk_link *link)
+{
+    sk_worker *w = owner;
+    sk_list_insert(&w->tcp_conns, link);
+    w->nconns++;
+}
+
+static void tcp_closed(void *owner, sk_link *link, const sk_listener *l)
+{
+    sk_worker *w = owner;
+    listener_conn_closed(l);
+    if (!link) return; /* never started */
+    sk_list_remove(link);
+    w->nconns--;
+}
+
+static const sk_tcp_owner tcp_owner = {.opened = tcp_opened, .closed = tcp_closed};
+
+/* Takes over an accepted socket of an HTTP listener. */
+void sk_worker_accept_http(sk_worker *w, const sk_listener *l, int fd, const struct sockaddr *sa)
+{
+    sk_conn *c = sk_conn_accept(&w->ctx, &conn_owner, &sk_proxy_server_cbs, l, w->config, fd, sa);
+    if (!c) {
+        listener_conn_closed(l);
+        return;
+    }
+    sk_list_insert(&w->conns, &c->link);
+    w->nconns++;
+}
+
+/* sk_conn_owner.closed: unlists c (sk_conn_close defers its free). */
+static void conn_closed(sk_conn *c)
+{
+    sk_worker *w = (sk_worker *)c->worker;
+    listener_conn_closed(c->listener);
+    sk_list_remove(&c->link);
+    w->nconns--;
 }
 
 static void close_listeners(sk_worker *w)
@@ -129,7 +176,7 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
     if (!SK_LOAD(drain_requested) || w->draining) return;
     w->draining = true;
     close_listeners(w);
-    sk_upstream_close_idle(w);
+    sk_worker_close_idle_upstreams(w);
     sk_link *l = w->conns.next;
     while (l != &w->conns) {
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
@@ -141,37 +188,16 @@ static void on_wake(struct ev_loop *loop, ev_async *a, int revents)
     ev_timer_again(loop, &w->drain_timer);
 }
 
-/* Frees connections closed during this loop iteration, before blocking. */
+/* Runs the frees deferred during this loop iteration, before blocking. */
 static void reap(struct ev_loop *loop, ev_prepare *p, int revents)
 {
     sk_worker *w = p->data;
-    for (size_t i = 0; i < w->ndead; i++) sk_conn_free(w->dead[i]);
-    w->ndead = 0;
-}
-
-/* Queues a closed connection for freeing at the next safe point. */
-void sk__worker_defer_free(sk_worker *w, sk_conn *c);
-void sk__worker_defer_free(sk_worker *w, sk_conn *c)
-{
-    if (w->ndead == w->dead_cap) {
-        size_t cap = w->dead_cap ? w->dead_cap * 2 : 64;
-        sk_conn **d = realloc(w->dead, cap * sizeof(*d));
-        if (!d) {
-            /* Cannot defer: the connection is already fully closed and no
-             * callback of it is on the stack of a reaper-less caller, so leak
-             * it rather than risk a use-after-free. */
-            sk_error("out of memory deferring a connection free");
-            return;
-        }
-        w->dead = d;
-        w->dead_cap = cap;
-    }
-    w->dead[w->ndead++] = c;
+    sk_wctx_reap(&w->ctx);
 }
 
 /* ---- generations ---------------------------------------------------------------------- */
 
-sk_wgen *sk_wgen_new(sk_worker *w, sk_config *cfg)
+static sk_wgen *sk_wgen_new(sk_worker *w, sk_config *cfg)
 {
     sk_wgen *g = calloc(1, sizeof(*g));
     if (!g) return NULL;
@@ -180,10 +206,7 @@ sk_wgen *sk_wgen_new(sk_worker *w, sk_config *cfg)
         free(g);
         return NULL;
     }
-    for (size_t i = 0; i < cfg->nclusters; i++) {
-        g->clusters[i].version = UINT64_MAX; /* pools are made from the endpoint set at first use */
-        g->clusters[i].rr = (uint32_t)w->id;
-    }
+    for (size_t i = 0; i < cfg->nclusters; i++) sk_wcluster_init(&g->clusters[i], (uint32_t)w->id);
     sk_config_ref(cfg);
     g->config = cfg;
     return g;
@@ -192,7 +215,7 @@ sk_wgen *sk_wgen_new(sk_worker *w, sk_config *cfg)
 /* Releases the worker's hold on a generation nothing here uses any more. */
 static void wgen_free(sk_worker *w, sk_wgen *g)
 {
-    sk_pools_free(w, g);
+    sk_pools_free(g->clusters, g->config->nclusters);
     sk_plugins_worker_fini(g->config, w->id);
     sk_debug("worker %d: released generation %llu", w->id, (unsigned long long)g->config->generation);
     sk_config_unref(g->config);
@@ -200,11 +223,21 @@ static void wgen_free(sk_worker *w, sk_wgen *g)
     free(g);
 }
 
-sk_wcluster *sk_worker_wcluster(sk_worker *w, const sk_cluster *cl)
+/* sk_wctx.cluster_state: the worker's state of cluster cl, in the
+ * generation cl belongs to, or NULL. */
+static void *cluster_state(sk_wctx *ctx, const void *cluster)
 {
+    sk_worker *w = (sk_worker *)ctx;
+    const sk_cluster *cl = cluster;
     for (sk_wgen *g = w->gen; g; g = sk_wgen_next(w, g))
         if (g->config == cl->config) return &g->clusters[cl->index];
     return NULL;
+}
+
+/* Closes the idle pooled connections of every generation of w. */
+void sk_worker_close_idle_upstreams(sk_worker *w)
+{
+    for (sk_wgen *g = w->gen; g; g = sk_wgen_next(w, g)) sk_pools_close_idle(g->clusters, g->config->nclusters);
 }
 
 static bool same_listener(const sk_listener *a, const sk_listener *b)
@@ -220,28 +253,28 @@ static const sk_listener *listener_like(const sk_config *cfg, const sk_listener 
     return NULL;
 }
 
-void sk_conn_adopt_generation(sk_conn *c)
+/* Moves an idle connection to the worker's current generation, or ends
+ * it when its listener is gone. */
+static void adopt_generation(sk_conn *c)
 {
-    sk_worker *w = c->worker;
+    sk_worker *w = (sk_worker *)c->worker;
     sk_config *nc = w->config;
     if (c->config == nc || c->dead || c->closing) return;
     const sk_listener *nl = listener_like(nc, c->listener);
     if (!nl) { /* the listener was removed: this connection ends after its request */
-        if (c->req) {
-            c->req->close_after = true;
-        } else {
-            c->closing = true;
-            sk_conn_pause_read(c);
-            sk_conn_flush(c);
-        }
+        sk_conn_close_when_flushed(c);
         return;
     }
     __atomic_sub_fetch((unsigned *)&c->listener->active_conns, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch((unsigned *)&nl->active_conns, 1, __ATOMIC_RELAXED);
-    sk_config_ref(nc);
-    sk_config_unref(c->config); /* never the last: main holds retired generations */
-    c->config = nc;
-    c->listener = nl;
+    sk_conn_set_generation(c, nc, nl);
+}
+
+/* sk_conn_owner.idle: between two requests, a connection of an older
+ * generation moves to the current one. */
+static void conn_idle(sk_conn *c)
+{
+    adopt_generation(c);
 }
 
 /* Does anything of this worker still use generation cfg? With `cut`, closes
@@ -254,13 +287,14 @@ static bool generation_used(sk_worker *w, const sk_config *cfg, bool cut)
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
         if (c->dead) continue;
-        if (c->config == cfg || (c->req && c->req->config == cfg)) {
+        /* a connection moves only between requests: its request runs on its generation */
+        if (c->config == cfg) {
             used = true;
             if (cut && c->req && !c->req->reason) c->req->reason = "drain_timeout";
             if (cut) sk_conn_close(c);
         }
     }
-    return sk_tcp_uses_generation(w, cfg, cut) || used;
+    return sk_tcp_uses_generation(&w->tcp_conns, cfg, cut) || used;
 }
 
 static void on_retire_check(struct ev_loop *loop, ev_timer *t, int revents)
@@ -351,7 +385,7 @@ static void apply_reload(void *arg)
     sk_lua_worker_prepare(nc, w->id);
     sk_metrics_reserve(w->metrics, m->rows);
     sk_wgen *old = w->gen;
-    sk_pools_retire(w, old);
+    sk_pools_retire(old->clusters, old->config->nclusters);
     old->retired_ms = sk_now_ms();
     old->next = w->retired;
     w->retired = old;
@@ -363,7 +397,7 @@ static void apply_reload(void *arg)
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
         if (!c->req) {
-            sk_conn_adopt_generation(c);
+            adopt_generation(c);
         } else {
             /* busy: moves after its request, or ends then if its listener is gone */
             if (!listener_like(nc, c->listener)) c->req->close_after = true;
@@ -433,7 +467,7 @@ static void *worker_main(void *arg)
     ev_run(w->loop, 0);
     /* Drained: release what is left. */
     reap(w->loop, &w->reap, 0);
-    sk_upstream_close_idle(w);
+    sk_worker_close_idle_upstreams(w);
     while (w->retired) {
         sk_wgen *g = w->retired;
         w->retired = g->next;
@@ -448,94 +482,8 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* Returns the next xorshift64* value of the worker. */
-uint32_t sk_worker_rand(sk_worker *w)
-{
-    uint64_t x = w->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    w->rng = x;
-    return (uint32_t)((x * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-/* Takes a read buffer from the worker's free list, or allocates one. */
-char *sk_worker_buf_get(sk_worker *w)
-{
-    if (w->nfree_bufs > 0) return w->free_bufs[--w->nfree_bufs];
-    return malloc(SK_READ_BUF);
-}
-
-/* Returns a read buffer to the free list (bounded), or frees it. */
-void sk_worker_buf_put(sk_worker *w, char *buf)
-{
-    if (!buf) return;
-    if (w->nfree_bufs < 64) {
-        if (w->nfree_bufs == w->free_bufs_cap) {
-            size_t cap = w->free_bufs_cap ? w->free_bufs_cap * 2 : 16;
-            char **p = realloc(w->free_bufs, cap * sizeof(*p));
-            if (!p) {
-                free(buf);
-                return;
-            }
-            w->free_bufs = p;
-            w->free_bufs_cap = cap;
-        }
-        w->free_bufs[w->nfree_bufs++] = buf;
-        return;
-    }
-    free(buf);
-}
-
-/* Allocates a request (recycled when possible) bound to connection c. */
-sk_request *sk_request_new(sk_worker *w, sk_conn *c)
-{
-    sk_request *r;
-    if (!sk_list_empty(&w->free_reqs)) {
-        sk_link *l = w->free_reqs.next;
-        sk_list_remove(l);
-        r = SK_CONTAINER(l, sk_request, link);
-    } else {
-        r = calloc(1, sizeof(*r));
-        if (!r) return NULL;
-        sk_list_init(&r->link);
-    }
-    /* Reset everything but the reusable buffers. */
-    sk_head head = r->head, rhead = r->rhead;
-    sk_buf uphead = r->uphead;
-    sk_arena arena = r->arena;
-    memset(r, 0, sizeof(*r));
-    sk_list_init(&r->link);
-    r->head = head;
-    r->rhead = rhead;
-    r->uphead = uphead;
-    r->arena = arena;
-    sk_head_reset(&r->head);
-    sk_head_reset(&r->rhead);
-    sk_buf_reset(&r->uphead);
-    r->worker = w;
-    r->conn = c;
-    r->config = c->config;
-    sk_config_ref(r->config);
-    return r;
-}
-
-/* Returns a request to the free list; oversized buffers are released. */
-void sk_request_free(sk_request *r)
-{
-    sk_worker *w = r->worker;
-    if (ev_is_active(&r->timeout)) ev_timer_stop(w->loop, &r->timeout);
-    if (r->lua_co) sk_lua_request_done(r);
-    sk_config_unref(r->config);
-    r->config = NULL;
-    if (r->head.raw.cap > 65536 || r->head.cap > 256) sk_head_free(&r->head);
-    if (r->rhead.raw.cap > 65536 || r->rhead.cap > 256) sk_head_free(&r->rhead);
-    if (r->uphead.cap > 65536) sk_buf_free(&r->uphead);
-    sk_arena_reset(&r->arena);
-    sk_list_insert(&w->free_reqs, &r->link);
-}
-
-static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int logfd, char **err)
+/* Sets up a worker on the calling thread, without listeners (see worker.h). */
+int sk_worker_init_local(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int logfd, char **err)
 {
     w->id = id;
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
@@ -543,6 +491,7 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
         *err = strdup("cannot create an event loop");
         return -1;
     }
+    w->cluster_state = cluster_state;
     w->gen = sk_wgen_new(w, cfg);
     w->config = cfg;
     w->metrics = m;
@@ -552,8 +501,21 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
     sk_list_init(&w->free_reqs);
     if (getrandom(&w->rng, sizeof(w->rng), 0) != sizeof(w->rng) || w->rng == 0)
         w->rng = 0x9E3779B97F4A7C15ull ^ ((uint64_t)id << 32) ^ sk_now_ns();
+    ev_prepare_init(&w->reap, reap);
+    w->reap.data = w;
+    ev_prepare_start(w->loop, &w->reap);
+    if (!w->gen) {
+        *err = strdup("out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int logfd, char **err)
+{
+    if (sk_worker_init_local(w, id, cfg, m, logfd, err) < 0) return -1;
     w->listeners = calloc(cfg->nlisteners ? cfg->nlisteners : 1, sizeof(*w->listeners));
-    if (!w->listeners || !w->gen) {
+    if (!w->listeners) {
         *err = strdup("out of memory");
         return -1;
     }
@@ -574,9 +536,6 @@ static int worker_init(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, int 
     ev_async_init(&w->post, on_post);
     w->post.data = w;
     ev_async_start(w->loop, &w->post);
-    ev_prepare_init(&w->reap, reap);
-    w->reap.data = w;
-    ev_prepare_start(w->loop, &w->reap);
     return 0;
 }
 

@@ -112,6 +112,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (int i = 0; i < FUZZ_PEERS; i++)
         if (fuzz_peers[i] >= 0) fuzz_close_peer(fuzz_peers[i]);
     fuzz_spin();
-    sk_upstream_close_idle(&fuzz_worker);
+    sk_worker_close_idle_upstreams(&fuzz_worker);
     return 0;
 }

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "request.h"
 #include "server.h"
 #include "worker.h"
 
@@ -47,14 +48,6 @@ static void fuzz_die(const char *what, const char *detail)
     abort();
 }
 
-/* The worker's reaper (worker.c's is static): frees dead connections. */
-static void fuzz_reap(struct ev_loop *loop, ev_prepare *p, int revents)
-{
-    sk_worker *w = p->data;
-    for (size_t i = 0; i < w->ndead; i++) sk_conn_free(w->dead[i]);
-    w->ndead = 0;
-}
-
 static void fuzz_setup(const char *config_text)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -77,31 +70,21 @@ static void fuzz_setup(const char *config_text)
 
     /* sk_workers_start(…, 0 workers, …) starts and binds nothing, but
      * allocates the per-listener connection counters that
-     * sk__listener_conn_closed() (called by sk_conn_close) decrements:
+     * the worker's connection-closed hook (from sk_conn_close) decrements:
      * without it that is a NULL dereference. The counter is never
      * incremented here (on_accept does that), so it wraps; it is unsigned
      * and only read by on_accept, which never runs. */
     if (sk_workers_start(cfg, NULL, 0, -1, &err) < 0) fuzz_die("sk_workers_start", err);
 
     sk_worker *w = &fuzz_worker;
-    w->id = 0;
-    w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOSIGMASK);
-    if (!w->loop) fuzz_die("ev_loop_new", NULL);
-    w->config = cfg; /* the generation takes a reference; the load's stays */
-    w->metrics = sk_metrics_new();
-    if (!w->metrics) fuzz_die("sk_metrics_new", "out of memory");
+    sk_metrics *m = sk_metrics_new();
+    if (!m) fuzz_die("sk_metrics_new", "out of memory");
     /* SK_FUZZ_ACCESSLOG=1: access log lines on stderr (exercises accesslog.c). */
-    w->accesslog_fd = getenv("SK_FUZZ_ACCESSLOG") ? 2 : -1;
-    sk_list_init(&w->conns);
-    sk_list_init(&w->tcp_conns);
-    sk_list_init(&w->free_reqs);
+    int logfd = getenv("SK_FUZZ_ACCESSLOG") ? 2 : -1;
+    /* the worker's generation takes a reference; the load's stays */
+    if (sk_worker_init_local(w, 0, cfg, m, logfd, &err) < 0) fuzz_die("sk_worker_init_local", err);
     w->rng = 0x9E3779B97F4A7C15ull; /* fixed: runs are reproducible */
     sk_metrics_assign_rows(cfg);
-    w->gen = sk_wgen_new(w, cfg); /* pools are made from each cluster's endpoint set at first use */
-    if (!w->gen) fuzz_die("sk_wgen_new", "out of memory");
-    ev_prepare_init(&w->reap, fuzz_reap);
-    w->reap.data = w;
-    ev_prepare_start(w->loop, &w->reap);
     fuzz_listener = cfg->listeners[0];
 }
 
@@ -211,8 +194,9 @@ static void fuzz_fire_timers(void)
     while (l != &fuzz_worker.conns) {
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
-        if (c->req && ev_is_active(&c->req->timeout))
-            ev_feed_event(fuzz_worker.loop, &c->req->timeout, EV_TIMER);
+        sk_request *r = c->rq;
+        if (r && ev_is_active(&r->timeout))
+            ev_feed_event(fuzz_worker.loop, &r->timeout, EV_TIMER);
         else if (ev_is_active(&c->timer))
             ev_feed_event(fuzz_worker.loop, &c->timer, EV_TIMER);
     }
@@ -229,7 +213,7 @@ static int fuzz_connect_client(void)
     peer.sin_family = AF_INET;
     peer.sin_port = htons(40000);
     peer.sin_addr.s_addr = htonl(0x7f000001);
-    sk_conn_accept(&fuzz_worker, fuzz_listener, sv[0], (const struct sockaddr *)&peer);
+    sk_worker_accept_http(&fuzz_worker, fuzz_listener, sv[0], (const struct sockaddr *)&peer);
     fuzz_add_peer(sv[1]);
     return sv[1];
 }
@@ -252,9 +236,8 @@ static void fuzz_finish(int client)
     while (!sk_list_empty(&fuzz_worker.conns))
         sk_conn_close(SK_CONTAINER(fuzz_worker.conns.next, sk_conn, link));
     fuzz_spin();
-    for (size_t i = 0; i < fuzz_worker.ndead; i++) sk_conn_free(fuzz_worker.dead[i]);
-    fuzz_worker.ndead = 0;
-    sk_upstream_close_idle(&fuzz_worker);
+    sk_wctx_reap(&fuzz_worker.ctx);
+    sk_worker_close_idle_upstreams(&fuzz_worker);
     for (int i = 0; i < FUZZ_PEERS; i++)
         if (fuzz_peers[i] >= 0) fuzz_close_peer(fuzz_peers[i]);
 }

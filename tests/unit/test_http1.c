@@ -1,9 +1,10 @@
 /*
  * test_http1.c — unit tests of header handling: message-head accumulation
  * from split parser pieces (http1.c), its limits and trailers, value
- * trimming, and the upstream request head built by proxy.c (hop-by-hop
- * removal, Connection-named headers, x-forwarded-*, x-request-id,
- * rewrite_prefix, re-framing). proxy.c is included to reach its statics.
+ * trimming, and the upstream request head: the fields proxy.c chooses
+ * (hop-by-hop removal, Connection-named headers, x-forwarded-*,
+ * x-request-id, rewrite_prefix) as h1_client.c writes them (re-framing).
+ * proxy.c is included to reach its statics.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,26 @@
 #include "../../core/proxy/proxy.c"
 
 #include "check.h"
+
+/* The upstream connection the heads are written to (never connected). */
+static sk_upconn test_up;
+
+/* The request head of r as sent upstream: what the HTTP/1 client wrote. */
+static const sk_buf *uphead(const sk_request *r)
+{
+    SK_UNUSED(r);
+    return &test_up.head_out;
+}
+
+/* Works out r's upstream request and writes it as the HTTP/1 client does. */
+static int build_upstream_head(sk_request *r)
+{
+    sk_out_request q;
+    sk_buf_reset(&test_up.head_out);
+    sk_out_clear(&test_up.out);
+    if (build_upstream_request(r, &q) < 0) return -1;
+    return sk_h1_client_ops.send_head(&test_up, &q);
+}
 
 static bool has(const sk_buf *b, const char *s)
 {
@@ -118,15 +139,15 @@ static void test_skip_header(void)
 }
 
 /* Builds the upstream head of a request made of raw header lines. */
-static void build(sk_request *r, sk_conn *c, sk_worker *w, sk_route *rt, const char *path,
+static void build(sk_request *r, const char *client_ip, sk_wctx *w, sk_route *rt, const char *path,
                   const char *const *hdrs, size_t n)
 {
     memset(r, 0, sizeof(*r));
-    r->conn = c;
+    r->client_ip = client_ip;
     r->worker = w;
     r->route = rt;
     r->method = "GET";
-    r->method_id = HTTP_GET;
+    r->method_id = SK_METHOD_GET;
     for (size_t i = 0; i < n; i += 2) {
         CHECK(sk_head_field(&r->head, hdrs[i], strlen(hdrs[i]), 100, 8192) == 0);
         CHECK(sk_head_value(&r->head, hdrs[i + 1], strlen(hdrs[i + 1]), 8192) == 0);
@@ -152,14 +173,15 @@ static void free_req(sk_request *r)
     sk_buf_free(&r->head.raw);
     free(r->head.offs);
     free(r->head.views);
-    sk_buf_free(&r->uphead);
+    free(r->up_hdrs);
+    sk_buf_free(&r->xff);
+    sk_arena_free(&r->arena);
 }
 
 static void test_upstream_head(void)
 {
-    sk_worker w = {.rng = 42};
-    sk_conn c = {0};
-    strcpy(c.client_ip, "10.1.2.3");
+    sk_wctx w = {.rng = 42};
+    const char *client_ip = "10.1.2.3";
     sk_route rt = {.name = "r", .prefix = "/"};
     sk_request r;
 
@@ -183,8 +205,8 @@ static void test_upstream_head(void)
                         "https",
                         "Accept",
                         "*/*"};
-    build(&r, &c, &w, &rt, "/a/b?x=1", h1, SK_ARRAY_LEN(h1));
-    const sk_buf *b = &r.uphead;
+    build(&r, client_ip, &w, &rt, "/a/b?x=1", h1, SK_ARRAY_LEN(h1));
+    const sk_buf *b = uphead(&r);
     CHECK(has(b, "GET /a/b?x=1 HTTP/1.1\r\n"));
     CHECK(has(b, "Host: svc\r\n"));
     CHECK(has(b, "Accept: */*\r\n"));
@@ -200,10 +222,10 @@ static void test_upstream_head(void)
     /* kept request id, chunked re-framing, rewrite_prefix */
     sk_route rw = {.name = "rw", .prefix = "/api/", .rewrite_prefix = "/"};
     const char *h2[] = {"Host", "svc", "X-Request-Id", "abc-123", "Transfer-Encoding", "chunked"};
-    build(&r, &c, &w, &rw, "/api/v1/x?q", h2, SK_ARRAY_LEN(h2));
+    build(&r, client_ip, &w, &rw, "/api/v1/x?q", h2, SK_ARRAY_LEN(h2));
     r.req_framing = SK_BODY_CHUNKED;
     CHECK(build_upstream_head(&r) == 0);
-    b = &r.uphead;
+    b = uphead(&r);
     CHECK(has(b, "GET /v1/x?q HTTP/1.1\r\n"));
     CHECK(has(b, "x-request-id: abc-123\r\n"));
     CHECK(has(b, "transfer-encoding: chunked\r\n"));
@@ -212,13 +234,13 @@ static void test_upstream_head(void)
 
     sk_route rw2 = {.name = "rw2", .prefix = "/old", .rewrite_prefix = "/new"};
     const char *h3[] = {"Host", "svc", "Content-Length", "5"};
-    build(&r, &c, &w, &rw2, "/old/x", h3, SK_ARRAY_LEN(h3));
+    build(&r, client_ip, &w, &rw2, "/old/x", h3, SK_ARRAY_LEN(h3));
     r.req_framing = SK_BODY_LENGTH;
     r.req_content_length = 5;
     CHECK(build_upstream_head(&r) == 0);
-    CHECK(has(&r.uphead, "GET /new/x HTTP/1.1\r\n"));
-    CHECK(has(&r.uphead, "content-length: 5\r\n"));
-    CHECK(!has(&r.uphead, "Content-Length: 5"));
+    CHECK(has(uphead(&r), "GET /new/x HTTP/1.1\r\n"));
+    CHECK(has(uphead(&r), "content-length: 5\r\n"));
+    CHECK(!has(uphead(&r), "Content-Length: 5"));
     free_req(&r);
 }
 
@@ -229,6 +251,8 @@ int main(void)
     test_status_text();
     test_skip_header();
     test_upstream_head();
+    sk_out_free(&test_up.out);
+    sk_buf_free(&test_up.head_out);
     printf("test_http1: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

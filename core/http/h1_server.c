@@ -1,8 +1,10 @@
 /*
- * http1.c — the downstream HTTP/1.1 codec: accepts a client connection,
+ * h1_server.c — the downstream HTTP/1.1 codec: takes a client connection,
  * parses requests with llhttp, enforces the listener's limits and timeouts,
- * writes responses, handles keep-alive and pipelining (one request at a
- * time, in order). What happens to a parsed request is proxy.c's business.
+ * writes responses (status line, framing, Connection, 100 Continue, local
+ * replies), handles keep-alive and pipelining (one request at a time, in
+ * order). What happens to a parsed request is the request layer's business:
+ * it hears of it through sk_server_cbs and answers through sk_h1_server_ops.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -15,11 +17,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "http1.h"
-#include "worker.h"
-
-void sk__listener_conn_closed(const sk_listener *l);
-void sk__worker_defer_free(sk_worker *w, sk_conn *c);
+#include "h1_server.h"
+#include "metrics.h"
 
 static int on_message_begin(llhttp_t *p);
 static int on_url(llhttp_t *p, const char *at, size_t n);
@@ -46,6 +45,9 @@ static const sk_transport_cbs conn_cbs = {.on_readable = on_readable, .on_writab
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents);
 static void finish_request(sk_conn *c);
 static int bad_request(sk_conn *c, int status);
+static void conn_flush(sk_conn *c);
+static void conn_pause_read(sk_conn *c);
+static void conn_response_done(sk_conn *c);
 
 /* ---- connection life ---- */
 
@@ -59,20 +61,23 @@ static void set_timer(sk_conn *c, uint64_t ms)
     ev_timer_again(c->worker->loop, &c->timer);
 }
 
-/* Takes over an accepted, non-blocking socket fd. */
-void sk_conn_accept(sk_worker *w, const sk_listener *l, int fd, const struct sockaddr *sa)
+/* Takes over an accepted, non-blocking socket fd (see h1_server.h). */
+sk_conn *sk_conn_accept(sk_wctx *w, const sk_conn_owner *owner, const sk_server_cbs *cbs,
+                        const sk_listener *l, sk_config *cfg, int fd, const struct sockaddr *sa)
 {
     sk_conn *c = calloc(1, sizeof(*c));
     if (!c) {
         sk_error("out of memory accepting a connection");
         close(fd);
-        sk__listener_conn_closed(l);
-        return;
+        return NULL;
     }
     c->worker = w;
+    c->owner = owner;
+    c->cbs = cbs;
     c->listener = l;
-    c->config = w->config;
-    sk_config_ref(c->config);
+    c->config = cfg;
+    sk_config_ref(cfg);
+    sk_list_init(&c->link);
     sk_transport_accept(&c->tr, w->loop, fd, &conn_cbs, c);
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
@@ -86,50 +91,78 @@ void sk_conn_accept(sk_worker *w, const sk_listener *l, int fd, const struct soc
         strcpy(c->client_ip, "unknown");
         strcpy(c->client_addr, "unknown");
     }
+    c->info.wctx = w;
+    c->info.config = cfg;
+    c->info.listener = l;
+    c->info.client_ip = c->client_ip;
+    c->info.client_addr = c->client_addr;
+    c->info.peer_identity = NULL;
     llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
     c->parser.data = c;
     ev_init(&c->timer, on_timer);
     c->timer.data = c;
-    sk_list_insert(&w->conns, &c->link);
-    w->nconns++;
     SK_INC(w->metrics->downstream_active);
     SK_INC(w->metrics->downstream_total);
     sk_transport_want_read(&c->tr, true);
     set_timer(c, l->header_timeout_ms);
+    return c;
 }
 
-/* Closes c now: aborts its request, releases the socket; freed later. */
+/* Moves an idle connection to another generation (the owner's idle hook). */
+void sk_conn_set_generation(sk_conn *c, sk_config *cfg, const sk_listener *l)
+{
+    sk_config_ref(cfg);
+    sk_config_unref(c->config); /* never the last: the runtime holds retired generations */
+    c->config = c->info.config = cfg;
+    c->listener = c->info.listener = l;
+}
+
+/* Is c between requests with nothing unparsed or unwritten? */
+bool sk_conn_idle(const sk_conn *c)
+{
+    return !c->req && c->rpos == c->rlen && sk_out_pending(&c->out) == 0;
+}
+
+/* The listener went away: stop reading, close once the queue is written. */
+void sk_conn_close_when_flushed(sk_conn *c)
+{
+    if (c->dead) return;
+    if (c->req) {
+        c->req->close_after = true;
+        return;
+    }
+    c->closing = true;
+    conn_pause_read(c);
+    conn_flush(c);
+}
+
+/* Closes c now: cuts its request, releases the socket; freed later. */
 void sk_conn_close(sk_conn *c)
 {
     if (c->dead) return;
-    sk_worker *w = c->worker;
+    sk_wctx *w = c->worker;
     c->dead = true;
     ev_timer_stop(w->loop, &c->timer);
     if (c->req) {
-        sk_request *r = c->req;
-        sk_proxy_abort(r);
-        if (r->status == 0 || !r->response_started || r->state != SK_REQ_DONE) {
-            if (!r->reason) r->reason = "client_abort";
-            sk_proxy_log(r);
-            sk_accesslog_write(r);
-        }
-        sk_request_free(r);
+        void *rq = c->rq;
         c->req = NULL;
+        c->rq = NULL;
+        c->cbs->finish(rq, false);
     }
     sk_transport_close(&c->tr);
-    sk__listener_conn_closed(c->listener);
     SK_DEC(w->metrics->downstream_active);
-    sk_list_remove(&c->link);
-    w->nconns--;
-    sk_worker_buf_put(w, c->rbuf);
+    sk_wctx_buf_put(w, c->rbuf);
     c->rbuf = NULL;
-    sk__worker_defer_free(w, c);
+    c->owner->closed(c);
+    sk_wctx_defer(w, sk_conn_free, c);
 }
 
-/* Frees a closed connection (from the worker's reaper). */
-void sk_conn_free(sk_conn *c)
+/* Frees a closed connection (from the thread's reaper). */
+void sk_conn_free(void *p)
 {
+    sk_conn *c = p;
     sk_out_free(&c->out);
+    sk_buf_free(&c->head_out);
     sk_config_unref(c->config);
     free(c);
 }
@@ -137,16 +170,16 @@ void sk_conn_free(sk_conn *c)
 /* Draining: an idle connection closes now; a busy one after its response. */
 void sk_conn_drain(sk_conn *c)
 {
-    if (!c->req && c->rpos == c->rlen && sk_out_pending(&c->out) == 0) {
+    if (sk_conn_idle(c)) {
         sk_conn_close(c);
         return;
     }
     if (c->req) c->req->close_after = true;
 }
 
-/* Writes what can be written; arms EV_WRITE for the rest. Closes the
+/* Writes what can be written; arms the write for the rest. Closes the
  * connection on a write error or when a close is due and all is written. */
-void sk_conn_flush(sk_conn *c)
+static void conn_flush(sk_conn *c)
 {
     if (c->dead) return;
     size_t before = sk_out_pending(&c->out);
@@ -159,7 +192,7 @@ void sk_conn_flush(sk_conn *c)
     if (before > pending) SK_ADD(c->worker->metrics->bytes_sent, before - pending);
     if (pending > 0) {
         sk_transport_want_write(&c->tr, true);
-        if (pending > SK_HIGH_WATER && c->req && c->req->up) sk_upstream_pause_read(c->req->up);
+        if (pending > SK_HIGH_WATER && c->req) c->cbs->congested(c->rq);
         return;
     }
     sk_transport_want_write(&c->tr, false);
@@ -181,60 +214,54 @@ void sk_conn_flush(sk_conn *c)
     }
 }
 
-/* Queues bytes towards the client by reference (valid until the flush that
- * ends the current event handler). */
-int sk_conn_send_ref(sk_conn *c, const void *p, size_t n)
-{
-    return sk_out_ref(&c->out, p, n);
-}
-
-/* Queues a copy of bytes towards the client. */
-int sk_conn_send_copy(sk_conn *c, const void *p, size_t n)
-{
-    return sk_out_copy(&c->out, p, n);
-}
-
-/* Stops reading from the client (upstream is slower than the client). */
-void sk_conn_pause_read(sk_conn *c)
+/* Stops reading from the client (the upstream is slower than the client). */
+static void conn_pause_read(sk_conn *c)
 {
     sk_transport_want_read(&c->tr, false);
 }
 
 /* Resumes reading from the client. */
-void sk_conn_resume_read(sk_conn *c)
+static void conn_resume_read(sk_conn *c)
 {
     if (!c->dead && !c->closing) sk_transport_want_read(&c->tr, true);
 }
 
-/* Queues a local reply for the current request. With `close`, the
- * connection closes once it is written. A request whose body is still
- * arriving has the rest discarded. */
-void sk_conn_local_reply(sk_conn *c, int status, const char *reason, const char *body, bool close)
+/* Appends a status line "HTTP/1.1 NNN reason\r\n". 0 or -1. */
+static int status_line(sk_buf *b, int status, const char *reason, size_t reason_len)
 {
-    char text[64];
-    if (!body) {
-        snprintf(text, sizeof(text), "%s\n", reason ? reason : "");
-        body = text;
+    char sl[14] = "HTTP/1.1 000 ";
+    if (status < 100 || status > 999) return -1;
+    sl[9] = (char)('0' + status / 100);
+    sl[10] = (char)('0' + status / 10 % 10);
+    sl[11] = (char)('0' + status % 10);
+    if (!reason) {
+        reason = sk_status_text(status);
+        reason_len = strlen(reason);
     }
-    sk_conn_local_reply_ex(c, status, reason, body, strlen(body), NULL, close);
+    int rc = sk_buf_append(b, sl, 13);
+    rc |= sk_buf_append(b, reason, reason_len);
+    rc |= sk_buf_append(b, "\r\n", 2);
+    return rc;
 }
 
-/* Queues a local reply with extra headers (name, value, ..., NULL; a
- * content-type among them replaces text/plain). */
-void sk_conn_local_reply_ex(sk_conn *c, int status, const char *reason, const char *body, size_t blen,
-                            const char *const *headers, bool close)
+/* Answers the current request locally (see sk_server_ops.local_reply).
+ * Creates a request when there is none yet (a timeout before any byte). */
+static void conn_local_reply(sk_conn *c, int status, const char *reason, const char *body, size_t blen,
+                             const char *const *headers, bool close)
 {
-    sk_request *r = c->req;
+    sk_msg *r = c->req;
     if (!r) {
-        r = c->req = sk_request_new(c->worker, c);
-        if (!r) {
+        c->rq = c->cbs->begin(c, &sk_h1_server_ops, &c->info, &c->req);
+        if (!c->rq) {
+            c->req = NULL;
             sk_conn_close(c);
             return;
         }
+        r = c->req;
         r->start_ns = sk_now_ns();
         r->body_done = true;
     }
-    if (r->up || r->counted_request) sk_proxy_abort(r); /* nothing more goes upstream */
+    c->cbs->cancel(c->rq); /* nothing more goes upstream */
     if (r->response_started) {
         /* Part of a response is already on the wire: all we can do is cut it. */
         r->status = r->status ? r->status : status;
@@ -267,7 +294,7 @@ void sk_conn_local_reply_ex(sk_conn *c, int status, const char *reason, const ch
         total += nl + vl + 4;
     }
     rc |= sk_out_copy(&c->out, "\r\n", 2);
-    if (r->method_id != HTTP_HEAD && !bodiless) {
+    if (r->method_id != SK_METHOD_HEAD && !bodiless) {
         rc |= sk_out_copy(&c->out, body, blen);
         total += blen;
     }
@@ -282,36 +309,42 @@ void sk_conn_local_reply_ex(sk_conn *c, int status, const char *reason, const ch
     if (close) {
         r->close_after = true;
         c->closing = true;
-        sk_conn_pause_read(c);
+        conn_pause_read(c);
     }
     r->discard_body = true;
-    sk_conn_response_done(c);
+    conn_response_done(c);
+}
+
+/* A local reply with the reason as its body. */
+static void reply(sk_conn *c, int status, const char *reason, const char *body, bool close)
+{
+    char text[64];
+    if (!body) {
+        snprintf(text, sizeof(text), "%s\n", reason ? reason : "");
+        body = text;
+    }
+    conn_local_reply(c, status, reason, body, strlen(body), NULL, close);
 }
 
 /* A paused chain went on: let the parser continue after the head. */
-void sk_conn_filter_resumed(sk_conn *c)
+static void conn_chain_resumed(sk_conn *c)
 {
-    if (c->dead) return;
-    if (c->filter_wait) {
-        c->filter_wait = false;
-        if (c->req && !c->req->body_done) set_timer(c, c->listener->idle_timeout_ms);
-        if (c->paused) {
-            llhttp_resume(&c->parser);
-            c->paused = false;
-        }
-        if (c->rpos < c->rlen) sk_transport_feed_read(&c->tr);
-        sk_conn_resume_read(c);
+    if (c->dead || !c->filter_wait) return;
+    c->filter_wait = false;
+    if (c->req && !c->req->body_done) set_timer(c, c->listener->idle_timeout_ms);
+    if (c->paused) {
+        llhttp_resume(&c->parser);
+        c->paused = false;
     }
-    sk_request *r = c->req;
-    if (r && r->up && sk_upstream_flush(r->up) < 0) return;
-    sk_conn_flush(c);
+    if (c->rpos < c->rlen) sk_transport_feed_read(&c->tr);
+    conn_resume_read(c);
 }
 
 /* The response of the current request is complete (queued to the client).
  * Finishes the request when its body has been read too. */
-void sk_conn_response_done(sk_conn *c)
+static void conn_response_done(sk_conn *c)
 {
-    sk_request *r = c->req;
+    sk_msg *r = c->req;
     r->state = SK_REQ_DONE;
     if (!r->body_done) {
         /* Answered before the request body was read whole (an early upstream
@@ -325,24 +358,23 @@ void sk_conn_response_done(sk_conn *c)
     if (!c->in_parser && (r->body_done || r->close_after)) finish_request(c);
 }
 
-/* Logs and recycles the current request; continues with pipelined input. */
+/* Hands the finished request back to the request layer (count, log,
+ * recycle); continues with pipelined input or closes. */
 static void finish_request(sk_conn *c)
 {
-    sk_request *r = c->req;
-    sk_worker *w = c->worker;
-    uint64_t dur_us = (sk_now_ns() - r->start_ns) / 1000;
-    if (r->status >= 100 && r->status <= 599) sk_metrics_request(w->metrics, r->route, r->status, dur_us);
-    sk_proxy_log(r);
-    sk_accesslog_write(r);
+    sk_msg *r = c->req;
+    sk_wctx *w = c->worker;
     bool close = r->close_after || !r->keep_alive || w->draining || !r->body_done || c->read_eof;
     if (!r->body_done || c->rpos < c->rlen) c->linger = true;
-    sk_request_free(r);
+    void *rq = c->rq;
     c->req = NULL;
+    c->rq = NULL;
+    c->cbs->finish(rq, true);
     if (close) {
         c->closing = true;
-        sk_conn_pause_read(c);
+        conn_pause_read(c);
         ev_timer_stop(w->loop, &c->timer);
-        sk_conn_flush(c);
+        conn_flush(c);
         return;
     }
     if (c->paused) {
@@ -350,31 +382,187 @@ static void finish_request(sk_conn *c)
         c->paused = false;
     }
     c->filter_wait = false;
-    if (c->config != w->config) { /* reloaded meanwhile: the next request uses the new generation */
-        sk_conn_adopt_generation(c);
-        if (c->closing || c->dead) return;
-    }
+    c->owner->idle(c); /* may move c to a newer generation, or end it */
+    if (c->closing || c->dead) return;
     set_timer(c, c->rpos < c->rlen ? c->listener->header_timeout_ms : c->listener->idle_timeout_ms);
     if (c->rpos < c->rlen) sk_transport_feed_read(&c->tr);
-    sk_conn_resume_read(c);
+    conn_resume_read(c);
 }
+
+/* ---- sk_server_ops: the request layer's side of an HTTP/1 stream ---- */
+
+/* Writes the response head (see sk_server_ops.send_head): the codec picks
+ * content-length, chunked or (HTTP/1.0) close-delimited framing and adds
+ * the Connection header. */
+static int op_send_head(void *s, int status, const char *reason, size_t reason_len, const sk_header *hdrs,
+                        size_t n, int framing, bool has_length, uint64_t length)
+{
+    sk_conn *c = s;
+    sk_msg *r = c->req;
+    sk_buf *b = &c->head_out;
+    sk_buf_reset(b);
+    int rc = status_line(b, status, reason, reason_len);
+    if (rc) return -1;
+    for (size_t i = 0; i < n; i++) {
+        rc |= sk_buf_append(b, hdrs[i].name, hdrs[i].name_len);
+        rc |= sk_buf_append(b, ": ", 2);
+        rc |= sk_buf_append(b, hdrs[i].value, hdrs[i].value_len);
+        rc |= sk_buf_append(b, "\r\n", 2);
+    }
+    bool close = r->close_after || !r->keep_alive || c->worker->draining || c->read_eof;
+    if (framing == SK_BODY_NONE) {
+        c->resp_framing = SK_BODY_NONE;
+        if (has_length) rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
+    } else if (framing == SK_BODY_LENGTH) {
+        c->resp_framing = SK_BODY_LENGTH;
+        rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
+    } else if (r->version >= 11) {
+        c->resp_framing = SK_BODY_CHUNKED;
+        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
+    } else {
+        c->resp_framing = SK_BODY_EOF;
+        close = true;
+    }
+    if (close) {
+        r->close_after = true;
+        rc |= sk_buf_append(b, "connection: close\r\n", 19);
+    } else if (r->version == 10) {
+        rc |= sk_buf_append(b, "connection: keep-alive\r\n", 24);
+    }
+    rc |= sk_buf_append(b, "\r\n", 2);
+    if (rc || sk_out_ref(&c->out, b->data, b->len) < 0) return -1;
+    r->status = status;
+    r->response_started = true;
+    r->state = SK_REQ_RESPONDING;
+    r->bytes_sent += b->len;
+    return 0;
+}
+
+/* Queues response body bytes by reference, chunk-framed when chunked. */
+static int op_send_body(void *s, const void *p, size_t n)
+{
+    sk_conn *c = s;
+    sk_msg *r = c->req;
+    int rc = 0;
+    if (c->resp_framing == SK_BODY_NONE || n == 0) return 0;
+    if (c->resp_framing == SK_BODY_CHUNKED) {
+        char hdr[24];
+        size_t hl = sk_chunk_header(hdr, n);
+        rc |= sk_out_copy(&c->out, hdr, hl);
+        rc |= sk_out_ref(&c->out, p, n);
+        rc |= sk_out_copy(&c->out, "\r\n", 2);
+        r->bytes_sent += hl + n + 2;
+    } else {
+        rc |= sk_out_ref(&c->out, p, n);
+        r->bytes_sent += n;
+    }
+    return rc ? -1 : 0;
+}
+
+/* Ends the response body (the last chunk when chunked). */
+static int op_send_end(void *s)
+{
+    sk_conn *c = s;
+    if (c->resp_framing != SK_BODY_CHUNKED) return 0;
+    c->req->bytes_sent += 5;
+    return sk_out_copy(&c->out, "0\r\n\r\n", 5);
+}
+
+static int op_send_continue(void *s)
+{
+    sk_conn *c = s;
+    return sk_out_copy(&c->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+}
+
+static void op_local_reply(void *s, int status, const char *reason, const char *body, size_t len,
+                           const char *const *headers, bool close)
+{
+    sk_conn *c = s;
+    char text[64];
+    if (!body) {
+        len = (size_t)snprintf(text, sizeof(text), "%s\n", reason ? reason : "");
+        body = text;
+    }
+    conn_local_reply(c, status, reason, body, len, headers, close);
+}
+
+static void op_flush(void *s)
+{
+    conn_flush(s);
+}
+
+static size_t op_pending(void *s)
+{
+    sk_conn *c = s;
+    return sk_out_pending(&c->out);
+}
+
+static void op_pause_body(void *s)
+{
+    conn_pause_read(s);
+}
+
+static void op_resume_body(void *s)
+{
+    conn_resume_read(s);
+}
+
+static void op_chain_resumed(void *s)
+{
+    conn_chain_resumed(s);
+}
+
+static void op_response_done(void *s)
+{
+    conn_response_done(s);
+}
+
+static void op_abort(void *s)
+{
+    sk_conn_close(s);
+}
+
+static bool op_gone(void *s)
+{
+    sk_conn *c = s;
+    return c->dead;
+}
+
+const sk_server_ops sk_h1_server_ops = {
+    .send_head = op_send_head,
+    .send_body = op_send_body,
+    .send_end = op_send_end,
+    .send_continue = op_send_continue,
+    .local_reply = op_local_reply,
+    .flush = op_flush,
+    .pending = op_pending,
+    .pause_body = op_pause_body,
+    .resume_body = op_resume_body,
+    .chain_resumed = op_chain_resumed,
+    .response_done = op_response_done,
+    .abort = op_abort,
+    .gone = op_gone,
+};
 
 /* ---- parser callbacks ---- */
 
 static int limit_reply(sk_conn *c, int rc, int status, const char *reason)
 {
     if (rc == -2)
-        sk_conn_local_reply(c, status, reason, NULL, true);
+        reply(c, status, reason, NULL, true);
     else
-        sk_conn_local_reply(c, 500, "internal_error", NULL, true);
+        reply(c, 500, "internal_error", NULL, true);
     return -1;
 }
 
 static int on_message_begin(llhttp_t *p)
 {
     sk_conn *c = p->data;
-    c->req = sk_request_new(c->worker, c);
-    if (!c->req) return -1;
+    c->rq = c->cbs->begin(c, &sk_h1_server_ops, &c->info, &c->req);
+    if (!c->rq) {
+        c->req = NULL;
+        return -1;
+    }
     c->req->start_ns = sk_now_ns();
     set_timer(c, c->listener->header_timeout_ms);
     return 0;
@@ -385,7 +573,7 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     sk_conn *c = p->data;
     sk_head *h = &c->req->head;
     if (h->url_len + n > c->listener->max_header_bytes) {
-        sk_conn_local_reply(c, 414, "uri_too_long", NULL, true);
+        reply(c, 414, "uri_too_long", NULL, true);
         return -1;
     }
     if (sk_buf_append(&h->raw, at, n) < 0) return limit_reply(c, -1, 0, NULL);
@@ -416,14 +604,14 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
 
 static int bad_request(sk_conn *c, int status)
 {
-    sk_conn_local_reply(c, status, "bad_request", NULL, true);
+    reply(c, status, "bad_request", NULL, true);
     return -1;
 }
 
 
 /* Splits the request target into path and query; accepts origin-form and
  * absolute-form (http://authority/path). */
-static int parse_target(sk_request *r)
+static int parse_target(sk_msg *r)
 {
     const char *u = r->head.raw.data + r->head.url;
     size_t n = r->head.url_len;
@@ -461,7 +649,7 @@ static int parse_target(sk_request *r)
 static int on_headers_complete(llhttp_t *p)
 {
     sk_conn *c = p->data;
-    sk_request *r = c->req;
+    sk_msg *r = c->req;
     const sk_listener *l = c->listener;
     r->head.url = 0;
     if (sk_head_finish(&r->head) < 0) return limit_reply(c, -1, 0, NULL);
@@ -469,13 +657,13 @@ static int on_headers_complete(llhttp_t *p)
      * a header name must be a token (RFC 9110 5.1). */
     for (size_t i = 0; i < r->head.nhdrs; i++)
         if (!sk_is_token(r->head.views[i].name, r->head.views[i].name_len)) return bad_request(c, 400);
-    r->method_id = p->method;
     r->method = llhttp_method_name((llhttp_method_t)p->method);
-    r->http_minor = p->http_minor;
+    r->method_id = sk_method_id(r->method, strlen(r->method));
+    r->version = 10 + p->http_minor;
     r->keep_alive = llhttp_should_keep_alive(p);
     if (p->http_major != 1) return bad_request(c, 400);
     if (p->method == HTTP_CONNECT) {
-        sk_conn_local_reply(c, 501, "bad_request", "CONNECT is not supported\n", true);
+        reply(c, 501, "bad_request", "CONNECT is not supported\n", true);
         return -1;
     }
     if (parse_target(r) < 0) return bad_request(c, 400);
@@ -483,7 +671,7 @@ static int on_headers_complete(llhttp_t *p)
     /* Host: exactly one (HTTP/1.1); the authority used for routing drops the port. */
     size_t nhost = sk_head_count(&r->head, "host");
     const sk_header *host = sk_head_get(&r->head, "host");
-    if (nhost > 1 || (nhost == 0 && r->http_minor >= 1)) return bad_request(c, 400);
+    if (nhost > 1 || (nhost == 0 && r->version >= 11)) return bad_request(c, 400);
     if (host) {
         r->authority = host->value;
         r->authority_len = host->value_len;
@@ -507,7 +695,7 @@ static int on_headers_complete(llhttp_t *p)
     if (te) {
         if (sk_head_count(&r->head, "transfer-encoding") > 1 ||
             !sk_streq_nocase(te->value, te->value_len, "chunked")) {
-            sk_conn_local_reply(c, 501, "bad_request", "unsupported transfer coding\n", true);
+            reply(c, 501, "bad_request", "unsupported transfer coding\n", true);
             return -1;
         }
         r->req_framing = SK_BODY_CHUNKED;
@@ -519,16 +707,16 @@ static int on_headers_complete(llhttp_t *p)
     }
     if (r->req_framing == SK_BODY_NONE) r->body_done = true;
     if (l->max_body_bytes && r->req_framing == SK_BODY_LENGTH && r->req_content_length > l->max_body_bytes) {
-        sk_conn_local_reply(c, 413, "body_too_large", NULL, true);
+        reply(c, 413, "body_too_large", NULL, true);
         return -1;
     }
     const sk_header *expect = sk_head_get(&r->head, "expect");
     if (expect) {
         if (!sk_streq_nocase(expect->value, expect->value_len, "100-continue")) {
-            sk_conn_local_reply(c, 417, "bad_request", "unsupported expectation\n", true);
+            reply(c, 417, "bad_request", "unsupported expectation\n", true);
             return -1;
         }
-        r->expect_continue = r->http_minor >= 1 && r->req_framing != SK_BODY_NONE;
+        r->expect_continue = r->version >= 11 && r->req_framing != SK_BODY_NONE;
     }
     if (llhttp_get_upgrade(p)) r->close_after = true;
 
@@ -536,11 +724,11 @@ static int on_headers_complete(llhttp_t *p)
      * idle timeout guards a stalled body. */
     set_timer(c, r->body_done ? 0 : l->idle_timeout_ms);
     r->state = SK_REQ_UPSTREAM;
-    if (sk_proxy_head(r) < 0) return -1;
-    if (c->dead || c->closing) return -1;
-    if (r->filter_paused) {
+    int hr = c->cbs->head(c->rq);
+    if (hr < 0 || c->dead || c->closing) return -1;
+    if (hr == 1) {
         /* A plugin is working (SK_PAUSE): the body waits in the read buffer
-         * until it resumes (sk_conn_filter_resumed). */
+         * until it resumes (chain_resumed). */
         c->filter_wait = true;
         set_timer(c, 0); /* we hold the body back, not the client: no idle timeout meanwhile */
         return HPE_PAUSED;
@@ -551,27 +739,26 @@ static int on_headers_complete(llhttp_t *p)
 static int on_body(llhttp_t *p, const char *at, size_t n)
 {
     sk_conn *c = p->data;
-    sk_request *r = c->req;
+    sk_msg *r = c->req;
     if (!r) return 0; /* answered (and finished) while a filter held the head */
     const sk_listener *l = c->listener;
     r->body_received += n;
     if (l->max_body_bytes && r->body_received > l->max_body_bytes) {
-        if (r->up) sk_proxy_abort(r);
-        sk_conn_local_reply(c, 413, "body_too_large", NULL, true);
+        reply(c, 413, "body_too_large", NULL, true);
         return -1;
     }
     if (r->discard_body) return 0;
-    if (sk_proxy_body(r, at, n) < 0) return -1;
+    if (c->cbs->body(c->rq, at, n) < 0) return -1;
     return c->dead ? -1 : 0;
 }
 
 static int on_message_complete(llhttp_t *p)
 {
     sk_conn *c = p->data;
-    sk_request *r = c->req;
+    sk_msg *r = c->req;
     if (!r) return 0; /* answered (and finished) while a filter held the head */
     r->body_done = true;
-    if (!r->discard_body && sk_proxy_body_end(r) < 0) return -1;
+    if (!r->discard_body && c->cbs->body_end(c->rq) < 0) return -1;
     if (c->dead) return -1;
     return HPE_PAUSED;
 }
@@ -606,20 +793,20 @@ static void process(sk_conn *c)
             }
             c->rpos = c->rlen;
         }
-        sk_request *r = c->req;
+        sk_msg *r = c->req;
         if (r && r->state == SK_REQ_DONE && (r->body_done || r->close_after)) finish_request(c);
     }
     if (c->dead) return;
     if (c->rpos == c->rlen) {
         c->rpos = c->rlen = 0;
         if (!c->req || c->req->body_done) {
-            sk_worker_buf_put(c->worker, c->rbuf);
+            sk_wctx_buf_put(c->worker, c->rbuf);
             c->rbuf = NULL;
         }
     }
-    sk_request *r = c->req;
-    if (r && r->up) sk_upstream_flush(r->up);
-    if (!c->dead) sk_conn_flush(c);
+    /* The body pieces of this read are queued upstream now: one write. */
+    if (c->req) c->cbs->input_done(c->rq);
+    if (!c->dead) conn_flush(c);
 }
 
 static void on_readable(sk_transport *t)
@@ -638,7 +825,7 @@ static void on_readable(sk_transport *t)
         return;
     }
     if (!c->rbuf) {
-        c->rbuf = sk_worker_buf_get(c->worker);
+        c->rbuf = sk_wctx_buf_get(c->worker);
         if (!c->rbuf) {
             sk_conn_close(c);
             return;
@@ -658,7 +845,7 @@ static void on_readable(sk_transport *t)
              * still answered (then the connection closes); anything else is
              * aborted. */
             c->read_eof = true;
-            sk_conn_pause_read(c);
+            conn_pause_read(c);
             if (c->req && c->req->body_done && c->rpos == c->rlen) {
                 c->req->close_after = true;
                 return;
@@ -679,7 +866,7 @@ static void on_readable(sk_transport *t)
         }
     } else if (c->paused) {
         /* Buffer full of pipelined requests: wait until the current one is done. */
-        sk_conn_pause_read(c);
+        conn_pause_read(c);
     }
     if (c->paused) {
         if (c->rpos == c->rlen) {
@@ -693,15 +880,15 @@ static void on_readable(sk_transport *t)
 static void on_writable(sk_transport *t)
 {
     sk_conn *c = t->data;
-    sk_conn_flush(c);
+    conn_flush(c);
     if (c->dead) return;
-    if (sk_out_pending(&c->out) < SK_LOW_WATER && c->req) sk_proxy_client_drained(c->req);
+    if (sk_out_pending(&c->out) < SK_LOW_WATER && c->req) c->cbs->drained(c->rq);
 }
 
 static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
 {
     sk_conn *c = t->data;
-    sk_request *r = c->req;
+    sk_msg *r = c->req;
     if (c->lingering) {
         sk_conn_close(c);
         return;
@@ -712,16 +899,15 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     if (r->state == SK_REQ_HEAD) {
-        sk_conn_local_reply(c, 408, "header_timeout", NULL, true);
-        sk_conn_flush(c);
+        reply(c, 408, "header_timeout", NULL, true);
+        conn_flush(c);
         return;
     }
     /* A request body stalled longer than idle_timeout. */
     sk_debug("client %s: request body idle for too long", c->client_addr);
     if (!r->response_started) {
-        if (r->up) sk_proxy_abort(r);
-        sk_conn_local_reply(c, 408, "idle_timeout", "request body timeout\n", true);
-        sk_conn_flush(c);
+        reply(c, 408, "idle_timeout", "request body timeout\n", true);
+        conn_flush(c);
     } else {
         sk_conn_close(c);
     }

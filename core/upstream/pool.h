@@ -1,0 +1,69 @@
+/*
+ * pool.h — per-thread keep-alive pools of upstream connections, one per
+ * (cluster, endpoint), that follow the cluster's endpoint set; endpoint
+ * choice by the cluster's lb; the circuit-breaker limits on connections.
+ */
+#ifndef SK_POOL_H
+#define SK_POOL_H
+
+#include "config.h"
+#include "h1_client.h"
+#include "list.h"
+#include "wctx.h"
+
+#define SK_UPSTREAM_IDLE_MS 60000 /* idle pooled upstream connections close after */
+
+typedef struct sk_pool sk_pool;
+
+/* Idle upstream connections of one (cluster, endpoint) on one thread. */
+struct sk_pool {
+    sk_link idle;         /* sk_upconn.link, most recently used first */
+    size_t nidle;         /* number of idle connections */
+    sk_cluster *cluster;  /* the cluster */
+    sk_endpoint endpoint; /* the endpoint (a copy: endpoint sets change) */
+    unsigned active;      /* requests in flight to this endpoint on this thread */
+    unsigned conns;       /* open connections (idle + in use) */
+    bool orphan;          /* the endpoint left the cluster: freed when conns = 0 */
+    bool retired;         /* its generation is no longer current: no idle connections */
+};
+
+/* One thread's state of a cluster. */
+typedef struct sk_wcluster {
+    sk_pool **pools;  /* one per endpoint of the adopted endpoint set */
+    size_t npools;    /* number of pools */
+    uint64_t version; /* sk_cluster.eps_version adopted, UINT64_MAX = none yet */
+    uint32_t rr;      /* round-robin cursor */
+} sk_wcluster;
+
+/* Initialises a thread's state of a cluster (no pools until first use). */
+void sk_wcluster_init(sk_wcluster *wc, uint32_t rr_start);
+/* Picks an endpoint (its pool) of cl by its lb policy, adopting a new
+ * endpoint set first if discovery changed it; avoids `avoid` when it can.
+ * NULL when the cluster has no endpoint. */
+sk_pool *sk_cluster_pick(sk_wctx *w, sk_cluster *cl, const sk_pool *avoid);
+
+/* How sk_pool_get went. */
+enum sk_pool_got {
+    SK_POOL_REUSED = 0,     /* an idle connection */
+    SK_POOL_CONNECTED = 1,  /* a new one, connected at once */
+    SK_POOL_CONNECTING = 2, /* a new one, connect in progress (holds a max_pending slot) */
+    SK_POOL_OVERLOADED = -2, /* max_connections or max_pending reached */
+    SK_POOL_FAILED = -1,    /* the connect failed at once */
+};
+
+/* Takes an idle connection of p, or opens one; counts the request as in
+ * flight on p. *got says which (enum sk_pool_got); NULL on the failures. */
+sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got);
+/* A request is done with u: back to its pool (reuse) or closed. */
+void sk_pool_put(sk_upconn *u, bool reuse);
+
+/* Frees the pools of a thread's cluster states (a generation no request
+ * of the thread uses any more, or exit). */
+void sk_pools_free(sk_wcluster *wcs, size_t n);
+/* A generation stops being current: its pools serve the requests already
+ * on them, but connections close instead of going back idle. */
+void sk_pools_retire(sk_wcluster *wcs, size_t n);
+/* Closes the idle connections of these cluster states (drain, exit). */
+void sk_pools_close_idle(sk_wcluster *wcs, size_t n);
+
+#endif
