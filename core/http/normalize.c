@@ -158,6 +158,8 @@ static bool ip_literal_ok(const char *s, size_t n)
     char buf[INET6_ADDRSTRLEN];
     struct in6_addr a;
     if (n == 0 || n >= sizeof(buf)) return false;
+    for (size_t i = 0; i < n; i++) /* inet_pton would stop at a NUL */
+        if (hexval((unsigned char)s[i]) < 0 && s[i] != ':' && s[i] != '.') return false;
     memcpy(buf, s, n);
     buf[n] = '\0';
     return inet_pton(AF_INET6, buf, &a) == 1;

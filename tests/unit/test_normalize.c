@@ -282,6 +282,9 @@ static void test_authority(void)
         }
         CHECK(sk_authority_parse(in, strlen(in), NULL, NULL) == authorities[i].rc);
     }
+    /* a NUL inside an IP-literal (inet_pton would stop there; found by fuzz_normalize) */
+    CHECK(sk_authority_parse("[::\0\0001]:80", 10, NULL, NULL) == -1);
+    CHECK(sk_authority_parse("a\0b", 3, NULL, NULL) == -1);
     /* a byte range: what follows is not looked at */
     CHECK(sk_authority_parse("a.b/x", 3, NULL, NULL) == 0);
 }
