@@ -181,7 +181,8 @@ int sk_authority_parse(const char *s, size_t len, const char **host, size_t *hos
         for (i = 0; i < len && s[i] != ':'; i++) {
             unsigned char c = (unsigned char)s[i];
             if (c == '%') {
-                if (i + 2 >= len || hexval((unsigned char)s[i + 1]) < 0 || hexval((unsigned char)s[i + 2]) < 0)
+                if (i + 2 >= len || hexval((unsigned char)s[i + 1]) < 0 ||
+                    hexval((unsigned char)s[i + 2]) < 0)
                     return -1;
                 i += 2;
             } else if (!is_unreserved(c) && !is_sub_delim(c)) {

@@ -37,8 +37,8 @@ static int hexval(char c)
 
 static bool unreserved(int c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-           c == '_' || c == '~';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
 }
 
 static void check_result(const char *in, size_t n, unsigned flags, const char *res, size_t rl)
@@ -54,7 +54,8 @@ static void check_result(const char *in, size_t n, unsigned flags, const char *r
                 fail("dot segment left", in, n);
             if ((flags & SK_PATH_MERGE_SLASHES) && l == 0 && e < rl) fail("// left while merging", in, n);
         } else if (res[i] == '%') {
-            if (i + 2 >= rl || hexval(res[i + 1]) < 0 || hexval(res[i + 2]) < 0) fail("bad escape left", in, n);
+            if (i + 2 >= rl || hexval(res[i + 1]) < 0 || hexval(res[i + 2]) < 0)
+                fail("bad escape left", in, n);
             int v = hexval(res[i + 1]) << 4 | hexval(res[i + 2]);
             if (v == 0) fail("%00 left", in, n);
             if (unreserved(v)) fail("unreserved escape left", in, n);
@@ -68,7 +69,8 @@ static void check_result(const char *in, size_t n, unsigned flags, const char *r
     size_t l2 = 0;
     if (sk_path_normalize(copy, rl, flags, buf, &r2, &l2) != 0) fail("output refused", in, n);
     if (l2 != rl || memcmp(r2, copy, rl) != 0) fail("not idempotent", in, n);
-    if (!memchr(copy, '%', rl) && !sk_path_is_normal(copy, rl, flags)) fail("normal output not seen as normal", in, n);
+    if (!memchr(copy, '%', rl) && !sk_path_is_normal(copy, rl, flags))
+        fail("normal output not seen as normal", in, n);
     free(copy);
     free(buf);
 }
@@ -100,7 +102,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (sk_authority_parse(in, n, &h, &hl) == 0) {
         if (hl == 0 || h < in || h + hl > in + n) fail("bad host range", in, n);
         for (size_t i = 0; i < n; i++)
-            if (strchr(" /?#@\\\"<>{}|^`", in[i]) || (unsigned char)in[i] < 0x21 || (unsigned char)in[i] > 0x7e)
+            if (strchr(" /?#@\\\"<>{}|^`", in[i]) || (unsigned char)in[i] < 0x21 ||
+                (unsigned char)in[i] > 0x7e)
                 fail("authority with a forbidden byte accepted", in, n);
     }
     free(in);

@@ -141,10 +141,12 @@ static void test_table(void)
         size_t rl = 0;
         int rc = sk_path_normalize(in, n, cases[i].flags, buf, &res, &rl);
         checks++;
-        if (rc != cases[i].rc || (rc == 0 && (rl != strlen(cases[i].out) || memcmp(res, cases[i].out, rl) != 0))) {
+        if (rc != cases[i].rc ||
+            (rc == 0 && (rl != strlen(cases[i].out) || memcmp(res, cases[i].out, rl) != 0))) {
             failures++;
-            fprintf(stderr, "case %zu '%s' flags %u: rc %d '%.*s', want rc %d '%s'\n", i, in, cases[i].flags, rc,
-                    rc == 0 ? (int)rl : 0, rc == 0 ? res : "", cases[i].rc, cases[i].out ? cases[i].out : "");
+            fprintf(stderr, "case %zu '%s' flags %u: rc %d '%.*s', want rc %d '%s'\n", i, in, cases[i].flags,
+                    rc, rc == 0 ? (int)rl : 0, rc == 0 ? res : "", cases[i].rc,
+                    cases[i].out ? cases[i].out : "");
         }
         if (rc == 0) {
             CHECK(rl <= n);
@@ -169,7 +171,8 @@ static void test_table(void)
 /* A path that needs no change is handed back as is: no byte written to out. */
 static void test_fast_path(void)
 {
-    static const char *const normal[] = {"/", "/a/b", "/a.b/c.d/", "/.well-known/x", "/a..", "/..a/", "/a//b"};
+    static const char *const normal[] = {"/",    "/a/b",  "/a.b/c.d/", "/.well-known/x",
+                                         "/a..", "/..a/", "/a//b"};
     for (size_t i = 0; i < sizeof(normal) / sizeof(normal[0]); i++) {
         const char *p = normal[i];
         size_t n = strlen(p);
