@@ -641,6 +641,30 @@ static int k_protocol(ctx *x, sect *s, const keydef *k, const char *v)
     return 0;
 }
 
+static int k_merge_slashes(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_listener *l = s->obj;
+    if (strcmp(v, "on") == 0)
+        l->merge_slashes = true;
+    else if (strcmp(v, "off") == 0)
+        l->merge_slashes = false;
+    else
+        return bad(x, "bad value '%s' (expected on or off)", v);
+    return 0;
+}
+
+static int k_escaped_slashes(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    static const char *const names[] = {"reject", "keep", "decode"};
+    for (int i = 0; i < (int)SK_ARRAY_LEN(names); i++) {
+        if (strcmp(v, names[i]) == 0) {
+            ((sk_listener *)s->obj)->escaped_slashes = i;
+            return 0;
+        }
+    }
+    return bad(x, "bad value '%s' (expected reject, keep or decode)", v);
+}
+
 /* `cluster` of a listener or `listener` of a route: a name resolved in pass 3. */
 static int k_ref(ctx *x, sect *s, const keydef *k, const char *v)
 {
@@ -684,6 +708,8 @@ static const keydef listener_keys[] = {
     {"max_header_bytes", k_size, 0, LST(max_header_bytes), 1024, 1024 * 1024},
     {"max_headers", k_uint, 0, LST(max_headers), 1, 10000},
     {"max_body_bytes", k_size, 0, LST(max_body_bytes), 0, UINT64_MAX},
+    {"merge_slashes", k_merge_slashes, 0, 0, 0, 0},
+    {"escaped_slashes", k_escaped_slashes, 0, 0, 0, 0},
     {NULL, NULL, 0, 0, 0, 0},
 };
 

@@ -31,6 +31,12 @@ typedef struct sk_addr {
 } sk_addr;
 
 enum sk_protocol { SK_PROTO_HTTP = 0, SK_PROTO_TCP = 1 };
+/* `escaped_slashes` of a listener: what an encoded slash (%2F) in a path does. */
+enum sk_escaped_slashes {
+    SK_ESCAPED_SLASHES_REJECT = 0, /* 400 bad_request (default) */
+    SK_ESCAPED_SLASHES_KEEP,       /* stays %2F, part of its segment */
+    SK_ESCAPED_SLASHES_DECODE,     /* becomes "/" before dot-segment removal */
+};
 enum sk_lb { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST, SK_LB_RANDOM };
 
 /* One `header = NAME[: VALUE]` condition of a route. */
@@ -64,6 +70,8 @@ struct sk_listener {
     uint64_t max_header_bytes;  /* `max_header_bytes`, default 64k */
     unsigned max_headers;       /* `max_headers`, default 100 */
     uint64_t max_body_bytes;    /* `max_body_bytes`, default 0 = unlimited */
+    bool merge_slashes;         /* `merge_slashes`, default off: "//" in paths → "/" */
+    int escaped_slashes;        /* `escaped_slashes`, enum sk_escaped_slashes, default reject */
     sk_instance **plugins;      /* `plugins`, in order (owned by the config) */
     size_t nplugins;            /* number of plugins */
     sk_route **routes;          /* routes naming this listener, in file order */

@@ -19,6 +19,7 @@
 
 #include "h1_server.h"
 #include "metrics.h"
+#include "normalize.h"
 
 static int on_message_begin(llhttp_t *p);
 static int on_url(llhttp_t *p, const char *at, size_t n);
@@ -609,12 +610,25 @@ static int bad_request(sk_conn *c, int status)
 }
 
 
+/* The normalisation flags of a listener's `merge_slashes` and `escaped_slashes`. */
+static unsigned path_flags(const sk_listener *l)
+{
+    unsigned f = l->merge_slashes ? SK_PATH_MERGE_SLASHES : 0;
+    if (l->escaped_slashes == SK_ESCAPED_SLASHES_KEEP) f |= SK_PATH_KEEP_SLASHES;
+    if (l->escaped_slashes == SK_ESCAPED_SLASHES_DECODE) f |= SK_PATH_DECODE_SLASHES;
+    return f;
+}
+
 /* Splits the request target into path and query; accepts origin-form and
- * absolute-form (http://authority/path). */
-static int parse_target(sk_msg *r)
+ * absolute-form (http://authority/path), whose authority goes to
+ * r->authority / r->host (validated). The path is normalised (normalize.h);
+ * when that changes it, r->path points to a copy in r->arena. Returns 0,
+ * -1 for a malformed target, -2 on OOM, or a negative enum sk_path_error. */
+static int parse_target(sk_msg *r, const sk_listener *l, bool *absolute)
 {
     const char *u = r->head.raw.data + r->head.url;
     size_t n = r->head.url_len;
+    *absolute = false;
     for (size_t i = 0; i < n; i++) /* llhttp 8 lets a TAB through */
         if ((unsigned char)u[i] <= 0x20 || (unsigned char)u[i] == 0x7f) return -1;
     if (n >= 7 && strncasecmp(u, "http://", 7) == 0) {
@@ -622,7 +636,10 @@ static int parse_target(sk_msg *r)
          * path means "/" (RFC 9112 3.2.2) */
         size_t i = 7;
         while (i < n && u[i] != '/' && u[i] != '?') i++;
-        if (i == 7) return -1;
+        if (sk_authority_parse(u + 7, i - 7, &r->host, &r->host_len) < 0) return -1;
+        r->authority = u + 7;
+        r->authority_len = i - 7;
+        *absolute = true;
         if (i == n || u[i] == '?') {
             r->path = "/";
             r->path_len = 1;
@@ -643,7 +660,12 @@ static int parse_target(sk_msg *r)
         r->query = q + 1;
         r->query_len = n - r->path_len - 1;
     }
-    return 0;
+    if (u[0] == '*') return 0;
+    unsigned flags = path_flags(l);
+    char *buf = NULL;
+    if (!sk_path_is_normal(r->path, r->path_len, flags) && !(buf = sk_arena_alloc(&r->arena, r->path_len)))
+        return -2;
+    return sk_path_normalize(r->path, r->path_len, flags, buf, &r->path, &r->path_len);
 }
 
 static int on_headers_complete(llhttp_t *p)
@@ -657,6 +679,10 @@ static int on_headers_complete(llhttp_t *p)
      * a header name must be a token (RFC 9110 5.1). */
     for (size_t i = 0; i < r->head.nhdrs; i++)
         if (!sk_is_token(r->head.views[i].name, r->head.views[i].name_len)) return bad_request(c, 400);
+    /* Asserted by the proxy alone (from a verified peer certificate): a
+     * client's copy is never seen by plugins, Lua or the upstream. */
+    if (sk_head_edit(&r->head, &r->arena, "x-forwarded-client-cert", NULL, true) < 0)
+        return limit_reply(c, -1, 0, NULL);
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     r->method_id = sk_method_id(r->method, strlen(r->method));
     r->version = 10 + p->http_minor;
@@ -666,32 +692,40 @@ static int on_headers_complete(llhttp_t *p)
         reply(c, 501, "bad_request", "CONNECT is not supported\n", true);
         return -1;
     }
-    if (parse_target(r) < 0) return bad_request(c, 400);
+    bool absolute;
+    int rc = parse_target(r, l, &absolute);
+    if (rc == -2) return limit_reply(c, -1, 0, NULL);
+    if (rc < 0) {
+        sk_debug("bad request from %s: %s", c->client_addr,
+                 rc == -1 ? "malformed request target" : sk_path_strerror(rc));
+        return bad_request(c, 400);
+    }
 
-    /* Host: exactly one (HTTP/1.1); the authority used for routing drops the port. */
+    /* Host: exactly one (HTTP/1.1), valid. An absolute-form target's
+     * authority wins (RFC 9112 3.2.2) and replaces the Host header, so the
+     * upstream gets one Host matching what was routed on. The host used
+     * for routing drops the port. */
     size_t nhost = sk_head_count(&r->head, "host");
     const sk_header *host = sk_head_get(&r->head, "host");
     if (nhost > 1 || (nhost == 0 && r->version >= 11)) return bad_request(c, 400);
-    if (host) {
+    if (host && sk_authority_parse(host->value, host->value_len, absolute ? NULL : &r->host,
+                                   absolute ? NULL : &r->host_len) < 0) {
+        sk_debug("bad request from %s: invalid Host header", c->client_addr);
+        return bad_request(c, 400);
+    }
+    if (absolute) {
+        char *v = sk_arena_strndup(&r->arena, r->authority, r->authority_len);
+        if (!v || sk_head_edit(&r->head, &r->arena, "host", v, true) < 0) return limit_reply(c, -1, 0, NULL);
+    } else if (host) {
         r->authority = host->value;
         r->authority_len = host->value_len;
-        const char *colon = NULL;
-        if (host->value_len && host->value[0] == '[') {
-            const char *e = memchr(host->value, ']', host->value_len);
-            if (!e) return bad_request(c, 400);
-            r->host = host->value + 1;
-            r->host_len = (size_t)(e - host->value - 1);
-        } else {
-            colon = memchr(host->value, ':', host->value_len);
-            r->host = host->value;
-            r->host_len = colon ? (size_t)(colon - host->value) : host->value_len;
-        }
     } else {
         r->host = r->authority = "";
     }
 
     /* Framing. llhttp already refuses CL with TE, bad and duplicate CL. */
     const sk_header *te = sk_head_get(&r->head, "transfer-encoding");
+    if (te && r->version == 10) return bad_request(c, 400); /* RFC 9112 6.1: faulty framing */
     if (te) {
         if (sk_head_count(&r->head, "transfer-encoding") > 1 ||
             !sk_streq_nocase(te->value, te->value_len, "chunked")) {

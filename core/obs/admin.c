@@ -309,6 +309,9 @@ static json_t *listener_json(const sk_listener *l, bool *ok)
     jset(o, "max_header_bytes", jint(l->max_header_bytes), ok);
     jset(o, "max_headers", jint(l->max_headers), ok);
     jset(o, "max_body_bytes", jint(l->max_body_bytes), ok);
+    static const char *const slashes[] = {"reject", "keep", "decode"};
+    jset(o, "merge_slashes", json_boolean(l->merge_slashes), ok);
+    jset(o, "escaped_slashes", json_string(slashes[l->escaped_slashes]), ok);
     for (size_t i = 0; i < l->nroutes; i++) jpush(routes, json_string(l->routes[i]->name), ok);
     jset(o, "routes", routes, ok);
     jset(o, "plugins", plugin_names_json(l->plugins, l->nplugins, ok), ok);

@@ -181,20 +181,25 @@ def test_access_log_malformed_request(sidekick, up):
 
 def test_access_log_json_escaping(sidekick, up):
     """Quotes, backslashes and non-ASCII bytes in logged fields keep every
-    line valid JSON with the right values."""
+    line valid JSON with the right values. (A Host with quotes or
+    backslashes is invalid and refused with 400; its line must be valid
+    JSON too.)"""
     from harness import RawClient
     sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
     with RawClient(sk.port("listen")) as c:
-        c.send(b'GET /api/a"b\\c HTTP/1.1\r\nHost: h"o\\st\r\nX-Request-Id: id"\\x\r\n\r\n')
+        c.send(b'GET /api/a"b\\c HTTP/1.1\r\nHost: x\r\nX-Request-Id: id"\\x\r\n\r\n')
         r1 = c.read_response()
         c.send(b"GET /api/caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n")
         r2 = c.read_response()
+    with RawClient(sk.port("listen")) as c:
+        c.send(b'GET /api/q"\\ HTTP/1.1\r\nHost: h"o\\st\r\n\r\n')
+        r3 = c.read_response()
+    assert r1.status == 200 and r2.status == 200 and r3.status == 400
     assert sk.stop() == 0
     lines = sk.access_log_lines()  # raises on invalid JSON
-    assert len(lines) == 2
-    if r1.status == 200:
-        assert lines[0]["path"] == '/api/a"b\\c'
-        assert lines[0]["authority"] == 'h"o\\st'
-        assert lines[0]["request_id"] == 'id"\\x'
-    if r2.status == 200:
-        assert lines[1]["path"] in ("/api/caf\u00e9", "/api/caf\\xc3\\xa9")
+    assert len(lines) == 3
+    assert lines[0]["path"] == '/api/a"b\\c'
+    assert lines[0]["request_id"] == 'id"\\x'
+    assert lines[1]["path"] == "/api/caf\u00e9"
+    assert lines[2]["status"] == 400 and lines[2]["reason"] == "bad_request"
+    assert lines[2]["path"] == '/api/q"\\'

@@ -407,6 +407,7 @@ static void test_defaults(void)
     CHECK(l->protocol == SK_PROTO_HTTP && l->max_connections == 10000);
     CHECK(l->header_timeout_ms == 10000 && l->idle_timeout_ms == 60000);
     CHECK(l->max_header_bytes == 65536 && l->max_headers == 100 && l->max_body_bytes == 0);
+    CHECK(!l->merge_slashes && l->escaped_slashes == SK_ESCAPED_SLASHES_REJECT);
     CHECK(c->nroutes == 0 && c->nclusters == 0);
     sk_config_unref(c);
 
@@ -594,6 +595,14 @@ static const struct {
      "t.ini:7: [listener l] max_connections: bad number '18446744073709551616'"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nmax_connections = 4294967297\n",
      "t.ini:7: [listener l] max_connections: 4294967297 out of range (1..10000000)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmerge_slashes = yes\n",
+     "t.ini:7: [listener l] merge_slashes: bad value 'yes' (expected on or off)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nmerge_slashes =\n",
+     "t.ini:7: [listener l] merge_slashes: missing value"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nescaped_slashes = Decode\n",
+     "t.ini:7: [listener l] escaped_slashes: bad value 'Decode' (expected reject, keep or decode)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\nescaped_slashes = off\n",
+     "t.ini:7: [listener l] escaped_slashes: bad value 'off' (expected reject, keep or decode)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nheader_timeout = 0\n",
      "t.ini:7: [listener l] header_timeout: duration '0' must be greater than 0"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nheader_timeout = 10x\n",
@@ -754,6 +763,22 @@ static int check_error(const char *text, size_t len, const char *want, int line)
     return 1;
 }
 
+/* merge_slashes and escaped_slashes, every value, per listener. */
+static void test_normalisation_keys(void)
+{
+    char *err = NULL;
+    sk_config *c = load_text("[listener a]\naddress = 127.0.0.1:1\nmerge_slashes = on\nescaped_slashes = decode\n"
+                             "[listener b]\naddress = 127.0.0.1:2\nmerge_slashes = off\nescaped_slashes = keep\n"
+                             "[listener c]\naddress = 127.0.0.1:3\nescaped_slashes = reject\n",
+                             &err);
+    if (!c) fprintf(stderr, "load: %s\n", err ? err : "?");
+    ASSERT(c && c->nlisteners == 3);
+    CHECK(c->listeners[0]->merge_slashes && c->listeners[0]->escaped_slashes == SK_ESCAPED_SLASHES_DECODE);
+    CHECK(!c->listeners[1]->merge_slashes && c->listeners[1]->escaped_slashes == SK_ESCAPED_SLASHES_KEEP);
+    CHECK(!c->listeners[2]->merge_slashes && c->listeners[2]->escaped_slashes == SK_ESCAPED_SLASHES_REJECT);
+    sk_config_unref(c);
+}
+
 static void test_errors(void)
 {
     for (size_t i = 0; i < SK_ARRAY_LEN(error_cases); i++) {
@@ -872,6 +897,7 @@ int main(void)
     test_addresses();
     test_full();
     test_defaults();
+    test_normalisation_keys();
     test_errors();
     test_subdir();
     test_layout();
