@@ -223,6 +223,7 @@ struct sk_upconn {
     bool reusable;           /* may go back to the pool */
     bool retry_response;     /* a 502/503/504 that will be retried: not forwarded */
     bool filter_reply;       /* a plugin's on_response replaced the response */
+    char last_byte;          /* last byte of the previous read (obs-fold check) */
     unsigned requests;       /* requests served on it */
 };
 

@@ -389,6 +389,10 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     sk_upconn *u = p->data;
+    /* obs-fold (RFC 9112 5.2): llhttp hands the continuation over as another value
+     * piece right after the line break; refused, as in requests (http1.c). */
+    char prev = at > u->rbuf ? at[-1] : u->last_byte;
+    if (u->req->rhead.in_value && (prev == '\n' || prev == '\r')) return -1;
     return sk_head_value(&u->req->rhead, at, n, SK_UP_MAX_HEAD_BYTES) ? -1 : 0;
 }
 
@@ -499,6 +503,7 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
     u->rpos = 0;
     u->rlen = (size_t)n;
     llhttp_errno_t err = llhttp_execute(&u->parser, u->rbuf, (size_t)n);
+    u->last_byte = u->rbuf[n - 1];
     if (err == HPE_PAUSED && u->filter_reply) {
         sk_proxy_filter_reply(r); /* releases (closes) u */
         return;
