@@ -1502,13 +1502,36 @@ out:
     return failed;
 }
 
+static void lua_test_usage(FILE *f)
+{
+    fprintf(f, "usage: sidekick lua-test [--] FILE_test.lua [FILE_test.lua...]\n"
+               "Runs offline tests of Lua route filters (no config, proxy or network) and\n"
+               "prints TAP-like results. Exit status: 0 when every case passed, 1 when one\n"
+               "failed or a file did not load, 2 on a usage error. Docs: docs/lua.md\n"
+               "(\"Testing filters offline\").\n");
+}
+
 int sk_lua_test_main(int argc, char **argv)
 {
-    if (argc < 1) {
-        fprintf(stderr, "usage: sidekick lua-test FILE_test.lua [FILE_test.lua...]\n");
+    int first = 0;
+    for (; first < argc && argv[first][0] == '-' && argv[first][1]; first++) {
+        if (strcmp(argv[first], "--") == 0) {
+            first++;
+            break;
+        }
+        if (strcmp(argv[first], "--help") == 0 || strcmp(argv[first], "-h") == 0) {
+            lua_test_usage(stdout);
+            return 0;
+        }
+        fprintf(stderr, "sidekick lua-test: unknown option '%s'\n", argv[first]);
+        lua_test_usage(stderr);
+        return 2;
+    }
+    if (first >= argc) {
+        lua_test_usage(stderr);
         return 2;
     }
     int failed = 0;
-    for (int i = 0; i < argc; i++) failed += run_test_file(argv[i]);
+    for (int i = first; i < argc; i++) failed += run_test_file(argv[i]);
     return failed ? 1 : 0;
 }

@@ -209,3 +209,42 @@ def test_address_in_use_at_start(tmp_path, sidekick_bin):
         assert str(busy.getsockname()[1]) in res.stderr, res.stderr
     finally:
         busy.close()
+
+
+def test_help_lists_signals_admin_and_docs(sidekick_bin):
+    res = run_sidekick(["--help"])
+    assert res.returncode == 0, res
+    out = res.stdout
+    assert out.startswith("usage: sidekick -c FILE")
+    for needle in ("SIGHUP", "reload", "SIGTERM, SIGINT", "drain", "SIGUSR1", "reopen the access log",
+                   "GET /healthz /ready /metrics /stats /config /clusters", "POST /reload",
+                   "POST /drain", "docs/", "configuration.md", "operations.md", "lua.md"):
+        assert needle in out, needle
+    assert run_sidekick(["-h"]).stdout == out
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_lua_test_help(tmp_path, sidekick_bin, flag):
+    res = run_sidekick(["lua-test", flag], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert res.stdout.startswith("usage: sidekick lua-test"), res.stdout
+    assert "docs/lua.md" in res.stdout
+    assert res.stderr == ""
+    assert "cannot open" not in res.stdout
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["-x", "a_test.lua"], []])
+def test_lua_test_usage_errors(tmp_path, sidekick_bin, args):
+    res = run_sidekick(["lua-test"] + args, cwd=tmp_path)
+    assert res.returncode == 2, res
+    assert "usage: sidekick lua-test" in res.stderr
+    if args:
+        assert f"unknown option '{args[0]}'" in res.stderr
+    assert res.stdout == ""
+
+
+def test_lua_test_double_dash_ends_options(tmp_path, sidekick_bin):
+    (tmp_path / "-odd_test.lua").write_text('T.case("runs", function() T.ok(true) end)\n')
+    res = run_sidekick(["lua-test", "--", "-odd_test.lua"], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert "ok 1 - runs" in res.stdout
