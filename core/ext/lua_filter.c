@@ -5,16 +5,18 @@
  * load, where it is also run once in a scratch state to catch errors). Each
  * worker builds its own Lua state for the generation when it starts or
  * switches to it: one sandboxed environment per route, the module run once
- * in it, the hooks kept in the registry. A request's hooks run in one
+ * in it (then its init(config, info), if any), the hooks kept in the registry. A request's hooks run in one
  * coroutine, taken from a small pool, with the request as a userdata `r`.
  *
  * Containment. The state's allocator refuses to grow past `lua_memory`
  * while a script runs; a count hook checks the clock every 1000 VM
  * instructions against the request's deadline. Hooks do not run inside
  * JIT-compiled traces, so the JIT is off in these states: every Lua
- * instruction goes through the interpreter, where the hook does run. Time
- * spent inside one C library call (a pathological string pattern) is not
- * interrupted; docs/lua.md has the measurements. Once a script is over its
+ * instruction goes through the interpreter, where the hook does run. The
+ * pattern functions are lua_pattern.c's, whose matcher checks the budget
+ * every 4096 steps; other long C library calls (table.sort or table.concat
+ * of a huge table) are not interrupted, only counted once they return;
+ * docs/lua.md has the measurements. Once a script is over its
  * budget or memory, every later hook raises again and the sandbox's
  * pcall/xpcall hand the error on, so a script cannot catch its way out.
  */
@@ -63,7 +65,8 @@ typedef struct sk_lua_vm {
     bool running;              /* a script runs: the cap and the budget apply */
     bool recording;            /* load-time check: record `require`d sources in gen */
     int kill;                  /* KILL_*: why the running script must stop */
-    uint64_t deadline;         /* sk_now_ns() limit of the running script */
+    uint64_t deadline;         /* vm_now() limit of the running script */
+    bool cpu_clock;            /* budgets count this thread's CPU time (the test runner) */
     int (*hook_ref)[2];        /* per route index: registry refs of on_request / on_response, or 0 */
     int *config_ref;           /* per route index: registry ref of its r:config() table */
     int req_mt;                /* registry ref: metatable of request objects */
@@ -99,6 +102,17 @@ static sk_lua_vm *vm_of(lua_State *L)
 
 /* ---- memory and time ------------------------------------------------------------------ */
 
+/* The clock budgets are counted on: monotonic time in the proxy, where a worker held
+ * by a script is what the budget protects; this thread's CPU time in `sidekick lua-test`,
+ * whose verdict must not depend on how busy the machine is. */
+static uint64_t vm_now(const sk_lua_vm *vm)
+{
+    if (!vm->cpu_clock) return sk_now_ns();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     sk_lua_vm *vm = ud;
@@ -114,7 +128,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         }
         /* A few huge steps (s = s .. s) run fewer instructions than the
          * hook's interval: large allocations check the deadline too. */
-        if (nsize >= 65536 && (vm->kill == KILL_BUDGET || sk_now_ns() > vm->deadline)) {
+        if (nsize >= 65536 && (vm->kill == KILL_BUDGET || vm_now(vm) > vm->deadline)) {
             vm->kill = KILL_BUDGET;
             return NULL;
         }
@@ -133,7 +147,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 /* Must the running script stop (past its deadline, or already stopped)? */
 static bool must_stop(sk_lua_vm *vm)
 {
-    if (!vm->kill && sk_now_ns() > vm->deadline) vm->kill = KILL_BUDGET;
+    if (!vm->kill && vm_now(vm) > vm->deadline) vm->kill = KILL_BUDGET;
     return vm->kill != KILL_NONE;
 }
 
@@ -553,7 +567,7 @@ static int run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
     lua_insert(L, -(nargs + 2)); /* below the function: it anchors the coroutine */
     lua_xmove(L, co, nargs + 1);
     int kill;
-    int rc = resume_script(vm, co, nargs, sk_now_ns() + budget_ms * 1000000ull, &kill);
+    int rc = resume_script(vm, co, nargs, vm_now(vm) + budget_ms * 1000000ull, &kill);
     if (rc == 0 && !kill) {
         lua_settop(co, nres);
         lua_xmove(co, L, nres);
@@ -595,8 +609,8 @@ static int instantiate(sk_lua_vm *vm, const char *who, const char *path, const c
         lua_settop(L, top);
         return -1;
     }
-    static const char *const hooks[] = {"on_request", "on_response"};
-    for (int i = 0; i < 2; i++) {
+    static const char *const hooks[] = {"on_request", "on_response", "init"};
+    for (int i = 0; i < 3; i++) {
         lua_getfield(L, -1, hooks[i]);
         bool ok = lua_isnil(L, -1) || lua_isfunction(L, -1);
         lua_pop(L, 1);
@@ -607,6 +621,30 @@ static int instantiate(sk_lua_vm *vm, const char *who, const char *path, const c
         }
     }
     lua_remove(L, top + 1); /* the env: the hooks keep it */
+    return 0;
+}
+
+/*
+ * Calls the module's init(config, info) when it has one: the module table is
+ * at `mod`, the config table at `cfg`, the info table at `info` (stack indices
+ * of L). Runs as a script with the load budget, like the top level; the stack
+ * is as before. 0, or -1 with "PATH: init: message" and the traceback in err.
+ */
+static int run_init(sk_lua_vm *vm, const char *path, int mod, int cfg, int info, char *err, size_t n)
+{
+    lua_State *L = vm->L;
+    lua_getfield(L, mod, "init");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pushvalue(L, cfg);
+    lua_pushvalue(L, info);
+    if (run_script(vm, 2, 0, LOAD_BUDGET) != 0) {
+        snprintf(err, n, "%s: init: %s", path, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_pop(L, 1);
+        return -1;
+    }
     return 0;
 }
 
@@ -851,12 +889,28 @@ static int r_set_cluster(lua_State *L)
     return 0;
 }
 
+/* Is s (n bytes) a reason for r:respond(): 1..64 of [a-z0-9_]? */
+static bool reason_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 64) return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_')) return false;
+    return true;
+}
+
+/* r:respond(status [, body [, headers [, reason]]]): the local reply, then the hook ends. */
 static int r_respond(lua_State *L)
 {
     lreq *q = check_req(L);
     int status = (int)luaL_checkinteger(L, 2);
-    size_t blen = 0;
+    size_t blen = 0, rlen = 0;
     const char *body = luaL_optlstring(L, 3, NULL, &blen);
+    const char *reason = NULL;
+    if (!lua_isnoneornil(L, 5)) {
+        if (lua_type(L, 5) == LUA_TSTRING) reason = lua_tolstring(L, 5, &rlen);
+        if (!reason || !reason_ok(reason, rlen))
+            luaL_error(L, "bad argument #4 to 'respond' (reason must be 1..64 characters of [a-z0-9_])");
+    }
     const char *hs[2 * MAX_RESP_HDRS + 1];
     size_t n = 0;
     if (!lua_isnoneornil(L, 4)) {
@@ -873,7 +927,7 @@ static int r_respond(lua_State *L)
     }
     hs[n] = NULL;
     if (status < 200 || status > 599) luaL_argerror(L, 2, "status must be 200..599");
-    if (sk_host.respond(R(q), status, NULL, body, blen, n ? hs : NULL) < 0)
+    if (sk_host.respond(R(q), status, reason, body, blen, n ? hs : NULL) < 0)
         luaL_error(L, "r:respond(): bad header name or value, or the response already started");
     q->responded = true;
     return lua_yield(L, 0); /* the hook ends here */
@@ -964,13 +1018,34 @@ static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err,
     lua_setfield(L, -2, "__metatable");
     vm->req_mt = luaL_ref(L, LUA_REGISTRYINDEX);
 
+    /* init's second argument: { route = NAME, clusters = { [NAME] = true, ... } },
+     * fresh tables per route, so that no init can change what another sees. */
+    lua_createtable(L, 0, (int)cfg->nclusters);
+    for (size_t k = 0; k < cfg->nclusters; k++) {
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, cfg->clusters[k]->name);
+    }
+    int clusters = lua_gettop(L);
     for (size_t i = 0; i < cfg->nroutes; i++) {
         sk_route *rt = cfg->routes[i];
         if (!rt->lua) continue;
+        lua_createtable(L, 0, (int)rt->nlua_keys); /* r:config(), also init's config */
+        for (size_t k = 0; k < rt->nlua_keys; k++) {
+            lua_pushstring(L, rt->lua_keys[k].value);
+            lua_setfield(L, -2, rt->lua_keys[k].key);
+        }
+        int cfg_t = lua_gettop(L);
+        lua_createtable(L, 0, 2);
+        lua_pushstring(L, rt->name);
+        lua_setfield(L, -2, "route");
+        copy_table(L, clusters);
+        lua_setfield(L, -2, "clusters");
         char who[300];
         snprintf(who, sizeof(who), "route %s", rt->name);
-        if (instantiate(vm, who, rt->lua, rt->lua_src, rt->lua_src_len, cfg->lua_dir, err, n) < 0) {
+        if (instantiate(vm, who, rt->lua, rt->lua_src, rt->lua_src_len, cfg->lua_dir, err, n) < 0 ||
+            run_init(vm, rt->lua, cfg_t + 2, cfg_t, cfg_t + 1, err, n) < 0) {
             *bad_route = (int)i;
+            lua_settop(L, clusters - 1);
             return -1;
         }
         static const char *const names[] = {"on_request", "on_response"};
@@ -981,14 +1056,10 @@ static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err,
             else
                 lua_pop(L, 1);
         }
-        lua_pop(L, 1); /* the module table */
-        lua_createtable(L, 0, (int)rt->nlua_keys);
-        for (size_t k = 0; k < rt->nlua_keys; k++) {
-            lua_pushstring(L, rt->lua_keys[k].value);
-            lua_setfield(L, -2, rt->lua_keys[k].key);
-        }
+        lua_pop(L, 2); /* the module table, the info table */
         vm->config_ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
     }
+    lua_pop(L, 1); /* clusters */
     return 0;
 }
 
@@ -1130,8 +1201,8 @@ static int resume_script(sk_lua_vm *vm, lua_State *co, int nargs, uint64_t deadl
     vm->kill = KILL_NONE;
     vm->cstack = __builtin_frame_address(0);
     int rc = lua_resume(co, nargs);
-    /* Time spent in one long C call is not interrupted: a hook that returns
-     * past its deadline still fails. */
+    /* Time spent in a long C call that checks no budget (table.sort) is not
+     * interrupted: a hook that returns past its deadline still fails. */
     if (rc == 0 || rc == LUA_YIELD) must_stop(vm);
     *kill = vm->kill;
     vm->running = was;
@@ -1278,11 +1349,14 @@ static char *dir_of(const char *path)
     return strndup(path, (size_t)(slash - path));
 }
 
-/* load_filter(path, config): the module table of a filter file, in its own env. */
+/* load_filter(path, config, info): the module table of a filter file, in its own env,
+ * after its init(config, info) if it has one. */
 static int t_load_filter(lua_State *L)
 {
     sk_lua_vm *vm = vm_of(L);
     const char *rel = luaL_checkstring(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
     char path[4096];
     if (rel[0] == '/')
         snprintf(path, sizeof(path), "%s", rel);
@@ -1295,12 +1369,22 @@ static int t_load_filter(lua_State *L)
     char *dir = dir_of(path);
     bool was = vm->running;
     vm->running = false; /* instantiate runs the top level as a script itself */
+    /* instantiate works on the state's main stack; L is the test file's coroutine */
+    int top = lua_gettop(vm->L);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, 3);
+    lua_xmove(L, vm->L, 2);
     int rc = dir ? instantiate(vm, rel, path, src, len, dir, err, sizeof(err)) : -1;
+    if (rc == 0) rc = run_init(vm, path, top + 3, top + 1, top + 2, err, sizeof(err));
     vm->running = was;
     free(src);
     free(dir);
-    if (rc < 0) return luaL_error(L, "%s", err);
-    lua_xmove(vm->L, L, 1); /* instantiate works on the state's main stack; L is the test file's coroutine */
+    if (rc < 0) {
+        lua_settop(vm->L, top);
+        return luaL_error(L, "%s", err);
+    }
+    lua_xmove(vm->L, L, 1);
+    lua_settop(vm->L, top);
     return 1;
 }
 
@@ -1315,7 +1399,7 @@ static int t_run(lua_State *L)
     lua_pushvalue(L, 2);
     lua_xmove(L, co, 2);
     int kill;
-    int rc = resume_script(vm, co, 1, sk_now_ns() + budget * 1000000ull, &kill);
+    int rc = resume_script(vm, co, 1, vm_now(vm) + budget * 1000000ull, &kill);
     if (rc == 0 && !kill) {
         lua_pushliteral(L, "ok");
         return 1;
@@ -1348,6 +1432,7 @@ static int run_test_file(const char *file)
         free(dir);
         return 1;
     }
+    vm->cpu_clock = true;
     lua_State *L = vm->L;
     int failed = 1;
     printf("# %s\n", file);
@@ -1418,13 +1503,36 @@ out:
     return failed;
 }
 
+static void lua_test_usage(FILE *f)
+{
+    fprintf(f, "usage: sidekick lua-test [--] FILE_test.lua [FILE_test.lua...]\n"
+               "Runs offline tests of Lua route filters (no config, proxy or network) and\n"
+               "prints TAP-like results. Exit status: 0 when every case passed, 1 when one\n"
+               "failed or a file did not load, 2 on a usage error. Docs: docs/lua.md\n"
+               "(\"Testing filters offline\").\n");
+}
+
 int sk_lua_test_main(int argc, char **argv)
 {
-    if (argc < 1) {
-        fprintf(stderr, "usage: sidekick lua-test FILE_test.lua [FILE_test.lua...]\n");
+    int first = 0;
+    for (; first < argc && argv[first][0] == '-' && argv[first][1]; first++) {
+        if (strcmp(argv[first], "--") == 0) {
+            first++;
+            break;
+        }
+        if (strcmp(argv[first], "--help") == 0 || strcmp(argv[first], "-h") == 0) {
+            lua_test_usage(stdout);
+            return 0;
+        }
+        fprintf(stderr, "sidekick lua-test: unknown option '%s'\n", argv[first]);
+        lua_test_usage(stderr);
+        return 2;
+    }
+    if (first >= argc) {
+        lua_test_usage(stderr);
         return 2;
     }
     int failed = 0;
-    for (int i = 0; i < argc; i++) failed += run_test_file(argv[i]);
+    for (int i = first; i < argc; i++) failed += run_test_file(argv[i]);
     return failed ? 1 : 0;
 }

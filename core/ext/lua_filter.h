@@ -16,8 +16,9 @@ typedef struct sk_lua_gen sk_lua_gen;
 
 /*
  * Reads every route script of `c` and runs it once in a scratch state (the
- * top level, with a 1 s budget), so that a syntax error, a failing top
- * level or a module that returns no table fails the load. Keeps the sources
+ * top level, then the module's init(config, info), each with a 1 s budget),
+ * so that a syntax error, a failing top level or init, or a module that
+ * returns no table fails the load. Keeps the sources
  * (and those of modules they `require`) in the generation: workers compile
  * exactly what was checked. Main thread. 0, or -1 with *bad_route set to the
  * route index (or -1) and the message in err.
@@ -48,7 +49,8 @@ bool sk_lua_over_budget(struct lua_State *L);
 /* sidekick_lua_errors_total for every route with a script. 0 or -1. */
 int sk_lua_render_prometheus(sk_buf *out, const sk_config *c);
 
-/* `sidekick lua-test FILE...`: runs offline filter tests. Exit status. */
+/* `sidekick lua-test [--] FILE...` (argv after "lua-test"): runs offline filter
+ * tests; --help prints the usage. Exit status: 0, 1 (a failure), 2 (usage). */
 int sk_lua_test_main(int argc, char **argv);
 
 #endif

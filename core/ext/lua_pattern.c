@@ -7,8 +7,34 @@
  * holds a worker for seconds. These count the matcher's steps and ask
  * lua_filter.c every SK_PATTERN_CHECK steps whether the running script is
  * past its budget; if so the match stops with an error, like any other
- * budget stop. Written from the Lua 5.1 reference manual's description of
- * patterns (§5.4.1); the tests compare them with LuaJIT's built-ins.
+ * budget stop. The matcher (match, max_expand, min_expand, the capture and
+ * class helpers, str_find_aux, gmatch and gsub) is adapted from the pattern
+ * matching of Lua 5.1's lstrlib.c, which LuaJIT's lib_string.c also derives
+ * from: same structure and limits, plus the step counter. The tests compare
+ * the results with LuaJIT's built-ins.
+ *
+ * Lua 5.1 is distributed under this license:
+ *
+ * Copyright (C) 1994-2012 Lua.org, PUC-Rio.
+ *
+ * Permission is hereby granted, free of charge, to any person obtaining
+ * a copy of this software and associated documentation files (the
+ * "Software"), to deal in the Software without restriction, including
+ * without limitation the rights to use, copy, modify, merge, publish,
+ * distribute, sublicense, and/or sell copies of the Software, and to
+ * permit persons to whom the Software is furnished to do so, subject to
+ * the following conditions:
+ *
+ * The above copyright notice and this permission notice shall be
+ * included in all copies or substantial portions of the Software.
+ *
+ * THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND,
+ * EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF
+ * MERCHANTABILITY, FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT.
+ * IN NO EVENT SHALL THE AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY
+ * CLAIM, DAMAGES OR OTHER LIABILITY, WHETHER IN AN ACTION OF CONTRACT,
+ * TORT OR OTHERWISE, ARISING FROM, OUT OF OR IN CONNECTION WITH THE
+ * SOFTWARE OR THE USE OR OTHER DEALINGS IN THE SOFTWARE.
  */
 #include <lauxlib.h>
 #include <lua.h>

@@ -191,10 +191,13 @@ function Req:set_cluster(name)
   d.cluster = name
 end
 
-function Req:respond(status, body, headers)
+function Req:respond(status, body, headers, reason)
   local d = self._d
   if type(status) ~= "number" or status < 200 or status > 599 or status % 1 ~= 0 then
     error("bad argument #1 to 'respond' (status must be 200..599)", 2)
+  end
+  if reason ~= nil and (type(reason) ~= "string" or #reason > 64 or not reason:find("^[a-z0-9_]+$")) then
+    error("bad argument #4 to 'respond' (reason must be 1..64 characters of [a-z0-9_])", 2)
   end
   local hs = {}
   for k, v in pairs(headers or {}) do
@@ -203,7 +206,7 @@ function Req:respond(status, body, headers)
     end
     hs[check_name(k, "respond")] = check_value(v, "respond")
   end
-  d._reply = { status = status, body = body and tostring(body) or "", headers = hs }
+  d._reply = { status = status, body = body and tostring(body) or "", headers = hs, reason = reason }
   coroutine.yield() -- the hook ends here, as in the proxy
 end
 
@@ -268,7 +271,8 @@ local function outcome(st, err, r)
   if st == "error" then return { action = "error", error = err } end
   if r._reply then
     local rep = r._reply
-    return { action = "respond", status = rep.status, body = rep.body, headers = rep.headers }
+    return { action = "respond", status = rep.status, body = rep.body, headers = rep.headers,
+             reason = rep.reason }
   end
   if st == "yield" then
     return { action = "error", error = "coroutine.yield() is not allowed at the top of a hook" }
@@ -299,14 +303,24 @@ function Filter:response(r, resp)
   return call(self, "on_response", r)
 end
 
--- T.filter(path [, config [, { budget = ms }]])
+-- Any cluster name is known when a test gives no list.
+local any_cluster = setmetatable({}, { __index = function(_, k) return type(k) == "string" or nil end })
+
+-- T.filter(path [, config [, { budget = ms, route = name, clusters = { names } }]])
 function T.filter(path, config, opts)
+  opts = opts or {}
   local cfg = {}
   for k, v in pairs(config or {}) do cfg[tostring(k)] = tostring(v) end
+  local clusters = any_cluster
+  if opts.clusters then
+    clusters = {}
+    for _, c in ipairs(opts.clusters) do clusters[c] = true end
+  end
+  -- the same config table goes to init and to every r:config(), as in the proxy
   return setmetatable({
-    module = load_filter(path),
+    module = load_filter(path, cfg, { route = opts.route or "test", clusters = clusters }),
     config = cfg,
-    budget = opts and opts.budget or 50,
+    budget = opts.budget or 50,
   }, Filter)
 end
 

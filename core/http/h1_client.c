@@ -263,6 +263,10 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
 static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     sk_upconn *u = p->data;
+    /* obs-fold (RFC 9112 5.2): llhttp hands the continuation over as another value
+     * piece right after the line break; refused, as in requests (h1_server.c). */
+    char prev = at > u->rbuf ? at[-1] : u->last_byte;
+    if (u->req->rhead.in_value && (prev == '\n' || prev == '\r')) return -1;
     return sk_head_value(&u->req->rhead, at, n, SK_UP_MAX_HEAD_BYTES) ? -1 : 0;
 }
 
@@ -363,6 +367,7 @@ static void on_readable(sk_transport *t)
     u->rpos = 0;
     u->rlen = (size_t)n;
     llhttp_errno_t err = llhttp_execute(&u->parser, u->rbuf, (size_t)n);
+    u->last_byte = u->rbuf[n - 1];
     if (err == HPE_PAUSED && u->filter_reply) {
         u->cbs->filter_reply(u->rq); /* releases (closes) u */
         return;

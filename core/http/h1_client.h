@@ -51,6 +51,7 @@ struct sk_upconn {
     bool reusable;                /* may carry another request */
     bool retry_response;          /* a response that will be retried: read whole, not forwarded */
     bool filter_reply;            /* a filter replaced the response */
+    char last_byte;               /* last byte of the previous read (obs-fold check) */
     unsigned requests;            /* requests served on it */
 };
 

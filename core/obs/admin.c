@@ -371,6 +371,20 @@ static json_t *route_json(const sk_route *r, bool *ok)
         jset(o, "respond", resp, ok);
     }
     jset(o, "plugins", plugin_names_json(r->plugins, r->nplugins, ok), ok);
+    if (r->lua) {
+        /* lua.* keys are the user's settings for the script, shown as configured */
+        json_t *lua = json_object(), *keys = json_object();
+        if (lua && keys) {
+            for (size_t i = 0; i < r->nlua_keys; i++)
+                jset(keys, r->lua_keys[i].key, json_string(r->lua_keys[i].value), ok);
+            jset(lua, "file", json_string(r->lua), ok);
+            jset(lua, "budget_ms", jint(r->lua_budget_ms), ok);
+            jset(lua, "keys", keys, ok);
+        } else {
+            json_decref(keys);
+        }
+        jset(o, "lua", lua, ok);
+    }
     return o;
 }
 
@@ -504,10 +518,42 @@ enum { M_GET = 1, M_POST = 2 };
 static const struct endpoint {
     const char *path;
     int methods;
+    const char *what; /* for the index at GET / */
 } endpoints[] = {
-    {"/healthz", M_GET}, {"/ready", M_GET},    {"/metrics", M_GET}, {"/stats", M_GET},
-    {"/config", M_GET},  {"/clusters", M_GET}, {"/reload", M_POST}, {"/drain", M_POST},
+    {"/", M_GET, "this list"},
+    {"/healthz", M_GET, "200 while the process runs"},
+    {"/ready", M_GET, "200 once listeners are up, 503 while draining"},
+    {"/metrics", M_GET, "Prometheus text format"},
+    {"/stats", M_GET, "the same figures as JSON"},
+    {"/config", M_GET, "the running generation as JSON"},
+    {"/clusters", M_GET, "endpoints of every cluster with health"},
+    {"/reload", M_POST, "reload the configuration (as SIGHUP)"},
+    {"/drain", M_POST, "stop accepting, finish in-flight requests, exit"},
 };
+
+/* GET /: the endpoints above as JSON, and where the docs are. */
+static json_t *index_json(bool *ok)
+{
+    json_t *o = json_object(), *a = json_array();
+    if (!o || !a) {
+        json_decref(o);
+        json_decref(a);
+        *ok = false;
+        return NULL;
+    }
+    for (size_t i = 0; i < SK_ARRAY_LEN(endpoints); i++) {
+        json_t *e = json_object();
+        if (e) {
+            jset(e, "method", json_string(endpoints[i].methods == M_GET ? "GET" : "POST"), ok);
+            jset(e, "path", json_string(endpoints[i].path), ok);
+            jset(e, "what", json_string(endpoints[i].what), ok);
+        }
+        jpush(a, e, ok);
+    }
+    jset(o, "endpoints", a, ok);
+    jset(o, "docs", json_string("docs/configuration.md#admin-endpoint, docs/operations.md"), ok);
+    return o;
+}
 
 #define JSON_TYPE "application/json"
 
@@ -537,7 +583,10 @@ static void handle_request(conn *c)
     sk_buf_reset(&admin.body);
     const sk_config *cfg = sk_srv.config;
     const char *p = ep->path;
-    if (strcmp(p, "/healthz") == 0) {
+    if (strcmp(p, "/") == 0) {
+        bool ok = true;
+        respond_body(c, render_json(index_json(&ok), ok), JSON_TYPE);
+    } else if (strcmp(p, "/healthz") == 0) {
         respond_text(c, 200, "ok\n");
     } else if (strcmp(p, "/ready") == 0) {
         if (SK_LOAD(sk_srv.draining))

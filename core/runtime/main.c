@@ -41,6 +41,26 @@ static void usage(FILE *f)
                "       sidekick --version      print the version\n");
 }
 
+/* --help: usage, then what a running process answers to. */
+static void help(void)
+{
+    usage(stdout);
+    printf("\n"
+           "Exit status: 0 on a clean shutdown, 1 on a config error, 2 on a usage error.\n"
+           "\n"
+           "Signals:\n"
+           "  SIGHUP           reload the config file (a bad one is refused, the running one stays)\n"
+           "  SIGTERM, SIGINT  drain: stop accepting, finish in-flight requests, then exit\n"
+           "  SIGUSR1          reopen the access log file (after log rotation)\n"
+           "\n"
+           "Admin endpoint ([sidekick] admin, default 127.0.0.1:15000; GET / lists it):\n"
+           "  GET /healthz /ready /metrics /stats /config /clusters\n"
+           "  POST /reload (as SIGHUP)   POST /drain (as SIGTERM)\n"
+           "\n"
+           "Docs: README.md and docs/ in the source tree: configuration.md (every key),\n"
+           "operations.md (reload, drain, signals, Kubernetes), lua.md, plugins.md.\n");
+}
+
 static void on_drain_poll(struct ev_loop *loop, ev_timer *t, int revents)
 {
     if (sk_workers_running() == 0) {
@@ -206,13 +226,7 @@ int main(int argc, char **argv)
         {"test", no_argument, NULL, 't'},
         {NULL, 0, NULL, 0},
     };
-    if (argc >= 2 && strcmp(argv[1], "lua-test") == 0) {
-        if (argc < 3) {
-            usage(stderr);
-            return 2;
-        }
-        return sk_lua_test_main(argc - 2, argv + 2);
-    }
+    if (argc >= 2 && strcmp(argv[1], "lua-test") == 0) return sk_lua_test_main(argc - 2, argv + 2);
     const char *file = NULL;
     bool test = false;
     int opt;
@@ -221,7 +235,7 @@ int main(int argc, char **argv)
         case 'c': file = optarg; break;
         case 't': test = true; break;
         case 'V': printf("sidekick %s\n", SK_VERSION); return 0;
-        case 'h': usage(stdout); return 0;
+        case 'h': help(); return 0;
         default: usage(stderr); return 2;
         }
     }

@@ -176,3 +176,40 @@ def test_metrics_summed_across_workers(sidekick, upstream):
     r = sk.admin_get("/stats")
     assert r.status == 200
     json.loads(r.body)
+
+
+def test_index_lists_the_endpoints(env):
+    """GET / answers 200 with the endpoints (each of which answers) and the docs."""
+    sk, up = env
+    r = sk.admin_get("/")
+    assert r.status == 200, r
+    assert r.header("content-type") == "application/json", r
+    doc = json.loads(r.body)
+    listed = {(e["method"], e["path"]) for e in doc["endpoints"]}
+    assert listed == {("GET", "/"), ("GET", "/healthz"), ("GET", "/ready"), ("GET", "/metrics"),
+                      ("GET", "/stats"), ("GET", "/config"), ("GET", "/clusters"),
+                      ("POST", "/reload"), ("POST", "/drain")}
+    assert all(e["what"] for e in doc["endpoints"])
+    assert "docs/configuration.md" in doc["docs"]
+    for method, path in listed:
+        if method == "GET":
+            assert sk.admin_get(path).status == 200, path
+    assert http_request(sk.admin_port, "POST", "/", body=b"").status == 405
+    assert sk.admin_get("/nope").status == 404
+    assert up.requests == []
+
+
+def test_config_shows_lua_file_and_keys(sidekick, upstream, tmp_path):
+    lua = tmp_path / "lua"
+    lua.mkdir()
+    (lua / "f.lua").write_text("return {}\n")
+    up = upstream(echo_handler("up"))
+    body = BODY.replace("cluster = backend\n",
+                        "cluster = backend\nlua = f.lua\nlua_budget = 20ms\n"
+                        "lua.token = s3cr=t value\nlua.percent = 5\n", 1)
+    sk = sidekick(sk_ini(body, extra=f"lua_dir = {lua}\n"), up=up.port)
+    doc = json.loads(sk.admin_get("/config").body)
+    routes = {r["name"]: r for r in doc["routes"]}
+    assert routes["api"]["lua"] == {"file": str(lua / "f.lua"), "budget_ms": 20,
+                                    "keys": {"token": "s3cr=t value", "percent": "5"}}
+    assert "lua" not in routes["ping"]

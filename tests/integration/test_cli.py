@@ -1,5 +1,6 @@
 """Command line: --version, -t, exit codes, config error messages."""
 
+import json
 import re
 
 import pytest
@@ -209,3 +210,96 @@ def test_address_in_use_at_start(tmp_path, sidekick_bin):
         assert str(busy.getsockname()[1]) in res.stderr, res.stderr
     finally:
         busy.close()
+
+
+def test_help_lists_signals_admin_and_docs(sidekick_bin):
+    res = run_sidekick(["--help"])
+    assert res.returncode == 0, res
+    out = res.stdout
+    assert out.startswith("usage: sidekick -c FILE")
+    for needle in ("SIGHUP", "reload", "SIGTERM, SIGINT", "drain", "SIGUSR1", "reopen the access log",
+                   "GET /healthz /ready /metrics /stats /config /clusters", "POST /reload",
+                   "POST /drain", "docs/", "configuration.md", "operations.md", "lua.md"):
+        assert needle in out, needle
+    assert run_sidekick(["-h"]).stdout == out
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_lua_test_help(tmp_path, sidekick_bin, flag):
+    res = run_sidekick(["lua-test", flag], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert res.stdout.startswith("usage: sidekick lua-test"), res.stdout
+    assert "docs/lua.md" in res.stdout
+    assert res.stderr == ""
+    assert "cannot open" not in res.stdout
+
+
+@pytest.mark.parametrize("args", [["--bogus"], ["-x", "a_test.lua"], []])
+def test_lua_test_usage_errors(tmp_path, sidekick_bin, args):
+    res = run_sidekick(["lua-test"] + args, cwd=tmp_path)
+    assert res.returncode == 2, res
+    assert "usage: sidekick lua-test" in res.stderr
+    if args:
+        assert f"unknown option '{args[0]}'" in res.stderr
+    assert res.stdout == ""
+
+
+def test_lua_test_double_dash_ends_options(tmp_path, sidekick_bin):
+    (tmp_path / "-odd_test.lua").write_text('T.case("runs", function() T.ok(true) end)\n')
+    res = run_sidekick(["lua-test", "--", "-odd_test.lua"], cwd=tmp_path)
+    assert res.returncode == 0, res
+    assert "ok 1 - runs" in res.stdout
+
+
+def test_demo_takes_its_ports_from_the_environment(tmp_path, sidekick_bin):
+    """conf/demo with SIDEKICK_DEMO_*_PORT: the demo upstream, the listener and
+    the admin endpoint are on those ports; the request goes through the Lua
+    filter to the demo upstream, which serves conf/demo-www."""
+    import os
+    import signal
+    import subprocess
+    import time
+    from harness import REPO, SIDEKICK_BIN, http_request
+    ports = {"UPSTREAM": free_port(), "ADMIN": free_port(), "LISTEN": free_port()}
+    while len(set(ports.values())) < 3:
+        ports["LISTEN"] = free_port()
+    env = dict(os.environ, SIDEKICK_BIN=SIDEKICK_BIN,
+               **{f"SIDEKICK_DEMO_{k}_PORT": str(v) for k, v in ports.items()})
+    p = subprocess.Popen([str(REPO / "conf" / "demo")], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        ready = None
+        while time.monotonic() < deadline and p.poll() is None:
+            try:
+                ready = http_request(ports["ADMIN"], "GET", "/ready", timeout=1)
+                if ready.status == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert ready is not None and ready.status == 200, p.poll()
+        r = http_request(ports["LISTEN"], "GET", "/hello.txt")
+        assert r.status == 200, r
+        assert r.body == (REPO / "conf" / "demo-www" / "hello.txt").read_bytes()
+        assert r.header("x-content-type-options") == "nosniff", r  # the Lua filter ran
+        cfg = json.loads(http_request(ports["ADMIN"], "GET", "/config").body)
+        assert [c["endpoints"] for c in cfg["clusters"]] == [[f"127.0.0.1:{ports['UPSTREAM']}"]]
+        assert cfg["listeners"][0]["address"] == f"127.0.0.1:{ports['LISTEN']}"
+        tmp_config = cfg["file"]
+        assert tmp_config != str(REPO / "conf" / "sidekick.ini")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+        out, err = p.communicate(timeout=30)
+    assert f"127.0.0.1:{ports['LISTEN']}/hello.txt" in out
+    assert not os.path.exists(tmp_config), "the temporary config was not removed"
+
+
+def test_demo_config_is_usable_as_is(sidekick_bin):
+    from harness import REPO
+    res = run_sidekick(["-t", "-c", str(REPO / "conf" / "sidekick.ini")])
+    assert res.returncode == 0, res.stderr
+    text = (REPO / "conf" / "sidekick.ini").read_text()
+    for line in ("admin = 127.0.0.1:15000", "address = 127.0.0.1:15001", "endpoints = 127.0.0.1:8080"):
+        assert line in text.splitlines()
