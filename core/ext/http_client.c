@@ -48,13 +48,13 @@ struct sk_http_call {
     void (*on_body)(void *arg, const char *data, size_t len);
     void (*on_done)(void *arg, int error, const char *message);
     void *arg;
-    size_t max_body;  /* response body limit */
-    size_t received;  /* response body bytes so far */
-    int status;       /* final status once the head was delivered, else 0 */
-    bool added;       /* in the multi handle (false while queued) */
-    bool cancelled;   /* by the plugin or the host: no callback any more */
-    bool too_large;   /* the write callback refused a piece over max_body */
-    bool in_done;     /* on_done is running */
+    size_t max_body; /* response body limit */
+    size_t received; /* response body bytes so far */
+    int status;      /* final status once the head was delivered, else 0 */
+    bool added;      /* in the multi handle (false while queued) */
+    bool cancelled;  /* by the plugin or the host: no callback any more */
+    bool too_large;  /* the write callback refused a piece over max_body */
+    bool in_done;    /* on_done is running */
     char errbuf[CURL_ERROR_SIZE];
 };
 
@@ -65,16 +65,16 @@ typedef struct sock_ctx {
 } sock_ctx;
 
 static struct {
-    bool ready;              /* curl and the multi handle initialised */
-    struct ev_loop *loop;    /* the main loop */
-    CURLM *multi;            /* owned */
-    ev_timer timer;          /* curl's one timeout */
-    int depth;               /* > 0 while inside curl_multi_socket_action */
-    sk_http_call *calls;     /* every live call */
-    size_t ncalls;           /* length of calls */
-    sock_ctx *socks;         /* every watched socket */
-    sk_instance *closing;    /* instance whose destroy is running: starts refused */
-    bool sweep;              /* a call was cancelled or queued while depth > 0 */
+    bool ready;           /* curl and the multi handle initialised */
+    struct ev_loop *loop; /* the main loop */
+    CURLM *multi;         /* owned */
+    ev_timer timer;       /* curl's one timeout */
+    int depth;            /* > 0 while inside curl_multi_socket_action */
+    sk_http_call *calls;  /* every live call */
+    size_t ncalls;        /* length of calls */
+    sock_ctx *socks;      /* every watched socket */
+    sk_instance *closing; /* instance whose destroy is running: starts refused */
+    bool sweep;           /* a call was cancelled or queued while depth > 0 */
 } H;
 
 static const char *const errors[] = {
@@ -457,8 +457,8 @@ static int setup_easy(sk_http_call *c, const sk_http_request *rq, const char *me
     for (size_t i = 0; i < SK_ARRAY_LEN(curl_adds); i++)
         if (!has_header(hs, curl_adds[i]) && add_line(&c->hdrs, curl_adds[i], NULL, true) < 0)
             return SK_HTTP_ENOMEM;
-    bool with_body = rq->body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 ||
-                     strcmp(method, "PATCH") == 0;
+    bool with_body =
+        rq->body || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0 || strcmp(method, "PATCH") == 0;
     CURLcode rc = CURLE_OK;
 #define SET(opt, val) \
     if (rc == CURLE_OK) rc = curl_easy_setopt(e, opt, val)
@@ -471,8 +471,8 @@ static int setup_easy(sk_http_call *c, const sk_http_request *rq, const char *me
     SET(CURLOPT_PATH_AS_IS, 1L);
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(rq->connect_timeout_ms ? rq->connect_timeout_ms
-                                                                 : DEFAULT_CONNECT_TIMEOUT_MS));
+    SET(CURLOPT_CONNECTTIMEOUT_MS,
+        (long)(rq->connect_timeout_ms ? rq->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS));
     if (rq->timeout_ms) SET(CURLOPT_TIMEOUT_MS, (long)rq->timeout_ms);
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_body);
     SET(CURLOPT_HTTPHEADER, c->hdrs);
@@ -507,13 +507,11 @@ int sk_http_start(sk_instance *self, const sk_http_request *rq, sk_http_call **c
                       "workers with post_to_workers");
     if (!self) return refuse(self, SK_HTTP_EINVAL, "%s", "no instance");
     if (!rq || !rq->url) return refuse(self, SK_HTTP_EINVAL, "%s", "no request or no url");
-    if (self == H.closing)
-        return refuse(self, SK_HTTP_ECANCELLED, "%s", "the instance is being destroyed");
+    if (self == H.closing) return refuse(self, SK_HTTP_ECANCELLED, "%s", "the instance is being destroyed");
     if (H.ncalls >= SK_HTTP_MAX_CALLS)
         return refuse(self, SK_HTTP_EBUSY, "%u calls in flight already", (unsigned)SK_HTTP_MAX_CALLS);
     const char *method = rq->method ? rq->method : "GET";
-    if (!is_token(method, MAX_METHOD_LEN))
-        return refuse(self, SK_HTTP_EINVAL, "bad method '%.40s'", method);
+    if (!is_token(method, MAX_METHOD_LEN)) return refuse(self, SK_HTTP_EINVAL, "bad method '%.40s'", method);
     if (rq->body_len && !rq->body) return refuse(self, SK_HTTP_EINVAL, "%s", "body_len without body");
     if (rq->body_len > SK_HTTP_MAX_REQUEST_BODY)
         return refuse(self, SK_HTTP_EINVAL, "request body over %u bytes", (unsigned)SK_HTTP_MAX_REQUEST_BODY);
@@ -521,7 +519,8 @@ int sk_http_start(sk_instance *self, const sk_http_request *rq, sk_http_call **c
     for (; rq->headers && rq->headers[nh]; nh += 2) {
         const char *name = rq->headers[nh], *value = rq->headers[nh + 1];
         if (nh / 2 >= SK_HTTP_MAX_HEADERS)
-            return refuse(self, SK_HTTP_EINVAL, "more than %u request headers", (unsigned)SK_HTTP_MAX_HEADERS);
+            return refuse(self, SK_HTTP_EINVAL, "more than %u request headers",
+                          (unsigned)SK_HTTP_MAX_HEADERS);
         if (!value) return refuse(self, SK_HTTP_EINVAL, "header '%.64s' without a value", name);
         if (!is_token(name, 256) || !sk_header_field_ok(value, false))
             return refuse(self, SK_HTTP_EINVAL, "bad header name or value: '%.64s'", name);

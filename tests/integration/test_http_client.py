@@ -304,6 +304,27 @@ delay = 10
     assert up.accepted == 1, "idle connection not reused"
 
 
+def test_call_started_from_inside_on_head(sidekick, upstream, tmp_path):
+    up = upstream(lambda req: Reply(body=req.target.encode()))
+    rec = tmp_path / "r.jsonl"
+    sidekick(ini(f"""
+[plugin h]
+load = fx_http.so
+file = {rec}
+fetch = first GET http://{{up}}/first
+fetch = second GET http://{{up}}/second
+from_head = second
+""" + serve_body()), up=up.addr)
+    for name in ("first", "second"):
+        assert [r["error"] for r in wait_event(rec, name, "done")] == [SK_HTTP_OK]
+        assert body_of(rec, name) == f"/{name}".encode()
+    starts = [r["fetch"] for r in events(rec, None, "start")]
+    assert starts == ["first", "second"]
+    kinds = [(r["ev"], r.get("fetch")) for r in records(rec)]
+    assert kinds.index(("head", "first")) < kinds.index(("start", "second"))
+    assert sorted(r.path for r in up.requests) == ["/first", "/second"]
+
+
 # --------------------------------------------------------------------------
 # streaming
 

@@ -15,6 +15,8 @@
  *     repeat = N                  each fetch runs N times (default 1), the next one started
  *                                 from the on_done of the one before
  *     cancel_on_body = K          cancel a fetch from inside its K-th on_body
+ *     from_head = NAME            the fetch NAME is not started with the others but from
+ *                                 inside the first on_head of another fetch
  *     worker_fetch = URL          on_request calls http_start with URL on the worker
  *                                 (must be refused) and records the result
  *
@@ -36,9 +38,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#define MAX_FETCH  16
-#define MAX_HDR    16
-#define REC_DATA   4096
+#define MAX_FETCH 16
+#define MAX_HDR   16
+#define REC_DATA  4096
 
 typedef struct fx fx;
 
@@ -46,6 +48,7 @@ typedef struct fetch {
     fx *f;
     char name[64], method[16], url[512];
     int run;            /* runs started */
+    int from_head;      /* started from another fetch's on_head */
     int pieces;         /* on_body calls of the current run */
     sk_http_call *call; /* current call, NULL when none */
 } fetch;
@@ -64,6 +67,7 @@ struct fx {
     size_t max_body;
     int repeat, cancel_on_body;
     char worker_url[512];
+    char from_head[64];
     sk_timer *timer;
 };
 
@@ -150,6 +154,11 @@ static void on_head(void *arg, int status, const sk_str *names, const sk_str *va
     }
     put(&l, "]");
     emit(ft->f, &l);
+    fx *f = ft->f;
+    for (size_t i = 0; i < f->nfetch; i++) {
+        fetch *o = &f->fetches[i];
+        if (o != ft && o->from_head && o->run == 0) start_fetch(o); /* from inside a callback */
+    }
 }
 
 static void on_body(void *arg, const char *data, size_t len)
@@ -224,7 +233,8 @@ static void start_all(void *arg)
 {
     fx *f = arg;
     f->timer = NULL;
-    for (size_t i = 0; i < f->nfetch; i++) start_fetch(&f->fetches[i]);
+    for (size_t i = 0; i < f->nfetch; i++)
+        if (!f->fetches[i].from_head) start_fetch(&f->fetches[i]);
 }
 
 static void free_fx(fx *f)
@@ -307,6 +317,8 @@ static int add_key(fx *f, const sk_kv *kv, char *err, size_t err_size)
             snprintf(err, err_size, "fx_http: out of memory");
             return -1;
         }
+    } else if (strcmp(k, "from_head") == 0) {
+        snprintf(f->from_head, sizeof f->from_head, "%s", kv->value);
     } else if (strcmp(k, "worker_fetch") == 0) {
         snprintf(f->worker_url, sizeof f->worker_url, "%s", kv->value);
     } else if (strcmp(k, "timeout") == 0 || strcmp(k, "connect_timeout") == 0 || strcmp(k, "delay") == 0 ||
@@ -352,6 +364,8 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
         free_fx(f);
         return NULL;
     }
+    for (size_t i = 0; i < f->nfetch; i++)
+        f->fetches[i].from_head = strcmp(f->fetches[i].name, f->from_head) == 0;
     line l;
     begin(&l, "create", NULL);
     emit(f, &l);
