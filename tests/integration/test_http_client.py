@@ -434,6 +434,40 @@ timeout = 300
     still_serves(sk, up)
 
 
+def test_connect_timeout(sidekick, upstream, tmp_path):
+    """A listener whose accept queue is full drops the SYN: the connect hangs."""
+    up = upstream()
+    full = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    port = full.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(3):
+            c = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(c)
+        rec = tmp_path / "r.jsonl"
+        sk = sidekick(ini(f"""
+[plugin h]
+load = fx_http.so
+file = {rec}
+fetch = c GET http://127.0.0.1:{port}/
+connect_timeout = 300
+""" + serve_body()), up=up.addr)
+        done = wait_event(rec, "c", "done")
+        assert [r["error"] for r in done] == [SK_HTTP_ETIMEOUT], done
+        still_serves(sk, up)
+    finally:
+        for c in fillers:
+            c.close()
+        full.close()
+
+
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
 def test_body_over_max_body_fails_the_call(sidekick, upstream, tmp_path, chunked):
     big = bytes(range(97, 123)) * 200  # 5200 bytes
