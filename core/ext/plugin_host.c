@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include "head.h"
+#include "http_client.h"
 #include "metrics.h"
 #include "plugin_host.h"
 #include "request.h"
@@ -165,7 +166,9 @@ oom:
 void sk_instance_free(sk_instance *pi)
 {
     if (!pi) return;
+    sk_http_instance_closing(pi); /* its client calls end before destroy */
     if (pi->inst && pi->def->destroy) pi->def->destroy(pi->inst);
+    sk_http_instance_closed(pi);
     for (sk_metric *m = pi->metrics, *next; m; m = next) {
         next = m->next;
         free(m->name);
@@ -773,4 +776,8 @@ const sk_host_api sk_host = {
     .metric_add = h_metric_add,
     .metric_set = h_metric_set,
     .metric_observe = h_metric_observe,
+    /* --- ABI 1.1: asynchronous HTTP client (main loop) --- */
+    .http_start = sk_http_start,
+    .http_cancel = sk_http_cancel,
+    .http_strerror = sk_http_strerror,
 };

@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 #define SK_PLUGIN_ABI_MAJOR 1
-#define SK_PLUGIN_ABI_MINOR 0
+#define SK_PLUGIN_ABI_MINOR 1
 
 #if defined(__GNUC__)
 #define SK_PLUGIN_EXPORT       __attribute__((visibility("default")))
@@ -91,6 +91,66 @@ typedef struct sk_kv {
 
 typedef void (*sk_callback)(void *arg);
 typedef void (*sk_fd_callback)(void *arg, int fd, int events);
+
+/* ---- ABI 1.1: asynchronous HTTP client (main loop) ----
+ *
+ * One HTTP/1.1 client for every plugin, driven by the main thread's loop:
+ * JWKS fetches, watch streams (a long-lived response read as it arrives),
+ * span export. See sk_host_api.http_start and docs/plugins.md. */
+
+/* An HTTP client call in flight. Opaque; valid from a successful
+ * http_start until its on_done returns or http_cancel is called. */
+typedef struct sk_http_call sk_http_call;
+
+/* What http_start returns and on_done reports: 0 or one of these. */
+enum sk_http_error {
+    SK_HTTP_OK = 0,
+    SK_HTTP_ECONNECT = -1,     /* could not connect: refused, unreachable, name not resolved */
+    SK_HTTP_ETIMEOUT = -2,     /* connect_timeout_ms or timeout_ms passed */
+    SK_HTTP_ETOOLARGE = -3,    /* the response body went past max_body */
+    SK_HTTP_ECANCELLED = -4,   /* the host cancelled it: the instance is being destroyed */
+    SK_HTTP_EPROTO = -5,       /* the connection broke or the response was not valid HTTP/1.x */
+    SK_HTTP_EINVAL = -6,       /* http_start: bad method, URL, header, or a limit exceeded */
+    SK_HTTP_ENOMEM = -7,       /* out of memory */
+    SK_HTTP_EUNSUPPORTED = -8, /* http_start: https:// (not yet: comes with TLS) or another scheme */
+    SK_HTTP_ETHREAD = -9,      /* http_start: not called on the main thread */
+    SK_HTTP_EBUSY = -10,       /* http_start: too many calls in flight (SK_HTTP_MAX_CALLS) */
+};
+
+/* Limits of http_start. */
+#define SK_HTTP_MAX_CALLS        1024u              /* calls in flight, all instances together */
+#define SK_HTTP_MAX_HEADERS      64u                /* request header pairs */
+#define SK_HTTP_MAX_REQUEST_BODY (16u * 1024 * 1024) /* bytes of request body */
+
+/* One HTTP client request, read by http_start (which copies everything it
+ * needs: the struct and all it points to may be freed when it returns). */
+typedef struct sk_http_request {
+    const char *method;         /* "GET", "POST", ... (an HTTP token); NULL = "GET" */
+    const char *url;            /* "http://host[:port]/path?query"; required */
+    const char *const *headers; /* NULL-terminated name, value pairs, or NULL */
+    const char *body;           /* request body (sent with content-length), or NULL */
+    size_t body_len;            /* bytes of body */
+    uint64_t timeout_ms;         /* the whole call, connect to last byte; 0 = no limit (streams) */
+    uint64_t connect_timeout_ms; /* the TCP connect; 0 = 10000 */
+    size_t max_body;             /* response body bytes allowed; 0 = 1 MiB; more fails the call */
+
+    /* Callbacks, all on the main thread from the main loop, never from
+     * inside http_start; each may be NULL. Pointers handed to them are owned
+     * by the host and valid only during the callback. Any of them may call
+     * http_cancel on this or another call, and http_start. */
+
+    /* The response head (after any 1xx): status, and n headers as received
+     * (names[i], values[i]). */
+    void (*on_head)(void *arg, int status, const sk_str *names, const sk_str *values, size_t n);
+    /* A piece of the response body (de-chunked), as it arrives. */
+    void (*on_body)(void *arg, const char *data, size_t len);
+    /* The call is over: error 0 (the whole response was read, whatever its
+     * status) or an SK_HTTP_E* code, and a one-line message for logs
+     * (NUL-terminated). Called exactly once per started call, unless the
+     * plugin cancelled it first. The handle is freed when it returns. */
+    void (*on_done)(void *arg, int error, const char *message);
+    void *arg; /* owned by the plugin, handed to the callbacks */
+} sk_http_request;
 
 /*
  * The services of the host. A pointer to one static table is handed to
@@ -211,6 +271,27 @@ typedef struct sk_host_api {
     void (*metric_add)(sk_metric *m, int64_t delta);    /* counter (delta >= 0) or gauge */
     void (*metric_set)(sk_metric *m, int64_t value);    /* gauge */
     void (*metric_observe)(sk_metric *m, double value); /* histogram, seconds */
+
+    /* --- ABI 1.1: asynchronous HTTP client (main loop) --- */
+    /* Starts an HTTP/1.1 call on the main loop for instance `self` and
+     * stores its handle in *call (`call` may be NULL when the plugin never
+     * cancels). Main thread only: from create, a main-loop timer or watcher,
+     * or a client callback. On a worker it returns SK_HTTP_ETHREAD: a plugin
+     * whose workers need fetched data starts the calls on main and hands the
+     * results to the workers with post_to_workers (docs/plugins.md). Sends
+     * exactly the given headers plus Host (unless given) and content-length
+     * (with a body, or for POST/PUT/PATCH); follows no redirect, uses no
+     * proxy from the environment, decodes no content-encoding. Returns 0, or
+     * an SK_HTTP_E* code with a warning logged (no callback runs then).
+     * Calls still in flight when `self` is destroyed (reload, shutdown,
+     * `sidekick -t`) get on_done(SK_HTTP_ECANCELLED) just before destroy. */
+    int (*http_start)(sk_instance *self, const sk_http_request *rq, sk_http_call **call);
+    /* Stops a call: no callback of it runs afterwards, and the handle is
+     * freed. Main thread; safe from inside any client callback, including
+     * this call's own (from its on_done it does nothing). NULL is ignored. */
+    void (*http_cancel)(sk_http_call *call);
+    /* A static text for an SK_HTTP_E* code ("connect failed", ...). */
+    const char *(*http_strerror)(int error);
 } sk_host_api;
 
 /* The symbol a plugin exports, named `sidekick_plugin`. */
