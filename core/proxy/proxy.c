@@ -393,6 +393,7 @@ static sk_instance *chain_at(const sk_request *r, unsigned i)
 /* on_log of every plugin the request reached, last first. */
 void sk_proxy_log(sk_request *r)
 {
+    r->end_ns = sk_now_ns();
     for (unsigned i = r->chain_pos; i-- > 0;) {
         sk_instance *pi = chain_at(r, i);
         if (pi) sk_plugin_on_log(pi, r);

@@ -100,6 +100,9 @@ struct sk_request {
     uint64_t start_ns;          /* first byte of the head */
     uint64_t upstream_start_ns; /* request sent upstream */
     uint64_t upstream_end_ns;   /* response complete */
+    uint64_t upstream_connect_ns;    /* upstream connection ready (connected or pooled), last attempt */
+    uint64_t upstream_first_byte_ns; /* first upstream response byte, last attempt */
+    uint64_t end_ns;                 /* on_log started (the request is over) */
 
     sk_head head;       /* request head */
     const char *method; /* method name (static string) */
@@ -312,7 +315,8 @@ static inline void sk_request_pending_done(sk_request *r)
 /* Starts n workers on cfg; binds every listener in each (SO_REUSEPORT).
  * Returns 0 or -1 with *err (malloc'd). */
 int sk_workers_start(sk_config *cfg, sk_metrics **metrics, int n, int accesslog_fd, char **err);
-/* Runs cb(arg) on every worker's loop soon (thread-safe). 0 or -1. */
+/* Runs cb(arg) on every worker's loop soon (thread-safe). Returns the number
+ * of workers that will run it (> 0), or -1. */
 int sk_workers_post(void (*cb)(void *), void *arg);
 /* Asks every worker to drain (thread-safe). */
 void sk_workers_drain(void);

@@ -236,6 +236,7 @@ int sk_upstream_attach(sk_request *r)
         ev_timer_stop(w->loop, &u->timer);
         SK_INC(w->metrics->upstream_reused);
         r->up_reused = true;
+        r->upstream_connect_ns = sk_now_ns();
     } else {
         if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
@@ -280,6 +281,7 @@ int sk_upstream_attach(sk_request *r)
         }
         if (rc == 0) {
             u->connected = true;
+            r->upstream_connect_ns = sk_now_ns();
             sk_request_pending_done(r);
             start_read(u);
         } else {
@@ -495,6 +497,7 @@ static void on_read(struct ev_loop *loop, ev_io *io, int revents)
         up_fail(u, 502, "upstream_reset", retry);
         return;
     }
+    if (!u->got_response_bytes) r->upstream_first_byte_ns = sk_now_ns();
     u->got_response_bytes = true;
     u->rpos = 0;
     u->rlen = (size_t)n;
@@ -536,6 +539,7 @@ static void on_write(struct ev_loop *loop, ev_io *io, int revents)
         }
         u->connected = true;
         if (u->req) sk_request_pending_done(u->req);
+        if (u->req) u->req->upstream_connect_ns = sk_now_ns();
         start_read(u);
     }
     if (sk_upstream_flush(u) < 0) return;
