@@ -230,6 +230,9 @@ static void config_free(sk_config *c)
         free(c->clusters[i]->name);
         free(c->clusters[i]->endpoints);
         free(c->clusters[i]->eps);
+        free(c->clusters[i]->eps_weight);
+        free(c->clusters[i]->discovery);
+        free(c->clusters[i]->discovery_arg);
         pthread_mutex_destroy(&c->clusters[i]->eps_lock);
         free(c->clusters[i]);
     }
@@ -941,6 +944,22 @@ static int k_endpoints(ctx *x, sect *s, const keydef *k, const char *v)
     return rc;
 }
 
+/* `discovery = NAME [ARG]`: NAME is a [plugin] instance (resolved in pass 3),
+ * ARG the rest of the line, handed to its on_cluster hook. */
+static int k_discovery(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_cluster *c = s->obj;
+    size_t n = strcspn(v, " \t");
+    if (n == 0) return bad(x, "expected 'NAME [ARG]' (NAME: a [plugin NAME] instance)");
+    const char *arg = v + n;
+    arg += strspn(arg, " \t");
+    size_t alen = strlen(arg);
+    while (alen && (arg[alen - 1] == ' ' || arg[alen - 1] == '\t')) alen--;
+    if (set_str(x, &c->discovery, strndup(v, n)) < 0) return oom(x);
+    if (alen && set_str(x, &c->discovery_arg, strndup(arg, alen)) < 0) return oom(x);
+    return 0;
+}
+
 static int k_lb(ctx *x, sect *s, const keydef *k, const char *v)
 {
     sk_cluster *c = s->obj;
@@ -961,7 +980,7 @@ static int k_lb(ctx *x, sect *s, const keydef *k, const char *v)
 
 static const keydef cluster_keys[] = {
     {"endpoints", k_endpoints, 0, 0, 0, 0},
-    {"discovery", NULL, 0, 0, 0, 0},
+    {"discovery", k_discovery, 0, 0, 0, 0},
     {"lb", k_lb, 0, 0, 0, 0},
     {"hash_key", NULL, 0, 0, 0, 0},
     {"connect_timeout", k_duration, 0, CL(connect_timeout_ms), 1, DUR_MAX},
@@ -1266,9 +1285,15 @@ static int check_section(ctx *x, sect *s)
         }
     } else if (s->kind == SEC_CLUSTER) {
         sk_cluster *cl = s->obj;
-        if (!key_line(s, "endpoints")) return fail_at(x, s->line, s, NULL, "missing 'endpoints'");
-        if (!(cl->eps = calloc(cl->nendpoints, sizeof(*cl->eps)))) return oom(x);
-        for (size_t i = 0; i < cl->nendpoints; i++) cl->eps[i] = cl->endpoints[i].address;
+        if (!key_line(s, "endpoints") && !cl->discovery)
+            return fail_at(x, s->line, s, NULL, "missing 'endpoints' (or 'discovery')");
+        size_t n = cl->nendpoints ? cl->nendpoints : 1;
+        if (!(cl->eps = calloc(n, sizeof(*cl->eps))) || !(cl->eps_weight = calloc(n, sizeof(*cl->eps_weight))))
+            return oom(x);
+        for (size_t i = 0; i < cl->nendpoints; i++) {
+            cl->eps[i] = cl->endpoints[i].address;
+            cl->eps_weight[i] = 1;
+        }
         cl->neps = cl->nendpoints;
     }
     return 0;
@@ -1309,6 +1334,14 @@ static int link_section(ctx *x, sect *s)
     if (s->kind == SEC_ROUTE &&
         link_plugins(x, s, &((sk_route *)s->obj)->plugins, &((sk_route *)s->obj)->nplugins) < 0)
         return -1;
+    if (s->kind == SEC_CLUSTER && ((sk_cluster *)s->obj)->discovery) {
+        sk_cluster *cl = s->obj;
+        sect *ps = find_sect(x, SEC_PLUGIN, cl->discovery);
+        if (!ps)
+            return fail_at(x, key_line(s, "discovery"), s, "discovery",
+                           "unknown plugin '%s' (no [plugin %s] section)", cl->discovery, cl->discovery);
+        cl->discovery_inst = ps->obj;
+    }
     if (s->kind == SEC_LISTENER && s->ref) {
         sk_listener *l = s->obj;
         if (!(l->cluster = find_cluster(x, s->ref)))
@@ -1469,6 +1502,16 @@ static int load(ctx *x)
                            err);
         if (lrc < 0) return fail_at(x, s->line, s, NULL, "%s", err); /* create() refused the section */
     }
+    /* Then tell each discovery instance the clusters that name it. */
+    for (size_t i = 0; i < c->nclusters; i++) {
+        sk_cluster *cl = c->clusters[i];
+        if (!cl->discovery_inst) continue;
+        char err[1024];
+        if (sk_instance_on_cluster(cl->discovery_inst, cl, err, sizeof(err)) < 0) {
+            sect *s = find_sect(x, SEC_CLUSTER, cl->name);
+            return fail_at(x, s ? key_line(s, "discovery") : cl->line, s, "discovery", "%s", err);
+        }
+    }
     /* Every route script is read and run once here: a syntax error or a
      * failing top level fails the load like any bad key. */
     char lerr[2048];
@@ -1532,17 +1575,26 @@ sk_cluster *sk_config_cluster(const sk_config *c, const char *name)
 }
 
 /* Replaces the cluster's endpoint set; workers adopt it at their next pick. */
-int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, size_t n)
+int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, const uint32_t *weights, size_t n)
 {
     sk_addr *copy = calloc(n ? n : 1, sizeof(*copy));
-    if (!copy) return -1;
-    memcpy(copy, addrs, n * sizeof(*copy));
+    uint32_t *wcopy = calloc(n ? n : 1, sizeof(*wcopy));
+    if (!copy || !wcopy) {
+        free(copy);
+        free(wcopy);
+        return -1;
+    }
+    if (n) memcpy(copy, addrs, n * sizeof(*copy));
+    for (size_t i = 0; i < n; i++) wcopy[i] = weights ? weights[i] : 1;
     pthread_mutex_lock(&c->eps_lock);
     sk_addr *old = c->eps;
+    uint32_t *wold = c->eps_weight;
     c->eps = copy;
+    c->eps_weight = wcopy;
     c->neps = n;
     __atomic_add_fetch(&c->eps_version, 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&c->eps_lock);
     free(old);
+    free(wold);
     return 0;
 }

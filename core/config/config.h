@@ -119,12 +119,18 @@ typedef struct sk_endpoint {
     int index;       /* position in the cluster's endpoint array */
 } sk_endpoint;
 
+/* Weights of endpoints: 1..SK_WEIGHT_MAX (static endpoints and set_endpoints: 1). */
+#define SK_WEIGHT_MAX 10000
+
 /* [cluster NAME] */
 struct sk_cluster {
     char *name;                  /* section name */
     int index;                   /* position in sk_config.clusters */
-    sk_endpoint *endpoints;      /* `endpoints`, at least one */
+    sk_endpoint *endpoints;      /* `endpoints`, at least one unless `discovery` is set */
     size_t nendpoints;           /* number of endpoints */
+    char *discovery;             /* `discovery = NAME [ARG]`: the instance name, or NULL */
+    char *discovery_arg;         /* ARG (the rest of the line, trimmed), or NULL */
+    sk_instance *discovery_inst; /* the [plugin NAME] instance it names (owned by the config) */
     int lb;                      /* `lb`, enum sk_lb, default round_robin */
     uint64_t connect_timeout_ms; /* `connect_timeout`, default 1s */
     unsigned max_connections;    /* `max_connections`, default 1024, across all workers */
@@ -143,12 +149,14 @@ struct sk_cluster {
      * eps_version with the set they adopted, and copy the new one. */
     pthread_mutex_t eps_lock;
     sk_addr *eps;         /* current endpoint addresses */
+    uint32_t *eps_weight; /* their weights, 1..SK_WEIGHT_MAX (not used by the balancers yet) */
     size_t neps;          /* their number (may be 0: no endpoint) */
     uint64_t eps_version; /* bumped on every change (atomic) */
 };
 
-/* Replaces the endpoint set of a cluster (main thread). 0 or -1 (OOM). */
-int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, size_t n);
+/* Replaces the endpoint set of a cluster (main thread) with copies of the
+ * n addresses and their weights (NULL: every weight 1). 0 or -1 (OOM). */
+int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, const uint32_t *weights, size_t n);
 
 /* The whole configuration: one generation. */
 struct sk_config {

@@ -28,6 +28,106 @@
 static struct ev_loop *process_main_loop;
 static int process_workers;
 
+/* The instance whose code runs on this thread now (create, a hook, a timer
+ * or watcher callback, a posted callback), so that the timers and watchers
+ * it starts are its own; and the worker this thread is (-1: main thread). */
+static __thread sk_instance *current;
+static __thread int this_worker_id = -1;
+
+/* Sets the current instance; returns the previous one for leave(). */
+static sk_instance *enter(sk_instance *pi)
+{
+    sk_instance *prev = current;
+    current = pi;
+    return prev;
+}
+static void leave(sk_instance *prev)
+{
+    current = prev;
+}
+
+/* ---- timers and watchers a plugin started, by instance and loop ---- */
+
+enum { H_TIMER = 0, H_WATCH = 1 };
+
+/* The part of sk_timer and sk_watch that ties them to their instance. */
+typedef struct handle {
+    sk_hlink link;       /* in the owner's list of that loop; self-linked when untracked */
+    sk_instance *owner;  /* the instance that started it, or NULL */
+    struct ev_loop *loop;
+    int kind;            /* H_TIMER or H_WATCH */
+} handle;
+
+struct sk_timer {
+    handle h; /* first: a handle * is an sk_timer * */
+    ev_timer t;
+    sk_callback cb;
+    void *arg;
+};
+
+struct sk_watch {
+    handle h; /* first */
+    ev_io io;
+    sk_fd_callback cb;
+    void *arg;
+};
+
+static void hlist_init(sk_hlink *l)
+{
+    l->prev = l->next = l;
+}
+
+/* Ties h to the current instance's list for `loop`. false when `loop` is not
+ * this thread's (the main loop from a worker, a worker's loop from main). */
+static bool handle_track(handle *h, struct ev_loop *loop)
+{
+    bool main_loop = loop == process_main_loop;
+    h->loop = loop;
+    hlist_init(&h->link);
+    if (main_loop != (this_worker_id < 0)) return false;
+    sk_instance *pi = current;
+    sk_hlink *head = NULL;
+    if (pi && main_loop) head = &pi->main_handles;
+    else if (pi && pi->worker_handles && this_worker_id < pi->nworkers) head = &pi->worker_handles[this_worker_id];
+    if (!head) return true; /* outside any instance (host tests): untracked */
+    h->owner = pi;
+    h->link.next = head->next;
+    h->link.prev = head;
+    head->next->prev = &h->link;
+    head->next = &h->link;
+    return true;
+}
+
+static void handle_untrack(handle *h)
+{
+    h->link.prev->next = h->link.next;
+    h->link.next->prev = h->link.prev;
+    hlist_init(&h->link);
+}
+
+/* Stops and frees what is left in one list (the owner is gone). */
+static void handles_stop_all(sk_instance *pi, sk_hlink *head, const char *when)
+{
+    unsigned timers = 0, watches = 0;
+    while (head->next != head) {
+        handle *h = SK_CONTAINER(head->next, handle, link);
+        handle_untrack(h);
+        if (h->kind == H_TIMER) {
+            ev_timer_stop(h->loop, &((sk_timer *)h)->t);
+            timers++;
+        } else {
+            ev_io_stop(h->loop, &((sk_watch *)h)->io);
+            watches++;
+        }
+        free(h);
+    }
+    if (timers || watches)
+        sk_warn("plugin %s: %u timer(s) and %u fd watcher(s) still active after %s; stopped (fds left open)",
+                pi->name, timers, watches, when);
+}
+
+static void metric_free(sk_metric *m);
+
 /* ---- instances ---- */
 
 /* Allocates an empty instance for [plugin name]. */
@@ -40,6 +140,7 @@ sk_instance *sk_instance_new(const char *name, int index, int line)
     }
     pi->index = index;
     pi->line = line;
+    hlist_init(&pi->main_handles);
     return pi;
 }
 
@@ -149,8 +250,12 @@ int sk_instance_load(sk_instance *pi, const char *plugin_dir, int nworkers, char
     pi->nworkers = nworkers;
     if (!process_workers) process_workers = nworkers; /* worker_count() during create */
     if (!(pi->wdata = calloc((size_t)(nworkers > 0 ? nworkers : 1), sizeof(void *)))) goto oom;
+    if (!(pi->worker_handles = calloc((size_t)(nworkers > 0 ? nworkers : 1), sizeof(sk_hlink)))) goto oom;
+    for (int i = 0; i < (nworkers > 0 ? nworkers : 1); i++) hlist_init(&pi->worker_handles[i]);
     char perr[512] = "";
+    sk_instance *prev = enter(pi);
     pi->inst = def->create(&sk_host, pi, pi->keys, pi->nkeys, perr, sizeof(perr));
+    leave(prev);
     if (!pi->inst) {
         perr[sizeof(perr) - 1] = 0;
         snprintf(err, err_size, "%s", perr[0] ? perr : "create failed (no message)");
@@ -162,18 +267,44 @@ oom:
     return -1;
 }
 
+/* on_cluster of a 1.1 plugin for a cluster naming it in `discovery`. */
+int sk_instance_on_cluster(sk_instance *pi, sk_cluster *cl, char *err, size_t err_size)
+{
+    if (!pi->def || pi->def->abi_minor < 1 || !pi->def->on_cluster) {
+        snprintf(err, err_size,
+                 "[plugin %s] (%s) cannot feed a cluster: it has no on_cluster hook (plugin ABI 1.1)", pi->name,
+                 pi->path ? pi->path : "?");
+        return -1;
+    }
+    char perr[512] = "";
+    sk_instance *prev = enter(pi);
+    int rc = pi->def->on_cluster(pi->inst, cl->name, cl->discovery_arg, perr, sizeof(perr));
+    leave(prev);
+    if (rc != 0) {
+        perr[sizeof(perr) - 1] = 0;
+        snprintf(err, err_size, "[plugin %s] refused the cluster: %s", pi->name,
+                 perr[0] ? perr : "on_cluster failed (no message)");
+        return -1;
+    }
+    return 0;
+}
+
 /* Destroys the plugin's instance and releases everything. Main thread. */
 void sk_instance_free(sk_instance *pi)
 {
     if (!pi) return;
     sk_http_instance_closing(pi); /* its client calls end before destroy */
-    if (pi->inst && pi->def->destroy) pi->def->destroy(pi->inst);
+    if (pi->inst && pi->def->destroy) {
+        sk_instance *prev = enter(pi);
+        pi->def->destroy(pi->inst);
+        leave(prev);
+    }
     sk_http_instance_closed(pi);
+    /* The workers released the generation (worker_fini ran) before this. */
+    handles_stop_all(pi, &pi->main_handles, "destroy");
     for (sk_metric *m = pi->metrics, *next; m; m = next) {
         next = m->next;
-        free(m->name);
-        free(m->help);
-        free(m);
+        metric_free(m);
     }
     if (pi->dl) dlclose(pi->dl);
     for (size_t i = 0; i < pi->nkeys; i++) {
@@ -182,6 +313,7 @@ void sk_instance_free(sk_instance *pi)
     }
     free(pi->keys);
     free(pi->wdata);
+    free(pi->worker_handles);
     free(pi->path);
     free(pi->load);
     free(pi->name);
@@ -192,10 +324,14 @@ void sk_instance_free(sk_instance *pi)
 int sk_plugins_worker_init(sk_config *cfg, int worker_id, void *loop)
 {
     int rc = 0;
+    this_worker_id = worker_id;
     for (size_t i = 0; i < cfg->nplugins; i++) {
         sk_instance *pi = cfg->plugins[i];
         if (!pi->def->worker_init || worker_id >= pi->nworkers) continue;
-        if (pi->def->worker_init(pi->inst, (sk_loop *)loop, &pi->wdata[worker_id]) != 0) {
+        sk_instance *prev = enter(pi);
+        int wrc = pi->def->worker_init(pi->inst, (sk_loop *)loop, &pi->wdata[worker_id]);
+        leave(prev);
+        if (wrc != 0) {
             sk_error("plugin %s: worker_init failed on worker %d; its hooks get no worker data there",
                      pi->name, worker_id);
             pi->wdata[worker_id] = NULL;
@@ -210,8 +346,13 @@ void sk_plugins_worker_fini(sk_config *cfg, int worker_id)
 {
     for (size_t i = 0; i < cfg->nplugins; i++) {
         sk_instance *pi = cfg->plugins[i];
-        if (pi->def->worker_fini && worker_id < pi->nworkers)
+        if (worker_id >= pi->nworkers) continue;
+        if (pi->def->worker_fini) {
+            sk_instance *prev = enter(pi);
             pi->def->worker_fini(pi->inst, pi->wdata[worker_id]);
+            leave(prev);
+        }
+        handles_stop_all(pi, &pi->worker_handles[worker_id], "worker_fini");
     }
 }
 
@@ -228,7 +369,9 @@ sk_status sk_plugin_on_request(sk_instance *pi, sk_request *r)
     if (!pi->def->on_request) return SK_CONTINUE;
     r->early_resume = 0;
     r->in_hook = true;
+    sk_instance *prev = enter(pi);
     sk_status st = pi->def->on_request(pi->inst, wdata_of(pi, r), (sk_req *)r);
+    leave(prev);
     r->in_hook = false;
     if (st > SK_ERROR) {
         sk_warn("plugin %s: on_request returned %d, not a sk_status", pi->name, (int)st);
@@ -243,7 +386,9 @@ sk_status sk_plugin_on_response(sk_instance *pi, sk_request *r)
 {
     if (!pi->def->on_response) return SK_CONTINUE;
     r->in_hook = true;
+    sk_instance *prev = enter(pi);
     sk_status st = pi->def->on_response(pi->inst, wdata_of(pi, r), (sk_req *)r);
+    leave(prev);
     r->in_hook = false;
     if (st == SK_PAUSE || st > SK_ERROR) {
         sk_warn("plugin %s: on_response returned %d (only continue, respond or error are allowed)", pi->name,
@@ -259,7 +404,9 @@ void sk_plugin_on_log(sk_instance *pi, sk_request *r)
 {
     if (!pi->def->on_log) return;
     r->in_hook = true;
+    sk_instance *prev = enter(pi);
     pi->def->on_log(pi->inst, wdata_of(pi, r), (sk_req *)r);
+    leave(prev);
     r->in_hook = false;
 }
 
@@ -268,7 +415,9 @@ void sk_plugin_on_cancel(sk_instance *pi, sk_request *r)
 {
     if (!pi->def->on_cancel) return;
     r->in_hook = true;
+    sk_instance *prev = enter(pi);
     pi->def->on_cancel(pi->inst, wdata_of(pi, r), (sk_req *)r);
+    leave(prev);
     r->in_hook = false;
 }
 
@@ -485,6 +634,39 @@ static const char *h_meta(sk_req *r, const char *key)
     return NULL;
 }
 
+/* ---- ABI 1.1: request id and info ---- */
+
+static sk_str h_request_id(sk_req *r)
+{
+    const char *id = REQ(r)->request_id;
+    return id[0] ? mkstr(id, strlen(id)) : mkstr(NULL, 0);
+}
+
+static int h_request_info(sk_req *r, sk_req_info *info)
+{
+    if (!info || info->size < sizeof(info->size)) return -1;
+    const sk_request *q = REQ(r);
+    sk_req_info v;
+    memset(&v, 0, sizeof(v));
+    v.start_ns = q->start_ns;
+    /* the upstream times of the last attempt only */
+    if (q->upstream_start_ns && q->upstream_connect_ns >= q->upstream_start_ns) {
+        v.upstream_connect_ns = q->upstream_connect_ns;
+        if (q->upstream_first_byte_ns >= q->upstream_connect_ns) v.upstream_first_byte_ns = q->upstream_first_byte_ns;
+    }
+    v.end_ns = q->end_ns;
+    v.bytes_received = q->bytes_received;
+    v.bytes_sent = q->bytes_sent;
+    v.endpoint = q->endpoint[0] ? mkstr(q->endpoint, strlen(q->endpoint)) : mkstr(NULL, 0);
+    v.attempts = q->attempts;
+    v.status = q->status;
+    v.reason = q->reason ? mkstr(q->reason, strlen(q->reason)) : mkstr(NULL, 0);
+    size_t n = info->size < sizeof(v) ? info->size : sizeof(v);
+    v.size = n;
+    memcpy(info, &v, n);
+    return 0;
+}
+
 /* ---- pausing ---- */
 
 static void h_resume(sk_req *r, sk_status st)
@@ -498,20 +680,6 @@ static sk_loop *h_request_loop(sk_req *r)
 
 /* ---- timers and watchers ---- */
 
-struct sk_timer {
-    ev_timer t;
-    struct ev_loop *loop;
-    sk_callback cb;
-    void *arg;
-};
-
-struct sk_watch {
-    ev_io io;
-    struct ev_loop *loop;
-    sk_fd_callback cb;
-    void *arg;
-};
-
 static sk_loop *h_main_loop(void)
 {
     return (sk_loop *)process_main_loop;
@@ -519,11 +687,14 @@ static sk_loop *h_main_loop(void)
 
 static void timer_fired(struct ev_loop *loop, ev_timer *t, int revents)
 {
-    sk_timer *tm = (sk_timer *)t;
+    sk_timer *tm = SK_CONTAINER(t, sk_timer, t);
     sk_callback cb = tm->cb;
     void *arg = tm->arg;
+    sk_instance *prev = enter(tm->h.owner);
+    handle_untrack(&tm->h);
     free(tm); /* one-shot: gone before the callback, which may start another */
     cb(arg);
+    leave(prev);
 }
 
 static sk_timer *h_timer_start(sk_loop *loop, uint64_t ms, sk_callback cb, void *arg)
@@ -531,25 +702,32 @@ static sk_timer *h_timer_start(sk_loop *loop, uint64_t ms, sk_callback cb, void 
     if (!loop || !cb) return NULL;
     sk_timer *tm = calloc(1, sizeof(*tm));
     if (!tm) return NULL;
-    tm->loop = (struct ev_loop *)loop;
+    tm->h.kind = H_TIMER;
+    if (!handle_track(&tm->h, (struct ev_loop *)loop)) {
+        free(tm);
+        return NULL;
+    }
     tm->cb = cb;
     tm->arg = arg;
     ev_timer_init(&tm->t, timer_fired, (double)ms / 1000.0, 0.);
-    ev_timer_start(tm->loop, &tm->t);
+    ev_timer_start(tm->h.loop, &tm->t);
     return tm;
 }
 
 static void h_timer_stop(sk_timer *tm)
 {
     if (!tm) return;
-    ev_timer_stop(tm->loop, &tm->t);
+    ev_timer_stop(tm->h.loop, &tm->t);
+    handle_untrack(&tm->h);
     free(tm);
 }
 
 static void watch_fired(struct ev_loop *loop, ev_io *io, int revents)
 {
-    sk_watch *w = (sk_watch *)io;
+    sk_watch *w = SK_CONTAINER(io, sk_watch, io);
+    sk_instance *prev = enter(w->h.owner);
     w->cb(w->arg, io->fd, (revents & EV_READ ? SK_EV_READ : 0) | (revents & EV_WRITE ? SK_EV_WRITE : 0));
+    leave(prev); /* w may be gone: unwatched from its callback */
 }
 
 static sk_watch *h_watch_fd(sk_loop *loop, int fd, int events, sk_fd_callback cb, void *arg)
@@ -557,80 +735,217 @@ static sk_watch *h_watch_fd(sk_loop *loop, int fd, int events, sk_fd_callback cb
     if (!loop || !cb || fd < 0 || !(events & (SK_EV_READ | SK_EV_WRITE))) return NULL;
     sk_watch *w = calloc(1, sizeof(*w));
     if (!w) return NULL;
-    w->loop = (struct ev_loop *)loop;
+    w->h.kind = H_WATCH;
+    if (!handle_track(&w->h, (struct ev_loop *)loop)) {
+        free(w);
+        return NULL;
+    }
     w->cb = cb;
     w->arg = arg;
     ev_io_init(&w->io, watch_fired, fd,
                (events & SK_EV_READ ? EV_READ : 0) | (events & SK_EV_WRITE ? EV_WRITE : 0));
-    ev_io_start(w->loop, &w->io);
+    ev_io_start(w->h.loop, &w->io);
     return w;
 }
 
 static void h_unwatch_fd(sk_watch *w)
 {
     if (!w) return;
-    ev_io_stop(w->loop, &w->io);
+    ev_io_stop(w->h.loop, &w->io);
+    handle_untrack(&w->h);
     free(w);
 }
 
 /* ---- main → workers, discovery ---- */
 
-static int h_post_to_workers(sk_callback cb, void *arg)
+/* A post on its way to the workers: runs cb as its instance, freed by the
+ * last worker that ran it. `left` starts high (POST_BIAS) because workers may
+ * run it before sk_workers_post says how many got it. */
+typedef struct post {
+    sk_callback cb;
+    void *arg;
+    sk_instance *owner;
+    int left; /* atomic */
+} post;
+#define POST_BIAS (1 << 30)
+
+static void post_done(post *p, int n)
 {
-    return cb ? sk_workers_post(cb, arg) : -1;
+    if (__atomic_sub_fetch(&p->left, n, __ATOMIC_ACQ_REL) == 0) free(p);
 }
 
-static int h_set_endpoints(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n)
+static void posted(void *arg)
+{
+    post *p = arg;
+    sk_instance *prev = enter(p->owner);
+    p->cb(p->arg);
+    leave(prev);
+    post_done(p, 1);
+}
+
+static int h_post_to_workers(sk_callback cb, void *arg)
+{
+    /* before the start, or once a worker left its loop (shutdown): refused */
+    if (!cb || process_workers <= 0 || sk_workers_running() < process_workers) return -1;
+    post *p = malloc(sizeof(*p));
+    if (!p) return -1;
+    p->cb = cb;
+    p->arg = arg;
+    p->owner = current;
+    p->left = POST_BIAS;
+    int n = sk_workers_post(posted, p);
+    if (n < 0) {
+        free(p);
+        return -1;
+    }
+    post_done(p, POST_BIAS - n);
+    return 0;
+}
+
+/* set_endpoints and set_endpoints_weighted: n addresses (and weights, or
+ * NULL for 1) for a cluster of self's generation. 0, or -1 logged. */
+static int set_endpoints(sk_instance *self, const char *fn, const char *cluster, const char *const *endpoints,
+                         const sk_weighted_endpoint *weighted, size_t n)
 {
     sk_cluster *c = self && self->config && cluster ? sk_config_cluster(self->config, cluster) : NULL;
     if (!c) {
-        sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints: unknown cluster '%s'", self ? self->name : "?",
+        sk_log(SK_LOG_ERROR, "plugin %s: %s: unknown cluster '%s'", self ? self->name : "?", fn,
                cluster ? cluster : "(null)");
         return -1;
     }
-    if (n > 65536 || (n && !endpoints)) {
-        sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): bad arguments (n = %zu)", self->name, cluster, n);
+    if (n > 65536 || (n && !endpoints && !weighted)) {
+        sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): bad arguments (n = %zu)", self->name, fn, cluster, n);
         return -1;
     }
     sk_addr *addrs = calloc(n ? n : 1, sizeof(*addrs));
-    if (!addrs) {
-        sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): out of memory", self->name, cluster);
+    uint32_t *weights = weighted ? calloc(n ? n : 1, sizeof(*weights)) : NULL;
+    if (!addrs || (weighted && !weights)) {
+        sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): out of memory", self->name, fn, cluster);
+        free(addrs);
+        free(weights);
         return -1;
     }
-    for (size_t i = 0; i < n; i++) {
-        if (!endpoints[i] || sk_parse_addr(endpoints[i], &addrs[i]) < 0) {
-            sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): bad address '%s'", self->name, cluster,
-                   endpoints[i] ? endpoints[i] : "(null)");
-            free(addrs);
-            return -1;
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const char *a = weighted ? weighted[i].address : endpoints[i];
+        if (!a || sk_parse_addr(a, &addrs[i]) < 0) {
+            sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): bad address '%s'", self->name, fn, cluster, a ? a : "(null)");
+            rc = -1;
+        } else if (weighted && (weighted[i].weight < 1 || weighted[i].weight > SK_WEIGHT_MAX)) {
+            sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): endpoint %s: weight %u out of range 1..%d", self->name, fn,
+                   cluster, addrs[i].text, (unsigned)weighted[i].weight, SK_WEIGHT_MAX);
+            rc = -1;
+        } else if (weighted) {
+            weights[i] = weighted[i].weight;
         }
     }
-    int rc = sk_cluster_set_endpoints(c, addrs, n);
+    if (rc == 0 && (rc = sk_cluster_set_endpoints(c, addrs, weights, n)) < 0)
+        sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): out of memory", self->name, fn, cluster);
     free(addrs);
-    if (rc < 0) sk_log(SK_LOG_ERROR, "plugin %s: set_endpoints(%s): out of memory", self->name, cluster);
+    free(weights);
     if (rc == 0) sk_log(SK_LOG_INFO, "plugin %s: cluster %s now has %zu endpoint(s)", self->name, cluster, n);
     return rc;
 }
 
+static int h_set_endpoints(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n)
+{
+    return set_endpoints(self, "set_endpoints", cluster, endpoints, NULL, n);
+}
+
+static int h_set_endpoints_weighted(sk_instance *self, const char *cluster, const sk_weighted_endpoint *endpoints,
+                                    size_t n)
+{
+    return set_endpoints(self, "set_endpoints_weighted", cluster, NULL, endpoints, n);
+}
+
 /* ---- metrics ---- */
 
-static sk_metric *add_metric(sk_instance *self, int type, const char *name, const char *help)
+static bool name_char(char c, bool first)
 {
-    if (!self || !name || !*name) return NULL;
-    for (const char *p = name; *p; p++)
-        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_'))
-            return NULL;
-    for (sk_metric *m = self->metrics; m; m = m->next)
-        if (strcmp(m->name + 16, name) == 0) return m->type == type ? m : NULL;
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (!first && c >= '0' && c <= '9');
+}
+
+/* Why a label and its values cannot be used, or NULL when they can. */
+static const char *label_problem(const char *label, const char *const *values, size_t n)
+{
+    if (!label || !*label) return "no label name";
+    for (const char *p = label; *p; p++)
+        if (!name_char(*p, p == label)) return "the label name is not [A-Za-z_][A-Za-z0-9_]*";
+    if (strcmp(label, "instance") == 0 || strcmp(label, "le") == 0 || strncmp(label, "__", 2) == 0)
+        return "the label name is reserved (instance, le, __*)";
+    if (n == 0 || !values) return "no label values";
+    if (n > SK_METRIC_MAX_LABEL_VALUES) return "more than 32 label values";
+    for (size_t i = 0; i < n; i++) {
+        size_t len = values[i] ? strlen(values[i]) : 0;
+        if (len == 0 || len > 128) return "a label value is empty or longer than 128 bytes";
+        for (const char *p = values[i]; *p; p++)
+            if (*p < 0x20 || *p > 0x7e || *p == '"' || *p == '\\')
+                return "a label value has a control character, a quote or a backslash";
+        for (size_t j = 0; j < i; j++)
+            if (strcmp(values[i], values[j]) == 0) return "a label value is repeated";
+    }
+    return NULL;
+}
+
+/* Does m have exactly this label and these values? */
+static bool same_labels(const sk_metric *m, const char *label, const char *const *values, size_t n)
+{
+    if (m->nvalues != n || (!label) != (!m->label)) return false;
+    if (label && strcmp(m->label, label) != 0) return false;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(m->values[i], values[i]) != 0) return false;
+    return true;
+}
+
+static void metric_free(sk_metric *m)
+{
+    free(m->name);
+    free(m->help);
+    free(m->label);
+    for (size_t i = 0; m->values && i < m->nvalues; i++) free(m->values[i]);
+    free(m->values);
+    free(m->lvalues);
+    free(m);
+}
+
+/* Registers a metric (label NULL: unlabelled). NULL, logged, when refused. */
+static sk_metric *add_metric(sk_instance *self, int type, const char *name, const char *help, const char *label,
+                             const char *const *values, size_t nvalues)
+{
+    if (!self) return NULL;
+    const char *problem = NULL;
+    if (!name || !*name) problem = "no name";
+    for (const char *p = name; !problem && *p; p++)
+        if (!name_char(*p, false)) problem = "the name is not [A-Za-z0-9_]+";
+    if (!problem && label) problem = label_problem(label, values, nvalues);
+    for (sk_metric *m = self->metrics; !problem && m; m = m->next) {
+        if (strcmp(m->name + 16, name) != 0) continue;
+        if (m->type == type && same_labels(m, label, values, label ? nvalues : 0)) return m;
+        problem = "the name is registered already with another type or labels";
+    }
+    if (problem) {
+        sk_log(SK_LOG_ERROR, "plugin %s: metric '%s' refused: %s", self->name, name ? name : "(null)", problem);
+        return NULL;
+    }
     sk_metric *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
+    if (label) {
+        m->label = strdup(label);
+        m->values = calloc(nvalues, sizeof(*m->values));
+        m->lvalues = calloc(nvalues, sizeof(*m->lvalues));
+        bool ok = m->label && m->values && m->lvalues;
+        if (m->values) m->nvalues = nvalues;
+        for (size_t i = 0; ok && i < nvalues; i++) ok = (m->values[i] = strdup(values[i])) != NULL;
+        if (!ok) {
+            metric_free(m);
+            return NULL;
+        }
+    }
     size_t len = strlen(name) + 17;
     m->name = malloc(len);
     m->help = strdup(help ? help : "");
     if (!m->name || !m->help) {
-        free(m->name);
-        free(m->help);
-        free(m);
+        metric_free(m);
         return NULL;
     }
     snprintf(m->name, len, "sidekick_plugin_%s", name);
@@ -644,25 +959,44 @@ static sk_metric *add_metric(sk_instance *self, int type, const char *name, cons
 
 static sk_metric *h_counter(sk_instance *self, const char *name, const char *help)
 {
-    return add_metric(self, 0, name, help);
+    return add_metric(self, 0, name, help, NULL, NULL, 0);
 }
 static sk_metric *h_gauge(sk_instance *self, const char *name, const char *help)
 {
-    return add_metric(self, 1, name, help);
+    return add_metric(self, 1, name, help, NULL, NULL, 0);
 }
 static sk_metric *h_histogram(sk_instance *self, const char *name, const char *help)
 {
-    return add_metric(self, 2, name, help);
+    return add_metric(self, 2, name, help, NULL, NULL, 0);
+}
+static sk_metric *h_counter_labelled(sk_instance *self, const char *name, const char *help, const char *label,
+                                     const char *const *values, size_t nvalues)
+{
+    return add_metric(self, 0, name, help, label ? label : "", values, nvalues);
+}
+static sk_metric *h_gauge_labelled(sk_instance *self, const char *name, const char *help, const char *label,
+                                   const char *const *values, size_t nvalues)
+{
+    return add_metric(self, 1, name, help, label ? label : "", values, nvalues);
 }
 
 static void h_metric_add(sk_metric *m, int64_t delta)
 {
-    if (m && m->type != 2 && (m->type == 1 || delta >= 0))
+    if (m && !m->nvalues && m->type != 2 && (m->type == 1 || delta >= 0))
         __atomic_add_fetch(&m->value, delta, __ATOMIC_RELAXED);
 }
 static void h_metric_set(sk_metric *m, int64_t v)
 {
-    if (m && m->type == 1) __atomic_store_n(&m->value, v, __ATOMIC_RELAXED);
+    if (m && !m->nvalues && m->type == 1) __atomic_store_n(&m->value, v, __ATOMIC_RELAXED);
+}
+static void h_metric_add_at(sk_metric *m, size_t i, int64_t delta)
+{
+    if (m && i < m->nvalues && (m->type == 1 || delta >= 0))
+        __atomic_add_fetch(&m->lvalues[i], delta, __ATOMIC_RELAXED);
+}
+static void h_metric_set_at(sk_metric *m, size_t i, int64_t v)
+{
+    if (m && i < m->nvalues && m->type == 1) __atomic_store_n(&m->lvalues[i], v, __ATOMIC_RELAXED);
 }
 static void h_metric_observe(sk_metric *m, double seconds)
 {
@@ -705,6 +1039,13 @@ int sk_plugins_render_prometheus(sk_buf *out, const sk_config *cfg)
                 const char *inst = cfg->plugins[j]->name;
                 for (sk_metric *o = cfg->plugins[j]->metrics; o; o = o->next) {
                     if (strcmp(o->name, m->name) != 0 || o->type != m->type) continue;
+                    if (o->type != 2 && o->nvalues) {
+                        for (size_t v = 0; v < o->nvalues; v++)
+                            rc |= sk_buf_printf(out, "%s{instance=\"%s\",%s=\"%s\"} %lld\n", o->name, inst,
+                                                o->label, o->values[v],
+                                                (long long)__atomic_load_n(&o->lvalues[v], __ATOMIC_RELAXED));
+                        continue;
+                    }
                     if (o->type != 2) {
                         rc |= sk_buf_printf(out, "%s{instance=\"%s\"} %lld\n", o->name, inst,
                                             (long long)__atomic_load_n(&o->value, __ATOMIC_RELAXED));
@@ -776,6 +1117,14 @@ const sk_host_api sk_host = {
     .metric_add = h_metric_add,
     .metric_set = h_metric_set,
     .metric_observe = h_metric_observe,
+    .request_id = h_request_id,
+    .request_info = h_request_info,
+    .set_endpoints_weighted = h_set_endpoints_weighted,
+    .counter_labelled = h_counter_labelled,
+    .gauge_labelled = h_gauge_labelled,
+    .metric_add_at = h_metric_add_at,
+    .metric_set_at = h_metric_set_at,
+    /* --- end of ABI 1.1 core members --- */
     /* --- ABI 1.1: asynchronous HTTP client (main loop) --- */
     .http_start = sk_http_start,
     .http_cancel = sk_http_cancel,

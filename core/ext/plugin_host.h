@@ -11,6 +11,7 @@
 #include "sk.h"
 
 typedef struct sk_config sk_config;
+typedef struct sk_cluster sk_cluster;
 typedef struct sk_request sk_request;
 typedef struct sk_worker sk_worker;
 
@@ -21,10 +22,20 @@ typedef struct sk_metric {
     char *name;             /* full name, "sidekick_plugin_..." */
     char *help;             /* help text */
     int64_t value;          /* counter / gauge (atomic) */
+    char *label;            /* ABI 1.1 labelled counter / gauge: the label name, else NULL */
+    char **values;          /* its values, [nvalues] */
+    size_t nvalues;         /* 1..SK_METRIC_MAX_LABEL_VALUES, 0 when unlabelled */
+    int64_t *lvalues;       /* the value of each series, [nvalues] (atomic) */
     uint64_t buckets[15];   /* histogram: non-cumulative counts by SK_HIST_BOUNDS_US (atomic) */
     uint64_t sum_us;        /* histogram sum in microseconds (atomic) */
     uint64_t count;         /* histogram observations (atomic) */
 } sk_metric;
+
+/* Links the timers and fd watchers a plugin instance started on one loop
+ * (plugin_host.c): those still there at worker_fini / destroy are stopped. */
+typedef struct sk_hlink {
+    struct sk_hlink *prev, *next;
+} sk_hlink;
 
 /* One [plugin NAME] section: a loaded .so and the instance it created.
  * Owned by its config generation. */
@@ -45,6 +56,8 @@ struct sk_instance {
     uint64_t errors;      /* hooks that failed (atomic) */
     sk_metric *metrics;   /* registered metrics */
     sk_config *config;    /* the generation owning it (not a reference) */
+    sk_hlink main_handles;    /* its timers and watchers on the main loop (main thread only) */
+    sk_hlink *worker_handles; /* the same per worker, [nworkers] (each list: its worker only) */
 };
 
 /* Allocates an instance for section `name`; NULL on OOM. */
@@ -58,10 +71,20 @@ int sk_instance_add_key(sk_instance *pi, const char *key, const char *value, int
  * (no file/line prefix: the caller adds it).
  */
 int sk_instance_load(sk_instance *pi, const char *plugin_dir, int nworkers, char *err, size_t err_size);
-/* Calls destroy (if created), frees metrics, dlcloses, frees pi. */
+/*
+ * Calls the instance's on_cluster hook (ABI 1.1) for cluster cl, whose
+ * `discovery` names it (main thread, after every create of the generation).
+ * Returns 0, or -1 with err set (no file/line prefix): the plugin refused,
+ * or it has no on_cluster hook (or was built for ABI 1.0).
+ */
+int sk_instance_on_cluster(sk_instance *pi, sk_cluster *cl, char *err, size_t err_size);
+/* Calls destroy (if created), stops the instance's leftover main-loop
+ * timers and watchers, frees metrics, dlcloses, frees pi. */
 void sk_instance_free(sk_instance *pi);
 
-/* worker_init / worker_fini of every instance of cfg, on worker `w`'s thread. */
+/* worker_init / worker_fini of every instance of cfg, on worker `w`'s
+ * thread; after worker_fini, the timers and watchers an instance left on
+ * that worker's loop are stopped and freed (with a warning). */
 int sk_plugins_worker_init(sk_config *cfg, int worker_id, void *loop);
 void sk_plugins_worker_fini(sk_config *cfg, int worker_id);
 

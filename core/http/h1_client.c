@@ -363,6 +363,7 @@ static void on_readable(sk_transport *t)
         up_fail(u, 502, "upstream_reset", retry);
         return;
     }
+    if (!u->got_response_bytes) r->upstream_first_byte_ns = sk_now_ns();
     u->got_response_bytes = true;
     u->rpos = 0;
     u->rlen = (size_t)n;

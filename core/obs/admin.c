@@ -405,6 +405,7 @@ static json_t *endpoints_json(const sk_cluster *c, bool with_health, bool *ok)
         json_t *e = json_object();
         if (e) {
             jset(e, "address", json_string(c->eps[i].text), ok);
+            jset(e, "weight", jint(c->eps_weight[i]), ok);
             /* no health checking or outlier ejection yet: every endpoint is
              * reported healthy */
             jset(e, "healthy", json_true(), ok);
@@ -425,6 +426,14 @@ static json_t *cluster_json(const sk_cluster *c, bool *ok)
     }
     jset_str(o, "name", c->name, ok);
     jset(o, "endpoints", endpoints_json(c, false, ok), ok);
+    if (c->discovery) {
+        json_t *d = json_object();
+        if (d) {
+            jset_str(d, "instance", c->discovery, ok);
+            jset(d, "arg", c->discovery_arg ? json_string(c->discovery_arg) : json_null(), ok);
+        }
+        jset(o, "discovery", d, ok);
+    }
     jset(o, "lb", json_string(lb_name(c->lb)), ok);
     jset(o, "connect_timeout_ms", jint(c->connect_timeout_ms), ok);
     jset(o, "max_connections", jint(c->max_connections), ok);

@@ -247,6 +247,7 @@ static void start_upstream(sk_request *r)
     }
     r->up_reused = got == SK_POOL_REUSED;
     r->counted_pending = got == SK_POOL_CONNECTING;
+    if (got != SK_POOL_CONNECTING) r->upstream_connect_ns = sk_now_ns();
     r->up = u;
     r->up_ops = &sk_h1_client_ops;
     sk_upconn_attach(u, &r->msg, r, &sk_proxy_client_cbs);
@@ -441,6 +442,7 @@ static sk_instance *chain_at(const sk_request *r, unsigned i)
 /* on_log of every plugin the request reached, last first. */
 void sk_proxy_log(sk_request *r)
 {
+    r->end_ns = sk_now_ns();
     for (unsigned i = r->chain_pos; i-- > 0;) {
         sk_instance *pi = chain_at(r, i);
         if (pi) sk_plugin_on_log(pi, r);
@@ -572,7 +574,9 @@ static void upstream_error(sk_request *r, int status, const char *reason, bool r
 
 static void up_connected(void *rq)
 {
-    sk_request_pending_done(rq);
+    sk_request *r = rq;
+    r->upstream_connect_ns = sk_now_ns();
+    sk_request_pending_done(r);
 }
 
 /* A 502/503/504 answer is retried (not forwarded) while retries are left. */

@@ -45,6 +45,8 @@ struct sk_request {
     sk_link link;                  /* free-list link */
     uint64_t upstream_start_ns;    /* last attempt sent upstream */
     uint64_t upstream_end_ns;      /* response complete */
+    uint64_t upstream_connect_ns;  /* upstream connection ready (connected or pooled), last attempt */
+    uint64_t end_ns;               /* on_log started (the request is over) */
     char request_id[128];          /* x-request-id sent upstream (the client's if it fits) */
 
     const sk_route *route;   /* matched route, or NULL */

@@ -598,7 +598,8 @@ static void on_post(struct ev_loop *loop, ev_async *a, int revents)
     }
 }
 
-/* Queues cb(arg) on every worker and wakes them. Thread-safe. */
+/* Queues cb(arg) on every worker and wakes them. Thread-safe. Returns the
+ * number of workers it was queued for, or -1. */
 int sk_workers_post(void (*cb)(void *), void *arg)
 {
     if (nworkers == 0) return -1;
@@ -620,7 +621,7 @@ int sk_workers_post(void (*cb)(void *), void *arg)
     }
     pthread_mutex_unlock(&post_lock);
     for (int i = 0; i < n; i++) ev_async_send(workers[i].loop, &workers[i].post);
-    return 0;
+    return n;
 }
 
 /* Sets the drain flag and wakes every worker. Thread-safe. */

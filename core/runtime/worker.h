@@ -72,7 +72,8 @@ struct sk_worker {
 /* Starts n workers on cfg; binds every listener in each (SO_REUSEPORT).
  * Returns 0 or -1 with *err (malloc'd). */
 int sk_workers_start(sk_config *cfg, sk_metrics **metrics, int n, int accesslog_fd, char **err);
-/* Runs cb(arg) on every worker's loop soon (thread-safe). 0 or -1. */
+/* Runs cb(arg) on every worker's loop soon (thread-safe). Returns the number
+ * of workers that will run it (> 0), or -1. */
 int sk_workers_post(void (*cb)(void *), void *arg);
 /* Asks every worker to drain (thread-safe). */
 void sk_workers_drain(void);

@@ -31,7 +31,7 @@ from harness import (REPO, RawClient, Reply, assert_local_reply, build_request, 
 BUILD_DIR = os.environ.get("SIDEKICK_BUILD_DIR")
 
 FIXTURES = ["fx_headers", "fx_respond", "fx_pause", "fx_count", "fx_error", "fx_failcreate",
-            "fx_badabi", "fx_newminor", "fx_nosym", "fx_discovery"]
+            "fx_badabi", "fx_newminor", "fx_nosym", "fx_discovery", "fx_abi10", "fx_abi11"]
 
 
 @pytest.fixture(autouse=True)
@@ -1186,3 +1186,354 @@ endpoints = 127.0.0.1:{up}
     assert p["path"].endswith("/fx_headers.so")
     assert cfg["listeners"][0]["plugins"] == ["tag-a"]
     assert cfg["routes"][0]["plugins"] == ["tag-a"]
+
+
+
+# ---- ABI 1.1 (fx_abi11) and a 1.0 plugin under the 1.1 host (fx_abi10) --------------------------
+
+
+def test_abi10_plugin_loads_and_runs_under_11_host(sidekick, upstream):
+    """fx_abi10 says abi_minor 0 and has the 1.0 descriptor layout (a poison
+    pointer where 1.1 has on_cluster): it loads, its on_request edits the
+    head the upstream receives, its on_log runs once per request."""
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(pl_ini("""
+[plugin old]
+load = fx_abi10.so
+
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route all]
+listener = main
+cluster = up
+plugins = old
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""), up=up.port)
+    for i in range(3):
+        r = get(sk, f"/old{i}")
+        assert r.status == 200 and r.body == b"ok", r
+    assert [q.header("x-abi10") for q in up.requests] == ["1", "1", "1"]
+    wait_metric(sk, "sidekick_plugin_fx_abi10_logs_total", 3, instance="old")
+
+
+def test_abi10_plugin_named_by_discovery_is_refused(tmp_path, sidekick_bin):
+    """A cluster's `discovery` naming a 1.0 plugin is a config error; the host
+    does not read the (absent) on_cluster member of a 1.0 descriptor."""
+    ini = tmp_path / "old.ini"
+    text = pl_ini("""
+[plugin old]
+load = fx_abi10.so
+
+[listener main]
+address = 127.0.0.1:1
+
+[route all]
+listener = main
+cluster = c
+
+[cluster c]
+discovery = old some-arg
+""").replace("{admin}", "2")
+    ini.write_text(text)
+    res = run_sidekick(["-t", "-c", str(ini)])
+    assert res.returncode == 1, res
+    err = res.stderr
+    assert "[cluster c] discovery:" in err and "no on_cluster hook (plugin ABI 1.1)" in err, err
+    line = text.splitlines().index("discovery = old some-arg") + 1
+    assert f"{ini}:{line}:" in err, err
+
+
+def abi11_ini(out, body, workers=1, extra_keys=""):
+    return pl_ini(f"""
+[plugin x11]
+load = fx_abi11.so
+out = {out}
+{extra_keys}
+
+[listener main]
+address = 127.0.0.1:{{listen}}
+plugins = x11
+""" + body, workers=workers)
+
+
+def read_events(path, kind):
+    import json
+    if not os.path.exists(path):
+        return []
+    return [e for e in (json.loads(l) for l in open(path).read().splitlines() if l.strip())
+            if e["event"] == kind]
+
+
+def wait_events(path, kind, n, timeout=5.0):
+    assert wait_for(lambda: len(read_events(path, kind)) >= n, timeout), read_events(path, kind)
+    return read_events(path, kind)
+
+
+def raw_exchange(port, data: bytes) -> bytes:
+    """Sends `data` (one request with Connection: close), returns every byte
+    the proxy sent until it closed."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(data)
+    got = bytearray()
+    while True:
+        b = s.recv(65536)
+        if not b:
+            break
+        got += b
+    s.close()
+    return bytes(got)
+
+
+def test_request_id_and_info_seen_by_on_log(sidekick, upstream, tmp_path):
+    """request_id is the x-request-id the upstream got; request_info in on_log
+    has the endpoint, one attempt, the status, an ordered timeline and the
+    byte counts of what the client really sent and received."""
+    out = tmp_path / "events.jsonl"
+    up = upstream(lambda req: Reply(body=b"x" * 1000, headers=[("x-up", "1")]))
+    sk = sidekick(abi11_ini(out, """
+[route all]
+listener = main
+cluster = up
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""), up=up.port)
+    body = b"b" * 321
+    req = (b"POST /info?q=1 HTTP/1.1\r\nHost: svc.test\r\nX-Request-Id: rid-abc-123\r\n"
+           b"Content-Length: 321\r\nConnection: close\r\n\r\n" + body)
+    got = raw_exchange(sk.port("listen"), req)
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    assert got.endswith(b"x" * 1000)
+    [q] = up.requests
+    assert q.body == body
+    assert q.header("x-request-id") == "rid-abc-123"
+    assert q.header("x-fx-request-id") == "rid-abc-123"
+    [e] = wait_events(out, "log", 1)
+    assert e["request_id"] == "rid-abc-123"
+    assert e["endpoint"] == f"127.0.0.1:{up.port}"
+    assert e["attempts"] == 1 and e["status"] == 200 and e["reason"] is None
+    assert 0 < e["start"] <= e["connect"] <= e["first_byte"] <= e["end"], e
+    assert e["received"] == len(req), (e, len(req))
+    assert e["sent"] == len(got), (e, len(got))
+    assert e["size"] == 96  # all of the 1.1 struct (x86-64 layout) was filled
+
+
+def test_generated_request_id_matches_upstream(sidekick, upstream, tmp_path):
+    out = tmp_path / "events.jsonl"
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(abi11_ini(out, """
+[route all]
+listener = main
+cluster = up
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""), up=up.port)
+    for i in range(2):
+        assert get(sk, f"/g{i}").status == 200
+    events = wait_events(out, "log", 2)
+    ids = [q.header("x-request-id") for q in up.requests]
+    assert all(ids) and ids[0] != ids[1]
+    assert [e["request_id"] for e in events] == ids
+    assert [q.header("x-fx-request-id") for q in up.requests] == ids
+
+
+def test_info_after_retry_to_other_endpoint(sidekick, upstream, tmp_path):
+    """A dead first endpoint and one retry: the request that tried twice
+    reports 2 attempts, the live endpoint, and the last attempt's timeline."""
+    out = tmp_path / "events.jsonl"
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(abi11_ini(out, """
+[route all]
+listener = main
+cluster = up
+retries = 1
+
+[cluster up]
+endpoints = 127.0.0.1:{dead}, 127.0.0.1:{up}
+connect_timeout = 500ms
+"""), up=up.port, dead=free_port())
+    for i in range(4):
+        r = get(sk, f"/r{i}")
+        assert r.status == 200, r
+    events = wait_events(out, "log", 4)
+    assert {e["endpoint"] for e in events} == {f"127.0.0.1:{up.port}"}
+    assert {e["attempts"] for e in events} <= {1, 2} and 2 in {e["attempts"] for e in events}, events
+    for e in events:
+        assert 0 < e["start"] <= e["connect"] <= e["first_byte"] <= e["end"], e
+    last = events[-1]
+    assert metric(sk, "sidekick_plugin_fx_abi11_attempts", instance="x11", code_class="2xx") == last["attempts"]
+
+
+def test_info_of_local_reply(sidekick, upstream, tmp_path):
+    """No route: no endpoint, no attempt, no upstream times, the reason."""
+    out = tmp_path / "events.jsonl"
+    sk = sidekick(abi11_ini(out, """
+[route only]
+listener = main
+path = /only
+respond = 200 fine
+"""))
+    r = get(sk, "/elsewhere")
+    assert_local_reply(r, 404, "no_route")
+    [e] = wait_events(out, "log", 1)
+    assert e["status"] == 404 and e["reason"] == "no_route"
+    assert e["endpoint"] is None and e["attempts"] == 0
+    assert e["connect"] == 0 and e["first_byte"] == 0
+    assert 0 < e["start"] <= e["end"]
+    assert e["request_id"]
+
+
+DISCOVERY11 = """
+[route a]
+listener = main
+prefix = /a
+cluster = api
+
+[route b]
+listener = main
+cluster = plain
+
+[cluster api]
+discovery = x11   api.shop.svc:8080  extra words
+connect_timeout = 500ms
+
+[cluster plain]
+discovery = x11
+endpoints = 127.0.0.1:{dead}
+connect_timeout = 500ms
+"""
+
+
+def test_discovery_arg_reaches_plugin_and_weights_show(sidekick, upstream, tmp_path):
+    """`discovery = NAME ARG`: on_cluster gets each naming cluster with its
+    ARG (or null), sets weighted endpoints; traffic goes there; /clusters
+    shows the weights, /config the discovery instance and ARG."""
+    import json
+    out = tmp_path / "events.jsonl"
+    up1 = upstream(lambda req: Reply(body=b"one"))
+    up2 = upstream(lambda req: Reply(body=b"two"))
+    sk = sidekick(abi11_ini(out, DISCOVERY11,
+                            extra_keys=f"weights = 127.0.0.1:{up1.port} 5, 127.0.0.1:{up2.port} 10000"),
+                  dead=free_port())
+    events = read_events(out, "cluster")
+    assert events == [{"event": "cluster", "cluster": "api", "arg": "api.shop.svc:8080  extra words"},
+                      {"event": "cluster", "cluster": "plain", "arg": None}], events
+    bodies = sorted(get(sk, f"/a{i}").body for i in range(4))
+    assert bodies == [b"one", b"one", b"two", b"two"]  # balancers ignore weights for now
+    assert get(sk, "/b").body in (b"one", b"two")
+    clusters = {c["name"]: c for c in json.loads(sk.admin_get("/clusters").body)["clusters"]}
+    for name in ("api", "plain"):
+        eps = {e["address"]: e["weight"] for e in clusters[name]["endpoints"]}
+        assert eps == {f"127.0.0.1:{up1.port}": 5, f"127.0.0.1:{up2.port}": 10000}, clusters[name]
+    cfg = {c["name"]: c for c in json.loads(sk.admin_get("/config").body)["clusters"]}
+    assert cfg["api"]["discovery"] == {"instance": "x11", "arg": "api.shop.svc:8080  extra words"}
+    assert cfg["plain"]["discovery"] == {"instance": "x11", "arg": None}
+    assert cfg["api"]["endpoints"] == []
+
+
+def test_static_endpoints_have_weight_one(sidekick, upstream):
+    import json
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(discovery_ini(f"127.0.0.1:{up.port}", workers=1), dead=free_port())
+    [c] = json.loads(sk.admin_get("/clusters").body)["clusters"]
+    assert [e["weight"] for e in c["endpoints"]] == [1]
+
+
+def check_refused_ini(tmp_path, text, needles):
+    ini = tmp_path / "bad.ini"
+    ini.write_text(text.replace("{admin}", "2").replace("{listen}", "1").replace("{dead}", "3"))
+    res = run_sidekick(["-t", "-c", str(ini)])
+    assert res.returncode == 1, res
+    for n in needles:
+        assert n in res.stderr, res.stderr
+    return res
+
+
+def test_discovery_arg_refused_by_plugin(tmp_path, sidekick_bin):
+    out = tmp_path / "events.jsonl"
+    check_refused_ini(tmp_path, abi11_ini(out, DISCOVERY11, extra_keys="refuse = api.shop.svc:8080  extra words"),
+                      ["[cluster api] discovery:", "[plugin x11] refused the cluster:",
+                       "ARG 'api.shop.svc:8080  extra words' refused for cluster api"])
+
+
+def test_discovery_unknown_instance_refused(tmp_path, sidekick_bin):
+    out = tmp_path / "events.jsonl"
+    check_refused_ini(tmp_path, abi11_ini(out, DISCOVERY11.replace("discovery = x11   api", "discovery = nope api")),
+                      ["[cluster api] discovery: unknown plugin 'nope' (no [plugin nope] section)"])
+
+
+@pytest.mark.parametrize("weight", ["0", "10001"])
+def test_discovery_bad_weight_refused(tmp_path, sidekick_bin, weight):
+    out = tmp_path / "events.jsonl"
+    res = check_refused_ini(tmp_path, abi11_ini(out, DISCOVERY11, extra_keys=f"weights = 127.0.0.1:9 {weight}"),
+                            ["set_endpoints_weighted(api) failed"])
+    assert f"weight {weight} out of range 1..10000" in res.stderr
+
+
+def test_labelled_metrics(sidekick, upstream, tmp_path):
+    """A labelled counter and gauge: one series per declared value, labelled
+    instance and code_class; bad registrations refused (and logged)."""
+    out = tmp_path / "events.jsonl"
+    up = upstream(lambda req: Reply(status=503 if req.target == "/fail" else 200, body=b"ok"))
+    sk = sidekick(abi11_ini(out, """
+[route all]
+listener = main
+cluster = up
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""), up=up.port)
+    for p in ["/a", "/b", "/fail"]:
+        get(sk, p)
+    wait_metric(sk, "sidekick_plugin_fx_abi11_responses_total", 2, instance="x11", code_class="2xx")
+    wait_metric(sk, "sidekick_plugin_fx_abi11_responses_total", 1, instance="x11", code_class="5xx")
+    text = sk.admin_get("/metrics").body.decode()
+    lines = [l for l in text.splitlines() if l.startswith("sidekick_plugin_fx_abi11_responses_total")]
+    assert lines == [f'sidekick_plugin_fx_abi11_responses_total{{instance="x11",code_class="{c}"}} {n}'
+                     for c, n in [("1xx", 0), ("2xx", 2), ("3xx", 0), ("4xx", 0), ("5xx", 1), ("other", 0)]], lines
+    assert text.count("# TYPE sidekick_plugin_fx_abi11_responses_total counter\n") == 1
+    assert "# TYPE sidekick_plugin_fx_abi11_attempts gauge\n" in text
+    assert metric(sk, "sidekick_plugin_fx_abi11_refused_registrations", instance="x11") == 9
+    assert "fx_abi11_bad" not in text and "bad-name" not in text
+    err = sk.stderr_text()
+    for needle in ["metric 'fx_abi11_bad_many' refused: more than 32 label values",
+                   "metric 'fx_abi11_bad_none' refused: no label values",
+                   "metric 'fx_abi11_bad_label' refused: the label name is not",
+                   "metric 'fx_abi11_bad_instance' refused: the label name is reserved",
+                   "metric 'fx_abi11_bad_dup' refused: a label value is repeated",
+                   "metric 'fx_abi11_bad_quote' refused: a label value has",
+                   "metric 'fx_abi11_bad_empty' refused: a label value is empty",
+                   "metric 'bad-name' refused: the name is not",
+                   "metric 'fx_abi11_responses_total' refused: the name is registered already"]:
+        assert needle in err, (needle, err)
+
+
+def test_timers_left_at_worker_fini_and_destroy_are_stopped(sidekick, upstream, tmp_path):
+    """fx_abi11 with leak = on never stops its one-hour timers: when a reload
+    retires its generation, the host stops the one on each worker after
+    worker_fini and the main-loop one after destroy, and says so."""
+    out = tmp_path / "events.jsonl"
+    up = upstream(lambda req: Reply(body=b"ok"))
+    body = """
+[route all]
+listener = main
+cluster = up
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+    sk = sidekick(abi11_ini(out, body, workers=2, extra_keys="leak = on"), up=up.port)
+    assert get(sk, "/before").status == 200
+    sk.config.write_text(abi11_ini(out, body, workers=2, extra_keys="leak = off").format(**sk.ports))
+    r = http_request(sk.admin_port, "POST", "/reload")
+    assert r.status == 200, r
+    assert wait_for(lambda: "after destroy; stopped" in sk.stderr_text(), 10), sk.stderr_text()
+    err = sk.stderr_text()
+    assert err.count("plugin x11: 1 timer(s) and 0 fd watcher(s) still active after worker_fini; stopped") == 2, err
+    assert err.count("plugin x11: 1 timer(s) and 0 fd watcher(s) still active after destroy; stopped") == 1, err
+    assert get(sk, "/after").status == 200
+    assert sk.running()

@@ -527,8 +527,8 @@ static const struct {
      "t.ini:8: [route r] lua: a route with 'respond' runs no filter"},
     {BASE "[sidekick]\nlua_memory = 1k\n",
      "t.ini:6: [sidekick] lua_memory: size 1k out of range (1048576..1099511627776 bytes)"},
-    {BASE "[cluster d]\ndiscovery = dns\n",
-     "t.ini:6: [cluster d] discovery: not supported yet in this version"},
+    {BASE "[cluster d]\ndiscovery = dns api.example:80\n",
+     "t.ini:6: [cluster d] discovery: unknown plugin 'dns' (no [plugin dns] section)"},
     {BASE "[cluster d]\nhash_key = header:x\n",
      "t.ini:6: [cluster d] hash_key: not supported yet in this version"},
     {BASE "[cluster d]\nhealth_check = /h\n",
@@ -715,8 +715,8 @@ static const struct {
     {BASE "[route r]\nlistener = b@d\n", "t.ini:6: [route r] listener: bad name 'b@d'"},
 
     /* [cluster] */
-    {BASE "[cluster d]\nlb = random\n", "t.ini:5: [cluster d] missing 'endpoints'"},
-    {BASE "[cluster d]\n", "t.ini:5: [cluster d] missing 'endpoints'"},
+    {BASE "[cluster d]\nlb = random\n", "t.ini:5: [cluster d] missing 'endpoints' (or 'discovery')"},
+    {BASE "[cluster d]\n", "t.ini:5: [cluster d] missing 'endpoints' (or 'discovery')"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1,,127.0.0.1:2\n",
      "t.ini:6: [cluster d] endpoints: empty entry in list '127.0.0.1:1,,127.0.0.1:2'"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1, nope:2\n",

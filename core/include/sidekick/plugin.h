@@ -30,6 +30,28 @@
  * Threads: `create` and `destroy` run on the main thread; `worker_init` and
  * `worker_fini` on each worker thread; request hooks on the request's
  * worker. A request never moves between workers.
+ *
+ * ABI 1.1 (this header) appended to sk_host_api: request_id, request_info,
+ * set_endpoints_weighted, labelled counters and gauges; and to sk_plugin:
+ * on_cluster. A plugin built with abi_minor 0 still loads: the host never
+ * reads a sk_plugin member past on_cancel of such a plugin. A plugin that
+ * uses a 1.1 host member checks host->abi_minor >= 1 first if it wants to
+ * run on a 1.0 host too (which refuses it anyway when it says abi_minor 1).
+ *
+ * Lifetimes the host guarantees:
+ *  - `self` (sk_instance) and the string instance_name(self) returns: from
+ *    create until destroy returns.
+ *  - main_loop(): from create until the process exits (after every destroy).
+ *    A worker's loop (worker_init's argument, request_loop()): from
+ *    worker_init until worker_fini returns on that worker.
+ *  - Timers and fd watchers belong to the instance whose hook or callback
+ *    started them (create, worker_init, a request hook, a timer or watcher
+ *    callback, a posted callback). Those still pending when worker_fini
+ *    returns (for that worker's loop) or destroy returns (for the main loop)
+ *    are stopped and freed by the host, with a warning: their callbacks
+ *    never run after the instance is gone, and the handles must not be used
+ *    any more. The host never closes a watched fd: the plugin owns it, and
+ *    unwatches it before closing it.
  */
 #ifndef SIDEKICK_PLUGIN_H
 #define SIDEKICK_PLUGIN_H
@@ -88,6 +110,38 @@ typedef struct sk_kv {
     const char *value; /* owned by the host, valid during create */
     int line;          /* line in the config file, for error messages */
 } sk_kv;
+
+/* ABI 1.1: the timeline, sizes and outcome of a request, filled by
+ * host->request_info(). The caller sets `size` to sizeof(sk_req_info) of
+ * the header it was built with; the host fills the fields that fit in
+ * `size` (it never writes past it) and sets `size` to the bytes it filled,
+ * so a plugin built against a later minor sees which fields an older host
+ * knew. Later minors only append fields. Times are CLOCK_MONOTONIC
+ * nanoseconds, 0 = not reached (yet). The upstream times are those of the
+ * last attempt: 0 when that attempt did not get so far (a retry after a
+ * connect failure has no connect time of its own). */
+typedef struct sk_req_info {
+    size_t size;                     /* in: the caller's sizeof(sk_req_info); out: bytes filled */
+    uint64_t start_ns;               /* first byte of the request head received */
+    uint64_t upstream_connect_ns;    /* upstream connection ready: connected, or taken from the pool */
+    uint64_t upstream_first_byte_ns; /* first byte of the upstream response */
+    uint64_t end_ns;                 /* response complete or aborted: set when on_log starts */
+    uint64_t bytes_received;         /* request bytes read from the client, head included */
+    uint64_t bytes_sent;             /* response bytes written to the client, head included */
+    sk_str endpoint;                 /* "ip:port" of the last endpoint tried, ptr NULL if none */
+    uint32_t attempts;               /* upstream attempts (tries) made, 0 for a local reply */
+    int status;                      /* status sent to the client, 0 before */
+    sk_str reason;                   /* x-sidekick-reason ("upstream_timeout"), ptr NULL if none */
+} sk_req_info;
+
+/* ABI 1.1: one endpoint of host->set_endpoints_weighted(). */
+typedef struct sk_weighted_endpoint {
+    const char *address; /* "ip:port" or "[v6]:port", copied by the host */
+    uint32_t weight;     /* relative weight 1..10000; 0 and larger values are refused */
+} sk_weighted_endpoint;
+
+/* ABI 1.1: at most this many values for a labelled metric. */
+#define SK_METRIC_MAX_LABEL_VALUES 32
 
 typedef void (*sk_callback)(void *arg);
 typedef void (*sk_fd_callback)(void *arg, int fd, int events);
@@ -166,7 +220,8 @@ typedef struct sk_host_api {
     /* ---- logging and config (any thread) ---- */
     /* Logs one line, prefixed with the instance name. */
     void (*log)(sk_instance *self, int level, const char *fmt, ...) SK_PLUGIN_PRINTF(3, 4);
-    /* The instance name ("ratelimit-strict") and the worker count. */
+    /* The instance name ("ratelimit-strict"; owned by the host, valid until
+     * destroy returns) and the worker count. */
     const char *(*instance_name)(sk_instance *self);
     int (*worker_count)(void);
 
@@ -180,7 +235,11 @@ typedef struct sk_host_api {
     sk_str (*route)(sk_req *r);     /* name of the matched route */
     /* First request header named `name` (any case): 1 and *value, or 0. */
     int (*header)(sk_req *r, const char *name, sk_str *value);
-    /* Number of request headers and the i-th one (0-based): 1, or 0 past the end. */
+    /* Number of request headers and the i-th one (0-based): 1, or 0 past the
+     * end. Indices are positions in the current head: remove_header closes
+     * the gap (later headers move down, in order) and set/add_header append
+     * at the end, so re-read header_count after an edit. The strings stay
+     * valid until the request ends, edits notwithstanding. */
     size_t (*header_count)(sk_req *r);
     int (*header_at)(sk_req *r, size_t i, sk_str *name, sk_str *value);
     /* Replaces every header `name` with one (set), appends one (add), removes
@@ -227,26 +286,37 @@ typedef struct sk_host_api {
      * `timeout` (or the listener's header_timeout before routing) is
      * cancelled (on_cancel) and answered 500 filter_error. */
     void (*resume)(sk_req *r, sk_status st);
-    /* The loop of the request's worker. */
+    /* The loop of the request's worker (valid until worker_fini of this
+     * instance on that worker returns). */
     sk_loop *(*request_loop)(sk_req *r);
 
     /* ---- timers and fd watchers (on the thread that owns the loop) ---- */
+    /* The main thread's loop: valid from create until the process exits. */
     sk_loop *(*main_loop)(void);
-    /* One-shot timer: cb(arg) after `ms` ms. NULL on OOM. The host frees the
-     * timer just before cb runs, so timer_stop is only for a timer that has
-     * not fired yet (never from its own callback). */
+    /* One-shot timer: cb(arg) after `ms` ms. NULL on OOM, or when `loop` is
+     * not the calling thread's (the main loop from a worker, a worker's loop
+     * from the main thread). The host frees the timer just before cb runs,
+     * so timer_stop is only for a timer that has not fired yet (never from
+     * its own callback). See the lifetimes above for timers still pending at
+     * worker_fini / destroy. */
     sk_timer *(*timer_start)(sk_loop *loop, uint64_t ms, sk_callback cb, void *arg);
     void (*timer_stop)(sk_timer *t);
     /* Watches fd for SK_EV_READ / SK_EV_WRITE until unwatched (which may be
-     * done from the watcher's own callback). NULL on OOM. */
+     * done from the watcher's own callback). NULL on OOM or a loop of
+     * another thread, as timer_start. The fd stays the plugin's: the host
+     * never closes it; unwatch it before closing it. */
     sk_watch *(*watch_fd)(sk_loop *loop, int fd, int events, sk_fd_callback cb, void *arg);
     void (*unwatch_fd)(sk_watch *w);
 
     /* ---- main thread → workers ---- */
     /* Runs cb(arg) once on every worker's loop, soon, with the same `arg`.
      * Thread-safe. The plugin owns `arg` and keeps it alive until every
-     * worker ran cb (count the calls). 0, or -1 (OOM, or called before the
-     * workers started, e.g. from create). */
+     * worker ran cb (count the calls). 0, or -1 (OOM, called before the
+     * workers started, e.g. from create, or after a worker has left its
+     * loop at shutdown). A worker that leaves its loop (shutdown only) with
+     * a post still queued never runs that cb: a plugin that frees `arg` when
+     * its count completes also frees it in destroy, which runs after every
+     * worker has stopped. */
     int (*post_to_workers)(sk_callback cb, void *arg);
 
     /* ---- discovery (main thread) ---- */
@@ -271,6 +341,46 @@ typedef struct sk_host_api {
     void (*metric_add)(sk_metric *m, int64_t delta);    /* counter (delta >= 0) or gauge */
     void (*metric_set)(sk_metric *m, int64_t value);    /* gauge */
     void (*metric_observe)(sk_metric *m, double value); /* histogram, seconds */
+
+    /* ---- ABI 1.1 (check host->abi_minor >= 1 before use on an unknown host) ---- */
+
+    /* The request id: x-request-id as sent upstream (the client's when it
+     * was sane, else generated), fixed before the first on_request; a
+     * plugin's header edits do not change it. Any request hook. */
+    sk_str (*request_id)(sk_req *r);
+    /* Fills *info (info->size set by the caller, see sk_req_info) with the
+     * request's timeline, sizes, endpoint, attempts, status and reason as
+     * they are now; meant for on_log, where they are final. The strings
+     * live as long as the request. 0, or -1 (info NULL or info->size below
+     * sizeof(size_t)). */
+    int (*request_info)(sk_req *r, sk_req_info *info);
+    /* set_endpoints with a weight per endpoint (1..10000; 0 or more is
+     * refused: leave an endpoint out instead of giving it weight 0). The
+     * weights are kept in the cluster's endpoint set and shown in
+     * /clusters; the balancers do not use them yet (every endpoint gets an
+     * equal share, as with set_endpoints, whose endpoints have weight 1).
+     * Same rules and results as set_endpoints otherwise. */
+    int (*set_endpoints_weighted)(sk_instance *self, const char *cluster, const sk_weighted_endpoint *endpoints,
+                                  size_t n);
+    /* A counter / gauge with one label: `label` ([A-Za-z_][A-Za-z0-9_]*, not
+     * "instance", "le" or "__"-prefixed) and its `nvalues` values (1..
+     * SK_METRIC_MAX_LABEL_VALUES, distinct, 1..128 printable ASCII bytes
+     * without '"' or '\\'), copied. Rendered as
+     * sidekick_plugin_NAME{instance="...",LABEL="VALUE"}, one series per
+     * value. create only. NULL (and an error logged) for a bad name, label
+     * or value list, or a name this instance registered already in another
+     * shape; the same name, type, label and values again returns the
+     * existing metric. */
+    sk_metric *(*counter_labelled)(sk_instance *self, const char *name, const char *help, const char *label,
+                                   const char *const *values, size_t nvalues);
+    sk_metric *(*gauge_labelled)(sk_instance *self, const char *name, const char *help, const char *label,
+                                 const char *const *values, size_t nvalues);
+    /* Thread-safe updates of the series of values[index] of a labelled
+     * metric (an index out of range, or an unlabelled metric, is ignored;
+     * metric_add/metric_set ignore labelled metrics). */
+    void (*metric_add_at)(sk_metric *m, size_t index, int64_t delta); /* counter (delta >= 0) or gauge */
+    void (*metric_set_at)(sk_metric *m, size_t index, int64_t value); /* gauge */
+    /* --- end of ABI 1.1 core members --- */
 
     /* --- ABI 1.1: asynchronous HTTP client (main loop) --- */
     /* Starts an HTTP/1.1 call on the main loop for instance `self` and
@@ -337,6 +447,22 @@ typedef struct sk_plugin {
      * resume: drop what is pending for it; do not call resume. on_log still
      * follows. */
     void (*on_cancel)(void *inst, void *wdata, sk_req *r);
+
+    /* ---- ABI 1.1 (read by the host only when abi_minor >= 1) ---- */
+
+    /* Once per [cluster] whose `discovery = NAME ARG` names this instance,
+     * in file order, on the main thread right after every instance of the
+     * generation was created (at config load, by `sidekick -t` and on each
+     * reload, for the new instance). `cluster` is the cluster's name (valid
+     * until destroy returns; it is the name set_endpoints takes), `arg` the
+     * rest of the line after NAME, trimmed (valid likewise), or NULL when
+     * there is none. The plugin may call set_endpoints from here (the set
+     * then serves from the first request). Returns 0, or -1 with a message
+     * in err (err_size bytes): the config is refused, as a create error. A
+     * plugin named by `discovery` without this hook (or built for ABI 1.0)
+     * is refused at load. */
+    int (*on_cluster)(void *inst, const char *cluster, const char *arg, char *err, size_t err_size);
+    /* --- end of ABI 1.1 core members --- */
 } sk_plugin;
 
 #ifdef __cplusplus
