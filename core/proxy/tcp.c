@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "accesslog.h"
 #include "metrics.h"
 #include "pool.h"
 #include "tcp.h"
@@ -59,29 +60,18 @@ static void tcp_close(sk_tcp *t)
         __atomic_sub_fetch(&t->listener->cluster->active_connections, 1, __ATOMIC_RELAXED);
         SK_DEC(w->metrics->upstream_active);
     }
-    if (w->accesslog_fd >= 0) {
-        char line[768];
-        struct timespec ts;
-        struct tm tm;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        gmtime_r(&ts.tv_sec, &tm);
-        int n = snprintf(line, sizeof(line),
-                         "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"generation\":%llu,"
-                         "\"listener\":\"%s\",\"protocol\":\"tcp\",\"cluster\":\"%s\",\"endpoint\":%s%s%s,"
-                         "\"client\":\"%s\",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,"
-                         "\"reason\":%s%s%s}\n",
-                         tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                         ts.tv_nsec / 1000000, (unsigned long long)t->config->generation, t->listener->name,
-                         t->listener->cluster->name, t->has_endpoint ? "\"" : "",
-                         t->has_endpoint ? t->endpoint.text : "null", t->has_endpoint ? "\"" : "",
-                         t->client_addr, (unsigned long long)t->bytes_in, (unsigned long long)t->bytes_out,
-                         (double)(sk_now_ns() - t->start_ns) / 1e6, t->reason ? "\"" : "",
-                         t->reason ? t->reason : "null", t->reason ? "\"" : "");
-        if (n > 0) {
-            ssize_t wr = write(w->accesslog_fd, line, SK_MIN((size_t)n, sizeof(line) - 1));
-            SK_UNUSED(wr);
-        }
-    }
+    sk_tcp_log e = {
+        .generation = t->config->generation,
+        .listener = t->listener->name,
+        .cluster = t->listener->cluster->name,
+        .endpoint = t->has_endpoint ? t->endpoint.text : NULL,
+        .client = t->client_addr,
+        .bytes_in = t->bytes_in,
+        .bytes_out = t->bytes_out,
+        .duration_ms = (double)(sk_now_ns() - t->start_ns) / 1e6,
+        .reason = t->reason,
+    };
+    sk_accesslog_write_tcp(w, &e);
     SK_DEC(w->metrics->downstream_active);
     t->owner->closed(t->owner_data, &t->link, t->listener);
     sk_config_unref(t->config);

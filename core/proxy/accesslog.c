@@ -1,7 +1,7 @@
 /*
- * accesslog.c — one JSON object per finished request, written with a single
- * write(2) to the worker's access log fd (stdout, stderr or an O_APPEND
- * file), so lines from several workers never interleave.
+ * accesslog.c — one JSON object per finished request or TCP relay, written
+ * with a single write(2) to the worker's access log fd (stdout, stderr or an
+ * O_APPEND file), so lines from several workers never interleave.
  */
 #include <stdio.h>
 #include <string.h>
@@ -82,26 +82,43 @@ static void json_cstr(sk_buf *b, const char *s)
     json_str(b, s, s ? strlen(s) : 0);
 }
 
-/* Writes the access log line of a finished (or aborted) request. */
-void sk_accesslog_write(sk_request *r)
+/* Starts a line in the thread's buffer: time, generation, "listener":. */
+static sk_buf *line_start(sk_wctx *w, uint64_t generation)
 {
-    sk_wctx *w = r->worker;
-    if (w->accesslog_fd < 0) return;
     sk_buf *b = &w->logline;
     sk_buf_reset(b);
     struct timespec ts;
     struct tm tm;
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
+    sk_buf_printf(b, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"generation\":%llu,\"listener\":",
+                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  ts.tv_nsec / 1000000, (unsigned long long)generation);
+    return b;
+}
+
+/* Ends the line and writes it with one write(2). */
+static void line_end(sk_wctx *w, sk_buf *b)
+{
+    sk_buf_append(b, "}\n", 2);
+    if (b->len && b->data) {
+        ssize_t n = write(w->accesslog_fd, b->data, b->len);
+        SK_UNUSED(n);
+    }
+}
+
+/* Writes the access log line of a finished (or aborted) request. */
+void sk_accesslog_write(sk_request *r)
+{
+    sk_wctx *w = r->worker;
+    if (w->accesslog_fd < 0) return;
+    sk_buf *b = line_start(w, r->config->generation);
     uint64_t now = sk_now_ns();
     double dur = r->start_ns ? (double)(now - r->start_ns) / 1e6 : 0.0;
     double updur = -1;
     if (r->upstream_start_ns)
         updur = (double)((r->upstream_end_ns ? r->upstream_end_ns : now) - r->upstream_start_ns) / 1e6;
 
-    sk_buf_printf(b, "{\"time\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"generation\":%llu,\"listener\":",
-                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                  ts.tv_nsec / 1000000, (unsigned long long)r->config->generation);
     json_cstr(b, r->listener->name);
     sk_buf_append(b, ",\"route\":", 9);
     json_cstr(b, r->route ? r->route->name : NULL);
@@ -141,9 +158,23 @@ void sk_accesslog_write(sk_request *r)
         json_str(b, tp->value + 3, 32);
     else
         json_str(b, NULL, 0);
-    sk_buf_append(b, "}\n", 2);
-    if (b->len && b->data) {
-        ssize_t n = write(w->accesslog_fd, b->data, b->len);
-        SK_UNUSED(n);
-    }
+    line_end(w, b);
+}
+
+/* Writes the access log line of a finished TCP relay (see accesslog.h). */
+void sk_accesslog_write_tcp(sk_wctx *w, const sk_tcp_log *e)
+{
+    if (w->accesslog_fd < 0) return;
+    sk_buf *b = line_start(w, e->generation);
+    json_cstr(b, e->listener);
+    sk_buf_puts(b, ",\"protocol\":\"tcp\",\"cluster\":");
+    json_cstr(b, e->cluster);
+    sk_buf_append(b, ",\"endpoint\":", 12);
+    json_cstr(b, e->endpoint);
+    sk_buf_append(b, ",\"client\":", 10);
+    json_cstr(b, e->client);
+    sk_buf_printf(b, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,\"reason\":",
+                  (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out, e->duration_ms);
+    json_cstr(b, e->reason);
+    line_end(w, b);
 }
