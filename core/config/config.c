@@ -37,8 +37,6 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "lua_filter.h"
-#include "plugin_host.h"
 
 /* ---- number, duration, size and address syntax ------------------------------------------ */
 
@@ -218,7 +216,7 @@ static void route_free(sk_route *r)
 static void config_free(sk_config *c)
 {
     if (!c) return;
-    sk_lua_gen_free(c->lua); /* the Lua states may hold nothing of what follows, but go first */
+    if (c->ext) c->ext->lua_free(c->lua); /* the Lua states may hold nothing of what follows, but go first */
     for (size_t i = 0; i < c->nlisteners; i++) {
         free(c->listeners[i]->name);
         free(c->listeners[i]->routes);
@@ -238,7 +236,7 @@ static void config_free(sk_config *c)
     }
     /* Plugins last: destroy() may still look at nothing but its own state,
      * yet nothing above points into a plugin. */
-    for (size_t i = 0; i < c->nplugins; i++) sk_instance_free(c->plugins[i]);
+    for (size_t i = 0; c->ext && i < c->nplugins; i++) c->ext->instance_free(c->plugins[i]);
     free(c->plugins);
     free(c->listeners);
     free(c->routes);
@@ -1030,9 +1028,9 @@ static void *new_object(ctx *x, int kind, const char *name)
     sk_config *c = x->cfg;
     if (kind == SEC_SIDEKICK) return c;
     if (kind == SEC_PLUGIN) {
-        sk_instance *pi = sk_instance_new(name, (int)c->nplugins, x->lineno);
+        sk_instance *pi = c->ext->instance_new(name, (int)c->nplugins, x->lineno);
         if (!pi || push(x, &c->plugins, &c->nplugins, pi) < 0) {
-            sk_instance_free(pi);
+            if (pi) c->ext->instance_free(pi);
             oom(x);
             return NULL;
         }
@@ -1134,7 +1132,7 @@ static int section_start(ctx *x, char *line)
     if (k == SEC_LISTENER) s->name = ((sk_listener *)s->obj)->name;
     if (k == SEC_ROUTE) s->name = ((sk_route *)s->obj)->name;
     if (k == SEC_CLUSTER) s->name = ((sk_cluster *)s->obj)->name;
-    if (k == SEC_PLUGIN) s->name = ((sk_instance *)s->obj)->name;
+    if (k == SEC_PLUGIN) s->name = x->cfg->ext->instance_name(s->obj);
     x->cur = s;
     return 0;
 }
@@ -1196,15 +1194,17 @@ static int on_key(void *user, const char *section, const char *name, const char 
     if (s->kind == SEC_PLUGIN) {
         sk_instance *pi = s->obj;
         if (strcmp(name, "load") == 0) {
-            if (pi->load_line) {
-                bad(x, "duplicate key (first at line %d)", pi->load_line);
-            } else if (!*value) {
+            int first = 0;
+            if (!*value) {
                 bad(x, "missing value");
+            } else if ((first = x->cfg->ext->instance_set_load(pi, value, x->lineno)) > 0) {
+                bad(x, "duplicate key (first at line %d)", first);
+            } else if (first < 0) {
+                oom(x);
             } else {
-                pi->load_line = s->key_line[0] = x->lineno;
-                if (!(pi->load = strdup(value))) oom(x);
+                s->key_line[0] = x->lineno;
             }
-        } else if (sk_instance_add_key(pi, name, value, x->lineno) < 0) {
+        } else if (x->cfg->ext->instance_add_key(pi, name, value, x->lineno) < 0) {
             oom(x);
         }
         return 1;
@@ -1493,13 +1493,11 @@ static int load(ctx *x)
     for (size_t i = 0; i < x->nsects; i++) {
         sect *s = x->sects[i];
         if (s->kind != SEC_PLUGIN) continue;
-        sk_instance *pi = s->obj;
-        pi->config = c;
         char err[1024];
-        int lrc = sk_instance_load(pi, c->plugin_dir, c->workers, err, sizeof(err));
+        int load_line = 0;
+        int lrc = c->ext->instance_load(s->obj, c, err, sizeof(err), &load_line);
         if (lrc == -1)
-            return fail_at(x, pi->load_line ? pi->load_line : s->line, s, pi->load_line ? "load" : NULL, "%s",
-                           err);
+            return fail_at(x, load_line ? load_line : s->line, s, load_line ? "load" : NULL, "%s", err);
         if (lrc < 0) return fail_at(x, s->line, s, NULL, "%s", err); /* create() refused the section */
     }
     /* Then tell each discovery instance the clusters that name it. */
@@ -1507,7 +1505,7 @@ static int load(ctx *x)
         sk_cluster *cl = c->clusters[i];
         if (!cl->discovery_inst) continue;
         char err[1024];
-        if (sk_instance_on_cluster(cl->discovery_inst, cl, err, sizeof(err)) < 0) {
+        if (c->ext->instance_on_cluster(cl->discovery_inst, cl, err, sizeof(err)) < 0) {
             sect *s = find_sect(x, SEC_CLUSTER, cl->name);
             return fail_at(x, s ? key_line(s, "discovery") : cl->line, s, "discovery", "%s", err);
         }
@@ -1516,7 +1514,7 @@ static int load(ctx *x)
      * failing top level fails the load like any bad key. */
     char lerr[2048];
     int bad_route = -1;
-    if (sk_lua_load_config(c, &bad_route, lerr, sizeof(lerr)) < 0) {
+    if (c->ext->lua_load(c, &bad_route, lerr, sizeof(lerr)) < 0) {
         sect *s = bad_route >= 0 ? find_sect(x, SEC_ROUTE, c->routes[bad_route]->name) : NULL;
         return fail_at(x, s ? key_line(s, "lua") : 0, s, s ? "lua" : NULL, "%s", lerr);
     }
@@ -1529,7 +1527,7 @@ static int load(ctx *x)
  * "FILE:LINE: [SECTION NAME] KEY: message" (the caller frees it); nothing
  * else stays allocated. Never logs, never exits.
  */
-sk_config *sk_config_load(const char *path, char **err)
+sk_config *sk_config_parse(const char *path, const sk_config_ext *ext, char **err)
 {
     ctx x;
     memset(&x, 0, sizeof(x));
@@ -1540,6 +1538,7 @@ sk_config *sk_config_load(const char *path, char **err)
         if (err) *err = strdup("out of memory");
         return NULL;
     }
+    x.cfg->ext = ext;
     int rc = path ? load(&x) : fail_at(&x, 0, NULL, NULL, "no file given");
 
     if (x.fp) fclose(x.fp);

@@ -185,18 +185,51 @@ struct sk_config {
     sk_instance **plugins; /* [plugin NAME] instances, in file order */
     size_t nplugins;
     struct sk_lua_gen *lua; /* Lua states of this generation (lua_filter.c), NULL without scripts */
+    const struct sk_config_ext *ext; /* the extension layer that made the instances and Lua states */
 };
+
+/*
+ * What a config needs of the extension layer (plugin instances, Lua
+ * scripts), which sits above it: the runtime hands the extension layer's
+ * table to sk_config_parse (runtime/generation.c), so this layer calls it
+ * without depending on it. Main thread.
+ */
+typedef struct sk_config_ext {
+    /* A new [plugin NAME] instance declaration at section line `line`; NULL on OOM. */
+    sk_instance *(*instance_new)(const char *name, int index, int line);
+    /* Its section name (owned by the instance). */
+    const char *(*instance_name)(const sk_instance *pi);
+    /* `load = value` at `line`: 0, -1 on OOM, or the line of an earlier `load` (> 0). */
+    int (*instance_set_load)(sk_instance *pi, const char *value, int line);
+    /* Any other key of the section (copied), for create. 0 or -1. */
+    int (*instance_add_key)(sk_instance *pi, const char *key, const char *value, int line);
+    /* Loads the .so and runs create: 0, -1 when the .so cannot be used
+     * (*load_line = the `load` key's line, 0 without one), -2 when create
+     * refused its keys; err holds the message without a file/line prefix. */
+    int (*instance_load)(sk_instance *pi, sk_config *c, char *err, size_t err_size, int *load_line);
+    /* Tells a discovery instance a cluster that names it. 0 or -1 with err. */
+    int (*instance_on_cluster)(sk_instance *pi, sk_cluster *cl, char *err, size_t err_size);
+    /* Destroys an instance. */
+    void (*instance_free)(sk_instance *pi);
+    /* Reads and runs every route script once; -1 with *bad_route and err. */
+    int (*lua_load)(sk_config *c, int *bad_route, char *err, size_t err_size);
+    /* Frees the Lua states of a generation (NULL is ignored). */
+    void (*lua_free)(struct sk_lua_gen *g);
+} sk_config_ext;
 
 /* The cluster named `name`, or NULL. */
 sk_cluster *sk_config_cluster(const sk_config *c, const char *name);
 
 /*
- * Loads and validates `path`. Returns a config with refcnt 1, or NULL with
- * *err set to a malloc'd message naming file, line, section and key
- * ("conf/x.ini:12: [route api] timeout: bad duration 'x'"); the caller frees
- * *err. Never exits, never logs.
+ * Reads and validates `path`, then (last, once everything else is valid)
+ * has `ext` load every plugin instance, tell discovery instances their
+ * clusters and compile the route scripts. Returns a config with refcnt 1,
+ * or NULL with *err set to a malloc'd message naming file, line, section
+ * and key ("conf/x.ini:12: [route api] timeout: bad duration 'x'"); the
+ * caller frees *err. Never exits, never logs. The runtime's
+ * sk_config_load() (generation.h) passes the extension layer's table.
  */
-sk_config *sk_config_load(const char *path, char **err);
+sk_config *sk_config_parse(const char *path, const sk_config_ext *ext, char **err);
 
 /* Takes a reference. Thread-safe. */
 void sk_config_ref(sk_config *c);

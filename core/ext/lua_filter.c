@@ -35,7 +35,6 @@
 #include "lua_filter.h"
 #include "plugin_host.h"
 #include "request.h"
-#include "worker.h"
 
 #define REQ_MAGIC     0x534b5251u /* "SKRQ" */
 #define HOOK_EVERY    1000        /* VM instructions between budget checks */

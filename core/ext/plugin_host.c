@@ -20,13 +20,16 @@
 #include "metrics.h"
 #include "plugin_host.h"
 #include "request.h"
-#include "worker.h"
 
 #define REQ(r) ((sk_request *)(r))
 
 /* What the host table reports about the process, set by main(). */
 static struct ev_loop *process_main_loop;
 static int process_workers;
+/* The runtime's work posting (sk_workers_post) and count of running
+ * workers, so that this layer never calls up into the runtime. */
+static int (*process_post)(void (*cb)(void *), void *arg);
+static int (*process_running)(void);
 
 /* The instance whose code runs on this thread now (create, a hook, a timer
  * or watcher callback, a posted callback), so that the timers and watchers
@@ -435,10 +438,13 @@ static void h_log(sk_instance *self, int level, const char *fmt, ...)
 }
 
 /* Tells the plugin host the main loop and the worker count (main thread, at start). */
-void sk_plugins_set_process(void *main_loop, int workers)
+void sk_plugins_set_process(void *main_loop, int workers, int (*post)(void (*cb)(void *), void *arg),
+                            int (*running)(void))
 {
     process_main_loop = main_loop;
     process_workers = workers;
+    process_post = post;
+    process_running = running;
 }
 
 static const char *h_instance_name(sk_instance *self)
@@ -786,14 +792,14 @@ static void posted(void *arg)
 static int h_post_to_workers(sk_callback cb, void *arg)
 {
     /* before the start, or once a worker left its loop (shutdown): refused */
-    if (!cb || process_workers <= 0 || sk_workers_running() < process_workers) return -1;
+    if (!cb || process_workers <= 0 || !process_post || process_running() < process_workers) return -1;
     post *p = malloc(sizeof(*p));
     if (!p) return -1;
     p->cb = cb;
     p->arg = arg;
     p->owner = current;
     p->left = POST_BIAS;
-    int n = sk_workers_post(posted, p);
+    int n = process_post(posted, p);
     if (n < 0) {
         free(p);
         return -1;

@@ -97,8 +97,11 @@ void sk_plugin_on_cancel(sk_instance *pi, sk_request *r);
 /* Appends the plugin metrics of cfg in Prometheus text format. 0 or -1. */
 int sk_plugins_render_prometheus(sk_buf *out, const sk_config *cfg);
 
-/* Tells the host table the main loop and worker count (main thread, at start). */
-void sk_plugins_set_process(void *main_loop, int workers);
+/* Tells the host table the main loop, the worker count, and the runtime's
+ * way to post work to the workers and count those running (main thread,
+ * at start). */
+void sk_plugins_set_process(void *main_loop, int workers, int (*post)(void (*cb)(void *), void *arg),
+                            int (*running)(void));
 
 /* The host table handed to plugins (also used by tests). */
 extern const sk_host_api sk_host;

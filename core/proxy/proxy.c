@@ -19,9 +19,8 @@
 
 #include "h1_client.h"
 #include "head.h"
-#include "lua_filter.h"
+#include "filter.h"
 #include "metrics.h"
-#include "plugin_host.h"
 #include "pool.h"
 #include "request.h"
 
@@ -291,7 +290,7 @@ static void plugin_reply(sk_request *r)
 
 static void filter_error(sk_request *r, sk_instance *pi, const char *hook)
 {
-    sk_warn("plugin %s: %s failed for %s %.*s", pi->name, hook, r->method ? r->method : "-", (int)r->path_len,
+    sk_warn("plugin %s: %s failed for %s %.*s", sk_filters->name(pi), hook, r->method ? r->method : "-", (int)r->path_len,
             r->path ? r->path : "");
     reply(r, 500, "filter_error", NULL, false);
 }
@@ -302,11 +301,11 @@ static void on_filter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     sk_instance *pi = r->paused_by;
     const sk_server_ops *ops = r->down_ops;
     void *down = r->down;
-    sk_warn("plugin %s: request paused longer than %.0f ms, giving up", pi->name, t->repeat * 1000);
+    sk_warn("plugin %s: request paused longer than %.0f ms, giving up", sk_filters->name(pi), t->repeat * 1000);
     r->filter_paused = false;
     r->paused_by = NULL;
-    sk_plugin_on_cancel(pi, r);
-    __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
+    sk_filters->on_cancel(pi, r);
+    sk_filters->count_error(pi);
     reply(r, 500, "filter_error", NULL, false);
     ops->chain_resumed(down);
 }
@@ -338,8 +337,8 @@ static bool chain_result(sk_request *r, sk_instance *pi, sk_status st)
             plugin_reply(r);
             return true;
         }
-        sk_warn("plugin %s: returned SK_RESPOND without calling respond()", pi->name);
-        __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
+        sk_warn("plugin %s: returned SK_RESPOND without calling respond()", sk_filters->name(pi));
+        sk_filters->count_error(pi);
         filter_error(r, pi, "on_request");
         return true;
     default: filter_error(r, pi, "on_request"); return true;
@@ -358,7 +357,7 @@ static void run_chain(sk_request *r)
         if (gone(r) || r->response_started) return;
         if (r->chain_pos < l->nplugins) {
             sk_instance *pi = l->plugins[r->chain_pos++];
-            if (chain_result(r, pi, sk_plugin_on_request(pi, r))) return;
+            if (chain_result(r, pi, sk_filters->on_request(pi, r))) return;
             continue;
         }
         if (!r->routed) {
@@ -373,14 +372,14 @@ static void run_chain(sk_request *r)
         const sk_route *rt = r->route;
         if (r->chain_pos < l->nplugins + rt->nplugins) {
             sk_instance *pi = rt->plugins[r->chain_pos++ - l->nplugins];
-            if (chain_result(r, pi, sk_plugin_on_request(pi, r))) return;
+            if (chain_result(r, pi, sk_filters->on_request(pi, r))) return;
             continue;
         }
         break;
     }
     if (r->route->lua && !r->lua_ran) {
         r->lua_ran = true;
-        sk_status st = sk_lua_on_request(r);
+        sk_status st = sk_filters->lua_on_request(r);
         if (gone(r)) return;
         if (st == SK_RESPOND) {
             plugin_reply(r);
@@ -418,10 +417,10 @@ void sk_proxy_resume(sk_request *r, int status)
     r->filter_paused = false;
     r->paused_by = NULL;
     if (st > SK_ERROR || st == SK_PAUSE) {
-        sk_warn("plugin %s: resume() with status %d", pi->name, (int)st);
+        sk_warn("plugin %s: resume() with status %d", sk_filters->name(pi), (int)st);
         st = SK_ERROR;
     }
-    if (st == SK_ERROR) __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
+    if (st == SK_ERROR) sk_filters->count_error(pi);
     if (!chain_result(r, pi, st)) run_chain(r);
     /* A reply may have finished (and recycled) r by now: it is only touched
      * again while it is not finished. The stream outlives this call. */
@@ -445,7 +444,7 @@ void sk_proxy_log(sk_request *r)
     r->end_ns = sk_now_ns();
     for (unsigned i = r->chain_pos; i-- > 0;) {
         sk_instance *pi = chain_at(r, i);
-        if (pi) sk_plugin_on_log(pi, r);
+        if (pi) sk_filters->on_log(pi, r);
     }
 }
 
@@ -468,7 +467,7 @@ static bool response_hooks(sk_request *r)
     bool stop = false;
     if (r->lua_ran) { /* the Lua filter ran last on the way in: first on the way out */
         r->lr_status = 0;
-        sk_status st = sk_lua_on_response(r);
+        sk_status st = sk_filters->lua_on_response(r);
         if (st != SK_CONTINUE) {
             stop = true;
             if (st != SK_RESPOND || !r->lr_status) prepare_filter_error(r);
@@ -478,12 +477,12 @@ static bool response_hooks(sk_request *r)
         sk_instance *pi = chain_at(r, i);
         if (!pi) continue;
         r->lr_status = 0; /* only a reply prepared by this hook counts */
-        sk_status st = sk_plugin_on_response(pi, r);
+        sk_status st = sk_filters->on_response(pi, r);
         if (st == SK_CONTINUE) continue;
         stop = true;
         if (st == SK_RESPOND && r->lr_status) break;
-        if (st == SK_RESPOND) __atomic_add_fetch(&pi->errors, 1, __ATOMIC_RELAXED);
-        sk_warn("plugin %s: on_response failed", pi->name);
+        if (st == SK_RESPOND) sk_filters->count_error(pi);
+        sk_warn("plugin %s: on_response failed", sk_filters->name(pi));
         prepare_filter_error(r);
     }
     r->in_response_hooks = false;
@@ -513,7 +512,7 @@ static void cancel(sk_request *r)
         sk_instance *pi = r->paused_by;
         r->filter_paused = false;
         r->paused_by = NULL;
-        sk_plugin_on_cancel(pi, r);
+        sk_filters->on_cancel(pi, r);
     }
     release_upstream(r, false);
     release_cluster(r);

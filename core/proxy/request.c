@@ -9,9 +9,18 @@
 #include <string.h>
 
 #include "accesslog.h"
-#include "lua_filter.h"
+#include "filter.h"
 #include "metrics.h"
 #include "request.h"
+
+/* The filter hosts (registered by the runtime before any worker runs). */
+const sk_filter_ops *sk_filters;
+
+/* Registers the filter hosts (see filter.h). */
+void sk_filters_register(const sk_filter_ops *ops)
+{
+    sk_filters = ops;
+}
 
 /* Allocates a request for a stream (see request.h). */
 sk_request *sk_request_new(const sk_conn_info *ci, const sk_server_ops *ops, void *stream)
@@ -70,7 +79,7 @@ void sk_request_free(sk_request *r)
 {
     sk_wctx *w = r->worker;
     if (ev_is_active(&r->timeout)) ev_timer_stop(w->loop, &r->timeout);
-    if (r->lua_co) sk_lua_request_done(r);
+    if (r->lua_co) sk_filters->lua_done(r);
     sk_config_unref(r->config);
     r->config = NULL;
     if (r->head.raw.cap > 65536 || r->head.cap > 256) sk_head_free(&r->head);

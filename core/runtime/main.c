@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "generation.h"
 #include "plugin_host.h"
 #include "lua_filter.h"
 #include "server.h"
@@ -246,7 +247,7 @@ int main(int argc, char **argv)
 
     /* Plugins may start main-loop timers from create(), at config load. */
     sk_srv.loop = ev_default_loop(EVBACKEND_EPOLL);
-    sk_plugins_set_process(sk_srv.loop, 0);
+    sk_plugins_set_process(sk_srv.loop, 0, sk_workers_post, sk_workers_running);
 
     char *err = NULL;
     config_path = file;
@@ -273,7 +274,7 @@ int main(int argc, char **argv)
     sk_srv.config = cfg;
     sk_srv.started_at = time(NULL);
     sk_srv.nworkers = (size_t)cfg->workers;
-    sk_plugins_set_process(sk_srv.loop, cfg->workers);
+    sk_plugins_set_process(sk_srv.loop, cfg->workers, sk_workers_post, sk_workers_running);
     sk_metrics_assign_rows(cfg);
     sk_srv.metrics = calloc(sk_srv.nworkers, sizeof(*sk_srv.metrics));
     if (!sk_srv.metrics) return 1;

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "filters.h"
 #include "lua_filter.h"
 #include "plugin_host.h"
 #include "request.h"
@@ -492,6 +493,7 @@ int sk_worker_init_local(sk_worker *w, int id, sk_config *cfg, sk_metrics *m, in
         return -1;
     }
     w->cluster_state = cluster_state;
+    sk_filters_register(&sk_ext_filter_ops); /* the request layer calls plugins and Lua through it */
     w->gen = sk_wgen_new(w, cfg);
     w->config = cfg;
     w->metrics = m;

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "generation.h"
 #include "server.h"
 
 /* main.c is not part of sidekick_core: admin.c needs these two. */

@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "generation.h"
 #include "request.h"
 #include "server.h"
 #include "worker.h"

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "generation.h"
 
 #include "check.h"
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "generation.h"
 
 #include "check.h"
 
