@@ -20,91 +20,14 @@
  * budget or memory, every later hook raises again and the sandbox's
  * pcall/xpcall hand the error on, so a script cannot catch its way out.
  */
-#include <errno.h>
-#include <lauxlib.h>
-#include <lua.h>
-#include <luajit.h>
-#include <lualib.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/random.h>
-#include <time.h>
-
-#include "head.h"
-#include "lua_filter.h"
-#include "plugin_host.h"
-#include "request.h"
-
-#define REQ_MAGIC     0x534b5251u /* "SKRQ" */
-#define HOOK_EVERY    1000        /* VM instructions between budget checks */
-#define LOAD_BUDGET   1000        /* ms for a module's top level */
-#define POOL_MAX      64          /* idle coroutines kept per state */
-#define MAX_SRC       (16u << 20) /* largest script or module file */
-#define MAX_RESP_HDRS 64          /* headers of r:respond() */
-
-enum { KILL_NONE = 0, KILL_BUDGET, KILL_MEMORY };
-enum { ERR_ERROR = 0, ERR_BUDGET = 1, ERR_MEMORY = 2 };
-enum { HOOK_REQUEST = 0, HOOK_RESPONSE = 1 };
-
-/* A module source read at load (for `require` in worker states). */
-typedef struct sk_lua_mod {
-    struct sk_lua_mod *next;
-    char *path; /* absolute file name */
-    char *src;
-    size_t len;
-} sk_lua_mod;
-
-/* One Lua state. */
-typedef struct sk_lua_vm {
-    lua_State *L;
-    sk_lua_gen *gen;           /* NULL in the test runner */
-    const char *dir;           /* lua_dir: where `require` looks */
-    size_t mem, limit;         /* bytes allocated, and the cap while a script runs */
-    bool running;              /* a script runs: the cap and the budget apply */
-    bool recording;            /* load-time check: record `require`d sources in gen */
-    int kill;                  /* KILL_*: why the running script must stop */
-    uint64_t deadline;         /* vm_now() limit of the running script */
-    bool cpu_clock;            /* budgets count this thread's CPU time (the test runner) */
-    int (*hook_ref)[2];        /* per route index: registry refs of on_request / on_response, or 0 */
-    int *config_ref;           /* per route index: registry ref of its r:config() table */
-    int req_mt;                /* registry ref: metatable of request objects */
-    int anchors;               /* registry ref: coroutines in use or idle (thread → true) */
-    int proto;                 /* registry ref: the sandbox's shared values */
-    lua_State *idle[POOL_MAX]; /* idle coroutines, ready for the next hook */
-    int nidle;                 /* their number */
-    bool broken;               /* the worker state could not be built */
-    const char *cstack;        /* frame address of the C function that started the script */
-} sk_lua_vm;
-
-struct sk_lua_gen {
-    sk_config *cfg;   /* owner (not a reference) */
-    int nworkers;     /* size of vms */
-    sk_lua_vm **vms;  /* per worker, built by that worker on first use */
-    sk_lua_mod *mods; /* sources of modules required at load */
-};
-
-/* The request object's userdata. */
-typedef struct lreq {
-    uint32_t magic;
-    int phase;      /* HOOK_* running */
-    bool responded; /* r:respond() was called in this hook */
-    sk_request *r;  /* NULL once the request is over */
-} lreq;
-
-static sk_lua_vm *vm_of(lua_State *L)
-{
-    void *ud;
-    lua_getallocf(L, &ud);
-    return ud;
-}
+#include "lua_internal.h"
 
 /* ---- memory and time ------------------------------------------------------------------ */
 
 /* The clock budgets are counted on: monotonic time in the proxy, where a worker held
  * by a script is what the budget protects; this thread's CPU time in `sidekick lua-test`,
  * whose verdict must not depend on how busy the machine is. */
-static uint64_t vm_now(const sk_lua_vm *vm)
+uint64_t sk__lua_vm_now(const sk_lua_vm *vm)
 {
     if (!vm->cpu_clock) return sk_now_ns();
     struct timespec ts;
@@ -127,7 +50,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
         }
         /* A few huge steps (s = s .. s) run fewer instructions than the
          * hook's interval: large allocations check the deadline too. */
-        if (nsize >= 65536 && (vm->kill == KILL_BUDGET || vm_now(vm) > vm->deadline)) {
+        if (nsize >= 65536 && (vm->kill == KILL_BUDGET || sk__lua_vm_now(vm) > vm->deadline)) {
             vm->kill = KILL_BUDGET;
             return NULL;
         }
@@ -146,7 +69,7 @@ static void *vm_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 /* Must the running script stop (past its deadline, or already stopped)? */
 static bool must_stop(sk_lua_vm *vm)
 {
-    if (!vm->kill && vm_now(vm) > vm->deadline) vm->kill = KILL_BUDGET;
+    if (!vm->kill && sk__lua_vm_now(vm) > vm->deadline) vm->kill = KILL_BUDGET;
     return vm->kill != KILL_NONE;
 }
 
@@ -186,7 +109,7 @@ static int panic(lua_State *L)
 
 /* ---- reading files ---------------------------------------------------------------------- */
 
-static char *read_file(const char *path, size_t *len, char *err, size_t n)
+char *sk__lua_read_file(const char *path, size_t *len, char *err, size_t n)
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -380,7 +303,7 @@ static int sb_require(lua_State *L)
         rc = luaL_loadbufferx(L, m->src, m->len, chunk, "t");
     } else {
         size_t len;
-        char *src = read_file(path, &len, err, sizeof(err));
+        char *src = sk__lua_read_file(path, &len, err, sizeof(err));
         if (!src) return luaL_error(L, "require '%s': %s", name, err);
         rc = luaL_loadbufferx(L, src, len, chunk, "t");
         if (rc == 0 && vm->recording && vm->gen) {
@@ -502,7 +425,7 @@ static int sk_now_fn(lua_State *L)
  * the libraries, `sk`, and load/loadstring/require bound to it. `who`
  * names it in sk.log lines; `dir` is where require looks.
  */
-static void new_env(sk_lua_vm *vm, const char *who, const char *dir)
+void sk__lua_new_env(sk_lua_vm *vm, const char *who, const char *dir)
 {
     lua_State *L = vm->L;
     lua_createtable(L, 0, 32);
@@ -553,25 +476,23 @@ static void new_env(sk_lua_vm *vm, const char *who, const char *dir)
 
 /* ---- running code ------------------------------------------------------------------------ */
 
-static int resume_script(sk_lua_vm *vm, lua_State *co, int nargs, uint64_t deadline, int *kill);
-static void push_failure(lua_State *L, lua_State *co, int rc, int kill);
 
 /* Calls the function below nargs on L as a script (capped memory, deadline
  * in ms), in a coroutine like a hook. Host side. 0 with nres results on L,
  * or LUA_ERRRUN with the message and traceback on L. */
-static int run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
+int sk__lua_run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
 {
     lua_State *L = vm->L;
     lua_State *co = lua_newthread(L);
     lua_insert(L, -(nargs + 2)); /* below the function: it anchors the coroutine */
     lua_xmove(L, co, nargs + 1);
     int kill;
-    int rc = resume_script(vm, co, nargs, vm_now(vm) + budget_ms * 1000000ull, &kill);
+    int rc = sk__lua_resume_script(vm, co, nargs, sk__lua_vm_now(vm) + budget_ms * 1000000ull, &kill);
     if (rc == 0 && !kill) {
         lua_settop(co, nres);
         lua_xmove(co, L, nres);
     } else {
-        push_failure(L, co, rc, kill);
+        sk__lua_push_failure(L, co, rc, kill);
         rc = LUA_ERRRUN;
     }
     lua_remove(L, -(rc == 0 ? nres : 1) - 1); /* the coroutine, below the results or the message */
@@ -583,12 +504,12 @@ static int run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
  * table (checked: a table, hooks functions or absent). 0, or -1 with the
  * message in err. Host side.
  */
-static int instantiate(sk_lua_vm *vm, const char *who, const char *path, const char *src, size_t len,
+int sk__lua_instantiate(sk_lua_vm *vm, const char *who, const char *path, const char *src, size_t len,
                        const char *dir, char *err, size_t n)
 {
     lua_State *L = vm->L;
     int top = lua_gettop(L);
-    new_env(vm, who, dir);
+    sk__lua_new_env(vm, who, dir);
     char chunk[4200];
     snprintf(chunk, sizeof(chunk), "@%s", path);
     if (luaL_loadbufferx(L, src, len, chunk, "t") != 0) {
@@ -598,7 +519,7 @@ static int instantiate(sk_lua_vm *vm, const char *who, const char *path, const c
     }
     lua_pushvalue(L, top + 1);
     lua_setfenv(L, -2);
-    if (run_script(vm, 0, 1, LOAD_BUDGET) != 0) {
+    if (sk__lua_run_script(vm, 0, 1, LOAD_BUDGET) != 0) {
         snprintf(err, n, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
         lua_settop(L, top);
         return -1;
@@ -629,7 +550,7 @@ static int instantiate(sk_lua_vm *vm, const char *who, const char *path, const c
  * of L). Runs as a script with the load budget, like the top level; the stack
  * is as before. 0, or -1 with "PATH: init: message" and the traceback in err.
  */
-static int run_init(sk_lua_vm *vm, const char *path, int mod, int cfg, int info, char *err, size_t n)
+int sk__lua_run_init(sk_lua_vm *vm, const char *path, int mod, int cfg, int info, char *err, size_t n)
 {
     lua_State *L = vm->L;
     lua_getfield(L, mod, "init");
@@ -639,7 +560,7 @@ static int run_init(sk_lua_vm *vm, const char *path, int mod, int cfg, int info,
     }
     lua_pushvalue(L, cfg);
     lua_pushvalue(L, info);
-    if (run_script(vm, 2, 0, LOAD_BUDGET) != 0) {
+    if (sk__lua_run_script(vm, 2, 0, LOAD_BUDGET) != 0) {
         snprintf(err, n, "%s: init: %s", path, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error");
         lua_pop(L, 1);
         return -1;
@@ -647,7 +568,7 @@ static int run_init(sk_lua_vm *vm, const char *path, int mod, int cfg, int info,
     return 0;
 }
 
-static sk_lua_vm *vm_new(size_t limit, const char *dir)
+sk_lua_vm *sk__lua_vm_new(size_t limit, const char *dir)
 {
     sk_lua_vm *vm = calloc(1, sizeof(*vm));
     if (!vm) return NULL;
@@ -668,7 +589,7 @@ static sk_lua_vm *vm_new(size_t limit, const char *dir)
     return vm;
 }
 
-static void vm_free(sk_lua_vm *vm)
+void sk__lua_vm_free(sk_lua_vm *vm)
 {
     if (!vm) return;
     lua_close(vm->L);
@@ -676,325 +597,6 @@ static void vm_free(sk_lua_vm *vm)
     free(vm->config_ref);
     free(vm);
 }
-
-/* ---- the request object ----------------------------------------------------------------- */
-
-static lreq *check_req(lua_State *L)
-{
-    lreq *q = lua_type(L, 1) == LUA_TUSERDATA ? lua_touserdata(L, 1) : NULL;
-    if (!q || q->magic != REQ_MAGIC) luaL_error(L, "expected the request object (call methods with ':')");
-    if (!q->r) luaL_error(L, "the request is over");
-    return q;
-}
-
-static sk_req *R(lreq *q)
-{
-    return (sk_req *)q->r;
-}
-
-/* A string argument without NUL bytes. */
-static const char *check_text(lua_State *L, int i)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, i, &n);
-    if (strlen(s) != n) luaL_argerror(L, i, "contains a NUL byte");
-    return s;
-}
-
-static int push_str(lua_State *L, sk_str s)
-{
-    if (s.ptr)
-        lua_pushlstring(L, s.ptr, s.len);
-    else
-        lua_pushnil(L);
-    return 1;
-}
-
-static void need_phase(lua_State *L, lreq *q, int phase, const char *fn)
-{
-    if (q->phase != phase)
-        luaL_error(L, "r:%s() is only allowed in %s", fn,
-                   phase == HOOK_REQUEST ? "on_request" : "on_response");
-}
-
-static int r_method(lua_State *L)
-{
-    return push_str(L, sk_host.method(R(check_req(L))));
-}
-static int r_path(lua_State *L)
-{
-    lreq *q = check_req(L);
-    if (q->r->up_path) {
-        lua_pushlstring(L, q->r->up_path, q->r->up_path_len);
-        return 1;
-    }
-    return push_str(L, sk_host.path(R(q)));
-}
-static int r_query(lua_State *L)
-{
-    return push_str(L, sk_host.query(R(check_req(L))));
-}
-static int r_host(lua_State *L)
-{
-    return push_str(L, sk_host.authority(R(check_req(L))));
-}
-static int r_client_ip(lua_State *L)
-{
-    return push_str(L, sk_host.client_ip(R(check_req(L))));
-}
-static int r_identity(lua_State *L)
-{
-    return push_str(L, sk_host.identity(R(check_req(L))));
-}
-static int r_route(lua_State *L)
-{
-    return push_str(L, sk_host.route(R(check_req(L))));
-}
-
-static int r_set_path(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_REQUEST, "set_path");
-    size_t n;
-    const char *p = luaL_checklstring(L, 2, &n);
-    if (n == 0 || p[0] != '/') luaL_argerror(L, 2, "must start with '/'");
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c <= 0x20 || c == 0x7f || c == '?' || c == '#') luaL_argerror(L, 2, "bad character in path");
-    }
-    char *copy = sk_arena_strndup(&q->r->arena, p, n);
-    if (!copy) luaL_error(L, "out of memory");
-    q->r->up_path = copy;
-    q->r->up_path_len = n;
-    return 0;
-}
-
-static int r_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    sk_str v;
-    if (!sk_host.header(R(q), check_text(L, 2), &v)) {
-        lua_pushnil(L);
-        return 1;
-    }
-    return push_str(L, v);
-}
-
-/* Pushes a table of headers: lower-case name → value, repeats joined with ", ". */
-static int push_headers(lua_State *L, const sk_head *h)
-{
-    lua_createtable(L, 0, (int)h->nhdrs);
-    char name[256];
-    for (size_t i = 0; i < h->nhdrs; i++) {
-        const sk_header *x = &h->views[i];
-        size_t nl = x->name_len < sizeof(name) ? x->name_len : sizeof(name) - 1;
-        for (size_t j = 0; j < nl; j++) {
-            char c = x->name[j];
-            name[j] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
-        }
-        lua_pushlstring(L, name, nl);
-        lua_pushvalue(L, -1);
-        lua_rawget(L, -3);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushlstring(L, x->value, x->value_len);
-        } else {
-            lua_pushliteral(L, ", ");
-            lua_pushlstring(L, x->value, x->value_len);
-            lua_concat(L, 3);
-        }
-        lua_rawset(L, -3);
-    }
-    return 1;
-}
-
-static int r_headers(lua_State *L)
-{
-    return push_headers(L, &check_req(L)->r->head);
-}
-
-static int edit_result(lua_State *L, int rc, const char *fn)
-{
-    if (rc < 0) luaL_error(L, "r:%s(): bad header name or value, or the request already went upstream", fn);
-    return 0;
-}
-
-static int r_set_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_REQUEST, "set_header");
-    return edit_result(L, sk_host.set_header(R(q), check_text(L, 2), check_text(L, 3)), "set_header");
-}
-static int r_add_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_REQUEST, "add_header");
-    return edit_result(L, sk_host.add_header(R(q), check_text(L, 2), check_text(L, 3)), "add_header");
-}
-static int r_remove_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_REQUEST, "remove_header");
-    return edit_result(L, sk_host.remove_header(R(q), check_text(L, 2)), "remove_header");
-}
-
-static int r_meta(lua_State *L)
-{
-    lreq *q = check_req(L);
-    const char *v = sk_host.meta(R(q), check_text(L, 2));
-    if (!v) {
-        lua_pushnil(L);
-        return 1;
-    }
-    lua_pushstring(L, v);
-    return 1;
-}
-static int r_set_meta(lua_State *L)
-{
-    lreq *q = check_req(L);
-    if (sk_host.set_meta(R(q), check_text(L, 2), check_text(L, 3)) < 0) luaL_error(L, "out of memory");
-    return 0;
-}
-
-/* A request object starts with the (empty) globals table as its env; the
- * first r:ctx() gives it a table of its own. */
-static int r_ctx(lua_State *L)
-{
-    check_req(L);
-    lua_getfenv(L, 1);
-    if (lua_rawequal(L, -1, LUA_GLOBALSINDEX)) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_pushvalue(L, -1);
-        lua_setfenv(L, 1);
-    }
-    return 1;
-}
-
-static int r_config(lua_State *L)
-{
-    lreq *q = check_req(L);
-    sk_lua_vm *vm = vm_of(L);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->config_ref[q->r->route->index]);
-    return 1;
-}
-
-static int r_set_cluster(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_REQUEST, "set_cluster");
-    const char *name = check_text(L, 2);
-    if (sk_host.set_cluster(R(q), name) < 0) luaL_error(L, "r:set_cluster(): unknown cluster '%s'", name);
-    return 0;
-}
-
-/* Is s (n bytes) a reason for r:respond(): 1..64 of [a-z0-9_]? */
-static bool reason_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 64) return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '_')) return false;
-    return true;
-}
-
-/* r:respond(status [, body [, headers [, reason]]]): the local reply, then the hook ends. */
-static int r_respond(lua_State *L)
-{
-    lreq *q = check_req(L);
-    int status = (int)luaL_checkinteger(L, 2);
-    size_t blen = 0, rlen = 0;
-    const char *body = luaL_optlstring(L, 3, NULL, &blen);
-    const char *reason = NULL;
-    if (!lua_isnoneornil(L, 5)) {
-        if (lua_type(L, 5) == LUA_TSTRING) reason = lua_tolstring(L, 5, &rlen);
-        if (!reason || !reason_ok(reason, rlen))
-            luaL_error(L, "bad argument #4 to 'respond' (reason must be 1..64 characters of [a-z0-9_])");
-    }
-    const char *hs[2 * MAX_RESP_HDRS + 1];
-    size_t n = 0;
-    if (!lua_isnoneornil(L, 4)) {
-        luaL_checktype(L, 4, LUA_TTABLE);
-        lua_pushnil(L);
-        while (lua_next(L, 4)) {
-            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-                luaL_error(L, "r:respond(): headers must be a table of name = value strings");
-            if (n == 2 * MAX_RESP_HDRS) luaL_error(L, "r:respond(): more than %d headers", MAX_RESP_HDRS);
-            hs[n++] = lua_tostring(L, -2);
-            hs[n++] = lua_tostring(L, -1);
-            lua_pop(L, 1);
-        }
-    }
-    hs[n] = NULL;
-    if (status < 200 || status > 599) luaL_argerror(L, 2, "status must be 200..599");
-    if (sk_host.respond(R(q), status, reason, body, blen, n ? hs : NULL) < 0)
-        luaL_error(L, "r:respond(): bad header name or value, or the response already started");
-    q->responded = true;
-    return lua_yield(L, 0); /* the hook ends here */
-}
-
-static int r_status(lua_State *L)
-{
-    lua_pushinteger(L, sk_host.status(R(check_req(L))));
-    return 1;
-}
-static int r_response_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    sk_str v;
-    if (!sk_host.response_header(R(q), check_text(L, 2), &v)) {
-        lua_pushnil(L);
-        return 1;
-    }
-    return push_str(L, v);
-}
-static int r_set_response_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_RESPONSE, "set_response_header");
-    return edit_result(L, sk_host.set_response_header(R(q), check_text(L, 2), check_text(L, 3)),
-                       "set_response_header");
-}
-static int r_add_response_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_RESPONSE, "add_response_header");
-    return edit_result(L, sk_host.add_response_header(R(q), check_text(L, 2), check_text(L, 3)),
-                       "add_response_header");
-}
-static int r_remove_response_header(lua_State *L)
-{
-    lreq *q = check_req(L);
-    need_phase(L, q, HOOK_RESPONSE, "remove_response_header");
-    return edit_result(L, sk_host.remove_response_header(R(q), check_text(L, 2)), "remove_response_header");
-}
-
-static const luaL_Reg req_methods[] = {
-    {"method", r_method},
-    {"path", r_path},
-    {"set_path", r_set_path},
-    {"query", r_query},
-    {"host", r_host},
-    {"header", r_header},
-    {"headers", r_headers},
-    {"set_header", r_set_header},
-    {"add_header", r_add_header},
-    {"remove_header", r_remove_header},
-    {"client_ip", r_client_ip},
-    {"identity", r_identity},
-    {"route", r_route},
-    {"meta", r_meta},
-    {"set_meta", r_set_meta},
-    {"ctx", r_ctx},
-    {"config", r_config},
-    {"set_cluster", r_set_cluster},
-    {"respond", r_respond},
-    {"status", r_status},
-    {"response_header", r_response_header},
-    {"set_response_header", r_set_response_header},
-    {"add_response_header", r_add_response_header},
-    {"remove_response_header", r_remove_response_header},
-    {NULL, NULL},
-};
 
 /* ---- generations and worker states ------------------------------------------------------ */
 
@@ -1011,7 +613,7 @@ static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err,
     }
     luaL_newmetatable(L, "sidekick.request");
     lua_newtable(L);
-    luaL_register(L, NULL, req_methods);
+    luaL_register(L, NULL, sk__lua_req_methods);
     lua_setfield(L, -2, "__index");
     lua_pushliteral(L, "sidekick.request");
     lua_setfield(L, -2, "__metatable");
@@ -1041,8 +643,8 @@ static int load_routes(sk_lua_vm *vm, sk_config *cfg, int *bad_route, char *err,
         lua_setfield(L, -2, "clusters");
         char who[300];
         snprintf(who, sizeof(who), "route %s", rt->name);
-        if (instantiate(vm, who, rt->lua, rt->lua_src, rt->lua_src_len, cfg->lua_dir, err, n) < 0 ||
-            run_init(vm, rt->lua, cfg_t + 2, cfg_t, cfg_t + 1, err, n) < 0) {
+        if (sk__lua_instantiate(vm, who, rt->lua, rt->lua_src, rt->lua_src_len, cfg->lua_dir, err, n) < 0 ||
+            sk__lua_run_init(vm, rt->lua, cfg_t + 2, cfg_t, cfg_t + 1, err, n) < 0) {
             *bad_route = (int)i;
             lua_settop(L, clusters - 1);
             return -1;
@@ -1070,7 +672,7 @@ int sk_lua_load_config(sk_config *c, int *bad_route, char *err, size_t err_size)
         sk_route *rt = c->routes[i];
         if (!rt->lua) continue;
         any = true;
-        if (!(rt->lua_src = read_file(rt->lua, &rt->lua_src_len, err, err_size))) {
+        if (!(rt->lua_src = sk__lua_read_file(rt->lua, &rt->lua_src_len, err, err_size))) {
             *bad_route = (int)i;
             return -1;
         }
@@ -1086,7 +688,7 @@ int sk_lua_load_config(sk_config *c, int *bad_route, char *err, size_t err_size)
     g->nworkers = c->workers;
     c->lua = g;
     /* The check: every script run once, as a worker will run it. */
-    sk_lua_vm *vm = vm_new(c->lua_memory, c->lua_dir);
+    sk_lua_vm *vm = sk__lua_vm_new(c->lua_memory, c->lua_dir);
     if (!vm) {
         snprintf(err, err_size, "cannot create a Lua state");
         return -1;
@@ -1094,14 +696,14 @@ int sk_lua_load_config(sk_config *c, int *bad_route, char *err, size_t err_size)
     vm->gen = g;
     vm->recording = true;
     int rc = load_routes(vm, c, bad_route, err, err_size);
-    vm_free(vm);
+    sk__lua_vm_free(vm);
     return rc;
 }
 
 void sk_lua_gen_free(sk_lua_gen *g)
 {
     if (!g) return;
-    for (int i = 0; i < g->nworkers; i++) vm_free(g->vms[i]);
+    for (int i = 0; i < g->nworkers; i++) sk__lua_vm_free(g->vms[i]);
     free(g->vms);
     while (g->mods) {
         sk_lua_mod *m = g->mods;
@@ -1120,7 +722,7 @@ static sk_lua_vm *vm_for(sk_config *c, int id)
     if (!g || id >= g->nworkers) return NULL;
     sk_lua_vm *vm = g->vms[id];
     if (vm) return vm->broken ? NULL : vm;
-    vm = vm_new(c->lua_memory, c->lua_dir);
+    vm = sk__lua_vm_new(c->lua_memory, c->lua_dir);
     if (!vm) {
         sk_error("lua: cannot create the Lua state of worker %d", id);
         return NULL;
@@ -1189,7 +791,7 @@ static void kill_message(lua_State *L, lua_State *co, int kill)
  * *kill to why the script was stopped (KILL_NONE when it was not). Restores
  * the state's previous run state (a test file running a hook).
  */
-static int resume_script(sk_lua_vm *vm, lua_State *co, int nargs, uint64_t deadline, int *kill)
+int sk__lua_resume_script(sk_lua_vm *vm, lua_State *co, int nargs, uint64_t deadline, int *kill)
 {
     bool was = vm->running;
     uint64_t old_deadline = vm->deadline;
@@ -1213,7 +815,7 @@ static int resume_script(sk_lua_vm *vm, lua_State *co, int nargs, uint64_t deadl
 }
 
 /* Pushes onto L why co failed, with its traceback. */
-static void push_failure(lua_State *L, lua_State *co, int rc, int kill)
+void sk__lua_push_failure(lua_State *L, lua_State *co, int rc, int kill)
 {
     if (rc == 0 || rc == LUA_YIELD)
         lua_pushstring(L, kill == KILL_BUDGET   ? "lua_budget exceeded"
@@ -1271,7 +873,7 @@ static sk_status run_hook(sk_request *r, int hook)
 
     uint64_t budget = rt->lua_budget_ms * 1000000ull, t0 = sk_now_ns();
     int kill;
-    int rc = resume_script(vm, co, 1, t0 + (budget > r->lua_ns ? budget - r->lua_ns : 0), &kill);
+    int rc = sk__lua_resume_script(vm, co, 1, t0 + (budget > r->lua_ns ? budget - r->lua_ns : 0), &kill);
     uint64_t spent = sk_now_ns() - t0;
     r->lua_ns += spent;
     if (spent > 1000000) ev_now_update(r->worker->loop); /* timers armed next must not start in the past */
@@ -1281,7 +883,7 @@ static sk_status run_hook(sk_request *r, int hook)
     }
     if (rc == LUA_YIELD && q->responded && !kill)
         return SK_RESPOND; /* r:respond() ended the hook; the coroutine is let go with the request */
-    push_failure(L, co, rc, kill);
+    sk__lua_push_failure(L, co, rc, kill);
     sk_warn("lua route %s: %s: %s", rt->name, names[hook], lua_tostring(L, -1));
     lua_pop(L, 1);
     count_error(r, kill == KILL_BUDGET ? ERR_BUDGET : kill == KILL_MEMORY ? ERR_MEMORY : ERR_ERROR);
@@ -1335,203 +937,3 @@ int sk_lua_render_prometheus(sk_buf *out, const sk_config *c)
     return rc ? -1 : 0;
 }
 
-/* ---- the offline test runner ------------------------------------------------------------- */
-
-#include "lua_test_src.h" /* sk_lua_test_src: core/ext/lua_test.lua */
-
-/* Directory part of path ("." when none), malloc'd. */
-static char *dir_of(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    if (!slash) return strdup(".");
-    if (slash == path) return strdup("/");
-    return strndup(path, (size_t)(slash - path));
-}
-
-/* load_filter(path, config, info): the module table of a filter file, in its own env,
- * after its init(config, info) if it has one. */
-static int t_load_filter(lua_State *L)
-{
-    sk_lua_vm *vm = vm_of(L);
-    const char *rel = luaL_checkstring(L, 1);
-    luaL_checktype(L, 2, LUA_TTABLE);
-    luaL_checktype(L, 3, LUA_TTABLE);
-    char path[4096];
-    if (rel[0] == '/')
-        snprintf(path, sizeof(path), "%s", rel);
-    else
-        snprintf(path, sizeof(path), "%s/%s", lua_tostring(L, lua_upvalueindex(1)), rel);
-    char err[2048];
-    size_t len;
-    char *src = read_file(path, &len, err, sizeof(err));
-    if (!src) return luaL_error(L, "%s", err);
-    char *dir = dir_of(path);
-    bool was = vm->running;
-    vm->running = false; /* instantiate runs the top level as a script itself */
-    /* instantiate works on the state's main stack; L is the test file's coroutine */
-    int top = lua_gettop(vm->L);
-    lua_pushvalue(L, 2);
-    lua_pushvalue(L, 3);
-    lua_xmove(L, vm->L, 2);
-    int rc = dir ? instantiate(vm, rel, path, src, len, dir, err, sizeof(err)) : -1;
-    if (rc == 0) rc = run_init(vm, path, top + 3, top + 1, top + 2, err, sizeof(err));
-    vm->running = was;
-    free(src);
-    free(dir);
-    if (rc < 0) {
-        lua_settop(vm->L, top);
-        return luaL_error(L, "%s", err);
-    }
-    lua_xmove(vm->L, L, 1);
-    lua_settop(vm->L, top);
-    return 1;
-}
-
-/* run(fn, r, budget_ms): fn(r) in a new coroutine. Returns "ok" | "yield" | "error", message. */
-static int t_run(lua_State *L)
-{
-    sk_lua_vm *vm = vm_of(L);
-    luaL_checktype(L, 1, LUA_TFUNCTION);
-    uint64_t budget = (uint64_t)luaL_optinteger(L, 3, 50);
-    lua_State *co = lua_newthread(L);
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    lua_xmove(L, co, 2);
-    int kill;
-    int rc = resume_script(vm, co, 1, vm_now(vm) + budget * 1000000ull, &kill);
-    if (rc == 0 && !kill) {
-        lua_pushliteral(L, "ok");
-        return 1;
-    }
-    if (rc == LUA_YIELD && !kill) {
-        lua_pushliteral(L, "yield");
-        return 1;
-    }
-    lua_pushliteral(L, "error");
-    push_failure(L, co, rc, kill);
-    return 2;
-}
-
-static int t_out(lua_State *L)
-{
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
-    fwrite(s, 1, n, stdout);
-    fflush(stdout);
-    return 0;
-}
-
-/* Runs one test file; returns the number of failures (1 if it does not load). */
-static int run_test_file(const char *file)
-{
-    char *dir = dir_of(file);
-    sk_lua_vm *vm = dir ? vm_new(256u << 20, dir) : NULL;
-    if (!vm) {
-        fprintf(stderr, "lua-test: out of memory\n");
-        free(dir);
-        return 1;
-    }
-    vm->cpu_clock = true;
-    lua_State *L = vm->L;
-    int failed = 1;
-    printf("# %s\n", file);
-    fflush(stdout);
-    /* The library, with the privileged helpers it alone sees. */
-    if (luaL_loadbuffer(L, sk_lua_test_src, sizeof(sk_lua_test_src) - 1, "=lua_test") != 0) {
-        fprintf(stderr, "lua-test: %s\n", lua_tostring(L, -1));
-        goto out;
-    }
-    lua_createtable(L, 0, 4);
-    lua_pushstring(L, dir);
-    lua_pushcclosure(L, t_load_filter, 1);
-    lua_setfield(L, -2, "load_filter");
-    lua_pushcfunction(L, t_run);
-    lua_setfield(L, -2, "run");
-    lua_pushcfunction(L, t_out);
-    lua_setfield(L, -2, "out");
-    lua_rawgeti(L, LUA_REGISTRYINDEX, vm->proto);
-    lua_setfield(L, -2, "base");
-    /* The library's own environment: the sandbox too, plus the helpers. */
-    new_env(vm, "lua-test", dir);
-    lua_setfenv(L, -3);
-    if (lua_pcall(L, 1, 2, 0) != 0) {
-        fprintf(stderr, "lua-test: %s\n", lua_tostring(L, -1));
-        goto out;
-    }
-    int finish = lua_gettop(L), T = finish - 1;
-    /* The test file, in a sandbox environment with T. */
-    char err[2048];
-    size_t len;
-    char *src = read_file(file, &len, err, sizeof(err));
-    if (!src) {
-        fprintf(stderr, "lua-test: %s\n", err);
-        goto out;
-    }
-    char chunk[4200];
-    snprintf(chunk, sizeof(chunk), "@%s", file);
-    int rc = luaL_loadbufferx(L, src, len, chunk, "t");
-    free(src);
-    if (rc != 0) {
-        printf("not ok - %s\n", lua_tostring(L, -1));
-        goto out;
-    }
-    new_env(vm, "test", dir);
-    lua_pushvalue(L, T);
-    lua_setfield(L, -2, "T");
-    lua_getfield(L, T, "print");
-    lua_setfield(L, -2, "print");
-    lua_setfenv(L, -2);
-    if (run_script(vm, 0, 0, 60000) != 0) {
-        printf("not ok - %s\n", lua_tostring(L, -1));
-        fflush(stdout);
-        lua_pop(L, 1);
-        lua_pushvalue(L, finish);
-        lua_pushboolean(L, 1);
-    } else {
-        lua_pushvalue(L, finish);
-        lua_pushboolean(L, 0);
-    }
-    if (lua_pcall(L, 1, 1, 0) != 0) {
-        fprintf(stderr, "lua-test: %s\n", lua_tostring(L, -1));
-        goto out;
-    }
-    failed = (int)lua_tointeger(L, -1);
-out:
-    vm_free(vm);
-    free(dir);
-    return failed;
-}
-
-static void lua_test_usage(FILE *f)
-{
-    fprintf(f, "usage: sidekick lua-test [--] FILE_test.lua [FILE_test.lua...]\n"
-               "Runs offline tests of Lua route filters (no config, proxy or network) and\n"
-               "prints TAP-like results. Exit status: 0 when every case passed, 1 when one\n"
-               "failed or a file did not load, 2 on a usage error. Docs: docs/lua.md\n"
-               "(\"Testing filters offline\").\n");
-}
-
-int sk_lua_test_main(int argc, char **argv)
-{
-    int first = 0;
-    for (; first < argc && argv[first][0] == '-' && argv[first][1]; first++) {
-        if (strcmp(argv[first], "--") == 0) {
-            first++;
-            break;
-        }
-        if (strcmp(argv[first], "--help") == 0 || strcmp(argv[first], "-h") == 0) {
-            lua_test_usage(stdout);
-            return 0;
-        }
-        fprintf(stderr, "sidekick lua-test: unknown option '%s'\n", argv[first]);
-        lua_test_usage(stderr);
-        return 2;
-    }
-    if (first >= argc) {
-        lua_test_usage(stderr);
-        return 2;
-    }
-    int failed = 0;
-    for (int i = first; i < argc; i++) failed += run_test_file(argv[i]);
-    return failed ? 1 : 0;
-}
