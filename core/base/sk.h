@@ -1,7 +1,7 @@
 /*
  * sk.h — common definitions shared by every core file: logging, byte
  * buffers, header views and small helpers. Types of wider subsystems live in
- * their own headers (config.h, worker.h, metrics.h).
+ * their own headers (config.h, message.h, request.h, worker.h, ...).
  */
 #ifndef SK_SK_H
 #define SK_SK_H

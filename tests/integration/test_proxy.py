@@ -435,7 +435,7 @@ def test_framing_header_names_case_insensitive(env):
 
 def test_large_response_headers_passed(env):
     """A 16 kB response header is within the proxy's 64 KiB response head
-    limit (core/upstream/upstream.c): passed through intact."""
+    limit (core/http/h1_client.c): passed through intact."""
     big = "v" * 16000
     sk, up = env(lambda req: Reply(headers=[("X-Big", big)], body=b"b"))
     r = http_request(sk.port("listen"), "GET", "/")
