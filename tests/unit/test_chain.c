@@ -43,17 +43,17 @@ typedef struct fstream {
     int head_status;      /* send_head */
     char head_hdrs[2048]; /* its header fields, "name: value\n" each */
     int framing;
-    int lr_status;          /* local_reply */
+    int lr_status; /* local_reply */
     const char *lr_reason;
-    char body[4096];        /* send_body or the local reply's body */
+    char body[4096]; /* send_body or the local reply's body */
     size_t body_len;
-    int ends;               /* send_end calls */
-    int done;               /* response_done calls (local replies included) */
-    int resumed;            /* chain_resumed calls */
-    bool in_head;           /* inside cbs.head: finishing waits until it returns */
-    bool finish_due;        /* response done inside head */
-    bool finished;          /* cbs.finish was called */
-    bool gone;              /* aborted */
+    int ends;        /* send_end calls */
+    int done;        /* response_done calls (local replies included) */
+    int resumed;     /* chain_resumed calls */
+    bool in_head;    /* inside cbs.head: finishing waits until it returns */
+    bool finish_due; /* response done inside head */
+    bool finished;   /* cbs.finish was called */
+    bool gone;       /* aborted */
 } fstream;
 
 static void stream_finish(fstream *s, bool complete)
