@@ -186,6 +186,7 @@ static void conn_flush(sk_conn *c)
     size_t before = sk_out_pending(&c->out);
     if (sk_out_flush(&c->out, &c->tr) < 0) {
         sk_debug("write to client %s: %s", c->client_addr, strerror(errno));
+        if (c->req && !c->req->response_started) c->req->client_closed = true;
         sk_conn_close(c);
         return;
     }
@@ -843,6 +844,43 @@ static void process(sk_conn *c)
     if (!c->dead) conn_flush(c);
 }
 
+/*
+ * The client closed its side (FIN). As nginx does by default (without
+ * proxy_ignore_client_abort), a request whose response has not started is
+ * cancelled: the request layer logs it 499 client_closed, cancels a paused
+ * filter and aborts the upstream exchange. This holds for a client that
+ * only half-closed (shutdown(SHUT_WR)) and still reads: it gets no answer.
+ * A response already started is completed when the request was read whole
+ * (then the connection closes), else cut. Responses of earlier pipelined
+ * requests that are complete but still queued are written before the close.
+ */
+static void client_closed(sk_conn *c)
+{
+    sk_msg *r = c->req;
+    if (r && r->response_started) {
+        if (r->body_done) {
+            r->close_after = true;
+            return;
+        }
+        sk_conn_close(c);
+        return;
+    }
+    if (r) {
+        void *rq = c->rq;
+        r->client_closed = true;
+        c->req = NULL;
+        c->rq = NULL;
+        c->cbs->finish(rq, false);
+    }
+    if (sk_out_pending(&c->out) == 0) {
+        sk_conn_close(c);
+        return;
+    }
+    c->closing = true; /* conn_flush closes once the queue is written */
+    set_timer(c, c->listener->idle_timeout_ms);
+    conn_flush(c);
+}
+
 static void on_readable(sk_transport *t)
 {
     sk_conn *c = t->data;
@@ -875,20 +913,14 @@ static void on_readable(sk_transport *t)
     if (c->rlen < SK_READ_BUF && !c->closing) {
         ssize_t n = sk_transport_read(&c->tr, c->rbuf + c->rlen, SK_READ_BUF - c->rlen);
         if (n == 0) {
-            /* The client closed its side. A request that was read whole is
-             * still answered (then the connection closes); anything else is
-             * aborted. */
             c->read_eof = true;
             conn_pause_read(c);
-            if (c->req && c->req->body_done && c->rpos == c->rlen) {
-                c->req->close_after = true;
-                return;
-            }
-            sk_conn_close(c);
+            client_closed(c);
             return;
         }
         if (n < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                if (c->req && !c->req->response_started) c->req->client_closed = true;
                 sk_conn_close(c);
                 return;
             }

@@ -68,6 +68,7 @@ enum sk_req_state {
     bool response_started;       /* response head queued to the client */                           \
     bool close_after;            /* the connection closes after this response */                    \
     bool discard_body;           /* the rest of the request body is dropped (answered early) */     \
+    bool client_closed;          /* the client closed or reset before its response started */       \
     sk_arena arena;              /* memory that lives as long as the exchange */
 
 /* One exchange, as a codec holds it (the first part of an sk_request). */

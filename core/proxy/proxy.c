@@ -782,14 +782,29 @@ static void down_cancel(void *rq)
     if (r->up || r->counted_request || r->filter_paused) cancel(r);
 }
 
-/* The exchange is over. A cut one is cancelled and logged unless its
- * response was complete; either way it is counted (complete ones) and
- * recycled. */
+/* The exchange is over. A cut one is cancelled (a paused filter gets
+ * on_cancel, the upstream request is aborted) and logged unless its
+ * response was complete. A client that closed before its response started
+ * is logged and counted with status 499 and reason client_closed (nginx's
+ * 499); other cut requests are logged with their reason (client_abort by
+ * default) and not counted. Complete ones are counted and logged. Either
+ * way the request is recycled. */
 static void down_finish(void *rq, bool complete)
 {
     sk_request *r = rq;
     if (!complete) {
         cancel(r);
+        if (r->client_closed && !r->response_started && !r->reason) {
+            r->status = 499;
+            r->reason = "client_closed";
+            if (r->state == SK_REQ_HEAD) { /* not a request yet: logged, not counted */
+                sk_request_log(r);
+                sk_request_free(r);
+                return;
+            }
+            sk_request_finish(r);
+            return;
+        }
         if (r->status == 0 || !r->response_started || r->state != SK_REQ_DONE) {
             if (!r->reason) r->reason = "client_abort";
             sk_request_log(r);

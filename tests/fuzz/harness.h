@@ -219,18 +219,20 @@ static int fuzz_connect_client(void)
     return sv[1];
 }
 
-/* Ends an input: the client half-closes (a whole request is still
- * answered), pending timeouts fire (twice: a 408 may follow a route
- * timeout), the client closes, and whatever is still open is closed and
- * freed, so no connection carries over to the next input. The worker's
- * free lists do carry over, as in a long-running worker. */
+/* Ends an input: pending timeouts fire (twice: a 408 may follow a route
+ * timeout), then the client half-closes (which cancels a request whose
+ * response has not started, as a close does: so the timeouts come first),
+ * the client closes, and whatever is still open is closed and freed, so no
+ * connection carries over to the next input. The worker's free lists do
+ * carry over, as in a long-running worker. */
 static void fuzz_finish(int client)
 {
+    fuzz_spin();
+    fuzz_fire_timers();
+    fuzz_spin();
+    fuzz_fire_timers();
+    fuzz_spin();
     shutdown(client, SHUT_WR);
-    fuzz_spin();
-    fuzz_fire_timers();
-    fuzz_spin();
-    fuzz_fire_timers();
     fuzz_spin();
     fuzz_close_peer(client);
     fuzz_spin();

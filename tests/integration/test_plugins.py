@@ -695,34 +695,120 @@ def test_client_abort_while_paused(sidekick, upstream, mode):
     assert "on_cancel for a request this plugin did not pause" not in sk.stderr_text()
 
 
-def test_client_close_after_whole_request_while_paused(sidekick, upstream):
-    """A client that sent a whole request and then close()s (FIN) while it
-    is paused. sidekick treats a FIN after a complete request as a
-    half-close (docs/architecture.md: the request is still answered), so
-    the request may be resumed and proxied, or cancelled: either way each
-    paused request ends exactly once (resumed xor cancelled), on_log runs,
-    nothing leaks or crashes, and the process keeps serving."""
+CLOSE = """\
+[plugin wait]
+load = fx_pause.so
+delay_ms = {delay}
+
+[plugin x11]
+load = fx_abi11.so
+out = OUT
+
+[listener main]
+address = 127.0.0.1:{listen}
+
+[route fast]
+listener = main
+path = /fast
+respond = 200 fast
+
+[route all]
+listener = main
+cluster = up
+plugins = x11, wait
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def close_ini(out):
+    return pl_ini(CLOSE.replace("OUT", str(out))).replace("access_log = off", "access_log = stdout")
+
+
+def assert_client_closed(sk, out, paths):
+    """Every path has one access log line and one on_log (request_info)
+    event, both 499 client_closed, and sidekick_requests_total counts them
+    as 499, not as answered."""
+    assert wait_for(lambda: len([l for l in sk.access_log_lines() if l["path"] in paths]) == len(paths), 5)
+    lines = [l for l in sk.access_log_lines() if l["path"] in paths]
+    assert sorted(l["path"] for l in lines) == sorted(paths), lines
+    for l in lines:
+        assert (l["status"], l["reason"], l["route"]) == (499, "client_closed", "all"), l
+    logs = wait_events(out, "log", len(paths))
+    assert [(e["status"], e["reason"]) for e in logs] == [(499, "client_closed")] * len(paths), logs
+    assert metric(sk, "sidekick_requests_total", route="all", code="499") == len(paths)
+    assert metric(sk, "sidekick_requests_total", route="all", code="200") in (None, 0)
+
+
+def test_client_close_after_whole_request_while_paused(sidekick, upstream, tmp_path):
+    """A client that sent a whole request and close()s (FIN) while it is
+    paused is gone, as in nginx: the plugin's on_cancel runs at once (well
+    before its 2 s timer), resume never comes, nothing reaches the upstream,
+    and the request is logged (access log and on_log) as 499 client_closed."""
+    out = tmp_path / "events.jsonl"
     up = upstream()
-    sk = sidekick(pl_ini(PAUSE, workers=2), up=up.port, delay=500)
+    sk = sidekick(close_ini(out), up=up.port, delay=2000)
     port = sk.port("listen")
     n = 5
+    t0 = time.monotonic()
     clients = []
     for i in range(n):
         c = RawClient(port)
         c.send(build_request("GET", f"/fin{i}"))
         clients.append(c)
-    time.sleep(0.2)
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", n, instance="wait")
     for c in clients:
         c.close()
-    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 0, timeout=3, instance="wait")
-    wait_metric(sk, "sidekick_plugin_fx_count_log_total", n, instance="cnt")
-    resumed = metric(sk, "sidekick_plugin_fx_pause_resumes_total", instance="wait") or 0
-    cancelled = metric(sk, "sidekick_plugin_fx_pause_cancels_total", instance="wait") or 0
-    assert resumed + cancelled == n, (resumed, cancelled)
-    time.sleep(0.3)
-    assert len(up.requests) == resumed, (len(up.requests), resumed, cancelled)
-    assert sk.running()
+    wait_metric(sk, "sidekick_plugin_fx_pause_cancels_total", n, instance="wait")
+    assert time.monotonic() - t0 < 2.0  # cancelled, not resumed by the timer
+    assert_client_closed(sk, out, [f"/fin{i}" for i in range(n)])
+    time.sleep(max(0.0, t0 + 2.5 - time.monotonic()))  # past the timers
+    assert metric(sk, "sidekick_plugin_fx_pause_resumes_total", instance="wait") in (None, 0)
+    assert up.requests == [], [q.target for q in up.requests]
+    assert "on_cancel for a request this plugin did not pause" not in sk.stderr_text()
     assert get(sk, "/fast").status == 200
+
+
+def test_half_closed_client_while_paused_gets_no_answer(sidekick, upstream, tmp_path):
+    """shutdown(SHUT_WR) after a whole request counts as a close (nginx's
+    default): the client, still reading, sees the connection closed without
+    a response byte; the request is cancelled and logged 499 client_closed."""
+    out = tmp_path / "events.jsonl"
+    up = upstream()
+    sk = sidekick(close_ini(out), up=up.port, delay=2000)
+    s = socket.create_connection(("127.0.0.1", sk.port("listen")), timeout=10)
+    s.sendall(build_request("GET", "/half"))
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 1, instance="wait")
+    s.shutdown(socket.SHUT_WR)
+    got = s.recv(65536)  # EOF, not a response
+    s.close()
+    assert got == b""
+    wait_metric(sk, "sidekick_plugin_fx_pause_cancels_total", 1, instance="wait")
+    assert_client_closed(sk, out, ["/half"])
+    assert up.requests == []
+
+
+def test_pipelined_answer_kept_when_client_half_closes(sidekick, upstream, tmp_path):
+    """Two pipelined requests, then a half-close: the first (answered at
+    once by a respond route) arrives whole, the second (paused when the FIN
+    comes) is cancelled and logged 499 client_closed; then the proxy closes."""
+    out = tmp_path / "events.jsonl"
+    up = upstream()
+    sk = sidekick(close_ini(out), up=up.port, delay=2000)
+    c = RawClient(sk.port("listen"))
+    c.send(build_request("GET", "/fast") + build_request("GET", "/second"))
+    wait_metric(sk, "sidekick_plugin_fx_pause_pending", 1, instance="wait")
+    c.sock.shutdown(socket.SHUT_WR)
+    r = c.read_response(timeout=5)
+    assert r.status == 200 and r.body == b"fast", r
+    assert c.wait_closed(5)
+    c.close()
+    wait_metric(sk, "sidekick_plugin_fx_pause_cancels_total", 1, instance="wait")
+    assert_client_closed(sk, out, ["/second"])
+    fast = [l for l in sk.access_log_lines() if l["path"] == "/fast"]
+    assert [(l["status"], l["reason"]) for l in fast] == [(200, None)], fast
+    assert up.requests == []
 
 
 def test_client_abort_mixed_with_normal_paused_requests(sidekick, upstream):

@@ -1,11 +1,13 @@
 """Upstream failures, timeouts, load balancing, connection reuse, retries."""
 
+import socket
+import threading
 import time
 
 import pytest
 
 from harness import (ConnectionClosed, RawClient, Reply, assert_local_reply, build_request,
-                     echo_handler, free_port, http_request, sk_ini)
+                     echo_handler, free_port, http_request, sk_ini, wait_for)
 
 
 def config(endpoints, timeout="15s", retries=0, extra_route="", extra_cluster=""):
@@ -503,3 +505,56 @@ def test_stale_pooled_connection_not_retried_for_post(sidekick, upstream):
     r = http_request(sk.port("listen"), "POST", "/p1", body=b"y")
     assert_local_reply(r, 502, "upstream_reset")
     assert [q.target for q in up.requests] == ["/p0", "/p1"]
+
+
+def test_client_close_aborts_upstream_request(sidekick):
+    """A client that closes (FIN) while the upstream has not answered yet:
+    the upstream request is aborted (the upstream sees its connection
+    closed, long before the route timeout), and the request is logged 499
+    client_closed, with the endpoint and one attempt."""
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(10)
+    seen = {}
+
+    def serve():  # reads the request head, never answers, waits for EOF
+        try:
+            s, _ = srv.accept()
+            s.settimeout(15)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += s.recv(65536)
+            seen["head"] = data
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    seen["eof"] = True
+                    break
+                data += d
+            s.close()
+        except OSError as e:
+            seen["error"] = repr(e)
+
+    port = srv.getsockname()[1]
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    ini = config([port], timeout="30s").replace("access_log = off", "access_log = stdout")
+    sk = sidekick(ini)
+    c = RawClient(sk.port("listen"))
+    c.send(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert wait_for(lambda: "head" in seen, 5)
+    c.close()
+    t.join(10)
+    srv.close()
+    assert seen.get("eof") is True, seen
+    assert seen["head"].startswith(b"GET /slow HTTP/1.1\r\n")
+    assert wait_for(lambda: any(l["path"] == "/slow" for l in sk.access_log_lines()), 5)
+    line = [l for l in sk.access_log_lines() if l["path"] == "/slow"]
+    assert len(line) == 1, line
+    l = line[0]
+    assert (l["status"], l["reason"], l["attempts"]) == (499, "client_closed", 1), l
+    assert l["endpoint"] == f"127.0.0.1:{port}", l
+    # the worker goes on: the upstream is gone now, so the next request is a 502
+    assert_local_reply(http_request(sk.port("listen"), "GET", "/after", timeout=5), 502,
+                       "upstream_connect_failure")
