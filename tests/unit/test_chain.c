@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "generation.h"
 #include "plugin_host.h"
 #include "request.h"
 #include "server.h"
