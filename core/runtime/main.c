@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cluster.h"
 #include "plugin_host.h"
 #include "lua_filter.h"
 #include "server.h"
@@ -134,7 +135,9 @@ int sk_server_reload(char **errp)
         err = strdup("too many generations still draining: reload refused");
     } else if ((next = sk_config_load(config_path, &err)) != NULL) {
         next->generation = cur->generation + 1;
-        if (needs_restart(cur, next, msg, sizeof(msg))) {
+        if (sk_clusters_init(next) < 0) {
+            err = strdup("out of memory");
+        } else if (needs_restart(cur, next, msg, sizeof(msg))) {
             err = strdup(msg);
         } else {
             sk_metrics_assign_rows(next);
@@ -254,6 +257,12 @@ int main(int argc, char **argv)
     if (!cfg) {
         fprintf(stderr, "sidekick: %s\n", err ? err : "cannot load the configuration");
         free(err);
+        return 1;
+    }
+    /* Each cluster's endpoint objects and first set, before any worker sees it. */
+    if (sk_clusters_init(cfg) < 0) {
+        fprintf(stderr, "sidekick: out of memory\n");
+        sk_config_unref(cfg);
         return 1;
     }
     if (test) {
