@@ -227,11 +227,9 @@ static void config_free(sk_config *c)
     for (size_t i = 0; i < c->nclusters; i++) {
         free(c->clusters[i]->name);
         free(c->clusters[i]->endpoints);
-        free(c->clusters[i]->eps);
-        free(c->clusters[i]->eps_weight);
         free(c->clusters[i]->discovery);
         free(c->clusters[i]->discovery_arg);
-        pthread_mutex_destroy(&c->clusters[i]->eps_lock);
+        if (c->clusters[i]->upstream) c->clusters[i]->upstream_free(c->clusters[i]->upstream);
         free(c->clusters[i]);
     }
     /* Plugins last: destroy() may still look at nothing but its own state,
@@ -926,7 +924,7 @@ static int k_endpoints(ctx *x, sect *s, const keydef *k, const char *v)
     c->endpoints = calloc((size_t)n, sizeof(*c->endpoints));
     if (!c->endpoints) rc = oom(x);
     for (int i = 0; i < n && rc == 0; i++) {
-        sk_endpoint *e = &c->endpoints[i];
+        sk_endpoint_conf *e = &c->endpoints[i];
         e->index = i;
         if (sk_parse_addr(items[i], &e->address) < 0)
             rc = bad(x, "bad address '%s' (expected ip:port, [ipv6]:port or localhost:port)", items[i]);
@@ -1077,7 +1075,6 @@ static void *new_object(ctx *x, int kind, const char *name)
         cl->connect_timeout_ms = 1000;
         cl->config = c;
         cl->max_connections = cl->max_pending = cl->max_requests = 1024;
-        pthread_mutex_init(&cl->eps_lock, NULL);
     }
     return obj;
 }
@@ -1287,14 +1284,6 @@ static int check_section(ctx *x, sect *s)
         sk_cluster *cl = s->obj;
         if (!key_line(s, "endpoints") && !cl->discovery)
             return fail_at(x, s->line, s, NULL, "missing 'endpoints' (or 'discovery')");
-        size_t n = cl->nendpoints ? cl->nendpoints : 1;
-        if (!(cl->eps = calloc(n, sizeof(*cl->eps))) || !(cl->eps_weight = calloc(n, sizeof(*cl->eps_weight))))
-            return oom(x);
-        for (size_t i = 0; i < cl->nendpoints; i++) {
-            cl->eps[i] = cl->endpoints[i].address;
-            cl->eps_weight[i] = 1;
-        }
-        cl->neps = cl->nendpoints;
     }
     return 0;
 }
@@ -1571,29 +1560,4 @@ sk_cluster *sk_config_cluster(const sk_config *c, const char *name)
     for (size_t i = 0; i < c->nclusters; i++)
         if (strcmp(c->clusters[i]->name, name) == 0) return c->clusters[i];
     return NULL;
-}
-
-/* Replaces the cluster's endpoint set; workers adopt it at their next pick. */
-int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, const uint32_t *weights, size_t n)
-{
-    sk_addr *copy = calloc(n ? n : 1, sizeof(*copy));
-    uint32_t *wcopy = calloc(n ? n : 1, sizeof(*wcopy));
-    if (!copy || !wcopy) {
-        free(copy);
-        free(wcopy);
-        return -1;
-    }
-    if (n) memcpy(copy, addrs, n * sizeof(*copy));
-    for (size_t i = 0; i < n; i++) wcopy[i] = weights ? weights[i] : 1;
-    pthread_mutex_lock(&c->eps_lock);
-    sk_addr *old = c->eps;
-    uint32_t *wold = c->eps_weight;
-    c->eps = copy;
-    c->eps_weight = wcopy;
-    c->neps = n;
-    __atomic_add_fetch(&c->eps_version, 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&c->eps_lock);
-    free(old);
-    free(wold);
-    return 0;
 }

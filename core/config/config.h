@@ -2,8 +2,8 @@
  * config.h — the typed, validated configuration built from one INI file.
  *
  * sk_config_load() parses the file with inih and validates it into an
- * sk_config: immutable after load (except the documented runtime counters of
- * sk_cluster) and reference-counted, so that a later reload can publish a new
+ * sk_config: immutable after load (except the documented runtime counters and
+ * upstream state of sk_cluster) and reference-counted, so that a later reload can publish a new
  * one while requests still hold the old one. Every object below is owned by
  * its sk_config and lives exactly as long as it.
  */
@@ -11,7 +11,6 @@
 #define SK_CONFIG_H
 
 #include <netinet/in.h>
-#include <pthread.h>
 #include <sys/socket.h>
 #include <time.h>
 
@@ -113,20 +112,22 @@ struct sk_route {
     int line;                      /* line of the section header */
 };
 
-/* One static endpoint of a cluster. */
-typedef struct sk_endpoint {
+/* One static endpoint of a cluster, as written in `endpoints`. */
+typedef struct sk_endpoint_conf {
     sk_addr address; /* where to connect */
-    int index;       /* position in the cluster's endpoint array */
-} sk_endpoint;
+    int index;       /* position in the cluster's `endpoints` */
+} sk_endpoint_conf;
 
 /* Weights of endpoints: 1..SK_WEIGHT_MAX (static endpoints and set_endpoints: 1). */
 #define SK_WEIGHT_MAX 10000
+
+struct sk_cluster_state;
 
 /* [cluster NAME] */
 struct sk_cluster {
     char *name;                  /* section name */
     int index;                   /* position in sk_config.clusters */
-    sk_endpoint *endpoints;      /* `endpoints`, at least one unless `discovery` is set */
+    sk_endpoint_conf *endpoints; /* `endpoints`, at least one unless `discovery` is set */
     size_t nendpoints;           /* number of endpoints */
     char *discovery;             /* `discovery = NAME [ARG]`: the instance name, or NULL */
     char *discovery_arg;         /* ARG (the rest of the line, trimmed), or NULL */
@@ -140,23 +141,17 @@ struct sk_cluster {
     sk_config *config;           /* the generation it belongs to (not a reference) */
 
     /* Runtime circuit-breaker counters, shared by all workers (atomics).
-     * The only mutable part of a config. */
+     * With `upstream`, the only mutable part of a config. */
     unsigned active_connections; /* open upstream connections */
     unsigned active_pending;     /* requests waiting for a connection */
     unsigned active_requests;    /* requests in flight to this cluster */
-    /* The endpoint set in force: `endpoints` at load, replaced by discovery
-     * (host->set_endpoints, main thread) under eps_lock. Workers compare
-     * eps_version with the set they adopted, and copy the new one. */
-    pthread_mutex_t eps_lock;
-    sk_addr *eps;         /* current endpoint addresses */
-    uint32_t *eps_weight; /* their weights, 1..SK_WEIGHT_MAX (not used by the balancers yet) */
-    size_t neps;          /* their number (may be 0: no endpoint) */
-    uint64_t eps_version; /* bumped on every change (atomic) */
+    /* The upstream layer's state of the cluster (upstream/cluster.h: the
+     * endpoint objects and the set in force), opaque here. NULL until the
+     * upstream layer makes it after the load; the config frees it with
+     * upstream_free, which the upstream layer sets with it. */
+    struct sk_cluster_state *upstream;
+    void (*upstream_free)(struct sk_cluster_state *state);
 };
-
-/* Replaces the endpoint set of a cluster (main thread) with copies of the
- * n addresses and their weights (NULL: every weight 1). 0 or -1 (OOM). */
-int sk_cluster_set_endpoints(sk_cluster *c, const sk_addr *addrs, const uint32_t *weights, size_t n);
 
 /* The whole configuration: one generation. */
 struct sk_config {

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "cluster.h"
 #include "head.h"
 #include "http_client.h"
 #include "metrics.h"
@@ -845,7 +846,7 @@ static int set_endpoints(sk_instance *self, const char *fn, const char *cluster,
             weights[i] = weighted[i].weight;
         }
     }
-    if (rc == 0 && (rc = sk_cluster_set_endpoints(c, addrs, weights, n)) < 0)
+    if (rc == 0 && (rc = sk_cluster_set_endpoints(c, addrs, weights, n, self->name)) < 0)
         sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): out of memory", self->name, fn, cluster);
     free(addrs);
     free(weights);

@@ -222,16 +222,26 @@ static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 
 extern const sk_client_cbs sk_proxy_client_cbs;
 
+/* Picks the endpoint of this attempt through the cluster's balancer,
+ * avoiding the endpoints the request tried when another one exists. */
+static sk_pool *pick_endpoint(sk_request *r)
+{
+    sk_balance_ctx ctx = {.avoid = r->tried, .navoid = r->ntried < SK_TRIED_MAX ? r->ntried : SK_TRIED_MAX};
+    sk_pool *pool = sk_cluster_pick(r->worker, r->cluster, &ctx);
+    if (pool) r->tried[r->ntried++ % SK_TRIED_MAX] = pool->endpoint;
+    return pool;
+}
+
 /* Starts (or restarts, for a retry) the upstream exchange. */
 static void start_upstream(sk_request *r)
 {
-    sk_pool *pool = sk_cluster_pick(r->worker, r->cluster, r->pool);
+    sk_pool *pool = pick_endpoint(r);
     if (!pool) {
         upstream_error(r, 503, "no_healthy_upstream", false);
         return;
     }
     r->pool = pool;
-    memcpy(r->endpoint, pool->endpoint.address.text, sizeof(r->endpoint));
+    memcpy(r->endpoint, pool->endpoint->address.text, sizeof(r->endpoint));
     r->attempts++;
     r->upstream_start_ns = sk_now_ns();
     int got;

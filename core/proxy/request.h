@@ -19,7 +19,10 @@
 
 typedef struct sk_request sk_request;
 struct sk_pool;
+struct sk_endpoint;
 struct sk_instance;
+
+#define SK_TRIED_MAX 12 /* endpoints a request remembers having tried: retries (at most 10) + 2 */
 
 /* One metadata entry of a request (arena). */
 typedef struct sk_meta {
@@ -54,6 +57,9 @@ struct sk_request {
     struct sk_pool *pool;    /* current endpoint's pool, or NULL */
     char endpoint[64];       /* last endpoint tried ("ip:port"), for the access log */
     unsigned attempts;       /* upstream attempts made */
+    struct sk_endpoint *tried[SK_TRIED_MAX]; /* endpoints tried, a retry avoids them (ring by ntried;
+                                              * only compared, never dereferenced) */
+    unsigned ntried;         /* endpoints tried so far (tried[] holds the last SK_TRIED_MAX) */
     bool up_reused;          /* the current upstream connection came from the pool */
     bool stale_retried;      /* the one free retry after a stale pooled connection is used */
     void *up;                /* the upstream connection in use (sk_upconn), or NULL */

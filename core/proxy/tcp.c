@@ -252,13 +252,14 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     t->timer.data = t;
 
     sk_cluster *cl = l->cluster;
-    sk_pool *pool = sk_cluster_pick(w, cl, NULL);
+    sk_balance_ctx bctx = {0};
+    sk_pool *pool = sk_cluster_pick(w, cl, &bctx);
     if (!pool) {
         t->reason = "no_healthy_upstream";
         tcp_close(t);
         return;
     }
-    t->endpoint = pool->endpoint.address;
+    t->endpoint = pool->endpoint->address;
     t->has_endpoint = true;
     if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
         __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);

@@ -40,6 +40,7 @@
 #include <jansson.h>
 #include <llhttp.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "lua_filter.h"
 #include "metrics.h"
@@ -389,8 +390,9 @@ static json_t *route_json(const sk_route *r, bool *ok)
     return o;
 }
 
-/* `endpoints` as configured (/config), or the set in force with health
- * (/clusters): discovery may have replaced it (read under its lock). */
+/* `endpoints` as configured (/config), or the set in force with each
+ * endpoint object's weight, health, requests in flight and source
+ * (/clusters): discovery may have replaced it. */
 static json_t *endpoints_json(const sk_cluster *c, bool with_health, bool *ok)
 {
     json_t *a = json_array();
@@ -400,20 +402,22 @@ static json_t *endpoints_json(const sk_cluster *c, bool with_health, bool *ok)
         if (!a) *ok = false;
         return a;
     }
-    sk_cluster *mc = (sk_cluster *)c; /* the lock is the one mutable part */
-    pthread_mutex_lock(&mc->eps_lock);
-    for (size_t i = 0; a && i < c->neps; i++) {
+    sk_endpoint_set *set = sk_cluster_endpoints(c);
+    for (size_t i = 0; a && set && i < set->n; i++) {
+        const sk_endpoint *ep = set->eps[i];
         json_t *e = json_object();
         if (e) {
-            jset(e, "address", json_string(c->eps[i].text), ok);
-            jset(e, "weight", jint(c->eps_weight[i]), ok);
-            /* no health checking or outlier ejection yet: every endpoint is
-             * reported healthy */
-            jset(e, "healthy", json_true(), ok);
+            jset(e, "address", json_string(ep->address.text), ok);
+            jset(e, "weight", jint(SK_LOAD(ep->weight)), ok);
+            /* no health checking or outlier ejection yet: every endpoint
+             * is healthy */
+            jset(e, "healthy", json_boolean(sk_endpoint_healthy(ep)), ok);
+            jset(e, "active_requests", jint(SK_LOAD(ep->active)), ok);
+            jset(e, "source", json_string(ep->source), ok); /* main thread, like its writer */
         }
         jpush(a, e, ok);
     }
-    pthread_mutex_unlock(&mc->eps_lock);
+    sk_endpoint_set_unref(set);
     if (!a) *ok = false;
     return a;
 }

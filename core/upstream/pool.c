@@ -1,7 +1,7 @@
 /*
- * pool.c — the per-thread keep-alive pool of each (cluster, endpoint):
- * endpoint choice by the cluster's lb, pools that follow the cluster's
- * endpoint set, idle connections taken most recently used first, and the
+ * pool.c — the per-thread keep-alive pool of each endpoint object of a
+ * cluster: endpoint choice through the cluster's balancer, pools that
+ * follow the cluster's endpoint set, idle connections taken most recently used first, and the
  * cluster's max_connections / max_pending limits on new connections.
  */
 #include <errno.h>
@@ -13,7 +13,15 @@
 
 static void pool_free(sk_pool *p)
 {
+    sk_endpoint_unref(p->endpoint);
     free(p);
+}
+
+/* A request leaves p (its attempt is over). */
+static void pool_done(sk_pool *p)
+{
+    p->active--;
+    __atomic_sub_fetch(&p->endpoint->active, 1, __ATOMIC_RELAXED);
 }
 
 /* An upstream connection of pool p closes: drop its counts (sk_upconn_owner). */
@@ -25,7 +33,7 @@ static void conn_closed(sk_upconn *u)
         p->nidle--;
     }
     if (u->req) { /* closed under a request (an error): the request is gone from it */
-        p->active--;
+        pool_done(p);
         sk_upconn_detach(u);
     }
     __atomic_sub_fetch(&p->cluster->active_connections, 1, __ATOMIC_RELAXED);
@@ -46,52 +54,80 @@ static bool close_idle(sk_pool *p)
     return false;
 }
 
-/* Makes the thread's pools match the cluster's endpoint set when discovery
- * changed it: pools of endpoints that stay are kept (with their idle
- * connections), new endpoints get a pool, pools of endpoints that left are
- * orphaned: their idle connections close and they are freed with their
- * last connection. Returns 0, or -1 on OOM (the old set stays). */
+static int cmp_pool(const void *a, const void *b)
+{
+    const sk_endpoint *x = (*(sk_pool *const *)a)->endpoint, *y = (*(sk_pool *const *)b)->endpoint;
+    return (x > y) - (x < y);
+}
+
+/* The pool of `sorted` (n, by endpoint pointer) serving e, or NULL. */
+static sk_pool *find_pool(sk_pool **sorted, size_t n, const sk_endpoint *e)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const sk_endpoint *m = sorted[mid]->endpoint;
+        if (m == e) return sorted[mid];
+        if (e < m)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
+}
+
+/* Makes the thread's pools match the cluster's endpoint set in force when
+ * it changed: the pool of an endpoint object that stays is kept (with its
+ * idle connections), a new endpoint gets a pool, the pools of endpoints
+ * that left are orphaned: their idle connections close and they are freed
+ * with their last connection. Returns 0, or -1 on OOM or when the cluster
+ * has no set (the old set stays). */
 static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
 {
-    pthread_mutex_lock(&cl->eps_lock);
-    uint64_t version = __atomic_load_n(&cl->eps_version, __ATOMIC_ACQUIRE);
-    size_t n = cl->neps;
+    sk_endpoint_set *set = sk_cluster_endpoints(cl);
+    if (!set) return -1;
+    size_t n = set->n;
     sk_pool **pools = calloc(n ? n : 1, sizeof(*pools));
-    bool ok = pools != NULL;
-    for (size_t i = 0; ok && i < n; i++) {
-        const sk_addr *a = &cl->eps[i];
-        for (size_t j = 0; j < wc->npools && !pools[i]; j++) {
-            if (wc->pools[j] && strcmp(wc->pools[j]->endpoint.address.text, a->text) == 0) {
-                pools[i] = wc->pools[j];
-                wc->pools[j] = NULL;
-            }
-        }
-        if (!pools[i]) {
-            if (!(pools[i] = calloc(1, sizeof(sk_pool)))) {
-                ok = false;
-                break;
-            }
-            sk_list_init(&pools[i]->idle);
-            pools[i]->cluster = cl;
-            pools[i]->endpoint.address = *a;
-        }
+    sk_pool **sorted = calloc(wc->npools ? wc->npools : 1, sizeof(*sorted));
+    bool ok = pools && sorted;
+    if (ok) {
+        if (wc->npools) memcpy(sorted, wc->pools, wc->npools * sizeof(*sorted));
+        qsort(sorted, wc->npools, sizeof(*sorted), cmp_pool);
     }
-    pthread_mutex_unlock(&cl->eps_lock);
+    for (size_t i = 0; ok && i < n; i++) {
+        sk_pool *p = find_pool(sorted, wc->npools, set->eps[i]);
+        if (p) {
+            p->kept = true;
+        } else if ((p = calloc(1, sizeof(*p))) != NULL) {
+            sk_list_init(&p->idle);
+            p->cluster = cl;
+            p->endpoint = set->eps[i];
+            sk_endpoint_ref(p->endpoint);
+        } else {
+            ok = false;
+            break;
+        }
+        pools[i] = p;
+    }
+    free(sorted);
     if (!ok) {
-        /* put the pools taken from the old set back; free the new ones */
-        for (size_t i = 0; pools && i < n; i++) {
-            if (!pools[i]) continue;
-            bool back = false;
-            for (size_t j = 0; j < wc->npools && !back; j++)
-                if (!wc->pools[j] && pools[i]->endpoint.index == (int)j) wc->pools[j] = pools[i], back = true;
-            if (!back && pools[i]->conns == 0 && pools[i]->active == 0) free(pools[i]);
+        /* the old pools stay as they are; the new ones go */
+        for (size_t i = 0; pools && i < n && pools[i]; i++) {
+            if (pools[i]->kept)
+                pools[i]->kept = false;
+            else
+                pool_free(pools[i]);
         }
         free(pools);
+        sk_endpoint_set_unref(set);
         return -1;
     }
     for (size_t j = 0; j < wc->npools; j++) {
         sk_pool *p = wc->pools[j];
-        if (!p) continue;
+        if (p->kept) {
+            p->kept = false;
+            continue;
+        }
         p->orphan = true;
         if (p->conns == 0 && p->active == 0) {
             pool_free(p);
@@ -99,11 +135,11 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
         }
         close_idle(p); /* closing the last idle connection of an unused pool frees it */
     }
-    for (size_t i = 0; i < n; i++) pools[i]->endpoint.index = (int)i;
     free(wc->pools);
     wc->pools = pools;
     wc->npools = n;
-    wc->version = version;
+    sk_endpoint_set_unref(wc->set);
+    wc->set = set;
     sk_debug("worker %d: cluster %s now has %zu endpoint(s)", w->id, cl->name, n);
     return 0;
 }
@@ -111,32 +147,23 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
 /* Initialises a thread's cluster state. */
 void sk_wcluster_init(sk_wcluster *wc, uint32_t rr_start)
 {
-    memset(wc, 0, sizeof(*wc));
-    wc->version = UINT64_MAX; /* pools are made from the endpoint set at first use */
+    memset(wc, 0, sizeof(*wc)); /* pools are made from the endpoint set at first use */
     wc->rr = rr_start;
 }
 
-/* Picks the pool of an endpoint of cl by the cluster's lb policy, adopting
- * a changed endpoint set first. NULL when the cluster has no endpoint. */
-sk_pool *sk_cluster_pick(sk_wctx *w, sk_cluster *cl, const sk_pool *avoid)
+/* Picks the pool of an endpoint of cl through the cluster's balancer,
+ * adopting a changed endpoint set first. NULL when the cluster has no
+ * endpoint. */
+sk_pool *sk_cluster_pick(sk_wctx *w, sk_cluster *cl, sk_balance_ctx *ctx)
 {
     sk_wcluster *wc = w->cluster_state(w, cl);
     if (!wc) return NULL;
-    if (__atomic_load_n(&cl->eps_version, __ATOMIC_ACQUIRE) != wc->version) adopt_endpoints(cl, wc, w);
-    size_t n = wc->npools;
-    if (n == 0) return NULL;
-    if (n == 1) return wc->pools[0];
-    switch (cl->lb) {
-    case SK_LB_RANDOM: return wc->pools[sk_wctx_rand(w) % n];
-    case SK_LB_LEAST_REQUEST: {
-        /* power of two choices over this thread's in-flight counts */
-        size_t a = sk_wctx_rand(w) % n, b = sk_wctx_rand(w) % n;
-        if (a == b) b = (a + 1) % n;
-        if (avoid && wc->pools[a] == avoid) a = b;
-        return wc->pools[wc->pools[a]->active <= wc->pools[b]->active ? a : b];
-    }
-    default: return wc->pools[wc->rr++ % n];
-    }
+    if (!wc->set || sk_cluster_version(cl) != wc->set->version) adopt_endpoints(cl, wc, w);
+    if (!wc->set) return NULL;
+    ctx->w = w;
+    ctx->cursor = &wc->rr;
+    if (!sk_balancer_get(cl->lb)->pick(wc->set, ctx)) return NULL;
+    return wc->pools[ctx->picked];
 }
 
 /* Takes a pooled or new connection of p (see pool.h). */
@@ -166,7 +193,7 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
             return NULL;
         }
         SK_INC(w->metrics->upstream_opened);
-        const sk_addr *a = &p->endpoint.address;
+        const sk_addr *a = &p->endpoint->address;
         u = sk_upconn_open(w, (const struct sockaddr *)&a->ss, a->len, a->text, cl->connect_timeout_ms,
                            &pool_owner, p);
         if (!u) {
@@ -186,6 +213,7 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
         }
     }
     p->active++;
+    __atomic_add_fetch(&p->endpoint->active, 1, __ATOMIC_RELAXED);
     return u;
 }
 
@@ -194,7 +222,7 @@ void sk_pool_put(sk_upconn *u, bool reuse)
 {
     sk_pool *p = u->owner_data;
     if (u->req) {
-        p->active--;
+        pool_done(p);
         sk_upconn_detach(u);
     }
     if (!reuse || p->orphan || p->retired || u->worker->draining || !sk_upconn_reusable(u)) {
@@ -221,6 +249,8 @@ void sk_pools_free(sk_wcluster *wcs, size_t n)
         free(wc->pools);
         wc->pools = NULL;
         wc->npools = 0;
+        sk_endpoint_set_unref(wc->set);
+        wc->set = NULL;
     }
 }
 

@@ -1,11 +1,14 @@
 /*
  * pool.h — per-thread keep-alive pools of upstream connections, one per
- * (cluster, endpoint), that follow the cluster's endpoint set; endpoint
- * choice by the cluster's lb; the circuit-breaker limits on connections.
+ * shared endpoint object (upstream/cluster.h) of a cluster, that follow the
+ * cluster's endpoint set; endpoint choice through the cluster's balancer
+ * (upstream/balancer.h); the circuit-breaker limits on connections.
  */
 #ifndef SK_POOL_H
 #define SK_POOL_H
 
+#include "balancer.h"
+#include "cluster.h"
 #include "config.h"
 #include "h1_client.h"
 #include "list.h"
@@ -17,38 +20,40 @@ typedef struct sk_pool sk_pool;
 
 /* Idle upstream connections of one (cluster, endpoint) on one thread. */
 struct sk_pool {
-    sk_link idle;         /* sk_upconn.link, most recently used first */
-    size_t nidle;         /* number of idle connections */
-    sk_cluster *cluster;  /* the cluster */
-    sk_endpoint endpoint; /* the endpoint (a copy: endpoint sets change) */
-    unsigned active;      /* requests in flight to this endpoint on this thread */
-    unsigned conns;       /* open connections (idle + in use) */
-    bool orphan;          /* the endpoint left the cluster: freed when conns = 0 */
-    bool retired;         /* its generation is no longer current: no idle connections */
+    sk_link idle;          /* sk_upconn.link, most recently used first */
+    size_t nidle;          /* number of idle connections */
+    sk_cluster *cluster;   /* the cluster */
+    sk_endpoint *endpoint; /* the endpoint it serves (a reference, dropped when the pool is freed) */
+    unsigned active;       /* requests in flight to this endpoint on this thread */
+    unsigned conns;        /* open connections (idle + in use) */
+    bool orphan;           /* the endpoint left the cluster: freed when conns = 0 */
+    bool retired;          /* its generation is no longer current: no idle connections */
+    bool kept;             /* scratch of adopt_endpoints (pool.c) */
 };
 
 /* One thread's state of a cluster. */
 typedef struct sk_wcluster {
-    sk_pool **pools;  /* one per endpoint of the adopted endpoint set */
-    size_t npools;    /* number of pools */
-    uint64_t version; /* sk_cluster.eps_version adopted, UINT64_MAX = none yet */
-    uint32_t rr;      /* round-robin cursor */
+    sk_endpoint_set *set; /* the adopted endpoint set (a reference), NULL = none yet */
+    sk_pool **pools;      /* pools[i] serves set->eps[i] */
+    size_t npools;        /* number of pools (= set->n) */
+    uint32_t rr;          /* round-robin cursor */
 } sk_wcluster;
 
 /* Initialises a thread's state of a cluster (no pools until first use). */
 void sk_wcluster_init(sk_wcluster *wc, uint32_t rr_start);
-/* Picks an endpoint (its pool) of cl by its lb policy, adopting a new
- * endpoint set first if discovery changed it; avoids `avoid` when it can.
- * NULL when the cluster has no endpoint. */
-sk_pool *sk_cluster_pick(sk_wctx *w, sk_cluster *cl, const sk_pool *avoid);
+/* Picks an endpoint of cl through its balancer and returns the thread's
+ * pool of it, adopting the cluster's endpoint set in force first if it
+ * changed. ctx carries the request's hash key and endpoints to avoid; this
+ * fills in the thread's part. NULL when the cluster has no endpoint. */
+sk_pool *sk_cluster_pick(sk_wctx *w, sk_cluster *cl, sk_balance_ctx *ctx);
 
 /* How sk_pool_get went. */
 enum sk_pool_got {
-    SK_POOL_REUSED = 0,     /* an idle connection */
-    SK_POOL_CONNECTED = 1,  /* a new one, connected at once */
-    SK_POOL_CONNECTING = 2, /* a new one, connect in progress (holds a max_pending slot) */
+    SK_POOL_REUSED = 0,      /* an idle connection */
+    SK_POOL_CONNECTED = 1,   /* a new one, connected at once */
+    SK_POOL_CONNECTING = 2,  /* a new one, connect in progress (holds a max_pending slot) */
     SK_POOL_OVERLOADED = -2, /* max_connections or max_pending reached */
-    SK_POOL_FAILED = -1,    /* the connect failed at once */
+    SK_POOL_FAILED = -1,     /* the connect failed at once */
 };
 
 /* Takes an idle connection of p, or opens one; counts the request as in

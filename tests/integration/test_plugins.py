@@ -1521,6 +1521,26 @@ def test_discovery_arg_reaches_plugin_and_weights_show(sidekick, upstream, tmp_p
     assert cfg["api"]["endpoints"] == []
 
 
+def test_discovered_endpoints_show_their_source(sidekick, upstream, tmp_path):
+    """/clusters names the instance that set an endpoint as its source; an
+    endpoint that stays in a new set keeps its object (same counters)."""
+    import json
+    out = tmp_path / "events.jsonl"
+    up1 = upstream(lambda req: Reply(body=b"one"))
+    up2 = upstream(lambda req: Reply(body=b"two"))
+    sk = sidekick(abi11_ini(out, DISCOVERY11,
+                            extra_keys=f"weights = 127.0.0.1:{up1.port} 5, 127.0.0.1:{up2.port} 10000"),
+                  dead=free_port())
+    assert sorted(get(sk, f"/s{i}").body for i in range(2)) == [b"one", b"two"]
+    clusters = {c["name"]: c for c in json.loads(sk.admin_get("/clusters").body)["clusters"]}
+    for name in ("api", "plain"):
+        eps = clusters[name]["endpoints"]
+        assert [e["source"] for e in eps] == ["x11", "x11"], eps
+        assert [e["active_requests"] for e in eps] == [0, 0], eps
+        assert [e["healthy"] for e in eps] == [True, True], eps
+    assert len(up1.requests) == 1 and len(up2.requests) == 1
+
+
 def test_static_endpoints_have_weight_one(sidekick, upstream):
     import json
     up = upstream(lambda req: Reply(body=b"ok"))

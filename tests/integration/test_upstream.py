@@ -558,3 +558,64 @@ def test_client_close_aborts_upstream_request(sidekick):
     # the worker goes on: the upstream is gone now, so the next request is a 502
     assert_local_reply(http_request(sk.port("listen"), "GET", "/after", timeout=5), 502,
                        "upstream_connect_failure")
+
+
+@pytest.mark.parametrize("lb", ["round_robin", "least_request", "random"])
+def test_retry_avoids_every_endpoint_tried(sidekick, upstream, lb):
+    """A retry goes to an endpoint the request has not tried yet: with three
+    of four endpoints answering 503 and retries = 3, every request reaches
+    the good one, and no endpoint sees the same request twice."""
+    busy = [upstream(lambda req: Reply(status=503, body=b"busy"), name=f"busy{i}") for i in range(3)]
+    good = upstream(echo_handler("good"), name="good")
+    sk = sidekick(config([b.port for b in busy] + [good.port], retries=3,
+                         extra_cluster=f"lb = {lb}"))
+    for i in range(12):
+        r = http_request(sk.port("listen"), "GET", f"/r{i}")
+        assert r.status == 200, f"request {i}: {r!r}"
+        assert r.body == f"good GET /r{i}".encode()
+    assert sorted(q.path for q in good.requests) == sorted(f"/r{i}" for i in range(12))
+    for b in busy:
+        paths = [q.path for q in b.requests]
+        assert len(paths) == len(set(paths)), (b.name, paths)
+
+
+def test_clusters_shows_requests_in_flight_per_endpoint(sidekick, upstream):
+    """/clusters: each endpoint's weight, health, source and its requests in
+    flight, read from the shared endpoint object."""
+    import json
+    import threading
+    release = threading.Event()
+    slow = upstream(lambda req: (release.wait(10), Reply(body=b"slow"))[1], name="slow")
+    other = upstream(echo_handler("other"), name="other")
+    sk = sidekick(config([slow.port, other.port]))  # one worker: round robin starts at `slow`
+
+    def endpoints():
+        [c] = json.loads(sk.admin_get("/clusters").body)["clusters"]
+        return {e["address"]: e for e in c["endpoints"]}
+
+    eps = endpoints()
+    assert list(eps) == [slow.addr, other.addr]
+    for e in eps.values():
+        assert (e["weight"], e["healthy"], e["source"], e["active_requests"]) == (1, True, "static", 0), e
+    results = []
+    t = threading.Thread(target=lambda: results.append(http_request(sk.port("listen"), "GET", "/wait",
+                                                                      timeout=15)))
+    t.start()
+    try:
+        for _ in range(200):  # until the request reached `slow` (bounded)
+            if slow.requests:
+                break
+            time.sleep(0.05)
+        assert [q.path for q in slow.requests] == ["/wait"]
+        eps = endpoints()
+        assert eps[slow.addr]["active_requests"] == 1, eps
+        assert eps[other.addr]["active_requests"] == 0, eps
+    finally:
+        release.set()
+        t.join(15)
+    assert [(r.status, r.body) for r in results] == [(200, b"slow")]
+    for _ in range(100):  # the count drops when the response is done (bounded)
+        if endpoints()[slow.addr]["active_requests"] == 0:
+            break
+        time.sleep(0.05)
+    assert endpoints()[slow.addr]["active_requests"] == 0
