@@ -1,0 +1,519 @@
+/*
+ * keys.c — the keys of every section kind: one table per kind (name,
+ * handler, flags, field, range) and the handlers that check and store a
+ * value, naming file, line, section and key when it is refused.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netdb.h>
+#include <unistd.h>
+
+#include "config_internal.h"
+
+/* ---- generic key handlers ----------------------------------------------------------------- */
+
+static void *field(sect *s, const keydef *k)
+{
+    return (char *)s->obj + k->off;
+}
+
+static int k_duration(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    uint64_t ms;
+    if (sk_parse_duration(v, &ms) < 0) return sk__cfg_bad(x, "bad duration '%s'", v);
+    if (ms < k->min) return sk__cfg_bad(x, "duration '%s' must be greater than 0", v);
+    if (ms > k->max)
+        return k->max < 60000
+                   ? sk__cfg_bad(x, "duration '%s' is too long (at most %llums)", v, (unsigned long long)k->max)
+                   : sk__cfg_bad(x, "duration '%s' is too long (at most %llum)", v,
+                         (unsigned long long)(k->max / 60000));
+    *(uint64_t *)field(s, k) = ms;
+    return 0;
+}
+
+static int k_uint(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    uint64_t n;
+    if (sk__cfg_parse_u64(v, &n) < 0) return sk__cfg_bad(x, "bad number '%s'", v);
+    if (n < k->min || n > k->max)
+        return sk__cfg_bad(x, "%s out of range (%llu..%llu)", v, (unsigned long long)k->min,
+                   (unsigned long long)k->max);
+    *(unsigned *)field(s, k) = (unsigned)n;
+    return 0;
+}
+
+static int k_size(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    uint64_t n;
+    if (sk_parse_size(v, &n) < 0) return sk__cfg_bad(x, "bad size '%s'", v);
+    if (n < k->min || n > k->max)
+        return sk__cfg_bad(x, "size %s out of range (%llu..%llu bytes)", v, (unsigned long long)k->min,
+                   (unsigned long long)k->max);
+    *(uint64_t *)field(s, k) = n;
+    return 0;
+}
+
+static int k_addr(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    if (sk_parse_addr(v, field(s, k)) < 0)
+        return sk__cfg_bad(x, "bad address '%s' (expected ip:port, [ipv6]:port or localhost:port)", v);
+    return 0;
+}
+
+/* ---- [sidekick] --------------------------------------------------------------------------- */
+
+static int k_workers(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    uint64_t n;
+    if (strcmp(v, "auto") == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        x->cfg->workers = (int)(cpus < 1 ? 1 : cpus > 256 ? 256 : cpus);
+        return 0;
+    }
+    if (sk__cfg_parse_u64(v, &n) < 0 || n < 1 || n > 256)
+        return sk__cfg_bad(x, "bad value '%s' (expected auto or 1..256)", v);
+    x->cfg->workers = (int)n;
+    return 0;
+}
+
+static int k_admin(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    if (strcmp(v, "off") == 0) {
+        x->cfg->admin_enabled = false;
+        memset(&x->cfg->admin, 0, sizeof(x->cfg->admin));
+        return 0;
+    }
+    if (sk_parse_addr(v, &x->cfg->admin) < 0)
+        return sk__cfg_bad(x, "bad address '%s' (expected ip:port, [ipv6]:port, localhost:port or off)", v);
+    x->cfg->admin_enabled = true;
+    return 0;
+}
+
+static int k_dir(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    return sk__cfg_set_str(x, (char **)field(s, k), sk__cfg_resolve_path(x, v));
+}
+
+static int k_log_level(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    static const char *const levels[] = {"error", "warn", "info", "debug"};
+    for (int i = 0; i < (int)SK_ARRAY_LEN(levels); i++) {
+        if (strcmp(v, levels[i]) == 0) {
+            x->cfg->log_level = i;
+            return 0;
+        }
+    }
+    return sk__cfg_bad(x, "bad value '%s' (expected error, warn, info or debug)", v);
+}
+
+static int k_access_log(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    if (strcmp(v, "stdout") == 0 || strcmp(v, "stderr") == 0 || strcmp(v, "off") == 0)
+        return sk__cfg_set_str(x, &x->cfg->access_log, sk__cfg_strdup(x, v));
+    return sk__cfg_set_str(x, &x->cfg->access_log, sk__cfg_resolve_path(x, v));
+}
+
+#define CFG(f)  offsetof(sk_config, f)
+#define DUR_MAX (30ull * 24 * 3600 * 1000) /* 30 days: no timeout here needs more */
+
+static const keydef sidekick_keys[] = {
+    {"workers", k_workers, 0, 0, 0, 0},
+    {"admin", k_admin, 0, 0, 0, 0},
+    {"plugin_dir", k_dir, 0, CFG(plugin_dir), 0, 0},
+    {"lua_dir", k_dir, 0, CFG(lua_dir), 0, 0},
+    {"log_level", k_log_level, 0, 0, 0, 0},
+    {"access_log", k_access_log, 0, 0, 0, 0},
+    {"drain_timeout", k_duration, 0, CFG(drain_timeout_ms), 0, DUR_MAX},
+    {"lua_memory", k_size, 0, CFG(lua_memory), 1024 * 1024, 1ull << 40},
+    {NULL, NULL, 0, 0, 0, 0},
+};
+
+/* ---- [listener NAME] ---------------------------------------------------------------------- */
+
+static int k_protocol(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_listener *l = s->obj;
+    if (strcmp(v, "http") == 0)
+        l->protocol = SK_PROTO_HTTP;
+    else if (strcmp(v, "tcp") == 0)
+        l->protocol = SK_PROTO_TCP;
+    else
+        return sk__cfg_bad(x, "bad value '%s' (expected http or tcp)", v);
+    return 0;
+}
+
+static int k_merge_slashes(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_listener *l = s->obj;
+    if (strcmp(v, "on") == 0)
+        l->merge_slashes = true;
+    else if (strcmp(v, "off") == 0)
+        l->merge_slashes = false;
+    else
+        return sk__cfg_bad(x, "bad value '%s' (expected on or off)", v);
+    return 0;
+}
+
+static int k_escaped_slashes(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    static const char *const names[] = {"reject", "keep", "decode"};
+    for (int i = 0; i < (int)SK_ARRAY_LEN(names); i++) {
+        if (strcmp(v, names[i]) == 0) {
+            ((sk_listener *)s->obj)->escaped_slashes = i;
+            return 0;
+        }
+    }
+    return sk__cfg_bad(x, "bad value '%s' (expected reject, keep or decode)", v);
+}
+
+/* `cluster` of a listener or `listener` of a route: a name resolved in pass 3. */
+static int k_ref(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    if (!sk__cfg_is_name(v)) return sk__cfg_bad(x, "bad name '%s'", v);
+    return sk__cfg_set_str(x, &s->ref, sk__cfg_strdup(x, v));
+}
+
+/* `plugins = a, b` of a listener or route: names resolved in pass 3. */
+static int k_plugins(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    char *copy, **items;
+    int n = sk__cfg_split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (!sk__cfg_is_name(items[i])) rc = sk__cfg_bad(x, "bad plugin name '%s'", items[i]);
+        for (int j = 0; j < i && rc == 0; j++)
+            if (strcmp(items[i], items[j]) == 0) rc = sk__cfg_bad(x, "plugin '%s' is listed twice", items[i]);
+        char *nm = rc == 0 ? sk__cfg_strdup(x, items[i]) : NULL;
+        if (rc == 0 && (!nm || sk__cfg_push(x, &s->pnames, &s->npnames, nm) < 0)) {
+            free(nm);
+            rc = -1;
+        }
+    }
+    free(items);
+    free(copy);
+    return rc;
+}
+
+#define LST(f) offsetof(sk_listener, f)
+
+static const keydef listener_keys[] = {
+    {"address", k_addr, 0, LST(address), 0, 0},
+    {"protocol", k_protocol, 0, 0, 0, 0},
+    {"cluster", k_ref, 0, 0, 0, 0},
+    {"tls", NULL, 0, 0, 0, 0},
+    {"plugins", k_plugins, 0, 0, 0, 0},
+    {"max_connections", k_uint, 0, LST(max_connections), 1, 10000000},
+    {"header_timeout", k_duration, 0, LST(header_timeout_ms), 1, DUR_MAX},
+    {"idle_timeout", k_duration, 0, LST(idle_timeout_ms), 1, DUR_MAX},
+    {"max_header_bytes", k_size, 0, LST(max_header_bytes), 1024, 1024 * 1024},
+    {"max_headers", k_uint, 0, LST(max_headers), 1, 10000},
+    {"max_body_bytes", k_size, 0, LST(max_body_bytes), 0, UINT64_MAX},
+    {"merge_slashes", k_merge_slashes, 0, 0, 0, 0},
+    {"escaped_slashes", k_escaped_slashes, 0, 0, 0, 0},
+    {NULL, NULL, 0, 0, 0, 0},
+};
+
+/* ---- [route NAME] ------------------------------------------------------------------------- */
+
+static int k_host(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    const char *p = v;
+    if (strncmp(p, "*.", 2) == 0) p += 2;
+    bool ok = *p != '\0';
+    for (; *p; p++)
+        if (!isalnum((unsigned char)*p) && !strchr("-._", *p)) ok = false;
+    if (!ok) return sk__cfg_bad(x, "bad host '%s' (expected a name or *.suffix)", v);
+    char *h = sk__cfg_strdup(x, v);
+    if (!h) return -1;
+    for (char *q = h; *q; q++) *q = (char)tolower((unsigned char)*q);
+    return sk__cfg_set_str(x, &r->host, h);
+}
+
+static int k_prefix(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    if (v[0] != '/') return sk__cfg_bad(x, "'%s' must start with '/'", v);
+    for (const char *p = v; *p; p++)
+        if (isspace((unsigned char)*p)) return sk__cfg_bad(x, "'%s' contains whitespace", v);
+    return sk__cfg_set_str(x, (char **)field(s, k), sk__cfg_strdup(x, v));
+}
+
+static int k_method(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    char *copy, **items;
+    int n = sk__cfg_split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (!sk__cfg_is_token(items[i])) {
+            rc = sk__cfg_bad(x, "bad method '%s'", items[i]);
+            break;
+        }
+        for (char *q = items[i]; *q; q++) *q = (char)toupper((unsigned char)*q);
+        for (int j = 0; j < i; j++)
+            if (strcmp(items[i], items[j]) == 0) rc = sk__cfg_bad(x, "duplicate method '%s'", items[i]);
+    }
+    if (rc == 0) {
+        r->methods = calloc((size_t)n, sizeof(char *));
+        if (!r->methods) rc = sk__cfg_oom(x);
+        for (int i = 0; i < n && rc == 0; i++) {
+            if (!(r->methods[i] = sk__cfg_strdup(x, items[i]))) rc = -1;
+            r->nmethods = (size_t)i + 1; /* route_free releases what is there */
+        }
+    }
+    free(items);
+    free(copy);
+    return rc;
+}
+
+static int k_header(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    char *copy = sk__cfg_strdup(x, v);
+    if (!copy) return -1;
+    char *name = copy, *value = NULL, *colon = strchr(copy, ':');
+    if (colon) {
+        *colon = '\0';
+        value = sk__cfg_trim(colon + 1);
+    }
+    name = sk__cfg_trim(name);
+    int rc = 0;
+    if (!sk__cfg_is_token(name))
+        rc = sk__cfg_bad(x, "bad header name in '%s' (expected 'name' or 'name: value')", v);
+    else if (value && !*value)
+        rc = sk__cfg_bad(x, "empty value in '%s' (write just the name to require presence)", v);
+    if (rc == 0) {
+        sk_header_match *h = realloc(r->headers, (r->nheaders + 1) * sizeof(*h));
+        if (!h) {
+            rc = sk__cfg_oom(x);
+        } else {
+            r->headers = h;
+            h = &r->headers[r->nheaders];
+            h->name = sk__cfg_strdup(x, name);
+            h->value = value ? sk__cfg_strdup(x, value) : NULL;
+            r->nheaders++;
+            if (!h->name || (value && !h->value)) rc = -1;
+            if (h->name)
+                for (char *q = h->name; *q; q++) *q = (char)tolower((unsigned char)*q);
+        }
+    }
+    free(copy);
+    return rc;
+}
+
+/* `cluster = api` or `cluster = api-v1 90, api-v2 10`; names resolved in pass 3. */
+static int k_route_cluster(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    char *copy, **items;
+    int n = sk__cfg_split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    int rc = 0;
+    r->clusters = calloc((size_t)n, sizeof(*r->clusters));
+    s->names = calloc((size_t)n, sizeof(char *));
+    if (!r->clusters || !s->names) rc = sk__cfg_oom(x);
+    uint64_t total = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        char *name = items[i], *w = name;
+        while (*w && *w != ' ' && *w != '\t') w++;
+        if (*w) *w++ = '\0';
+        w = sk__cfg_trim(w);
+        uint64_t weight = 1;
+        if (*name && !sk__cfg_is_name(name)) {
+            rc = sk__cfg_bad(x, "bad cluster name '%s'", name);
+        } else if (*w) {
+            if (sk__cfg_parse_u64(w, &weight) < 0 || weight > 10000)
+                rc = sk__cfg_bad(x, "bad weight '%s' for '%s' (expected 0..10000)", w, name);
+        } else if (n > 1) {
+            rc = sk__cfg_bad(x, "missing weight for '%s' (write 'NAME WEIGHT, NAME WEIGHT')", name);
+        }
+        for (int j = 0; j < i && rc == 0; j++)
+            if (strcmp(s->names[j], name) == 0) rc = sk__cfg_bad(x, "cluster '%s' named twice", name);
+        if (rc == 0 && !(s->names[i] = sk__cfg_strdup(x, name))) rc = -1;
+        if (rc == 0) {
+            r->clusters[i].weight = (unsigned)weight;
+            total += weight;
+            s->nnames = r->nclusters = (size_t)i + 1;
+        }
+    }
+    if (rc == 0 && total == 0) rc = sk__cfg_bad(x, "weights add up to 0");
+    r->total_weight = (unsigned)total;
+    free(items);
+    free(copy);
+    return rc;
+}
+
+static int k_respond(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    uint64_t status = 0;
+    const char *p = v;
+    if (sk__cfg_digits(&p, &status) < 0 || p - v != 3 || (*p && *p != ' ') || status < 200 || status > 599)
+        return sk__cfg_bad(x, "bad value '%s' (expected 'STATUS [BODY]', status 200..599)", v);
+    r->respond_status = (int)status;
+    return sk__cfg_set_str(x, &r->respond_body, sk__cfg_strdup(x, *p ? p + 1 : ""));
+}
+
+/* `lua = FILE`: kept as written, resolved against lua_dir once the whole
+ * file is read ([sidekick] may come later). */
+static int k_lua(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    return sk__cfg_set_str(x, &r->lua, sk__cfg_strdup(x, v));
+}
+
+/* `lua.NAME = value`: configuration for the route's script. */
+int sk__cfg_lua_key(ctx *x, sect *s, const char *name, const char *value)
+{
+    sk_route *r = s->obj;
+    const char *n = name + 4;
+    if (!s->lua_key_line) {
+        s->lua_key_line = x->lineno;
+        snprintf(s->lua_key, sizeof(s->lua_key), "%s", name);
+    }
+    if (!*n) return sk__cfg_bad(x, "empty name after 'lua.'");
+    for (const char *p = n; *p; p++)
+        if (!isalnum((unsigned char)*p) && *p != '_')
+            return sk__cfg_bad(x, "bad name '%s' (expected lua.NAME with NAME of [A-Za-z0-9_])", name);
+    for (size_t i = 0; i < r->nlua_keys; i++)
+        if (strcmp(r->lua_keys[i].key, n) == 0) return sk__cfg_bad(x, "duplicate key");
+    sk_lua_kv *a = realloc(r->lua_keys, (r->nlua_keys + 1) * sizeof(*a));
+    if (!a) return sk__cfg_oom(x);
+    r->lua_keys = a;
+    sk_lua_kv *kv = &a[r->nlua_keys];
+    kv->key = strdup(n);
+    kv->value = strdup(value);
+    if (!kv->key || !kv->value) {
+        free(kv->key);
+        free(kv->value);
+        return sk__cfg_oom(x);
+    }
+    r->nlua_keys++;
+    return 0;
+}
+
+#define RT(f) offsetof(sk_route, f)
+
+static const keydef route_keys[] = {
+    {"listener", k_ref, 0, 0, 0, 0},
+    {"host", k_host, 0, 0, 0, 0},
+    {"prefix", k_prefix, 0, RT(prefix), 0, 0},
+    {"path", k_prefix, 0, RT(path), 0, 0},
+    {"method", k_method, 0, 0, 0, 0},
+    {"header", k_header, KEY_REPEAT, 0, 0, 0},
+    {"cluster", k_route_cluster, 0, 0, 0, 0},
+    {"rewrite_prefix", k_prefix, 0, RT(rewrite_prefix), 0, 0},
+    {"timeout", k_duration, 0, RT(timeout_ms), 0, DUR_MAX},
+    {"retries", k_uint, 0, RT(retries), 0, 10},
+    {"respond", k_respond, 0, 0, 0, 0},
+    {"plugins", k_plugins, 0, 0, 0, 0},
+    {"lua", k_lua, 0, 0, 0, 0},
+    {"lua_budget", k_duration, 0, RT(lua_budget_ms), 1, 10000},
+    {NULL, NULL, 0, 0, 0, 0},
+};
+
+/* ---- [cluster NAME] ----------------------------------------------------------------------- */
+
+static int k_endpoints(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_cluster *c = s->obj;
+    char *copy, **items;
+    int n = sk__cfg_split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    int rc = 0;
+    c->endpoints = calloc((size_t)n, sizeof(*c->endpoints));
+    if (!c->endpoints) rc = sk__cfg_oom(x);
+    for (int i = 0; i < n && rc == 0; i++) {
+        sk_endpoint_conf *e = &c->endpoints[i];
+        e->index = i;
+        if (sk_parse_addr(items[i], &e->address) < 0)
+            rc = sk__cfg_bad(x, "bad address '%s' (expected ip:port, [ipv6]:port or localhost:port)", items[i]);
+        else if (sk__cfg_addr_port(&e->address) == 0)
+            rc = sk__cfg_bad(x, "bad address '%s': port 0", items[i]);
+        for (int j = 0; j < i && rc == 0; j++)
+            if (strcmp(c->endpoints[j].address.text, e->address.text) == 0)
+                rc = sk__cfg_bad(x, "duplicate endpoint '%s'", e->address.text);
+    }
+    if (rc == 0) c->nendpoints = (size_t)n;
+    free(items);
+    free(copy);
+    return rc;
+}
+
+/* `discovery = NAME [ARG]`: NAME is a [plugin] instance (resolved in pass 3),
+ * ARG the rest of the line, handed to its on_cluster hook. */
+static int k_discovery(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_cluster *c = s->obj;
+    size_t n = strcspn(v, " \t");
+    if (n == 0) return sk__cfg_bad(x, "expected 'NAME [ARG]' (NAME: a [plugin NAME] instance)");
+    const char *arg = v + n;
+    arg += strspn(arg, " \t");
+    size_t alen = strlen(arg);
+    while (alen && (arg[alen - 1] == ' ' || arg[alen - 1] == '\t')) alen--;
+    if (sk__cfg_set_str(x, &c->discovery, strndup(v, n)) < 0) return sk__cfg_oom(x);
+    if (alen && sk__cfg_set_str(x, &c->discovery_arg, strndup(arg, alen)) < 0) return sk__cfg_oom(x);
+    return 0;
+}
+
+static int k_lb(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_cluster *c = s->obj;
+    if (strcmp(v, "round_robin") == 0)
+        c->lb = SK_LB_ROUND_ROBIN;
+    else if (strcmp(v, "least_request") == 0)
+        c->lb = SK_LB_LEAST_REQUEST;
+    else if (strcmp(v, "random") == 0)
+        c->lb = SK_LB_RANDOM;
+    else if (strcmp(v, "ring_hash") == 0)
+        return sk__cfg_bad(x, "ring_hash is not supported yet in this version");
+    else
+        return sk__cfg_bad(x, "bad value '%s' (expected round_robin, least_request or random)", v);
+    return 0;
+}
+
+#define CL(f) offsetof(sk_cluster, f)
+
+static const keydef cluster_keys[] = {
+    {"endpoints", k_endpoints, 0, 0, 0, 0},
+    {"discovery", k_discovery, 0, 0, 0, 0},
+    {"lb", k_lb, 0, 0, 0, 0},
+    {"hash_key", NULL, 0, 0, 0, 0},
+    {"connect_timeout", k_duration, 0, CL(connect_timeout_ms), 1, DUR_MAX},
+    {"max_connections", k_uint, 0, CL(max_connections), 1, 10000000},
+    {"max_pending", k_uint, 0, CL(max_pending), 1, 10000000},
+    {"max_requests", k_uint, 0, CL(max_requests), 1, 10000000},
+    {"health_check", NULL, 0, 0, 0, 0},
+    {"health_interval", NULL, 0, 0, 0, 0},
+    {"outlier_failures", NULL, 0, 0, 0, 0},
+    {"outlier_ejection", NULL, 0, 0, 0, 0},
+    {"tls", NULL, 0, 0, 0, 0},
+    {NULL, NULL, 0, 0, 0, 0},
+};
+
+/* [plugin NAME]: only `load` is the host's; every other key goes to the plugin. */
+static const keydef plugin_keys[] = {
+    {"load", NULL, 0, 0, 0, 0},
+    {NULL, NULL, 0, 0, 0, 0},
+};
+
+const keydef *const sk__cfg_key_tables[] = {sidekick_keys, listener_keys, route_keys, cluster_keys,
+                                           plugin_keys};
+
+/* Line of key `name` in section `s`, 0 when absent. */
+int sk__cfg_key_line(const sect *s, const char *name)
+{
+    const keydef *t = sk__cfg_key_tables[s->kind];
+    for (int i = 0; t[i].name; i++)
+        if (strcmp(t[i].name, name) == 0) return s->key_line[i];
+    return 0;
+}
+
