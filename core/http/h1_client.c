@@ -82,7 +82,6 @@ void sk_upconn_close(sk_upconn *u)
     sk_transport_close(&u->tr);
     sk_wctx_buf_put(w, u->rbuf);
     sk_out_free(&u->out);
-    sk_buf_free(&u->head_out);
     free(u);
 }
 
@@ -152,8 +151,12 @@ static void up_fail(sk_upconn *u, int status, const char *reason, bool retryable
 static int op_send_head(void *h, const sk_out_request *q)
 {
     sk_upconn *u = h;
-    sk_buf *b = &u->head_out;
-    sk_buf_reset(b);
+    /* The head lives in the request's arena (queued by reference): nothing
+     * per connection. Its size: request line, fields, one framing line. */
+    size_t cap = strlen(q->method) + 1 + q->path_len + 1 + q->query_len + 11 + 48 + 2;
+    for (size_t i = 0; i < q->nhdrs; i++) cap += q->hdrs[i].name_len + q->hdrs[i].value_len + 4;
+    sk_buf hb, *b = &hb;
+    if (sk_head_buf(b, &u->req->arena, cap) < 0) return -1;
     int rc = sk_buf_puts(b, q->method);
     rc |= sk_buf_append(b, " ", 1);
     rc |= sk_buf_append(b, q->path, q->path_len);
@@ -177,7 +180,9 @@ static int op_send_head(void *h, const sk_out_request *q)
         rc |= sk_buf_append(b, "content-length: 0\r\n", 19);
     rc |= sk_buf_append(b, "\r\n", 2);
     u->req_framing = q->framing;
-    if (rc || sk_out_ref(&u->out, b->data, b->len) < 0) return -1;
+    u->head = b->data;
+    u->head_len = b->len;
+    if (rc || b->len > cap || sk_out_ref(&u->out, b->data, b->len) < 0) return -1;
     return 0;
 }
 

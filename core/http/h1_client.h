@@ -40,7 +40,8 @@ struct sk_upconn {
     char *rbuf;                   /* read buffer (SK_READ_BUF) or NULL */
     size_t rpos, rlen;            /* unparsed bytes */
     sk_out out;                   /* towards the upstream */
-    sk_buf head_out;              /* the request head of this attempt (queued by reference) */
+    const char *head;             /* the request head of this attempt (the request's arena) */
+    size_t head_len;              /* its length */
     int req_framing;              /* enum sk_framing of the request body being sent */
     sk_msg *req;                  /* the exchange using it, or NULL when idle */
     void *rq;                     /* the request layer's request of req */

@@ -163,7 +163,6 @@ void sk_conn_free(void *p)
 {
     sk_conn *c = p;
     sk_out_free(&c->out);
-    sk_buf_free(&c->head_out);
     sk_config_unref(c->config);
     free(c);
 }
@@ -401,8 +400,14 @@ static int op_send_head(void *s, int status, const char *reason, size_t reason_l
 {
     sk_conn *c = s;
     sk_msg *r = c->req;
-    sk_buf *b = &c->head_out;
-    sk_buf_reset(b);
+    /* The head lives in the request's arena until the request is recycled
+     * (queued by reference): nothing per connection. Its size is bounded
+     * here: status line, the fields, one framing and one Connection line. */
+    if (!reason) reason_len = 0; /* status_line() takes the standard text */
+    size_t cap = 13 + (reason ? reason_len : 40) + 2 + 96;
+    for (size_t i = 0; i < n; i++) cap += hdrs[i].name_len + hdrs[i].value_len + 4;
+    sk_buf hb, *b = &hb;
+    if (sk_head_buf(b, &r->arena, cap) < 0) return -1;
     int rc = status_line(b, status, reason, reason_len);
     if (rc) return -1;
     for (size_t i = 0; i < n; i++) {
@@ -432,7 +437,7 @@ static int op_send_head(void *s, int status, const char *reason, size_t reason_l
         rc |= sk_buf_append(b, "connection: keep-alive\r\n", 24);
     }
     rc |= sk_buf_append(b, "\r\n", 2);
-    if (rc || sk_out_ref(&c->out, b->data, b->len) < 0) return -1;
+    if (rc || b->len > cap || sk_out_ref(&c->out, b->data, b->len) < 0) return -1;
     r->status = status;
     r->response_started = true;
     r->state = SK_REQ_RESPONDING;
@@ -682,7 +687,8 @@ static int on_headers_complete(llhttp_t *p)
         if (!sk_is_token(r->head.views[i].name, r->head.views[i].name_len)) return bad_request(c, 400);
     /* Asserted by the proxy alone (from a verified peer certificate): a
      * client's copy is never seen by plugins, Lua or the upstream. */
-    if (sk_head_edit(&r->head, &r->arena, "x-forwarded-client-cert", NULL, true) < 0)
+    if (sk_head_get(&r->head, "x-forwarded-client-cert") &&
+        sk_head_edit(&r->head, &r->arena, "x-forwarded-client-cert", NULL, true) < 0)
         return limit_reply(c, -1, 0, NULL);
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     r->method_id = sk_method_id(r->method, strlen(r->method));

@@ -46,7 +46,6 @@ struct sk_conn {
     char *rbuf;                  /* read buffer (SK_READ_BUF, from the thread's pool) or NULL */
     size_t rpos, rlen;           /* unparsed bytes are rbuf[rpos..rlen) */
     sk_out out;                  /* towards the client */
-    sk_buf head_out;             /* the response head being sent (queued by reference) */
     sk_msg *req;                 /* current exchange, or NULL between requests */
     void *rq;                    /* the request layer's request of req */
     int resp_framing;            /* enum sk_framing of the current response towards the client */

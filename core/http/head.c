@@ -184,20 +184,6 @@ const char *sk_status_text(int status)
     }
 }
 
-/* Is s[0..n) a token (RFC 9110 5.6.2)? */
-bool sk_is_token(const char *s, size_t n)
-{
-    static const char extra[] = "!#$%&'*+-.^_`|~";
-    if (n == 0) return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              (ch && strchr(extra, ch))))
-            return false;
-    }
-    return true;
-}
-
 /* Empties a head for the next message, keeping its storage. */
 void sk_head_reset(sk_head *h)
 {

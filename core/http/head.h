@@ -48,8 +48,33 @@ size_t sk_head_count(const sk_head *h, const char *name);
 /* Empties h for the next message (storage kept) / frees its storage. */
 void sk_head_reset(sk_head *h);
 void sk_head_free(sk_head *h);
-/* Is s[0..n) an RFC 9110 token (header names, methods)? */
-bool sk_is_token(const char *s, size_t n);
+/* Is s[0..n) an RFC 9110 token (header names, methods)? Inline: it runs
+ * for every header of every request. */
+static inline bool sk_is_token(const char *s, size_t n)
+{
+    /* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+    static const uint32_t tchar[8] = {0, 0x03ff6cfa, 0xc7fffffe, 0x57ffffff, 0, 0, 0, 0};
+    if (n == 0) return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (!(tchar[ch >> 5] & (1u << (ch & 31)))) return false;
+    }
+    return true;
+}
+
+/*
+ * A buffer of `cap` bytes from the arena a, set up so that sk_buf_append
+ * never reallocates it: the caller has sized cap to what it writes (a
+ * message head), and must check b->len <= cap (sk_head_buf_ok) before
+ * using it. 0 or -1 on OOM.
+ */
+static inline int sk_head_buf(sk_buf *b, sk_arena *a, size_t cap)
+{
+    b->data = sk_arena_alloc(a, cap);
+    b->off = b->len = 0;
+    b->cap = cap;
+    return b->data ? 0 : -1;
+}
 /* Reason phrase of a status code. */
 const char *sk_status_text(int status);
 

@@ -47,28 +47,47 @@ Headers = List[Tuple[str, str]]
 _port_rng = random.Random()
 
 
+_given_ports: List[int] = []  # handed out lately: never twice in a row of calls
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1 (bind, close).
+    """A TCP port that was free a moment ago on 127.0.0.1 (bind, close),
+    and not one of the last 2000 ports this process handed out, so that two
+    calls for one config never give the same port.
 
     Picked below the kernel's ephemeral range (32768+), so that the many
     client connections of a test run cannot take it before sidekick binds it.
     """
-    for _ in range(100):
+    for _ in range(200):
         port = _port_rng.randrange(20000, 32000)
+        if port in _given_ports:
+            continue
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             s.bind(("127.0.0.1", port))
-            return port
         except OSError:
             continue
         finally:
             s.close()
+        _given_ports.append(port)
+        del _given_ports[:-2000]
+        return port
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
     finally:
         s.close()
+
+
+def free_ports(n: int) -> List[int]:
+    """n distinct ports that were free a moment ago (see free_port)."""
+    ports: List[int] = []
+    while len(ports) < n:
+        p = free_port()
+        if p not in ports:
+            ports.append(p)
+    return ports
 
 
 def missing_fixtures(names) -> List[str]:

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from harness import PLUGIN_DIR, missing_fixtures
-from harness import (REPO, RawClient, Reply, assert_local_reply, echo_handler, free_port,
+from harness import (REPO, RawClient, Reply, assert_local_reply, echo_handler, free_port, free_ports,
                      http_request, metric_value, parse_prometheus, run_sidekick, sk_ini, wait_for)
 
 EXAMPLES = REPO / "lua"
@@ -1282,10 +1282,11 @@ end)
 
 def write_conf(tmp_path, routes, lua_dir):
     p = tmp_path / "conf.ini"
+    admin, listen = free_ports(2)
     p.write_text(
-        f"[sidekick]\nworkers = 1\nadmin = 127.0.0.1:{free_port()}\naccess_log = off\n"
+        f"[sidekick]\nworkers = 1\nadmin = 127.0.0.1:{admin}\naccess_log = off\n"
         f"lua_dir = {lua_dir}\n\n"
-        f"[listener main]\naddress = 127.0.0.1:{free_port()}\n\n"
+        f"[listener main]\naddress = 127.0.0.1:{listen}\n\n"
         + routes +
         "\n[cluster up]\nendpoints = 127.0.0.1:1\n")
     return p
