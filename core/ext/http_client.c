@@ -20,7 +20,9 @@
  *   the instance's destroy, so no callback can reach a destroyed instance or
  *   an unloaded .so.
  */
+#define CURL_DISABLE_TYPECHECK /* curl_easy_setopt is called through a pointer */
 #include <curl/curl.h>
+#include <dlfcn.h>
 #include <ev.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -33,6 +35,135 @@
 #include "head.h"
 #include "http_client.h"
 #include "plugin_host.h"
+
+/*
+ * libcurl is loaded when a plugin first starts a call (dlopen), not linked:
+ * linked, it and the thirty-odd libraries it needs (TLS, Kerberos, LDAP,
+ * SSH, ...) would be mapped into every sidekick at start, tripling its idle
+ * memory. The functions used are called through this table; the macros
+ * below keep the code reading like plain libcurl.
+ */
+#define SK_LIBCURL "libcurl.so.4"
+static struct {
+    void *dl; /* dlopen handle, NULL until loaded */
+    __typeof__(curl_global_init) *global_init;
+    __typeof__(curl_global_cleanup) *global_cleanup;
+    __typeof__(curl_multi_init) *multi_init;
+    __typeof__(curl_multi_cleanup) *multi_cleanup;
+    __typeof__(curl_multi_setopt) *multi_setopt;
+    __typeof__(curl_multi_add_handle) *multi_add_handle;
+    __typeof__(curl_multi_remove_handle) *multi_remove_handle;
+    __typeof__(curl_multi_assign) *multi_assign;
+    __typeof__(curl_multi_info_read) *multi_info_read;
+    __typeof__(curl_multi_socket_action) *multi_socket_action;
+    __typeof__(curl_easy_init) *easy_init;
+    __typeof__(curl_easy_cleanup) *easy_cleanup;
+    __typeof__(curl_easy_setopt) *easy_setopt;
+    __typeof__(curl_easy_getinfo) *easy_getinfo;
+    __typeof__(curl_easy_nextheader) *easy_nextheader;
+    __typeof__(curl_easy_strerror) *easy_strerror;
+    __typeof__(curl_free) *free;
+    __typeof__(curl_slist_append) *slist_append;
+    __typeof__(curl_slist_free_all) *slist_free_all;
+    __typeof__(curl_url) *url;
+    __typeof__(curl_url_cleanup) *url_cleanup;
+    __typeof__(curl_url_get) *url_get;
+    __typeof__(curl_url_set) *url_set;
+} lib;
+#undef curl_global_init
+#define curl_global_init lib.global_init
+#undef curl_global_cleanup
+#define curl_global_cleanup lib.global_cleanup
+#undef curl_multi_init
+#define curl_multi_init lib.multi_init
+#undef curl_multi_cleanup
+#define curl_multi_cleanup lib.multi_cleanup
+#undef curl_multi_setopt
+#define curl_multi_setopt lib.multi_setopt
+#undef curl_multi_add_handle
+#define curl_multi_add_handle lib.multi_add_handle
+#undef curl_multi_remove_handle
+#define curl_multi_remove_handle lib.multi_remove_handle
+#undef curl_multi_assign
+#define curl_multi_assign lib.multi_assign
+#undef curl_multi_info_read
+#define curl_multi_info_read lib.multi_info_read
+#undef curl_multi_socket_action
+#define curl_multi_socket_action lib.multi_socket_action
+#undef curl_easy_init
+#define curl_easy_init lib.easy_init
+#undef curl_easy_cleanup
+#define curl_easy_cleanup lib.easy_cleanup
+#undef curl_easy_setopt
+#define curl_easy_setopt lib.easy_setopt
+#undef curl_easy_getinfo
+#define curl_easy_getinfo lib.easy_getinfo
+#undef curl_easy_nextheader
+#define curl_easy_nextheader lib.easy_nextheader
+#undef curl_easy_strerror
+#define curl_easy_strerror lib.easy_strerror
+#undef curl_free
+#define curl_free lib.free
+#undef curl_slist_append
+#define curl_slist_append lib.slist_append
+#undef curl_slist_free_all
+#define curl_slist_free_all lib.slist_free_all
+#undef curl_url
+#define curl_url lib.url
+#undef curl_url_cleanup
+#define curl_url_cleanup lib.url_cleanup
+#undef curl_url_get
+#define curl_url_get lib.url_get
+#undef curl_url_set
+#define curl_url_set lib.url_set
+
+/* Loads libcurl and its functions. 0, or -1 with a message in err. */
+static int load_libcurl(char *err, size_t n)
+{
+    if (lib.dl) return 0;
+    void *dl = dlopen(SK_LIBCURL, RTLD_NOW | RTLD_LOCAL);
+    if (!dl) {
+        snprintf(err, n, "cannot load %s: %s", SK_LIBCURL, dlerror());
+        return -1;
+    }
+    static const struct {
+        const char *name;
+        void **fn;
+    } syms[] = {
+        {"curl_global_init", (void **)&lib.global_init},
+        {"curl_global_cleanup", (void **)&lib.global_cleanup},
+        {"curl_multi_init", (void **)&lib.multi_init},
+        {"curl_multi_cleanup", (void **)&lib.multi_cleanup},
+        {"curl_multi_setopt", (void **)&lib.multi_setopt},
+        {"curl_multi_add_handle", (void **)&lib.multi_add_handle},
+        {"curl_multi_remove_handle", (void **)&lib.multi_remove_handle},
+        {"curl_multi_assign", (void **)&lib.multi_assign},
+        {"curl_multi_info_read", (void **)&lib.multi_info_read},
+        {"curl_multi_socket_action", (void **)&lib.multi_socket_action},
+        {"curl_easy_init", (void **)&lib.easy_init},
+        {"curl_easy_cleanup", (void **)&lib.easy_cleanup},
+        {"curl_easy_setopt", (void **)&lib.easy_setopt},
+        {"curl_easy_getinfo", (void **)&lib.easy_getinfo},
+        {"curl_easy_nextheader", (void **)&lib.easy_nextheader},
+        {"curl_easy_strerror", (void **)&lib.easy_strerror},
+        {"curl_free", (void **)&lib.free},
+        {"curl_slist_append", (void **)&lib.slist_append},
+        {"curl_slist_free_all", (void **)&lib.slist_free_all},
+        {"curl_url", (void **)&lib.url},
+        {"curl_url_cleanup", (void **)&lib.url_cleanup},
+        {"curl_url_get", (void **)&lib.url_get},
+        {"curl_url_set", (void **)&lib.url_set},
+    };
+    for (size_t i = 0; i < sizeof(syms) / sizeof(syms[0]); i++) {
+        if (!(*syms[i].fn = dlsym(dl, syms[i].name))) {
+            snprintf(err, n, "%s has no %s", SK_LIBCURL, syms[i].name);
+            dlclose(dl);
+            return -1;
+        }
+    }
+    lib.dl = dl;
+    return 0;
+}
 
 #define DEFAULT_CONNECT_TIMEOUT_MS 10000
 #define DEFAULT_MAX_BODY           (1024 * 1024)
@@ -195,6 +326,11 @@ static int init(void)
     if (H.ready) return 0;
     H.loop = (struct ev_loop *)sk_host.main_loop();
     if (!H.loop) return SK_HTTP_ETHREAD;
+    char err[256];
+    if (load_libcurl(err, sizeof(err)) < 0) {
+        sk_error("http client: %s", err);
+        return SK_HTTP_EUNSUPPORTED;
+    }
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return SK_HTTP_ENOMEM;
     if (!(H.multi = curl_multi_init())) {
         curl_global_cleanup();
