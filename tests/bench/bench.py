@@ -139,8 +139,15 @@ def rss(pids):
 
 # --------------------------------------------------------------------------- table
 
-TARGETS = ["direct", "sidekick", "nginx", "haproxy"]
-PROXIES = ["sidekick", "nginx", "haproxy"]
+# Column order; a target is shown when the raw file has it (sidekick-before only with
+# SIDEKICK_BEFORE in tests/bench/run).
+ALL_TARGETS = ["direct", "sidekick", "sidekick-before", "nginx", "haproxy"]
+# ratio columns: (heading, numerator, denominator), shown when both targets are present
+RATIOS = [
+    ("sidekick/nginx", "sidekick", "nginx"),
+    ("sidekick/HAProxy", "sidekick", "haproxy"),
+    ("sidekick/sidekick-before", "sidekick", "sidekick-before"),
+]
 
 # metric key -> (label, unit/format, kind); kind "lat" = shown as proxy minus direct,
 # kind ("diff", A, B) = metric A minus metric B of the same round, scenario and target
@@ -160,11 +167,27 @@ METRICS = [
     ("cost_cpu_user_us", "  of which user space", "%.2f",
      ("diff", "cpu_user_us", "base_cpu_user_us")),
 ]
-for rate in ("1000", "10000"):
-    for p, pl in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")):
-        METRICS.append(("lat_%s_%s" % (rate, p),
-                        "added %s latency µs @ %s req/s" % (pl, "{:,}".format(int(rate))),
+
+# the `fixed` part: one offered load for every target
+FIXED_METRICS = [
+    ("fx_rps", "requests/s achieved at the fixed rate", "%.0f", "abs"),
+    ("fx_cpu_us", "proxy CPU µs/request at the fixed rate", "%.2f", "abs"),
+    ("fx_cpu_user_us", "  of which user space", "%.2f", "abs"),
+    ("fx_rss_kib", "RSS KiB during the fixed-rate run", "%.0f", "abs"),
+]
+
+
+def lat_metrics(keys):
+    """Latency rows for every rate found among the metric keys (lat_RATE_pXX)."""
+    rates = sorted({int(k.split("_")[1]) for k in keys if k.startswith("lat_")})
+    out = []
+    for rate in rates:
+        for p, pl in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")):
+            out.append(("lat_%d_%s" % (rate, p),
+                        "added %s latency µs @ %s req/s" % (pl, "{:,}".format(rate)),
                         "%.0f", "lat"))
+    return out
+
 MEM_METRICS = [
     ("rss_idle_kib", "idle RSS KiB (all processes)", "%.0f", "abs"),
     ("pss_idle_kib", "idle PSS KiB (all processes)", "%.0f", "abs"),
@@ -197,14 +220,17 @@ def table(raw, out, info):
                 scen_order.append(scen)
             data.setdefault((scen, metric, target), {})[rnd] = float(value)
 
-    rows = []
-    hdr = "| metric | scenario | direct | sidekick | nginx | haproxy | sidekick/nginx | sidekick/HAProxy |"
-    rows.append(hdr)
-    rows.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    present = {t for (_, _, t) in data}
+    targets = [t for t in ALL_TARGETS if t in present]
+    ratios = [r for r in RATIOS if r[1] in present and r[2] in present]
+    lat = lat_metrics({m for (_, m, _) in data})
+    rows = ["| metric | scenario | " + " | ".join(targets) + " | " +
+            " | ".join(r[0] for r in ratios) + " |",
+            "|---|---|" + "---:|" * (len(targets) + len(ratios))]
 
     def emit(scen, key, label, f, kind):
         cells, med = {}, {}
-        for t in TARGETS:
+        for t in targets:
             vals_by_round = data.get((scen, key, t), {})
             if isinstance(kind, tuple):
                 a = data.get((scen, kind[1], t), {})
@@ -217,7 +243,7 @@ def table(raw, out, info):
                 vals = list(vals_by_round.values())
             cells[t] = fmt_cell(vals, f)
             med[t] = statistics.median(vals) if vals else None
-        if all(med[t] is None for t in TARGETS):
+        if all(med[t] is None for t in targets):
             return
 
         def ratio(a, b):
@@ -225,15 +251,18 @@ def table(raw, out, info):
                 return "—"
             return "%.2f" % (med[a] / med[b])
 
-        rows.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
-            label.strip(), scen, cells["direct"], cells["sidekick"], cells["nginx"],
-            cells["haproxy"], ratio("sidekick", "nginx"), ratio("sidekick", "haproxy")))
+        rows.append("| %s | %s | %s | %s |" % (
+            label.strip(), scen, " | ".join(cells[t] for t in targets),
+            " | ".join(ratio(a, b) for _, a, b in ratios)))
 
     for scen in scen_order:
-        if scen in ("memory", "strace"):
+        if scen in ("memory", "strace", "fixed"):
             continue
-        for key, label, f, kind in METRICS:
+        for key, label, f, kind in METRICS + lat:
             emit(scen, key, label, f, kind)
+    if "fixed" in scen_order:
+        for key, label, f, kind in FIXED_METRICS + lat:
+            emit("fixed", key, label, f, kind)
     if "memory" in scen_order:
         for key, label, f, kind in MEM_METRICS:
             emit("memory", key, label, f, kind)
