@@ -152,38 +152,36 @@ static int op_send_head(void *h, const sk_out_request *q)
 {
     sk_upconn *u = h;
     /* The head lives in the request's arena (queued by reference): nothing
-     * per connection. Its size: request line, fields, one framing line. */
-    size_t cap = strlen(q->method) + 1 + q->path_len + 1 + q->query_len + 11 + 48 + 2;
+     * per connection. Its size: the request line, the fields, one framing
+     * line (at most 38 bytes) and the blank line. */
+    size_t mlen = strlen(q->method);
+    size_t cap = mlen + 1 + q->path_len + 1 + q->query_len + 11 + 38 + 2;
     for (size_t i = 0; i < q->nhdrs; i++) cap += q->hdrs[i].name_len + q->hdrs[i].value_len + 4;
-    sk_buf hb, *b = &hb;
-    if (sk_head_buf(b, &u->req->arena, cap) < 0) return -1;
-    int rc = sk_buf_puts(b, q->method);
-    rc |= sk_buf_append(b, " ", 1);
-    rc |= sk_buf_append(b, q->path, q->path_len);
+    char *head = sk_arena_alloc(&u->req->arena, cap), *p = head;
+    if (!head) return -1;
+    p = sk_put(p, q->method, mlen);
+    *p++ = ' ';
+    p = sk_put(p, q->path, q->path_len);
     if (q->query) {
-        rc |= sk_buf_append(b, "?", 1);
-        rc |= sk_buf_append(b, q->query, q->query_len);
+        *p++ = '?';
+        p = sk_put(p, q->query, q->query_len);
     }
-    rc |= sk_buf_append(b, " HTTP/1.1\r\n", 11);
-    for (size_t i = 0; i < q->nhdrs; i++) {
-        const sk_header *x = &q->hdrs[i];
-        rc |= sk_buf_append(b, x->name, x->name_len);
-        rc |= sk_buf_append(b, ": ", 2);
-        rc |= sk_buf_append(b, x->value, x->value_len);
-        rc |= sk_buf_append(b, "\r\n", 2);
+    p = SK_PUT_LIT(p, " HTTP/1.1\r\n");
+    for (size_t i = 0; i < q->nhdrs; i++) p = sk_put_header(p, &q->hdrs[i]);
+    if (q->framing == SK_BODY_LENGTH) {
+        p = SK_PUT_LIT(p, "content-length: ");
+        p = sk_put_u64(p, q->length);
+        p = SK_PUT_LIT(p, "\r\n");
+    } else if (q->framing == SK_BODY_CHUNKED) {
+        p = SK_PUT_LIT(p, "transfer-encoding: chunked\r\n");
+    } else if (q->method_id == SK_METHOD_POST || q->method_id == SK_METHOD_PUT || q->method_id == SK_METHOD_PATCH) {
+        p = SK_PUT_LIT(p, "content-length: 0\r\n");
     }
-    if (q->framing == SK_BODY_LENGTH)
-        rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, q->length) | sk_buf_puts(b, "\r\n");
-    else if (q->framing == SK_BODY_CHUNKED)
-        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
-    else if (q->method_id == SK_METHOD_POST || q->method_id == SK_METHOD_PUT || q->method_id == SK_METHOD_PATCH)
-        rc |= sk_buf_append(b, "content-length: 0\r\n", 19);
-    rc |= sk_buf_append(b, "\r\n", 2);
+    p = SK_PUT_LIT(p, "\r\n");
     u->req_framing = q->framing;
-    u->head = b->data;
-    u->head_len = b->len;
-    if (rc || b->len > cap || sk_out_ref(&u->out, b->data, b->len) < 0) return -1;
-    return 0;
+    u->head = head;
+    u->head_len = (size_t)(p - head);
+    return sk_out_ref(&u->out, head, u->head_len) < 0 ? -1 : 0;
 }
 
 /* Queues request body bytes, chunk-framed when the body is chunked. */

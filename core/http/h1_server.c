@@ -227,24 +227,6 @@ static void conn_resume_read(sk_conn *c)
     if (!c->dead && !c->closing) sk_transport_want_read(&c->tr, true);
 }
 
-/* Appends a status line "HTTP/1.1 NNN reason\r\n". 0 or -1. */
-static int status_line(sk_buf *b, int status, const char *reason, size_t reason_len)
-{
-    char sl[14] = "HTTP/1.1 000 ";
-    if (status < 100 || status > 999) return -1;
-    sl[9] = (char)('0' + status / 100);
-    sl[10] = (char)('0' + status / 10 % 10);
-    sl[11] = (char)('0' + status % 10);
-    if (!reason) {
-        reason = sk_status_text(status);
-        reason_len = strlen(reason);
-    }
-    int rc = sk_buf_append(b, sl, 13);
-    rc |= sk_buf_append(b, reason, reason_len);
-    rc |= sk_buf_append(b, "\r\n", 2);
-    return rc;
-}
-
 /* Answers the current request locally (see sk_server_ops.local_reply).
  * Creates a request when there is none yet (a timeout before any byte). */
 static void conn_local_reply(sk_conn *c, int status, const char *reason, const char *body, size_t blen,
@@ -400,48 +382,58 @@ static int op_send_head(void *s, int status, const char *reason, size_t reason_l
 {
     sk_conn *c = s;
     sk_msg *r = c->req;
-    /* The head lives in the request's arena until the request is recycled
-     * (queued by reference): nothing per connection. Its size is bounded
-     * here: status line, the fields, one framing and one Connection line. */
-    if (!reason) reason_len = 0; /* status_line() takes the standard text */
-    size_t cap = 13 + (reason ? reason_len : 40) + 2 + 96;
-    for (size_t i = 0; i < n; i++) cap += hdrs[i].name_len + hdrs[i].value_len + 4;
-    sk_buf hb, *b = &hb;
-    if (sk_head_buf(b, &r->arena, cap) < 0) return -1;
-    int rc = status_line(b, status, reason, reason_len);
-    if (rc) return -1;
-    for (size_t i = 0; i < n; i++) {
-        rc |= sk_buf_append(b, hdrs[i].name, hdrs[i].name_len);
-        rc |= sk_buf_append(b, ": ", 2);
-        rc |= sk_buf_append(b, hdrs[i].value, hdrs[i].value_len);
-        rc |= sk_buf_append(b, "\r\n", 2);
+    if (status < 100 || status > 999) return -1;
+    if (!reason) {
+        reason = sk_status_text(status);
+        reason_len = strlen(reason);
     }
+    /* The head lives in the request's arena until the request is recycled
+     * (queued by reference): nothing per connection. Its size: the status
+     * line, the fields, one framing line (at most 38 bytes), one Connection
+     * line (at most 24) and the blank line. */
+    size_t cap = 13 + reason_len + 2 + 38 + 24 + 2;
+    for (size_t i = 0; i < n; i++) cap += hdrs[i].name_len + hdrs[i].value_len + 4;
+    char *head = sk_arena_alloc(&r->arena, cap), *p = head;
+    if (!head) return -1;
+    p = SK_PUT_LIT(p, "HTTP/1.1 ");
+    *p++ = (char)('0' + status / 100);
+    *p++ = (char)('0' + status / 10 % 10);
+    *p++ = (char)('0' + status % 10);
+    *p++ = ' ';
+    p = sk_put(p, reason, reason_len);
+    p = SK_PUT_LIT(p, "\r\n");
+    for (size_t i = 0; i < n; i++) p = sk_put_header(p, &hdrs[i]);
     bool close = r->close_after || !r->keep_alive || c->worker->draining || c->read_eof;
     if (framing == SK_BODY_NONE) {
         c->resp_framing = SK_BODY_NONE;
-        if (has_length) rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
     } else if (framing == SK_BODY_LENGTH) {
         c->resp_framing = SK_BODY_LENGTH;
-        rc |= sk_buf_puts(b, "content-length: ") | sk_buf_u64(b, length) | sk_buf_puts(b, "\r\n");
+        has_length = true;
     } else if (r->version >= 11) {
         c->resp_framing = SK_BODY_CHUNKED;
-        rc |= sk_buf_append(b, "transfer-encoding: chunked\r\n", 28);
+        p = SK_PUT_LIT(p, "transfer-encoding: chunked\r\n");
     } else {
         c->resp_framing = SK_BODY_EOF;
         close = true;
     }
+    if (has_length && framing != SK_BODY_CHUNKED && framing != SK_BODY_EOF) {
+        p = SK_PUT_LIT(p, "content-length: ");
+        p = sk_put_u64(p, length);
+        p = SK_PUT_LIT(p, "\r\n");
+    }
     if (close) {
         r->close_after = true;
-        rc |= sk_buf_append(b, "connection: close\r\n", 19);
+        p = SK_PUT_LIT(p, "connection: close\r\n");
     } else if (r->version == 10) {
-        rc |= sk_buf_append(b, "connection: keep-alive\r\n", 24);
+        p = SK_PUT_LIT(p, "connection: keep-alive\r\n");
     }
-    rc |= sk_buf_append(b, "\r\n", 2);
-    if (rc || b->len > cap || sk_out_ref(&c->out, b->data, b->len) < 0) return -1;
+    p = SK_PUT_LIT(p, "\r\n");
+    size_t len = (size_t)(p - head);
+    if (sk_out_ref(&c->out, head, len) < 0) return -1;
     r->status = status;
     r->response_started = true;
     r->state = SK_REQ_RESPONDING;
-    r->bytes_sent += b->len;
+    r->bytes_sent += len;
     return 0;
 }
 
@@ -674,6 +666,40 @@ static int parse_target(sk_msg *r, const sk_listener *l, bool *absolute)
     return sk_path_normalize(r->path, r->path_len, flags, buf, &r->path, &r->path_len);
 }
 
+/* The fields the codec itself looks at, found in one pass over the head. */
+typedef struct head_fields {
+    const sk_header *host, *te, *expect; /* the first of each, or NULL */
+    size_t nhost, nte;                   /* how many Host / Transfer-Encoding */
+    bool xfcc;                           /* an x-forwarded-client-cert is there */
+    bool bad_name;                       /* a field name is not a token */
+} head_fields;
+
+static void scan_head(const sk_head *h, head_fields *f)
+{
+    memset(f, 0, sizeof(*f));
+    for (size_t i = 0; i < h->nhdrs; i++) {
+        const sk_header *x = &h->views[i];
+        /* llhttp 8 lets whitespace before the colon through ("Host : x"):
+         * a header name must be a token (RFC 9110 5.1). */
+        if (!sk_is_token(x->name, x->name_len)) f->bad_name = true;
+        switch (x->name_len) {
+        case 4:
+            if (sk_streq_nocase(x->name, 4, "host") && f->nhost++ == 0) f->host = x;
+            break;
+        case 6:
+            if (!f->expect && sk_streq_nocase(x->name, 6, "expect")) f->expect = x;
+            break;
+        case 17:
+            if (sk_streq_nocase(x->name, 17, "transfer-encoding") && f->nte++ == 0) f->te = x;
+            break;
+        case 23:
+            if (sk_streq_nocase(x->name, 23, "x-forwarded-client-cert")) f->xfcc = true;
+            break;
+        default: break;
+        }
+    }
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     sk_conn *c = p->data;
@@ -681,15 +707,16 @@ static int on_headers_complete(llhttp_t *p)
     const sk_listener *l = c->listener;
     r->head.url = 0;
     if (sk_head_finish(&r->head) < 0) return limit_reply(c, -1, 0, NULL);
-    /* llhttp 8 lets whitespace before the colon through ("Host : x"):
-     * a header name must be a token (RFC 9110 5.1). */
-    for (size_t i = 0; i < r->head.nhdrs; i++)
-        if (!sk_is_token(r->head.views[i].name, r->head.views[i].name_len)) return bad_request(c, 400);
+    head_fields f;
+    scan_head(&r->head, &f);
+    if (f.bad_name) return bad_request(c, 400);
     /* Asserted by the proxy alone (from a verified peer certificate): a
      * client's copy is never seen by plugins, Lua or the upstream. */
-    if (sk_head_get(&r->head, "x-forwarded-client-cert") &&
-        sk_head_edit(&r->head, &r->arena, "x-forwarded-client-cert", NULL, true) < 0)
-        return limit_reply(c, -1, 0, NULL);
+    if (f.xfcc) {
+        if (sk_head_edit(&r->head, &r->arena, "x-forwarded-client-cert", NULL, true) < 0)
+            return limit_reply(c, -1, 0, NULL);
+        scan_head(&r->head, &f); /* the views moved */
+    }
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     r->method_id = sk_method_id(r->method, strlen(r->method));
     r->version = 10 + p->http_minor;
@@ -712,8 +739,8 @@ static int on_headers_complete(llhttp_t *p)
      * authority wins (RFC 9112 3.2.2) and replaces the Host header, so the
      * upstream gets one Host matching what was routed on. The host used
      * for routing drops the port. */
-    size_t nhost = sk_head_count(&r->head, "host");
-    const sk_header *host = sk_head_get(&r->head, "host");
+    size_t nhost = f.nhost;
+    const sk_header *host = f.host;
     if (nhost > 1 || (nhost == 0 && r->version >= 11)) return bad_request(c, 400);
     if (host && sk_authority_parse(host->value, host->value_len, absolute ? NULL : &r->host,
                                    absolute ? NULL : &r->host_len) < 0) {
@@ -723,6 +750,7 @@ static int on_headers_complete(llhttp_t *p)
     if (absolute) {
         char *v = sk_arena_strndup(&r->arena, r->authority, r->authority_len);
         if (!v || sk_head_edit(&r->head, &r->arena, "host", v, true) < 0) return limit_reply(c, -1, 0, NULL);
+        scan_head(&r->head, &f); /* the views moved */
     } else if (host) {
         r->authority = host->value;
         r->authority_len = host->value_len;
@@ -731,10 +759,10 @@ static int on_headers_complete(llhttp_t *p)
     }
 
     /* Framing. llhttp already refuses CL with TE, bad and duplicate CL. */
-    const sk_header *te = sk_head_get(&r->head, "transfer-encoding");
+    const sk_header *te = f.te;
     if (te && r->version == 10) return bad_request(c, 400); /* RFC 9112 6.1: faulty framing */
     if (te) {
-        if (sk_head_count(&r->head, "transfer-encoding") > 1 ||
+        if (f.nte > 1 ||
             !sk_streq_nocase(te->value, te->value_len, "chunked")) {
             reply(c, 501, "bad_request", "unsupported transfer coding\n", true);
             return -1;
@@ -751,7 +779,7 @@ static int on_headers_complete(llhttp_t *p)
         reply(c, 413, "body_too_large", NULL, true);
         return -1;
     }
-    const sk_header *expect = sk_head_get(&r->head, "expect");
+    const sk_header *expect = f.expect;
     if (expect) {
         if (!sk_streq_nocase(expect->value, expect->value_len, "100-continue")) {
             reply(c, 417, "bad_request", "unsupported expectation\n", true);

@@ -184,6 +184,19 @@ const char *sk_status_text(int status)
     }
 }
 
+/* Writes v in decimal at p; returns the position after it. */
+char *sk_put_u64(char *p, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
 /* Empties a head for the next message, keeping its storage. */
 void sk_head_reset(sk_head *h)
 {

@@ -81,13 +81,14 @@ static ssize_t collect_headers(const sk_head *h, bool request, sk_header **out, 
     return (ssize_t)k;
 }
 
-static void hdr_set(sk_header *h, const char *name, const char *value, size_t value_len)
+static void hdr_set(sk_header *h, const char *name, size_t name_len, const char *value, size_t value_len)
 {
     h->name = name;
-    h->name_len = strlen(name);
+    h->name_len = name_len;
     h->value = value;
     h->value_len = value_len;
 }
+#define HDR_SET(h, lit, v, vl) hdr_set(h, lit, sizeof(lit) - 1, v, vl)
 
 static void gen_request_id(sk_wctx *w, char out[37])
 {
@@ -195,14 +196,14 @@ static int build_upstream_request(sk_request *r, sk_out_request *q)
     rc |= sk_buf_puts(x, r->client_ip);
     if (rc) return -1;
     sk_header *o = r->up_hdrs;
-    hdr_set(&o[k++], "x-forwarded-for", x->data, x->len);
-    hdr_set(&o[k++], "x-forwarded-proto", "http", 4);
+    HDR_SET(&o[k++], "x-forwarded-for", x->data, x->len);
+    HDR_SET(&o[k++], "x-forwarded-proto", "http", 4);
     /* HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one. */
     if (!r->authority_len) {
         const char *host = r->cluster ? r->cluster->name : "localhost";
-        hdr_set(&o[k++], "host", host, strlen(host));
+        HDR_SET(&o[k++], "host", host, strlen(host));
     }
-    hdr_set(&o[k++], "x-request-id", r->request_id, strlen(r->request_id));
+    HDR_SET(&o[k++], "x-request-id", r->request_id, strlen(r->request_id));
     r->up_nhdrs = (size_t)k;
     q->hdrs = r->up_hdrs;
     q->nhdrs = r->up_nhdrs;
