@@ -32,7 +32,7 @@ typedef struct sk_conn_info {
     struct sk_config *config;           /* generation the connection runs on */
     const struct sk_listener *listener; /* the listener it was accepted on */
     const char *client_ip;              /* peer address text (lives as long as the connection) */
-    const char *client_addr;            /* peer "ip:port" */
+    const char *client_addr;            /* peer "ip:port" (lives only during begin: copy it) */
     const char *peer_identity;          /* verified peer identity, or NULL */
 } sk_conn_info;
 
@@ -81,7 +81,8 @@ typedef struct sk_server_ops {
 /* What a server codec tells the request layer. `req` is what begin() returned. */
 typedef struct sk_server_cbs {
     /* A request starts on stream s: returns the request (its exchange in
-     * *msg), or NULL on OOM. */
+     * *msg), or NULL on OOM. *ci lives only during the call; its strings
+     * live as long as the connection. */
     void *(*begin)(void *s, const sk_server_ops *ops, const sk_conn_info *ci, sk_msg **msg);
     /* The head is complete and valid: route it. Returns 0 to go on, 1 when
      * the request waits for a filter (hold the body until chain_resumed), -1

@@ -52,6 +52,31 @@ static void conn_response_done(sk_conn *c);
 
 /* ---- connection life ---- */
 
+/* The peer's text for a log line (a compound literal buffer per use). */
+#define PEER(c) peer_text(c, (char[64]){0}, 64)
+
+/* The peer as "ip:port" ("[ip]:port" for IPv6) in buf (at least 64 bytes). */
+static const char *peer_text(const sk_conn *c, char *buf, size_t n)
+{
+    snprintf(buf, n, c->client_v6 ? "[%s]:%u" : "%s:%u", c->client_ip, (unsigned)c->client_port);
+    return buf;
+}
+
+/* Starts a request on c through the request layer; NULL on OOM. */
+static void *begin_request(sk_conn *c)
+{
+    char addr[64];
+    const sk_conn_info ci = {
+        .wctx = c->worker,
+        .config = c->config,
+        .listener = c->listener,
+        .client_ip = c->client_ip,
+        .client_addr = peer_text(c, addr, sizeof(addr)),
+        .peer_identity = c->tr.peer_identity,
+    };
+    return c->cbs->begin(c, &sk_h1_server_ops, &ci, &c->req);
+}
+
 static void set_timer(sk_conn *c, uint64_t ms)
 {
     if (ms == 0) {
@@ -83,21 +108,15 @@ sk_conn *sk_conn_accept(sk_wctx *w, const sk_conn_owner *owner, const sk_server_
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &in->sin_addr, c->client_ip, sizeof(c->client_ip));
-        snprintf(c->client_addr, sizeof(c->client_addr), "%s:%u", c->client_ip, ntohs(in->sin_port));
+        c->client_port = ntohs(in->sin_port);
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
         inet_ntop(AF_INET6, &in6->sin6_addr, c->client_ip, sizeof(c->client_ip));
-        snprintf(c->client_addr, sizeof(c->client_addr), "[%s]:%u", c->client_ip, ntohs(in6->sin6_port));
+        c->client_port = ntohs(in6->sin6_port);
+        c->client_v6 = true;
     } else {
         strcpy(c->client_ip, "unknown");
-        strcpy(c->client_addr, "unknown");
     }
-    c->info.wctx = w;
-    c->info.config = cfg;
-    c->info.listener = l;
-    c->info.client_ip = c->client_ip;
-    c->info.client_addr = c->client_addr;
-    c->info.peer_identity = NULL;
     llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
     c->parser.data = c;
     ev_init(&c->timer, on_timer);
@@ -114,8 +133,8 @@ void sk_conn_set_generation(sk_conn *c, sk_config *cfg, const sk_listener *l)
 {
     sk_config_ref(cfg);
     sk_config_unref(c->config); /* never the last: the runtime holds retired generations */
-    c->config = c->info.config = cfg;
-    c->listener = c->info.listener = l;
+    c->config = cfg;
+    c->listener = l;
 }
 
 /* Is c between requests with nothing unparsed or unwritten? */
@@ -184,7 +203,7 @@ static void conn_flush(sk_conn *c)
     if (c->dead) return;
     size_t before = sk_out_pending(&c->out);
     if (sk_out_flush(&c->out, &c->tr) < 0) {
-        sk_debug("write to client %s: %s", c->client_addr, strerror(errno));
+        sk_debug("write to client %s: %s", PEER(c), strerror(errno));
         if (c->req && !c->req->response_started) c->req->client_closed = true;
         sk_conn_close(c);
         return;
@@ -234,7 +253,7 @@ static void conn_local_reply(sk_conn *c, int status, const char *reason, const c
 {
     sk_msg *r = c->req;
     if (!r) {
-        c->rq = c->cbs->begin(c, &sk_h1_server_ops, &c->info, &c->req);
+        c->rq = begin_request(c);
         if (!c->rq) {
             c->req = NULL;
             sk_conn_close(c);
@@ -557,7 +576,7 @@ static int limit_reply(sk_conn *c, int rc, int status, const char *reason)
 static int on_message_begin(llhttp_t *p)
 {
     sk_conn *c = p->data;
-    c->rq = c->cbs->begin(c, &sk_h1_server_ops, &c->info, &c->req);
+    c->rq = begin_request(c);
     if (!c->rq) {
         c->req = NULL;
         return -1;
@@ -730,7 +749,7 @@ static int on_headers_complete(llhttp_t *p)
     int rc = parse_target(r, l, &absolute);
     if (rc == -2) return limit_reply(c, -1, 0, NULL);
     if (rc < 0) {
-        sk_debug("bad request from %s: %s", c->client_addr,
+        sk_debug("bad request from %s: %s", PEER(c),
                  rc == -1 ? "malformed request target" : sk_path_strerror(rc));
         return bad_request(c, 400);
     }
@@ -744,7 +763,7 @@ static int on_headers_complete(llhttp_t *p)
     if (nhost > 1 || (nhost == 0 && r->version >= 11)) return bad_request(c, 400);
     if (host && sk_authority_parse(host->value, host->value_len, absolute ? NULL : &r->host,
                                    absolute ? NULL : &r->host_len) < 0) {
-        sk_debug("bad request from %s: invalid Host header", c->client_addr);
+        sk_debug("bad request from %s: invalid Host header", PEER(c));
         return bad_request(c, 400);
     }
     if (absolute) {
@@ -854,7 +873,7 @@ static void process(sk_conn *c)
         if (err == HPE_OK || err == HPE_PAUSED) {
         } else {
             if (!c->dead && !c->closing) {
-                sk_debug("bad request from %s: %s (%s)", c->client_addr, llhttp_errno_name(err),
+                sk_debug("bad request from %s: %s (%s)", PEER(c), llhttp_errno_name(err),
                          llhttp_get_error_reason(&c->parser));
                 int status = 400;
                 if (err == HPE_INVALID_TRANSFER_ENCODING) status = 501;
@@ -1004,7 +1023,7 @@ static void on_timer(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     /* A request body stalled longer than idle_timeout. */
-    sk_debug("client %s: request body idle for too long", c->client_addr);
+    sk_debug("client %s: request body idle for too long", PEER(c));
     if (!r->response_started) {
         reply(c, 408, "idle_timeout", "request body timeout\n", true);
         conn_flush(c);

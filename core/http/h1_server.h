@@ -36,7 +36,6 @@ struct sk_conn {
     sk_wctx *worker;             /* the thread it lives on */
     const sk_conn_owner *owner;  /* the runtime's hooks */
     const sk_server_cbs *cbs;    /* the request layer */
-    sk_conn_info info;           /* what requests learn of the connection */
     const sk_listener *listener; /* the listener it was accepted on (of config) */
     sk_config *config;           /* generation at accept or last adoption (reference) */
     sk_link link;                /* in the owner's list of connections */
@@ -50,7 +49,8 @@ struct sk_conn {
     void *rq;                    /* the request layer's request of req */
     int resp_framing;            /* enum sk_framing of the current response towards the client */
     char client_ip[46];          /* peer address text */
-    char client_addr[64];        /* peer "ip:port" */
+    uint16_t client_port;        /* peer port */
+    bool client_v6;              /* the peer is IPv6 ("[ip]:port") */
     bool closing;                /* close once out is flushed */
     bool dead;                   /* closed; freed at the next safe point */
     bool paused;                 /* parser paused at a message end */

@@ -53,11 +53,21 @@ static void on_io_read(struct ev_loop *loop, ev_io *io, int revents)
     t->cbs->on_readable(t);
 }
 
-/* Ends a connect: stops its timer, reports err (0 = connected). */
+/* Gives the borrowed timer back to its owner, stopped. */
+static void timer_return(sk_transport *t)
+{
+    if (!t->timer) return;
+    ev_timer_stop(t->loop, t->timer);
+    ev_set_cb(t->timer, t->timer_cb);
+    t->timer->data = t->timer_data;
+    t->timer = NULL;
+}
+
+/* Ends a connect: gives the timer back, reports err (0 = connected). */
 static void connect_done(sk_transport *t, int err)
 {
     t->connecting = false;
-    ev_timer_stop(t->loop, &t->timer);
+    timer_return(t);
     if (!t->want_write) ev_io_stop(t->loop, &t->wio);
     if (!err && t->want_read && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
     t->cbs->on_connected(t, err);
@@ -93,8 +103,7 @@ static void init(sk_transport *t, struct ev_loop *loop, int fd, const sk_transpo
     t->fd = fd;
     ev_io_init(&t->rio, on_io_read, fd, EV_READ);
     ev_io_init(&t->wio, on_io_write, fd, EV_WRITE);
-    ev_init(&t->timer, on_connect_timeout);
-    t->rio.data = t->wio.data = t->timer.data = t;
+    t->rio.data = t->wio.data = t;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
@@ -108,7 +117,7 @@ void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk
 
 /* Starts a non-blocking connect (see transport.h). */
 int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct sockaddr *sa, socklen_t len,
-                         uint64_t timeout_ms, const sk_transport_cbs *cbs, void *data)
+                         uint64_t timeout_ms, ev_timer *timer, const sk_transport_cbs *cbs, void *data)
 {
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -127,8 +136,14 @@ int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct soc
     t->connecting = true;
     ev_io_start(loop, &t->wio);
     if (timeout_ms) {
-        t->timer.repeat = (double)timeout_ms / 1000.0;
-        ev_timer_again(loop, &t->timer);
+        t->timer = timer;
+        t->timer_cb = timer->cb;
+        t->timer_data = timer->data;
+        ev_timer_stop(loop, timer);
+        ev_set_cb(timer, on_connect_timeout);
+        timer->data = t;
+        timer->repeat = (double)timeout_ms / 1000.0;
+        ev_timer_again(loop, timer);
     }
     return 0;
 }
@@ -164,11 +179,11 @@ void sk_transport_close(sk_transport *t)
     if (t->loop) {
         ev_io_stop(t->loop, &t->rio);
         ev_io_stop(t->loop, &t->wio);
-        ev_timer_stop(t->loop, &t->timer);
+        if (t->timer) ev_clear_pending(t->loop, t->timer);
+        timer_return(t);
         /* a readable event fed but not yet delivered must not reach a freed owner */
         ev_clear_pending(t->loop, &t->rio);
         ev_clear_pending(t->loop, &t->wio);
-        ev_clear_pending(t->loop, &t->timer);
     }
     if (t->fd >= 0) t->ops->close(t);
     t->want_read = t->want_write = t->connecting = false;

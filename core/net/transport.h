@@ -62,11 +62,13 @@ struct sk_transport {
     int fd;                      /* the socket; -1 once closed */
     void *ctx;                   /* implementation data (TLS session), owned by ops */
     ev_io rio, wio;              /* read / write readiness of fd */
-    ev_timer timer;              /* connect (and handshake) timeout */
+    ev_timer *timer;             /* the connect timeout: the owner's timer, lent while connecting */
+    void (*timer_cb)(struct ev_loop *, ev_timer *, int); /* the owner's callback of it, given back */
+    void *timer_data;            /* the owner's data of it, given back */
     bool want_read;              /* the owner wants on_readable */
     bool want_write;             /* the owner wants on_writable */
     bool connecting;             /* sk_transport_connect() has not finished */
-    char alpn[16];               /* negotiated application protocol, "" when none (plain TCP) */
+    const char *alpn;            /* negotiated application protocol (static), NULL when none (plain TCP) */
     const char *peer_identity;   /* verified peer identity (SPIFFE ID), NULL when none */
 };
 
@@ -82,10 +84,14 @@ void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk
  * Opens a non-blocking TCP connection to sa on loop. Returns 1 when it is
  * connected at once (on_connected is not called), 0 when it is in progress
  * (cbs->on_connected follows, with ETIMEDOUT after timeout_ms; 0 = no
- * timeout), -1 with errno when it failed at once (t is closed).
+ * timeout), -1 with errno when it failed at once (t is closed). `timer` is
+ * an initialised timer of the owner's, idle while the connect runs (an idle
+ * timeout it arms only later): the transport borrows it for the connect
+ * timeout and gives it back stopped, with its callback and data, before
+ * on_connected runs; so a transport carries no timer of its own.
  */
 int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct sockaddr *sa, socklen_t len,
-                         uint64_t timeout_ms, const sk_transport_cbs *cbs, void *data);
+                         uint64_t timeout_ms, ev_timer *timer, const sk_transport_cbs *cbs, void *data);
 
 /* Turns on_readable / on_writable events on or off. */
 void sk_transport_want_read(sk_transport *t, bool on);

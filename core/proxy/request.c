@@ -5,6 +5,7 @@
  * — and recycled. The codecs end requests only through here (sk_server_cbs
  * finish), so an HTTP/2 codec reuses all of it.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -60,7 +61,8 @@ sk_request *sk_request_new(const sk_conn_info *ci, const sk_server_ops *ops, voi
     sk_config_ref(r->config);
     r->listener = ci->listener;
     r->client_ip = ci->client_ip;
-    r->client_addr = ci->client_addr;
+    snprintf(r->client_addr_buf, sizeof(r->client_addr_buf), "%s", ci->client_addr ? ci->client_addr : "unknown");
+    r->client_addr = r->client_addr_buf;
     r->identity = ci->peer_identity;
     r->down_ops = ops;
     r->down = stream;

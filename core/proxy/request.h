@@ -41,7 +41,8 @@ struct sk_request {
     sk_config *config;           /* generation it started on (reference) */
     const sk_listener *listener; /* the listener it came in on (of config) */
     const char *client_ip;       /* peer address text (the connection's) */
-    const char *client_addr;     /* peer "ip:port" */
+    const char *client_addr;     /* peer "ip:port" (client_addr_buf) */
+    char client_addr_buf[64];    /* its storage: the codec's text lives only while a request begins */
     const char *identity;        /* verified peer identity, or NULL */
     const sk_server_ops *down_ops; /* the downstream codec */
     void *down;                    /* its stream */
