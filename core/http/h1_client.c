@@ -59,7 +59,8 @@ sk_upconn *sk_upconn_open(sk_wctx *w, const struct sockaddr *sa, socklen_t len, 
     sk_list_init(&u->link);
     ev_init(&u->timer, on_idle_timer);
     u->timer.data = u;
-    int rc = sk_transport_connect(&u->tr, w->loop, sa, len, connect_timeout_ms, &u->timer, &up_cbs, u);
+    int rc =
+        sk_transport_connect(&u->tr, w->loop, sa, len, connect_timeout_ms, &u->timer, NULL, NULL, &up_cbs, u);
     if (rc < 0) {
         int e = errno;
         free(u);

@@ -104,7 +104,7 @@ sk_conn *sk_conn_accept(sk_wctx *w, const sk_conn_owner *owner, const sk_server_
     c->config = cfg;
     sk_config_ref(cfg);
     sk_list_init(&c->link);
-    sk_transport_accept(&c->tr, w->loop, fd, &conn_cbs, c);
+    sk_transport_accept(&c->tr, w->loop, fd, NULL, NULL, &conn_cbs, c);
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &in->sin_addr, c->client_ip, sizeof(c->client_ip));

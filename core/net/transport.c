@@ -1,6 +1,7 @@
 /*
- * transport.c — the plain TCP transport: the socket, its watchers, and a
- * non-blocking connect with a timeout.
+ * transport.c — the socket, its watchers, a non-blocking connect with a
+ * timeout, and the handshake of a secure transport kind, around the plain
+ * TCP kind (the only one today).
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -47,10 +48,14 @@ static const sk_transport_ops plain_ops = {
     .close = plain_close,
 };
 
-static void on_io_read(struct ev_loop *loop, ev_io *io, int revents)
+/* Puts the watchers where the owner wants them (after a connect or a
+ * handshake, which use them for themselves). */
+static void apply_wants(sk_transport *t)
 {
-    sk_transport *t = io->data;
-    t->cbs->on_readable(t);
+    if (t->want_read && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
+    if (!t->want_read && ev_is_active(&t->rio)) ev_io_stop(t->loop, &t->rio);
+    if (t->want_write && !ev_is_active(&t->wio)) ev_io_start(t->loop, &t->wio);
+    if (!t->want_write && ev_is_active(&t->wio)) ev_io_stop(t->loop, &t->wio);
 }
 
 /* Gives the borrowed timer back to its owner, stopped. */
@@ -63,23 +68,67 @@ static void timer_return(sk_transport *t)
     t->timer = NULL;
 }
 
-/* Ends a connect: gives the timer back, reports err (0 = connected). */
+/* Ends a connect (and its handshake): gives the timer back, reports err
+ * (0 = connected). */
 static void connect_done(sk_transport *t, int err)
 {
     t->connecting = false;
+    t->handshaking = false;
     timer_return(t);
-    if (!t->want_write) ev_io_stop(t->loop, &t->wio);
-    if (!err && t->want_read && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
+    if (err) {
+        ev_io_stop(t->loop, &t->rio);
+        ev_io_stop(t->loop, &t->wio);
+    } else {
+        apply_wants(t);
+    }
     t->cbs->on_connected(t, err);
+}
+
+/* Advances the handshake of a secure transport. When it is done, a
+ * connecting transport reports on_connected; an accepted one hands over to
+ * its owner, with an on_readable at once when the owner reads (bytes may
+ * already wait inside the TLS library; a failed handshake shows as a read
+ * error there). */
+static void drive_handshake(sk_transport *t)
+{
+    int h = t->ops->handshake(t);
+    if (h == 1) return; /* it waits for the socket (sk_transport_wait) */
+    int err = h < 0 ? (errno ? errno : EPROTO) : 0;
+    if (t->connecting) {
+        connect_done(t, err);
+        return;
+    }
+    t->handshaking = false;
+    apply_wants(t);
+    if (t->want_read || err) t->cbs->on_readable(t);
+}
+
+static void on_io_read(struct ev_loop *loop, ev_io *io, int revents)
+{
+    sk_transport *t = io->data;
+    if (t->handshaking) {
+        drive_handshake(t);
+        return;
+    }
+    t->cbs->on_readable(t);
 }
 
 static void on_io_write(struct ev_loop *loop, ev_io *io, int revents)
 {
     sk_transport *t = io->data;
+    if (t->handshaking) {
+        drive_handshake(t);
+        return;
+    }
     if (t->connecting) {
         int err = 0;
         socklen_t len = sizeof(err);
         if (getsockopt(t->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+        if (!err && t->ops->handshake) {
+            t->handshaking = true; /* the connect timeout goes on: it covers the handshake */
+            drive_handshake(t);
+            return;
+        }
         connect_done(t, err);
         return;
     }
@@ -92,11 +141,13 @@ static void on_connect_timeout(struct ev_loop *loop, ev_timer *w, int revents)
     connect_done(t, ETIMEDOUT);
 }
 
-/* Sets up t around fd (plain TCP) without watching anything yet. */
-static void init(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_cbs *cbs, void *data)
+/* Sets up t around fd with ops (plain TCP when NULL), watching nothing yet. */
+static void init(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_ops *ops, void *ctx,
+                 const sk_transport_cbs *cbs, void *data)
 {
     memset(t, 0, sizeof(*t));
-    t->ops = &plain_ops;
+    t->ops = ops ? ops : &plain_ops;
+    t->ctx = ctx;
     t->cbs = cbs;
     t->data = data;
     t->loop = loop;
@@ -109,15 +160,18 @@ static void init(sk_transport *t, struct ev_loop *loop, int fd, const sk_transpo
 }
 
 /* Takes over an accepted socket (see transport.h). */
-void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_cbs *cbs,
-                         void *data)
+void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_ops *ops, void *ctx,
+                         const sk_transport_cbs *cbs, void *data)
 {
-    init(t, loop, fd, cbs, data);
+    init(t, loop, fd, ops, ctx, cbs, data);
+    /* the handshake runs at the first event the owner's want_read brings */
+    t->handshaking = t->ops->handshake != NULL;
 }
 
 /* Starts a non-blocking connect (see transport.h). */
 int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct sockaddr *sa, socklen_t len,
-                         uint64_t timeout_ms, ev_timer *timer, const sk_transport_cbs *cbs, void *data)
+                         uint64_t timeout_ms, ev_timer *timer, const sk_transport_ops *ops, void *ctx,
+                         const sk_transport_cbs *cbs, void *data)
 {
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -125,16 +179,16 @@ int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct soc
         t->fd = -1;
         return -1;
     }
-    init(t, loop, fd, cbs, data);
-    if (connect(fd, sa, len) == 0) return 1;
-    if (errno != EINPROGRESS) {
+    init(t, loop, fd, ops, ctx, cbs, data);
+    int rc = connect(fd, sa, len);
+    if (rc == 0 && !t->ops->handshake) return 1;
+    if (rc < 0 && errno != EINPROGRESS) {
         int e = errno;
         sk_transport_close(t);
         errno = e;
         return -1;
     }
     t->connecting = true;
-    ev_io_start(loop, &t->wio);
     if (timeout_ms) {
         t->timer = timer;
         t->timer_cb = timer->cb;
@@ -145,7 +199,18 @@ int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct soc
         timer->repeat = (double)timeout_ms / 1000.0;
         ev_timer_again(loop, timer);
     }
+    /* writability says the TCP connect finished (at once, when rc == 0) */
+    ev_io_start(loop, &t->wio);
     return 0;
+}
+
+/* What a handshake waits for (see transport.h). */
+void sk_transport_wait(sk_transport *t, bool read, bool write)
+{
+    if (read && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
+    if (!read && ev_is_active(&t->rio)) ev_io_stop(t->loop, &t->rio);
+    if (write && !ev_is_active(&t->wio)) ev_io_start(t->loop, &t->wio);
+    if (!write && ev_is_active(&t->wio)) ev_io_stop(t->loop, &t->wio);
 }
 
 /* Turns readable events on or off (deferred while connecting). */
@@ -153,6 +218,10 @@ void sk_transport_want_read(sk_transport *t, bool on)
 {
     t->want_read = on;
     if (t->fd < 0 || t->connecting) return;
+    if (t->handshaking) { /* an accepted secure transport: the first read starts the handshake */
+        if (on && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
+        return;
+    }
     if (on && !ev_is_active(&t->rio)) ev_io_start(t->loop, &t->rio);
     if (!on && ev_is_active(&t->rio)) ev_io_stop(t->loop, &t->rio);
 }
@@ -161,7 +230,7 @@ void sk_transport_want_read(sk_transport *t, bool on)
 void sk_transport_want_write(sk_transport *t, bool on)
 {
     t->want_write = on;
-    if (t->fd < 0 || t->connecting) return;
+    if (t->fd < 0 || t->connecting || t->handshaking) return;
     if (on && !ev_is_active(&t->wio)) ev_io_start(t->loop, &t->wio);
     if (!on && ev_is_active(&t->wio)) ev_io_stop(t->loop, &t->wio);
 }
@@ -186,5 +255,5 @@ void sk_transport_close(sk_transport *t)
         ev_clear_pending(t->loop, &t->wio);
     }
     if (t->fd >= 0) t->ops->close(t);
-    t->want_read = t->want_write = t->connecting = false;
+    t->want_read = t->want_write = t->connecting = t->handshaking = false;
 }

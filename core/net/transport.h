@@ -45,8 +45,11 @@ typedef struct sk_transport_ops {
     /* Writes from iov. Returns bytes written (may be partial), or -1 with
      * errno (EAGAIN when nothing more fits now). */
     ssize_t (*writev)(sk_transport *t, const struct iovec *iov, int iovcnt);
-    /* Advances a handshake: 0 done, 1 in progress (it set the watchers it
-     * needs), -1 failed (errno). NULL: nothing to shake hands about. */
+    /* Advances a handshake: 0 done, 1 in progress (it said what it waits
+     * for with sk_transport_wait), -1 failed (errno). NULL: nothing to shake
+     * hands about. The transport runs it before the owner hears anything:
+     * on a connect before on_connected, on an accepted socket at the first
+     * event after want_read. */
     int (*handshake)(sk_transport *t);
     /* Shuts the write side (half close); may be a no-op. */
     void (*shutdown)(sk_transport *t);
@@ -67,31 +70,40 @@ struct sk_transport {
     void *timer_data;            /* the owner's data of it, given back */
     bool want_read;              /* the owner wants on_readable */
     bool want_write;             /* the owner wants on_writable */
-    bool connecting;             /* sk_transport_connect() has not finished */
+    bool connecting;             /* sk_transport_connect() has not finished (connect and handshake) */
+    bool handshaking;            /* the kind's handshake runs: events go to it, not to the owner */
     const char *alpn;            /* negotiated application protocol (static), NULL when none (plain TCP) */
     const char *peer_identity;   /* verified peer identity (SPIFFE ID), NULL when none */
 };
 
 /*
- * Takes over an accepted, non-blocking socket fd as a plain transport on
- * loop: sets TCP_NODELAY, reports to cbs with t->data = data. Nothing is
- * watched until the owner asks (sk_transport_want_read).
+ * Takes over an accepted, non-blocking socket fd on loop as a transport of
+ * kind `ops` with its state `ctx` (NULL, NULL: plain TCP): sets TCP_NODELAY,
+ * reports to cbs with t->data = data. Nothing is watched until the owner
+ * asks (sk_transport_want_read); a kind with a handshake runs it then.
  */
-void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_cbs *cbs,
-                         void *data);
+void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_ops *ops, void *ctx,
+                         const sk_transport_cbs *cbs, void *data);
 
 /*
- * Opens a non-blocking TCP connection to sa on loop. Returns 1 when it is
- * connected at once (on_connected is not called), 0 when it is in progress
- * (cbs->on_connected follows, with ETIMEDOUT after timeout_ms; 0 = no
- * timeout), -1 with errno when it failed at once (t is closed). `timer` is
+ * Opens a non-blocking TCP connection to sa on loop, a transport of kind
+ * `ops` with state `ctx` (NULL, NULL: plain TCP). Returns 1 when it is
+ * connected at once (plain TCP only; on_connected is not called), 0 when it
+ * is in progress (cbs->on_connected follows once the connect and the kind's
+ * handshake are done, with ETIMEDOUT after timeout_ms, which covers both;
+ * 0 = no timeout), -1 with errno when it failed at once (t is closed). `timer` is
  * an initialised timer of the owner's, idle while the connect runs (an idle
  * timeout it arms only later): the transport borrows it for the connect
  * timeout and gives it back stopped, with its callback and data, before
  * on_connected runs; so a transport carries no timer of its own.
  */
 int sk_transport_connect(sk_transport *t, struct ev_loop *loop, const struct sockaddr *sa, socklen_t len,
-                         uint64_t timeout_ms, ev_timer *timer, const sk_transport_cbs *cbs, void *data);
+                         uint64_t timeout_ms, ev_timer *timer, const sk_transport_ops *ops, void *ctx,
+                         const sk_transport_cbs *cbs, void *data);
+
+/* For a kind's handshake: the socket events it waits for (the owner's
+ * wishes are put back when the handshake is done). */
+void sk_transport_wait(sk_transport *t, bool read, bool write);
 
 /* Turns on_readable / on_writable events on or off. */
 void sk_transport_want_read(sk_transport *t, bool on);

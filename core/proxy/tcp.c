@@ -247,7 +247,7 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     SK_INC(w->metrics->downstream_active);
     SK_INC(w->metrics->downstream_total);
     t->down.t = t->up.t = t;
-    sk_transport_accept(&t->down.tr, w->loop, fd, &side_cbs, &t->down);
+    sk_transport_accept(&t->down.tr, w->loop, fd, NULL, NULL, &side_cbs, &t->down);
     ev_init(&t->timer, on_tcp_timer);
     t->timer.data = t;
 
@@ -272,7 +272,7 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     SK_INC(w->metrics->upstream_opened);
     const sk_addr *a = &t->endpoint;
     int rc = sk_transport_connect(&t->up.tr, w->loop, (const struct sockaddr *)&a->ss, a->len,
-                                  cl->connect_timeout_ms, &t->timer, &side_cbs, &t->up);
+                                  cl->connect_timeout_ms, &t->timer, NULL, NULL, &side_cbs, &t->up);
     if (rc < 0) {
         SK_INC(w->metrics->upstream_connect_failures);
         t->reason = "upstream_connect_failure";
