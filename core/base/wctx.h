@@ -27,21 +27,21 @@ typedef struct sk_deferred {
     void *p;
 } sk_deferred;
 
-#define SK_WCTX_FIELDS                                                                    \
-    int id;                     /* worker number 0..n-1 */                                \
-    struct ev_loop *loop;       /* the thread's loop */                                   \
-    struct sk_metrics *metrics; /* counters, written only by this thread */               \
-    bool draining;              /* shutting down: no new work, close after responses */   \
-    uint64_t rng;               /* xorshift64* state, never 0 */                          \
-    char **free_bufs;           /* recycled read buffers (SK_READ_BUF bytes each) */      \
-    size_t nfree_bufs, free_bufs_cap;                                                     \
-    sk_deferred *dead;          /* frees due at the next safe point */                    \
-    size_t ndead, dead_cap;                                                               \
-    sk_link free_reqs;          /* recycled requests (proxy/request.c) */                 \
-    int accesslog_fd;           /* where access log lines go, -1 when off */              \
-    sk_buf logline;             /* the access log line being built */                     \
-    /* this thread's state of a cluster (upstream/pool.h sk_wcluster), set by the runtime,   \
-     * which keeps one per cluster of every generation the thread still uses */           \
+#define SK_WCTX_FIELDS                                                                     \
+    int id;                     /* worker number 0..n-1 */                                 \
+    struct ev_loop *loop;       /* the thread's loop */                                    \
+    struct sk_metrics *metrics; /* counters, written only by this thread */                \
+    bool draining;              /* shutting down: no new work, close after responses */    \
+    uint64_t rng;               /* xorshift64* state, never 0 */                           \
+    char **free_bufs;           /* recycled read buffers (SK_READ_BUF bytes each) */       \
+    size_t nfree_bufs, free_bufs_cap;                                                      \
+    sk_deferred *dead; /* frees due at the next safe point */                              \
+    size_t ndead, dead_cap;                                                                \
+    sk_link free_reqs; /* recycled requests (proxy/request.c) */                           \
+    int accesslog_fd;  /* where access log lines go, -1 when off */                        \
+    sk_buf logline;    /* the access log line being built */                               \
+    /* this thread's state of a cluster (upstream/pool.h sk_wcluster), set by the runtime, \
+     * which keeps one per cluster of every generation the thread still uses */            \
     void *(*cluster_state)(struct sk_wctx * w, const void *cluster);
 
 typedef struct sk_wctx {

@@ -411,12 +411,12 @@ static int section_start(ctx *x, char *line)
     if (k != SEC_SIDEKICK && !*name)
         return sk__cfg_fail_at(x, x->lineno, NULL, NULL, "%s missing name (write [%s NAME])", label, kind);
     if (*name && !sk__cfg_is_name(name))
-        return sk__cfg_fail_at(x, x->lineno, NULL, NULL, "%s bad name (letters, digits, '-', '_' and '.' only)",
-                       label);
+        return sk__cfg_fail_at(x, x->lineno, NULL, NULL,
+                               "%s bad name (letters, digits, '-', '_' and '.' only)", label);
     sect *prev = sk__cfg_find_sect(x, k, name);
     if (prev)
         return sk__cfg_fail_at(x, x->lineno, NULL, NULL, "%s duplicate section (first at line %d)", label,
-                       prev->line);
+                               prev->line);
 
     sect *s = calloc(1, sizeof(*s));
     if (!s || sk__cfg_push(x, &x->sects, &x->nsects, s) < 0) {
@@ -544,12 +544,12 @@ static int check_section(ctx *x, sect *s)
             return sk__cfg_fail_at(x, s->line, s, NULL, "protocol tcp needs a 'cluster'");
         if (l->protocol == SK_PROTO_HTTP && s->ref)
             return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cluster"), s, "cluster",
-                           "only for protocol = tcp (http listeners use routes)");
+                                   "only for protocol = tcp (http listeners use routes)");
         for (int i = 0; i < l->index; i++) {
             sk_listener *o = x->cfg->listeners[i];
             if (sk__cfg_addr_port(&l->address) != 0 && strcmp(o->address.text, l->address.text) == 0)
-                return sk__cfg_fail_at(x, sk__cfg_key_line(s, "address"), s, "address", "%s is already used by [listener %s]",
-                               l->address.text, o->name);
+                return sk__cfg_fail_at(x, sk__cfg_key_line(s, "address"), s, "address",
+                                       "%s is already used by [listener %s]", l->address.text, o->name);
         }
     } else if (s->kind == SEC_ROUTE) {
         sk_route *r = s->obj;
@@ -559,7 +559,7 @@ static int check_section(ctx *x, sect *s)
         if (!s->ref) return sk__cfg_fail_at(x, s->line, s, NULL, "missing 'listener'");
         if (pl && ph)
             return sk__cfg_fail_at(x, SK_MAX(pl, ph), s, pl > ph ? "prefix" : "path",
-                           "'prefix' and 'path' are exclusive");
+                                   "'prefix' and 'path' are exclusive");
         if (ph) {
             free(r->prefix);
             r->prefix = NULL;
@@ -567,13 +567,14 @@ static int check_section(ctx *x, sect *s)
         if (rw && ph) return sk__cfg_fail_at(x, rw, s, "rewrite_prefix", "needs 'prefix', not 'path'");
         if (cl && rl)
             return sk__cfg_fail_at(x, SK_MAX(cl, rl), s, cl > rl ? "cluster" : "respond",
-                           "'cluster' and 'respond' are exclusive");
+                                   "'cluster' and 'respond' are exclusive");
         if (!cl && !rl) return sk__cfg_fail_at(x, s->line, s, NULL, "needs 'cluster' or 'respond'");
         if (r->nlua_keys && !r->lua) return sk__cfg_fail_at(x, s->lua_key_line, s, s->lua_key, "needs 'lua'");
         if (sk__cfg_key_line(s, "lua_budget") && !r->lua)
             return sk__cfg_fail_at(x, sk__cfg_key_line(s, "lua_budget"), s, "lua_budget", "needs 'lua'");
         if (r->lua && rl)
-            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "lua"), s, "lua", "a route with 'respond' runs no filter");
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "lua"), s, "lua",
+                                   "a route with 'respond' runs no filter");
         if (r->lua && r->lua[0] != '/') { /* relative to lua_dir */
             char *dir = x->dir;
             x->dir = x->cfg->lua_dir;
@@ -606,7 +607,8 @@ static int link_plugins(ctx *x, sect *s, sk_instance ***out, size_t *n)
         sect *ps = sk__cfg_find_sect(x, SEC_PLUGIN, s->pnames[i]);
         if (!ps)
             return sk__cfg_fail_at(x, sk__cfg_key_line(s, "plugins"), s, "plugins",
-                           "unknown plugin '%s' (no [plugin %s] section)", s->pnames[i], s->pnames[i]);
+                                   "unknown plugin '%s' (no [plugin %s] section)", s->pnames[i],
+                                   s->pnames[i]);
         (*out)[i] = ps->obj;
         *n = i + 1;
     }
@@ -618,7 +620,8 @@ static int link_section(ctx *x, sect *s)
     if (s->kind == SEC_LISTENER) {
         sk_listener *l = s->obj;
         if (s->npnames && l->protocol == SK_PROTO_TCP)
-            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "plugins"), s, "plugins", "only for protocol = http");
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "plugins"), s, "plugins",
+                                   "only for protocol = http");
         if (link_plugins(x, s, &l->plugins, &l->nplugins) < 0) return -1;
     }
     if (s->kind == SEC_ROUTE &&
@@ -629,24 +632,29 @@ static int link_section(ctx *x, sect *s)
         sect *ps = sk__cfg_find_sect(x, SEC_PLUGIN, cl->discovery);
         if (!ps)
             return sk__cfg_fail_at(x, sk__cfg_key_line(s, "discovery"), s, "discovery",
-                           "unknown plugin '%s' (no [plugin %s] section)", cl->discovery, cl->discovery);
+                                   "unknown plugin '%s' (no [plugin %s] section)", cl->discovery,
+                                   cl->discovery);
         cl->discovery_inst = ps->obj;
     }
     if (s->kind == SEC_LISTENER && s->ref) {
         sk_listener *l = s->obj;
         if (!(l->cluster = find_cluster(x, s->ref)))
-            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'", s->ref);
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'",
+                                   s->ref);
     } else if (s->kind == SEC_ROUTE) {
         sk_route *r = s->obj;
         sect *ls = sk__cfg_find_sect(x, SEC_LISTENER, s->ref);
-        if (!ls) return sk__cfg_fail_at(x, sk__cfg_key_line(s, "listener"), s, "listener", "unknown listener '%s'", s->ref);
+        if (!ls)
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "listener"), s, "listener", "unknown listener '%s'",
+                                   s->ref);
         sk_listener *l = ls->obj;
         if (l->protocol != SK_PROTO_HTTP)
             return sk__cfg_fail_at(x, sk__cfg_key_line(s, "listener"), s, "listener",
-                           "[listener %s] has protocol tcp; routes need an http listener", l->name);
+                                   "[listener %s] has protocol tcp; routes need an http listener", l->name);
         for (size_t i = 0; i < r->nclusters; i++)
             if (!(r->clusters[i].cluster = find_cluster(x, s->names[i])))
-                return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'", s->names[i]);
+                return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cluster"), s, "cluster",
+                                       "unknown cluster '%s'", s->names[i]);
         r->listener = l;
         if (sk__cfg_push(x, &l->routes, &l->nroutes, r) < 0) return -1;
     }
@@ -661,8 +669,9 @@ static int check_admin(ctx *x)
     for (size_t i = 0; i < c->nlisteners; i++) {
         if (strcmp(c->listeners[i]->address.text, c->admin.text) == 0) {
             sect *s = sk__cfg_find_sect(x, SEC_SIDEKICK, "");
-            return sk__cfg_fail_at(x, s ? sk__cfg_key_line(s, "admin") : 0, s, "admin", "%s is already used by [listener %s]",
-                           c->admin.text, c->listeners[i]->name);
+            return sk__cfg_fail_at(x, s ? sk__cfg_key_line(s, "admin") : 0, s, "admin",
+                                   "%s is already used by [listener %s]", c->admin.text,
+                                   c->listeners[i]->name);
         }
     }
     return 0;
@@ -714,8 +723,9 @@ static int read_snapshot(ctx *x)
         (before.st_size != after.st_size || (off_t)len != after.st_size ||
          before.st_mtim.tv_sec != after.st_mtim.tv_sec || before.st_mtim.tv_nsec != after.st_mtim.tv_nsec)) {
         free(buf);
-        return sk__cfg_fail_at(x, 0, NULL, NULL,
-                       "the file changed while it was read: refused (write a new file and rename it over)");
+        return sk__cfg_fail_at(
+            x, 0, NULL, NULL,
+            "the file changed while it was read: refused (write a new file and rename it over)");
     }
     if (rc != 0) {
         free(buf);
@@ -787,8 +797,10 @@ static int load(ctx *x)
         int load_line = 0;
         int lrc = c->ext->instance_load(s->obj, c, err, sizeof(err), &load_line);
         if (lrc == -1)
-            return sk__cfg_fail_at(x, load_line ? load_line : s->line, s, load_line ? "load" : NULL, "%s", err);
-        if (lrc < 0) return sk__cfg_fail_at(x, s->line, s, NULL, "%s", err); /* create() refused the section */
+            return sk__cfg_fail_at(x, load_line ? load_line : s->line, s, load_line ? "load" : NULL, "%s",
+                                   err);
+        if (lrc < 0)
+            return sk__cfg_fail_at(x, s->line, s, NULL, "%s", err); /* create() refused the section */
     }
     /* Then tell each discovery instance the clusters that name it. */
     for (size_t i = 0; i < c->nclusters; i++) {
@@ -797,7 +809,8 @@ static int load(ctx *x)
         char err[1024];
         if (c->ext->instance_on_cluster(cl->discovery_inst, cl, err, sizeof(err)) < 0) {
             sect *s = sk__cfg_find_sect(x, SEC_CLUSTER, cl->name);
-            return sk__cfg_fail_at(x, s ? sk__cfg_key_line(s, "discovery") : cl->line, s, "discovery", "%s", err);
+            return sk__cfg_fail_at(x, s ? sk__cfg_key_line(s, "discovery") : cl->line, s, "discovery", "%s",
+                                   err);
         }
     }
     /* Every route script is read and run once here: a syntax error or a
@@ -862,4 +875,3 @@ sk_cluster *sk_config_cluster(const sk_config *c, const char *name)
         if (strcmp(c->clusters[i]->name, name) == 0) return c->clusters[i];
     return NULL;
 }
-

@@ -179,7 +179,7 @@ struct sk_config {
     size_t nclusters;
     sk_instance **plugins; /* [plugin NAME] instances, in file order */
     size_t nplugins;
-    struct sk_lua_gen *lua; /* Lua states of this generation (lua_filter.c), NULL without scripts */
+    struct sk_lua_gen *lua;          /* Lua states of this generation (lua_filter.c), NULL without scripts */
     const struct sk_config_ext *ext; /* the extension layer that made the instances and Lua states */
 };
 

@@ -12,7 +12,6 @@
 
 #include "config.h"
 
-
 enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER, SEC_PLUGIN };
 #define SEC_COUNT 5
 /* Section kind names, by SEC_* (config.c). */

@@ -29,10 +29,10 @@ static int k_duration(ctx *x, sect *s, const keydef *k, const char *v)
     if (sk_parse_duration(v, &ms) < 0) return sk__cfg_bad(x, "bad duration '%s'", v);
     if (ms < k->min) return sk__cfg_bad(x, "duration '%s' must be greater than 0", v);
     if (ms > k->max)
-        return k->max < 60000
-                   ? sk__cfg_bad(x, "duration '%s' is too long (at most %llums)", v, (unsigned long long)k->max)
-                   : sk__cfg_bad(x, "duration '%s' is too long (at most %llum)", v,
-                         (unsigned long long)(k->max / 60000));
+        return k->max < 60000 ? sk__cfg_bad(x, "duration '%s' is too long (at most %llums)", v,
+                                            (unsigned long long)k->max)
+                              : sk__cfg_bad(x, "duration '%s' is too long (at most %llum)", v,
+                                            (unsigned long long)(k->max / 60000));
     *(uint64_t *)field(s, k) = ms;
     return 0;
 }
@@ -43,7 +43,7 @@ static int k_uint(ctx *x, sect *s, const keydef *k, const char *v)
     if (sk__cfg_parse_u64(v, &n) < 0) return sk__cfg_bad(x, "bad number '%s'", v);
     if (n < k->min || n > k->max)
         return sk__cfg_bad(x, "%s out of range (%llu..%llu)", v, (unsigned long long)k->min,
-                   (unsigned long long)k->max);
+                           (unsigned long long)k->max);
     *(unsigned *)field(s, k) = (unsigned)n;
     return 0;
 }
@@ -54,7 +54,7 @@ static int k_size(ctx *x, sect *s, const keydef *k, const char *v)
     if (sk_parse_size(v, &n) < 0) return sk__cfg_bad(x, "bad size '%s'", v);
     if (n < k->min || n > k->max)
         return sk__cfg_bad(x, "size %s out of range (%llu..%llu bytes)", v, (unsigned long long)k->min,
-                   (unsigned long long)k->max);
+                           (unsigned long long)k->max);
     *(uint64_t *)field(s, k) = n;
     return 0;
 }
@@ -435,7 +435,8 @@ static int k_endpoints(ctx *x, sect *s, const keydef *k, const char *v)
         sk_endpoint_conf *e = &c->endpoints[i];
         e->index = i;
         if (sk_parse_addr(items[i], &e->address) < 0)
-            rc = sk__cfg_bad(x, "bad address '%s' (expected ip:port, [ipv6]:port or localhost:port)", items[i]);
+            rc = sk__cfg_bad(x, "bad address '%s' (expected ip:port, [ipv6]:port or localhost:port)",
+                             items[i]);
         else if (sk__cfg_addr_port(&e->address) == 0)
             rc = sk__cfg_bad(x, "bad address '%s': port 0", items[i]);
         for (int j = 0; j < i && rc == 0; j++)
@@ -506,7 +507,7 @@ static const keydef plugin_keys[] = {
 };
 
 const keydef *const sk__cfg_key_tables[] = {sidekick_keys, listener_keys, route_keys, cluster_keys,
-                                           plugin_keys};
+                                            plugin_keys};
 
 /* Line of key `name` in section `s`, 0 when absent. */
 int sk__cfg_key_line(const sect *s, const char *name)
@@ -516,4 +517,3 @@ int sk__cfg_key_line(const sect *s, const char *name)
         if (strcmp(t[i].name, name) == 0) return s->key_line[i];
     return 0;
 }
-

@@ -14,7 +14,6 @@
 
 #include "config_internal.h"
 
-
 /* Consumes decimal digits at *sp into *out; -1 when there are none or on overflow. */
 int sk__cfg_digits(const char **sp, uint64_t *out)
 {
@@ -157,4 +156,3 @@ unsigned sk__cfg_addr_port(const sk_addr *a)
     if (a->ss.ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
     return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
 }
-

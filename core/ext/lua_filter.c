@@ -476,7 +476,6 @@ void sk__lua_new_env(sk_lua_vm *vm, const char *who, const char *dir)
 
 /* ---- running code ------------------------------------------------------------------------ */
 
-
 /* Calls the function below nargs on L as a script (capped memory, deadline
  * in ms), in a coroutine like a hook. Host side. 0 with nres results on L,
  * or LUA_ERRRUN with the message and traceback on L. */
@@ -505,7 +504,7 @@ int sk__lua_run_script(sk_lua_vm *vm, int nargs, int nres, uint64_t budget_ms)
  * message in err. Host side.
  */
 int sk__lua_instantiate(sk_lua_vm *vm, const char *who, const char *path, const char *src, size_t len,
-                       const char *dir, char *err, size_t n)
+                        const char *dir, char *err, size_t n)
 {
     lua_State *L = vm->L;
     int top = lua_gettop(L);
@@ -936,4 +935,3 @@ int sk_lua_render_prometheus(sk_buf *out, const sk_config *c)
     }
     return rc ? -1 : 0;
 }
-

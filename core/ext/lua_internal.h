@@ -102,7 +102,7 @@ char *sk__lua_read_file(const char *path, size_t *len, char *err, size_t n);
 /* Runs a route script in a new environment and pushes its module table
  * (checked). 0, or -1 with err. */
 int sk__lua_instantiate(sk_lua_vm *vm, const char *who, const char *path, const char *src, size_t len,
-                       const char *dir, char *err, size_t n);
+                        const char *dir, char *err, size_t n);
 /* Runs the module's init(config, info) if it has one. 0, or -1 with err. */
 int sk__lua_run_init(sk_lua_vm *vm, const char *path, int mod, int cfg, int info, char *err, size_t n);
 /* Resumes coroutine co until deadline (vm clock): a lua_resume result;

@@ -323,4 +323,3 @@ const luaL_Reg sk__lua_req_methods[] = {
     {"remove_response_header", r_remove_response_header},
     {NULL, NULL},
 };
-

@@ -56,10 +56,10 @@ enum { H_TIMER = 0, H_WATCH = 1 };
 
 /* The part of sk_timer and sk_watch that ties them to their instance. */
 typedef struct handle {
-    sk_hlink link;       /* in the owner's list of that loop; self-linked when untracked */
-    sk_instance *owner;  /* the instance that started it, or NULL */
+    sk_hlink link;      /* in the owner's list of that loop; self-linked when untracked */
+    sk_instance *owner; /* the instance that started it, or NULL */
     struct ev_loop *loop;
-    int kind;            /* H_TIMER or H_WATCH */
+    int kind; /* H_TIMER or H_WATCH */
 } handle;
 
 struct sk_timer {
@@ -91,8 +91,10 @@ static bool handle_track(handle *h, struct ev_loop *loop)
     if (main_loop != (this_worker_id < 0)) return false;
     sk_instance *pi = current;
     sk_hlink *head = NULL;
-    if (pi && main_loop) head = &pi->main_handles;
-    else if (pi && pi->worker_handles && this_worker_id < pi->nworkers) head = &pi->worker_handles[this_worker_id];
+    if (pi && main_loop)
+        head = &pi->main_handles;
+    else if (pi && pi->worker_handles && this_worker_id < pi->nworkers)
+        head = &pi->worker_handles[this_worker_id];
     if (!head) return true; /* outside any instance (host tests): untracked */
     h->owner = pi;
     h->link.next = head->next;
@@ -276,8 +278,8 @@ int sk_instance_on_cluster(sk_instance *pi, sk_cluster *cl, char *err, size_t er
 {
     if (!pi->def || pi->def->abi_minor < 1 || !pi->def->on_cluster) {
         snprintf(err, err_size,
-                 "[plugin %s] (%s) cannot feed a cluster: it has no on_cluster hook (plugin ABI 1.1)", pi->name,
-                 pi->path ? pi->path : "?");
+                 "[plugin %s] (%s) cannot feed a cluster: it has no on_cluster hook (plugin ABI 1.1)",
+                 pi->name, pi->path ? pi->path : "?");
         return -1;
     }
     char perr[512] = "";
@@ -659,7 +661,8 @@ static int h_request_info(sk_req *r, sk_req_info *info)
     /* the upstream times of the last attempt only */
     if (q->upstream_start_ns && q->upstream_connect_ns >= q->upstream_start_ns) {
         v.upstream_connect_ns = q->upstream_connect_ns;
-        if (q->upstream_first_byte_ns >= q->upstream_connect_ns) v.upstream_first_byte_ns = q->upstream_first_byte_ns;
+        if (q->upstream_first_byte_ns >= q->upstream_connect_ns)
+            v.upstream_first_byte_ns = q->upstream_first_byte_ns;
     }
     v.end_ns = q->end_ns;
     v.bytes_received = q->bytes_received;
@@ -836,11 +839,12 @@ static int set_endpoints(sk_instance *self, const char *fn, const char *cluster,
     for (size_t i = 0; i < n && rc == 0; i++) {
         const char *a = weighted ? weighted[i].address : endpoints[i];
         if (!a || sk_parse_addr(a, &addrs[i]) < 0) {
-            sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): bad address '%s'", self->name, fn, cluster, a ? a : "(null)");
+            sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): bad address '%s'", self->name, fn, cluster,
+                   a ? a : "(null)");
             rc = -1;
         } else if (weighted && (weighted[i].weight < 1 || weighted[i].weight > SK_WEIGHT_MAX)) {
-            sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): endpoint %s: weight %u out of range 1..%d", self->name, fn,
-                   cluster, addrs[i].text, (unsigned)weighted[i].weight, SK_WEIGHT_MAX);
+            sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): endpoint %s: weight %u out of range 1..%d", self->name,
+                   fn, cluster, addrs[i].text, (unsigned)weighted[i].weight, SK_WEIGHT_MAX);
             rc = -1;
         } else if (weighted) {
             weights[i] = weighted[i].weight;
@@ -859,8 +863,8 @@ static int h_set_endpoints(sk_instance *self, const char *cluster, const char *c
     return set_endpoints(self, "set_endpoints", cluster, endpoints, NULL, n);
 }
 
-static int h_set_endpoints_weighted(sk_instance *self, const char *cluster, const sk_weighted_endpoint *endpoints,
-                                    size_t n)
+static int h_set_endpoints_weighted(sk_instance *self, const char *cluster,
+                                    const sk_weighted_endpoint *endpoints, size_t n)
 {
     return set_endpoints(self, "set_endpoints_weighted", cluster, NULL, endpoints, n);
 }
@@ -916,8 +920,8 @@ static void metric_free(sk_metric *m)
 }
 
 /* Registers a metric (label NULL: unlabelled). NULL, logged, when refused. */
-static sk_metric *add_metric(sk_instance *self, int type, const char *name, const char *help, const char *label,
-                             const char *const *values, size_t nvalues)
+static sk_metric *add_metric(sk_instance *self, int type, const char *name, const char *help,
+                             const char *label, const char *const *values, size_t nvalues)
 {
     if (!self) return NULL;
     const char *problem = NULL;
@@ -931,7 +935,8 @@ static sk_metric *add_metric(sk_instance *self, int type, const char *name, cons
         problem = "the name is registered already with another type or labels";
     }
     if (problem) {
-        sk_log(SK_LOG_ERROR, "plugin %s: metric '%s' refused: %s", self->name, name ? name : "(null)", problem);
+        sk_log(SK_LOG_ERROR, "plugin %s: metric '%s' refused: %s", self->name, name ? name : "(null)",
+               problem);
         return NULL;
     }
     sk_metric *m = calloc(1, sizeof(*m));

@@ -40,22 +40,22 @@ typedef struct sk_hlink {
 /* One [plugin NAME] section: a loaded .so and the instance it created.
  * Owned by its config generation. */
 struct sk_instance {
-    char *name;           /* section name */
-    int index;            /* position in sk_config.plugins */
-    int line;             /* line of the section header */
-    char *load;           /* `load` as written, or NULL (NAME.so) */
-    int load_line;        /* line of `load`, 0 if absent */
-    sk_kv *keys;          /* the other keys (strings owned here), for create */
-    size_t nkeys;         /* number of keys */
-    char *path;           /* resolved path of the .so */
-    void *dl;             /* dlopen handle, or NULL */
-    const sk_plugin *def; /* the plugin's exported descriptor */
-    void *inst;           /* what create returned, or NULL */
-    void **wdata;         /* per-worker data from worker_init, [nworkers] */
-    int nworkers;         /* size of wdata */
-    uint64_t errors;      /* hooks that failed (atomic) */
-    sk_metric *metrics;   /* registered metrics */
-    sk_config *config;    /* the generation owning it (not a reference) */
+    char *name;               /* section name */
+    int index;                /* position in sk_config.plugins */
+    int line;                 /* line of the section header */
+    char *load;               /* `load` as written, or NULL (NAME.so) */
+    int load_line;            /* line of `load`, 0 if absent */
+    sk_kv *keys;              /* the other keys (strings owned here), for create */
+    size_t nkeys;             /* number of keys */
+    char *path;               /* resolved path of the .so */
+    void *dl;                 /* dlopen handle, or NULL */
+    const sk_plugin *def;     /* the plugin's exported descriptor */
+    void *inst;               /* what create returned, or NULL */
+    void **wdata;             /* per-worker data from worker_init, [nworkers] */
+    int nworkers;             /* size of wdata */
+    uint64_t errors;          /* hooks that failed (atomic) */
+    sk_metric *metrics;       /* registered metrics */
+    sk_config *config;        /* the generation owning it (not a reference) */
     sk_hlink main_handles;    /* its timers and watchers on the main loop (main thread only) */
     sk_hlink *worker_handles; /* the same per worker, [nworkers] (each list: its worker only) */
 };

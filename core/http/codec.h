@@ -108,17 +108,17 @@ typedef struct sk_server_cbs {
 
 /* A request as it goes upstream. Pointers stay valid until send_head returns. */
 typedef struct sk_out_request {
-    const char *method;    /* method name */
-    int method_id;         /* enum sk_method */
-    const char *path;      /* path as sent */
+    const char *method; /* method name */
+    int method_id;      /* enum sk_method */
+    const char *path;   /* path as sent */
     size_t path_len;
-    const char *query;     /* query without '?', or NULL */
+    const char *query; /* query without '?', or NULL */
     size_t query_len;
     const sk_header *hdrs; /* header fields (end-to-end and the proxy's own) */
     size_t nhdrs;
     const char *default_host; /* Host to send when hdrs has none (HTTP/1.0 clients) */
-    int framing;           /* enum sk_framing of the body */
-    uint64_t length;       /* when SK_BODY_LENGTH */
+    int framing;              /* enum sk_framing of the body */
+    uint64_t length;          /* when SK_BODY_LENGTH */
 } sk_out_request;
 
 /* What the request layer asks of an upstream connection. */

@@ -175,7 +175,8 @@ static int op_send_head(void *h, const sk_out_request *q)
         p = SK_PUT_LIT(p, "\r\n");
     } else if (q->framing == SK_BODY_CHUNKED) {
         p = SK_PUT_LIT(p, "transfer-encoding: chunked\r\n");
-    } else if (q->method_id == SK_METHOD_POST || q->method_id == SK_METHOD_PUT || q->method_id == SK_METHOD_PATCH) {
+    } else if (q->method_id == SK_METHOD_POST || q->method_id == SK_METHOD_PUT ||
+               q->method_id == SK_METHOD_PATCH) {
         p = SK_PUT_LIT(p, "content-length: 0\r\n");
     }
     p = SK_PUT_LIT(p, "\r\n");

@@ -626,7 +626,6 @@ static int bad_request(sk_conn *c, int status)
     return -1;
 }
 
-
 /* The normalisation flags of a listener's `merge_slashes` and `escaped_slashes`. */
 static unsigned path_flags(const sk_listener *l)
 {
@@ -781,8 +780,7 @@ static int on_headers_complete(llhttp_t *p)
     const sk_header *te = f.te;
     if (te && r->version == 10) return bad_request(c, 400); /* RFC 9112 6.1: faulty framing */
     if (te) {
-        if (f.nte > 1 ||
-            !sk_streq_nocase(te->value, te->value_len, "chunked")) {
+        if (f.nte > 1 || !sk_streq_nocase(te->value, te->value_len, "chunked")) {
             reply(c, 501, "bad_request", "unsupported transfer coding\n", true);
             return -1;
         }

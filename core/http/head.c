@@ -9,7 +9,6 @@
 
 #include "message.h"
 
-
 /* Appends a piece of a header name; starts a new header when the previous
  * piece was a value. Returns 0, or -1 when a limit is exceeded / OOM. */
 int sk_head_field(sk_head *h, const char *at, size_t n, size_t max_headers, size_t max_bytes)
@@ -224,9 +223,9 @@ int sk_method_id(const char *name, size_t len)
         const char *name;
         int id;
     } methods[] = {
-        {"GET", SK_METHOD_GET},         {"HEAD", SK_METHOD_HEAD},   {"POST", SK_METHOD_POST},
-        {"PUT", SK_METHOD_PUT},         {"DELETE", SK_METHOD_DELETE}, {"OPTIONS", SK_METHOD_OPTIONS},
-        {"TRACE", SK_METHOD_TRACE},     {"PATCH", SK_METHOD_PATCH}, {"CONNECT", SK_METHOD_CONNECT},
+        {"GET", SK_METHOD_GET},     {"HEAD", SK_METHOD_HEAD},     {"POST", SK_METHOD_POST},
+        {"PUT", SK_METHOD_PUT},     {"DELETE", SK_METHOD_DELETE}, {"OPTIONS", SK_METHOD_OPTIONS},
+        {"TRACE", SK_METHOD_TRACE}, {"PATCH", SK_METHOD_PATCH},   {"CONNECT", SK_METHOD_CONNECT},
     };
     for (size_t i = 0; i < SK_ARRAY_LEN(methods); i++)
         if (strlen(methods[i].name) == len && memcmp(methods[i].name, name, len) == 0) return methods[i].id;

@@ -52,7 +52,8 @@ void sk_head_free(sk_head *h);
  * for every header of every request. */
 static inline bool sk_is_token(const char *s, size_t n)
 {
-    /* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+    /* tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT
+     * / ALPHA */
     static const uint32_t tchar[8] = {0, 0x03ff6cfa, 0xc7fffffe, 0x57ffffff, 0, 0, 0, 0};
     if (n == 0) return false;
     for (size_t i = 0; i < n; i++) {

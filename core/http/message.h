@@ -38,38 +38,38 @@ enum sk_req_state {
 };
 
 /* The exchange's fields; see sk_msg. */
-#define SK_MSG_FIELDS                                                                              \
-    int state;                   /* enum sk_req_state */                                            \
-    uint64_t start_ns;           /* first byte of the head (sk_now_ns) */                           \
-    sk_head head;                /* request head: target and header fields */                       \
-    const char *method;          /* method name (static string) */                                  \
-    int method_id;               /* enum sk_method */                                               \
-    int version;                 /* 10 or 11 for HTTP/1.x, 20 for HTTP/2 */                         \
-    const char *path;            /* path part of the target (head.raw or arena) */                  \
+#define SK_MSG_FIELDS                                                                               \
+    int state;          /* enum sk_req_state */                                                     \
+    uint64_t start_ns;  /* first byte of the head (sk_now_ns) */                                    \
+    sk_head head;       /* request head: target and header fields */                                \
+    const char *method; /* method name (static string) */                                           \
+    int method_id;      /* enum sk_method */                                                        \
+    int version;        /* 10 or 11 for HTTP/1.x, 20 for HTTP/2 */                                  \
+    const char *path;   /* path part of the target (head.raw or arena) */                           \
     size_t path_len;                                                                                \
-    const char *query;           /* after '?', or NULL */                                           \
+    const char *query; /* after '?', or NULL */                                                     \
     size_t query_len;                                                                               \
-    const char *host;            /* authority without port, or "" */                                \
+    const char *host; /* authority without port, or "" */                                           \
     size_t host_len;                                                                                \
-    const char *authority;       /* authority as sent (Host or :authority) */                       \
+    const char *authority; /* authority as sent (Host or :authority) */                             \
     size_t authority_len;                                                                           \
-    int req_framing;             /* enum sk_framing of the request body */                          \
-    uint64_t req_content_length; /* when SK_BODY_LENGTH */                                          \
-    uint64_t body_received;      /* request body bytes received (decoded) */                        \
-    uint64_t bytes_received;     /* request bytes on the wire, head included */                     \
-    bool body_done;              /* request body fully received */                                  \
-    bool expect_continue;        /* the client waits for 100 Continue */                            \
-    bool keep_alive;             /* the client wants the connection kept */                         \
-    sk_head rhead;               /* response head as the upstream sent it */                        \
+    int req_framing;                 /* enum sk_framing of the request body */                      \
+    uint64_t req_content_length;     /* when SK_BODY_LENGTH */                                      \
+    uint64_t body_received;          /* request body bytes received (decoded) */                    \
+    uint64_t bytes_received;         /* request bytes on the wire, head included */                 \
+    bool body_done;                  /* request body fully received */                              \
+    bool expect_continue;            /* the client waits for 100 Continue */                        \
+    bool keep_alive;                 /* the client wants the connection kept */                     \
+    sk_head rhead;                   /* response head as the upstream sent it */                    \
     uint64_t upstream_first_byte_ns; /* first upstream response byte, last attempt */               \
-    int status;                  /* response status sent to the client, 0 = none yet */             \
-    const char *reason;          /* x-sidekick-reason of a local reply (static), or NULL */         \
-    uint64_t bytes_sent;         /* bytes written towards the client, framing included */           \
-    bool response_started;       /* response head queued to the client */                           \
-    bool close_after;            /* the connection closes after this response */                    \
-    bool discard_body;           /* the rest of the request body is dropped (answered early) */     \
-    bool client_closed;          /* the client closed or reset before its response started */       \
-    sk_arena arena;              /* memory that lives as long as the exchange */
+    int status;                      /* response status sent to the client, 0 = none yet */         \
+    const char *reason;              /* x-sidekick-reason of a local reply (static), or NULL */     \
+    uint64_t bytes_sent;             /* bytes written towards the client, framing included */       \
+    bool response_started;           /* response head queued to the client */                       \
+    bool close_after;                /* the connection closes after this response */                \
+    bool discard_body;               /* the rest of the request body is dropped (answered early) */ \
+    bool client_closed;              /* the client closed or reset before its response started */   \
+    sk_arena arena;                  /* memory that lives as long as the exchange */
 
 /* One exchange, as a codec holds it (the first part of an sk_request). */
 typedef struct sk_msg {

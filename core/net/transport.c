@@ -160,8 +160,8 @@ static void init(sk_transport *t, struct ev_loop *loop, int fd, const sk_transpo
 }
 
 /* Takes over an accepted socket (see transport.h). */
-void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_ops *ops, void *ctx,
-                         const sk_transport_cbs *cbs, void *data)
+void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_ops *ops,
+                         void *ctx, const sk_transport_cbs *cbs, void *data)
 {
     init(t, loop, fd, ops, ctx, cbs, data);
     /* the handshake runs at the first event the owner's want_read brings */

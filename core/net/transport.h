@@ -67,13 +67,13 @@ struct sk_transport {
     ev_io rio, wio;              /* read / write readiness of fd */
     ev_timer *timer;             /* the connect timeout: the owner's timer, lent while connecting */
     void (*timer_cb)(struct ev_loop *, ev_timer *, int); /* the owner's callback of it, given back */
-    void *timer_data;            /* the owner's data of it, given back */
-    bool want_read;              /* the owner wants on_readable */
-    bool want_write;             /* the owner wants on_writable */
-    bool connecting;             /* sk_transport_connect() has not finished (connect and handshake) */
-    bool handshaking;            /* the kind's handshake runs: events go to it, not to the owner */
-    const char *alpn;            /* negotiated application protocol (static), NULL when none (plain TCP) */
-    const char *peer_identity;   /* verified peer identity (SPIFFE ID), NULL when none */
+    void *timer_data;                                    /* the owner's data of it, given back */
+    bool want_read;                                      /* the owner wants on_readable */
+    bool want_write;                                     /* the owner wants on_writable */
+    bool connecting;           /* sk_transport_connect() has not finished (connect and handshake) */
+    bool handshaking;          /* the kind's handshake runs: events go to it, not to the owner */
+    const char *alpn;          /* negotiated application protocol (static), NULL when none (plain TCP) */
+    const char *peer_identity; /* verified peer identity (SPIFFE ID), NULL when none */
 };
 
 /*
@@ -82,8 +82,8 @@ struct sk_transport {
  * reports to cbs with t->data = data. Nothing is watched until the owner
  * asks (sk_transport_want_read); a kind with a handshake runs it then.
  */
-void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_ops *ops, void *ctx,
-                         const sk_transport_cbs *cbs, void *data);
+void sk_transport_accept(sk_transport *t, struct ev_loop *loop, int fd, const sk_transport_ops *ops,
+                         void *ctx, const sk_transport_cbs *cbs, void *data);
 
 /*
  * Opens a non-blocking TCP connection to sa on loop, a transport of kind

@@ -301,8 +301,8 @@ static void plugin_reply(sk_request *r)
 
 static void filter_error(sk_request *r, sk_instance *pi, const char *hook)
 {
-    sk_warn("plugin %s: %s failed for %s %.*s", sk_filters->name(pi), hook, r->method ? r->method : "-", (int)r->path_len,
-            r->path ? r->path : "");
+    sk_warn("plugin %s: %s failed for %s %.*s", sk_filters->name(pi), hook, r->method ? r->method : "-",
+            (int)r->path_len, r->path ? r->path : "");
     reply(r, 500, "filter_error", NULL, false);
 }
 
@@ -312,7 +312,8 @@ static void on_filter_timeout(struct ev_loop *loop, ev_timer *t, int revents)
     sk_instance *pi = r->paused_by;
     const sk_server_ops *ops = r->down_ops;
     void *down = r->down;
-    sk_warn("plugin %s: request paused longer than %.0f ms, giving up", sk_filters->name(pi), t->repeat * 1000);
+    sk_warn("plugin %s: request paused longer than %.0f ms, giving up", sk_filters->name(pi),
+            t->repeat * 1000);
     r->filter_paused = false;
     r->paused_by = NULL;
     sk_filters->on_cancel(pi, r);

@@ -61,7 +61,8 @@ sk_request *sk_request_new(const sk_conn_info *ci, const sk_server_ops *ops, voi
     sk_config_ref(r->config);
     r->listener = ci->listener;
     r->client_ip = ci->client_ip;
-    snprintf(r->client_addr_buf, sizeof(r->client_addr_buf), "%s", ci->client_addr ? ci->client_addr : "unknown");
+    snprintf(r->client_addr_buf, sizeof(r->client_addr_buf), "%s",
+             ci->client_addr ? ci->client_addr : "unknown");
     r->client_addr = r->client_addr_buf;
     r->identity = ci->peer_identity;
     r->down_ops = ops;
@@ -106,7 +107,8 @@ void sk_request_free(sk_request *r)
 void sk_request_finish(sk_request *r)
 {
     uint64_t dur_us = (sk_now_ns() - r->start_ns) / 1000;
-    if (r->status >= 100 && r->status <= 599) sk_metrics_request(r->worker->metrics, r->route, r->status, dur_us);
+    if (r->status >= 100 && r->status <= 599)
+        sk_metrics_request(r->worker->metrics, r->route, r->status, dur_us);
     sk_request_log(r);
     sk_request_free(r);
 }

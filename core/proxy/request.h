@@ -37,13 +37,13 @@ struct sk_request {
             SK_MSG_FIELDS
         };
     };
-    sk_wctx *worker;             /* the thread it lives on */
-    sk_config *config;           /* generation it started on (reference) */
-    const sk_listener *listener; /* the listener it came in on (of config) */
-    const char *client_ip;       /* peer address text (the connection's) */
-    const char *client_addr;     /* peer "ip:port" (client_addr_buf) */
-    char client_addr_buf[64];    /* its storage: the codec's text lives only while a request begins */
-    const char *identity;        /* verified peer identity, or NULL */
+    sk_wctx *worker;               /* the thread it lives on */
+    sk_config *config;             /* generation it started on (reference) */
+    const sk_listener *listener;   /* the listener it came in on (of config) */
+    const char *client_ip;         /* peer address text (the connection's) */
+    const char *client_addr;       /* peer "ip:port" (client_addr_buf) */
+    char client_addr_buf[64];      /* its storage: the codec's text lives only while a request begins */
+    const char *identity;          /* verified peer identity, or NULL */
     const sk_server_ops *down_ops; /* the downstream codec */
     void *down;                    /* its stream */
     sk_link link;                  /* free-list link */
@@ -53,30 +53,30 @@ struct sk_request {
     uint64_t end_ns;               /* on_log started (the request is over) */
     char request_id[128];          /* x-request-id sent upstream (the client's if it fits) */
 
-    const sk_route *route;   /* matched route, or NULL */
-    sk_cluster *cluster;     /* chosen cluster, or NULL */
-    struct sk_pool *pool;    /* current endpoint's pool, or NULL */
-    char endpoint[64];       /* last endpoint tried ("ip:port"), for the access log */
-    unsigned attempts;       /* upstream attempts made */
+    const sk_route *route;                   /* matched route, or NULL */
+    sk_cluster *cluster;                     /* chosen cluster, or NULL */
+    struct sk_pool *pool;                    /* current endpoint's pool, or NULL */
+    char endpoint[64];                       /* last endpoint tried ("ip:port"), for the access log */
+    unsigned attempts;                       /* upstream attempts made */
     struct sk_endpoint *tried[SK_TRIED_MAX]; /* endpoints tried, a retry avoids them (ring by ntried;
                                               * only compared, never dereferenced) */
-    unsigned ntried;         /* endpoints tried so far (tried[] holds the last SK_TRIED_MAX) */
-    bool up_reused;          /* the current upstream connection came from the pool */
-    bool stale_retried;      /* the one free retry after a stale pooled connection is used */
-    void *up;                /* the upstream connection in use (sk_upconn), or NULL */
+    unsigned ntried;             /* endpoints tried so far (tried[] holds the last SK_TRIED_MAX) */
+    bool up_reused;              /* the current upstream connection came from the pool */
+    bool stale_retried;          /* the one free retry after a stale pooled connection is used */
+    void *up;                    /* the upstream connection in use (sk_upconn), or NULL */
     const sk_client_ops *up_ops; /* its codec */
-    sk_header *up_hdrs;      /* header fields sent upstream (grown, reused; kept for retries) */
-    size_t up_nhdrs;         /* their number */
-    size_t up_nhdrs_cap;     /* capacity of up_hdrs */
-    sk_header *down_hdrs;    /* response header fields forwarded to the client (grown, reused) */
-    size_t down_hdrs_cap;    /* capacity of down_hdrs */
-    sk_buf xff;              /* the x-forwarded-for value sent upstream (reused) */
-    bool counted_request;    /* holds a cluster active_requests slot */
-    bool counted_pending;    /* holds a cluster active_pending slot */
-    bool up_body_done;       /* request body fully queued upstream */
-    bool finished;           /* finished (and recycled): nothing may touch it but a new begin */
-    bool in_codec;           /* inside the codec's head callback: it flushes upstream after the read */
-    ev_timer timeout;        /* route timeout (or a paused filter's limit) */
+    sk_header *up_hdrs;          /* header fields sent upstream (grown, reused; kept for retries) */
+    size_t up_nhdrs;             /* their number */
+    size_t up_nhdrs_cap;         /* capacity of up_hdrs */
+    sk_header *down_hdrs;        /* response header fields forwarded to the client (grown, reused) */
+    size_t down_hdrs_cap;        /* capacity of down_hdrs */
+    sk_buf xff;                  /* the x-forwarded-for value sent upstream (reused) */
+    bool counted_request;        /* holds a cluster active_requests slot */
+    bool counted_pending;        /* holds a cluster active_pending slot */
+    bool up_body_done;           /* request body fully queued upstream */
+    bool finished;               /* finished (and recycled): nothing may touch it but a new begin */
+    bool in_codec;               /* inside the codec's head callback: it flushes upstream after the read */
+    ev_timer timeout;            /* route timeout (or a paused filter's limit) */
 
     /* The filter chain (plugin_host.c, proxy.c). */
     unsigned chain_pos;            /* filters entered so far: listener plugins, then the route's */

@@ -21,7 +21,7 @@
 
 typedef struct side {
     sk_transport tr; /* the socket and its watchers */
-    char *buf; /* bytes read from this side, waiting for the other */
+    char *buf;       /* bytes read from this side, waiting for the other */
     size_t off, len;
     bool eof;  /* this side sent FIN */
     bool shut; /* we sent FIN to this side */
@@ -226,8 +226,8 @@ bool sk_tcp_uses_generation(sk_link *relays, const sk_config *cfg, bool cut)
 }
 
 /* Takes over an accepted socket of a tcp listener and connects upstream. */
-void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cfg, const sk_listener *l, int fd,
-                   const char *client_addr)
+void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cfg, const sk_listener *l,
+                   int fd, const char *client_addr)
 {
     sk_tcp *t = calloc(1, sizeof(*t));
     if (!t) {

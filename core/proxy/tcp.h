@@ -18,8 +18,8 @@ typedef struct sk_tcp_owner {
 
 /* Takes over an accepted socket of tcp listener l (generation cfg) and
  * connects upstream. */
-void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cfg, const sk_listener *l, int fd,
-                   const char *client_addr);
+void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cfg, const sk_listener *l,
+                   int fd, const char *client_addr);
 /* Does a relay of this list still run on generation cfg? With `cut`,
  * closes those that do (drain_timeout after a reload). */
 bool sk_tcp_uses_generation(sk_link *relays, const sk_config *cfg, bool cut);

@@ -612,7 +612,8 @@ static void handle_request(conn *c)
     } else if (strcmp(p, "/metrics") == 0) {
         int rc = sk_metrics_render_prometheus(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);
         /* then what the extensions count: plugin metrics, Lua errors */
-        if (rc == 0 && cfg) rc = sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg);
+        if (rc == 0 && cfg)
+            rc = sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg);
         respond_body(c, rc, "text/plain; version=0.0.4; charset=utf-8");
     } else if (strcmp(p, "/stats") == 0) {
         int rc = sk_metrics_render_json(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);

@@ -238,7 +238,8 @@ static void *cluster_state(sk_wctx *ctx, const void *cluster)
 /* Closes the idle pooled connections of every generation of w. */
 void sk_worker_close_idle_upstreams(sk_worker *w)
 {
-    for (sk_wgen *g = w->gen; g; g = sk_wgen_next(w, g)) sk_pools_close_idle(g->clusters, g->config->nclusters);
+    for (sk_wgen *g = w->gen; g; g = sk_wgen_next(w, g))
+        sk_pools_close_idle(g->clusters, g->config->nclusters);
 }
 
 static bool same_listener(const sk_listener *a, const sk_listener *b)

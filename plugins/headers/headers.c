@@ -87,11 +87,13 @@ static int parse_edit(const sk_kv *kv, int kind, edit *e, char *err, size_t err_
 {
     const char *v = kv->value, *colon = strchr(v, ':');
     if (kind == REMOVE && colon) {
-        snprintf(err, err_size, "headers: line %d: %s: expected a header name, not '%s'", kv->line, kv->key, v);
+        snprintf(err, err_size, "headers: line %d: %s: expected a header name, not '%s'", kv->line, kv->key,
+                 v);
         return -1;
     }
     if (kind != REMOVE && !colon) {
-        snprintf(err, err_size, "headers: line %d: %s: expected 'name: value', not '%s'", kv->line, kv->key, v);
+        snprintf(err, err_size, "headers: line %d: %s: expected 'name: value', not '%s'", kv->line, kv->key,
+                 v);
         return -1;
     }
     e->name = trimmed(v, colon ? (size_t)(colon - v) : strlen(v));
@@ -113,7 +115,8 @@ static int parse_edit(const sk_kv *kv, int kind, edit *e, char *err, size_t err_
     }
     for (const char *p = e->value; p && *p; p++) {
         if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-            snprintf(err, err_size, "headers: line %d: %s: control character in the value", kv->line, kv->key);
+            snprintf(err, err_size, "headers: line %d: %s: control character in the value", kv->line,
+                     kv->key);
             return -1;
         }
     }
@@ -127,8 +130,8 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
         const char *key;
         int response, kind;
     } known[] = {
-        {"request_add", 0, ADD},     {"request_set", 0, SET},     {"request_remove", 0, REMOVE},
-        {"response_add", 1, ADD},    {"response_set", 1, SET},    {"response_remove", 1, REMOVE},
+        {"request_add", 0, ADD},  {"request_set", 0, SET},  {"request_remove", 0, REMOVE},
+        {"response_add", 1, ADD}, {"response_set", 1, SET}, {"response_remove", 1, REMOVE},
     };
     headers *h = calloc(1, sizeof(*h));
     if (!h) {

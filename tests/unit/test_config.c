@@ -768,10 +768,11 @@ static int check_error(const char *text, size_t len, const char *want, int line)
 static void test_normalisation_keys(void)
 {
     char *err = NULL;
-    sk_config *c = load_text("[listener a]\naddress = 127.0.0.1:1\nmerge_slashes = on\nescaped_slashes = decode\n"
-                             "[listener b]\naddress = 127.0.0.1:2\nmerge_slashes = off\nescaped_slashes = keep\n"
-                             "[listener c]\naddress = 127.0.0.1:3\nescaped_slashes = reject\n",
-                             &err);
+    sk_config *c =
+        load_text("[listener a]\naddress = 127.0.0.1:1\nmerge_slashes = on\nescaped_slashes = decode\n"
+                  "[listener b]\naddress = 127.0.0.1:2\nmerge_slashes = off\nescaped_slashes = keep\n"
+                  "[listener c]\naddress = 127.0.0.1:3\nescaped_slashes = reject\n",
+                  &err);
     if (!c) fprintf(stderr, "load: %s\n", err ? err : "?");
     ASSERT(c && c->nlisteners == 3);
     CHECK(c->listeners[0]->merge_slashes && c->listeners[0]->escaped_slashes == SK_ESCAPED_SLASHES_DECODE);

@@ -56,9 +56,9 @@ static const sk_transport_cbs owner_cbs = {o_readable, o_writable, o_connected};
 
 typedef struct toy {
     char hello[5];
-    size_t n;     /* bytes of HELLO read so far */
-    int calls;    /* handshake steps */
-    bool refuse;  /* fail the handshake on a wrong byte */
+    size_t n;    /* bytes of HELLO read so far */
+    int calls;   /* handshake steps */
+    bool refuse; /* fail the handshake on a wrong byte */
 } toy;
 
 static int toy_handshake(sk_transport *t)
@@ -172,8 +172,8 @@ static void test_plain_connect(void)
     int fired = 0;
     ev_timer_init(&idle, idle_cb, 0., 0.);
     idle.data = &fired;
-    int rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 1000, &idle, NULL, NULL, &owner_cbs,
-                                  &o);
+    int rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 1000, &idle, NULL, NULL,
+                                  &owner_cbs, &o);
     CHECK(rc == 0 || rc == 1);
     spin();
     CHECK(rc == 1 ? o.connected == 0 : (o.connected == 1 && o.connect_err == 0));
@@ -183,7 +183,8 @@ static void test_plain_connect(void)
     close(lfd);
     /* refused: nothing listens on the port any more */
     owner r = {0};
-    rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 1000, &idle, NULL, NULL, &owner_cbs, &r);
+    rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 1000, &idle, NULL, NULL, &owner_cbs,
+                              &r);
     if (rc == 0) {
         spin();
         CHECK(r.connected == 1 && r.connect_err == ECONNREFUSED);
@@ -251,8 +252,8 @@ static void test_handshake_connect(void)
 
     owner b = {0};
     toy z = {0};
-    rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 5000, &idle, &toy_ops, &z, &owner_cbs,
-                              &b);
+    rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 5000, &idle, &toy_ops, &z,
+                              &owner_cbs, &b);
     CHECK(rc == 0);
     spin();
     peer = accept(lfd, NULL, NULL);
@@ -266,8 +267,8 @@ static void test_handshake_connect(void)
     /* silence: fire the (borrowed) connect timer as if its time had passed */
     owner s = {0};
     toy q = {0};
-    rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 5000, &idle, &toy_ops, &q, &owner_cbs,
-                              &s);
+    rc = sk_transport_connect(&t, loop, (struct sockaddr *)&a, sizeof(a), 5000, &idle, &toy_ops, &q,
+                              &owner_cbs, &s);
     CHECK(rc == 0);
     spin();
     peer = accept(lfd, NULL, NULL);

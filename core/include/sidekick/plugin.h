@@ -172,18 +172,18 @@ enum sk_http_error {
 };
 
 /* Limits of http_start. */
-#define SK_HTTP_MAX_CALLS        1024u              /* calls in flight, all instances together */
-#define SK_HTTP_MAX_HEADERS      64u                /* request header pairs */
+#define SK_HTTP_MAX_CALLS        1024u               /* calls in flight, all instances together */
+#define SK_HTTP_MAX_HEADERS      64u                 /* request header pairs */
 #define SK_HTTP_MAX_REQUEST_BODY (16u * 1024 * 1024) /* bytes of request body */
 
 /* One HTTP client request, read by http_start (which copies everything it
  * needs: the struct and all it points to may be freed when it returns). */
 typedef struct sk_http_request {
-    const char *method;         /* "GET", "POST", ... (an HTTP token); NULL = "GET" */
-    const char *url;            /* "http://host[:port]/path?query"; required */
-    const char *const *headers; /* NULL-terminated name, value pairs, or NULL */
-    const char *body;           /* request body (sent with content-length), or NULL */
-    size_t body_len;            /* bytes of body */
+    const char *method;          /* "GET", "POST", ... (an HTTP token); NULL = "GET" */
+    const char *url;             /* "http://host[:port]/path?query"; required */
+    const char *const *headers;  /* NULL-terminated name, value pairs, or NULL */
+    const char *body;            /* request body (sent with content-length), or NULL */
+    size_t body_len;             /* bytes of body */
     uint64_t timeout_ms;         /* the whole call, connect to last byte; 0 = no limit (streams) */
     uint64_t connect_timeout_ms; /* the TCP connect; 0 = 10000 */
     size_t max_body;             /* response body bytes allowed; 0 = 1 MiB; more fails the call */
@@ -360,8 +360,8 @@ typedef struct sk_host_api {
      * /clusters; the balancers do not use them yet (every endpoint gets an
      * equal share, as with set_endpoints, whose endpoints have weight 1).
      * Same rules and results as set_endpoints otherwise. */
-    int (*set_endpoints_weighted)(sk_instance *self, const char *cluster, const sk_weighted_endpoint *endpoints,
-                                  size_t n);
+    int (*set_endpoints_weighted)(sk_instance *self, const char *cluster,
+                                  const sk_weighted_endpoint *endpoints, size_t n);
     /* A counter / gauge with one label: `label` ([A-Za-z_][A-Za-z0-9_]*, not
      * "instance", "le" or "__"-prefixed) and its `nvalues` values (1..
      * SK_METRIC_MAX_LABEL_VALUES, distinct, 1..128 printable ASCII bytes
