@@ -106,6 +106,25 @@ static void spin(void)
     for (int i = 0; i < 200; i++) ev_run(loop, EVRUN_NOWAIT);
 }
 
+static void guard_cb(struct ev_loop *l, ev_timer *w, int revents) {}
+
+/* One loop iteration that waits for an event, at most 10 ms (a guard, not
+ * an assertion: on a busy machine loopback bytes may arrive late). */
+static void step(void)
+{
+    ev_timer guard;
+    ev_timer_init(&guard, guard_cb, 0.01, 0.);
+    ev_timer_start(loop, &guard);
+    ev_run(loop, EVRUN_ONCE);
+    ev_timer_stop(loop, &guard);
+}
+
+/* Runs the loop until c holds (at most 1000 steps). */
+#define SPIN_UNTIL(c)                                     \
+    do {                                                  \
+        for (int i_ = 0; i_ < 1000 && !(c); i_++) step(); \
+    } while (0)
+
 static int listener(struct sockaddr_in *a)
 {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -182,8 +201,8 @@ static void pair_open(pair *p, sk_tls_ctx *sctx, sk_tls_ctx *cctx, size_t cap)
                                   cs, &owner_cbs, &p->co);
     CHECK(cs && rc == 0);
     int fd = -1;
-    for (int i = 0; i < 1000 && fd < 0; i++) {
-        ev_run(loop, EVRUN_NOWAIT);
+    for (int i = 0; i < 500 && fd < 0; i++) {
+        step();
         fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     }
     close(lfd);
@@ -194,6 +213,7 @@ static void pair_open(pair *p, sk_tls_ctx *sctx, sk_tls_ctx *cctx, size_t cap)
     sk_transport_accept(&p->s, loop, fd, &sk_tls_ops, ss, &owner_cbs, &p->so);
     sk_transport_want_read(&p->s, true);
     p->accepted = true;
+    SPIN_UNTIL(p->co.connected && !p->s.handshaking);
     spin();
 }
 
@@ -256,7 +276,7 @@ static void test_basic(int min_version)
     p.co.out = "ping";
     p.co.out_len = 4;
     flush(&p.c);
-    spin();
+    SPIN_UNTIL(p.so.len == 4);
     CHECK(p.so.len == 4 && memcmp(p.so.got, "ping", 4) == 0);
     CHECK(p.s.alpn && strcmp(p.s.alpn, "http/1.1") == 0);
     CHECK(p.s.peer_identity == NULL); /* no client certificate asked for */
@@ -265,12 +285,12 @@ static void test_basic(int min_version)
     p.so.out = big;
     p.so.out_len = BIG;
     flush(&p.s);
-    for (int i = 0; i < 50 && p.co.len < BIG; i++) spin();
+    SPIN_UNTIL(p.co.len == BIG);
     CHECK(p.so.out_off == BIG);
     CHECK(p.co.len == BIG && memcmp(p.co.got, big, BIG) == 0);
     /* half close: close_notify reads as EOF */
     sk_transport_shutdown(&p.s);
-    spin();
+    SPIN_UNTIL(p.co.eof || p.co.read_err);
     CHECK(p.co.eof && p.co.read_err == 0);
     pair_close(&p);
     sk_tls_ctx_free(sctx);
@@ -302,7 +322,7 @@ static void test_mtls(void)
     p.co.out = "hello";
     p.co.out_len = 5;
     flush(&p.c);
-    spin();
+    SPIN_UNTIL(p.so.len == 5);
     CHECK(p.so.len == 5 && memcmp(p.so.got, "hello", 5) == 0);
     CHECK(p.s.peer_identity && strcmp(p.s.peer_identity, CLIENT_ID) == 0);
     CHECK(p.s.alpn && strcmp(p.s.alpn, "h2") == 0);
@@ -353,7 +373,7 @@ static void test_client_cert_required(void)
     if (p.co.connected && !p.co.connect_err) {
         flush(&p.c);
         sk_transport_want_read(&p.c, true);
-        spin();
+        SPIN_UNTIL(p.co.read_err || p.co.eof);
     }
     CHECK(p.so.readable >= 1 && p.so.read_err != 0 && p.so.len == 0);
     CHECK(p.s.peer_identity == NULL);
@@ -370,7 +390,7 @@ static void test_client_cert_required(void)
     p.co.out = "data";
     p.co.out_len = 4;
     flush(&p.c);
-    spin();
+    SPIN_UNTIL(p.so.len == 4);
     CHECK(p.so.len == 4 && p.s.peer_identity == NULL);
     pair_close(&p);
     sk_tls_ctx_free(sctx);
