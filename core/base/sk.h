@@ -103,8 +103,6 @@ static inline int sk_buf_puts(sk_buf *b, const char *s)
 {
     return sk_buf_append(b, s, __builtin_strlen(s));
 }
-/* Appends v in decimal (no printf on the hot path). 0 or -1. */
-int sk_buf_u64(sk_buf *b, uint64_t v);
 /* Writes n in lower-case hex followed by CRLF (a chunk header) into out
  * (at least 19 bytes); returns the length. */
 size_t sk_chunk_header(char *out, size_t n);

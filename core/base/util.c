@@ -165,18 +165,6 @@ void sk_arena_free(sk_arena *a)
     a->head = NULL;
 }
 
-/* Appends v in decimal. */
-int sk_buf_u64(sk_buf *b, uint64_t v)
-{
-    char tmp[20];
-    size_t i = sizeof(tmp);
-    do {
-        tmp[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return sk_buf_append(b, tmp + i, sizeof(tmp) - i);
-}
-
 /* "%zx\r\n" without printf. */
 size_t sk_chunk_header(char *out, size_t n)
 {

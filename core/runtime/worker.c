@@ -480,6 +480,7 @@ static void *worker_main(void *arg)
     wgen_free(w, w->gen);
     w->gen = NULL;
     w->config = NULL;
+    sk_wctx_free(&w->ctx); /* the recycled read buffers and the deferred-free list */
     __atomic_sub_fetch(&running, 1, __ATOMIC_RELEASE);
     return NULL;
 }

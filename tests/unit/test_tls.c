@@ -23,6 +23,7 @@
 #include "tls.c" /* its statics: spiffe_valid */
 
 #include "check.h"
+#include "loopback.h"
 
 #define SERVER_ID "spiffe://example.org/ns/default/sa/server"
 #define CLIENT_ID "spiffe://example.org/ns/default/sa/client"
@@ -124,19 +125,6 @@ static void step(void)
     do {                                                  \
         for (int i_ = 0; i_ < 1000 && !(c); i_++) step(); \
     } while (0)
-
-static int listener(struct sockaddr_in *a)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    memset(a, 0, sizeof(*a));
-    a->sin_family = AF_INET;
-    a->sin_addr.s_addr = htonl(0x7f000001);
-    socklen_t len = sizeof(*a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)a, sizeof(*a)) < 0 || listen(fd, 8) < 0 ||
-        getsockname(fd, (struct sockaddr *)a, &len) < 0)
-        return -1;
-    return fd;
-}
 
 static char *path(const char *name)
 {

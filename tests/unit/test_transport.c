@@ -19,6 +19,7 @@
 #include "transport.h"
 
 #include "check.h"
+#include "loopback.h"
 
 /* ---- an owner that records what it heard ---- */
 
@@ -114,20 +115,6 @@ static struct ev_loop *loop;
 static void spin(void)
 {
     for (int i = 0; i < 20; i++) ev_run(loop, EVRUN_NOWAIT);
-}
-
-/* A listening socket on 127.0.0.1 and its address. */
-static int listener(struct sockaddr_in *a)
-{
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    memset(a, 0, sizeof(*a));
-    a->sin_family = AF_INET;
-    a->sin_addr.s_addr = htonl(0x7f000001);
-    socklen_t len = sizeof(*a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)a, sizeof(*a)) < 0 || listen(fd, 8) < 0 ||
-        getsockname(fd, (struct sockaddr *)a, &len) < 0)
-        return -1;
-    return fd;
 }
 
 static void idle_cb(struct ev_loop *l, ev_timer *w, int revents)
