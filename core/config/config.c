@@ -38,7 +38,8 @@
 
 #include "config_internal.h"
 
-const char *const sk__cfg_kind_names[SEC_COUNT] = {"sidekick", "listener", "route", "cluster", "plugin"};
+const char *const sk__cfg_kind_names[SEC_COUNT] = {"sidekick", "listener", "route", "cluster", "plugin",
+                                                          "tls"};
 
 /* ---- reference counting and release ------------------------------------------------------ */
 
@@ -70,6 +71,21 @@ static void route_free(sk_route *r)
     free(r);
 }
 
+static void tls_free(sk_tls *t)
+{
+    if (t->state) t->state_free(t->state);
+    free(t->name);
+    free(t->cert);
+    free(t->key);
+    free(t->ca);
+    for (size_t i = 0; i < t->npeer_ids; i++) free(t->peer_ids[i]);
+    free(t->peer_ids);
+    free(t->sni);
+    free(t->alpn);
+    free(t->ciphers);
+    free(t);
+}
+
 static void config_free(sk_config *c)
 {
     if (!c) return;
@@ -93,6 +109,8 @@ static void config_free(sk_config *c)
      * yet nothing above points into a plugin. */
     for (size_t i = 0; c->ext && i < c->nplugins; i++) c->ext->instance_free(c->plugins[i]);
     free(c->plugins);
+    for (size_t i = 0; i < c->ntls; i++) tls_free(c->tls[i]);
+    free(c->tls);
     free(c->listeners);
     free(c->routes);
     free(c->clusters);
@@ -323,7 +341,8 @@ static sect *sk__cfg_find_sect(ctx *x, int kind, const char *name)
  * appends it to the config's array of that kind. NULL on allocation failure. */
 static void *new_object(ctx *x, int kind, const char *name)
 {
-    static const size_t sizes[] = {0, sizeof(sk_listener), sizeof(sk_route), sizeof(sk_cluster)};
+    static const size_t sizes[] = {0, sizeof(sk_listener), sizeof(sk_route), sizeof(sk_cluster), 0,
+                                   sizeof(sk_tls)};
     sk_config *c = x->cfg;
     if (kind == SEC_SIDEKICK) return c;
     if (kind == SEC_PLUGIN) {
@@ -340,6 +359,7 @@ static void *new_object(ctx *x, int kind, const char *name)
     int rc = !nm || !obj            ? -1
              : kind == SEC_LISTENER ? sk__cfg_push(x, &c->listeners, &c->nlisteners, obj)
              : kind == SEC_ROUTE    ? sk__cfg_push(x, &c->routes, &c->nroutes, obj)
+             : kind == SEC_TLS      ? sk__cfg_push(x, &c->tls, &c->ntls, obj)
                                     : sk__cfg_push(x, &c->clusters, &c->nclusters, obj);
     if (rc < 0) {
         free(nm);
@@ -367,6 +387,15 @@ static void *new_object(ctx *x, int kind, const char *name)
         r->timeout_ms = 15000;
         r->lua_budget_ms = 50;
         if (!(r->prefix = sk__cfg_strdup(x, "/"))) return NULL;
+    } else if (kind == SEC_TLS) {
+        sk_tls *t = obj;
+        t->name = nm;
+        t->index = (int)c->ntls - 1;
+        t->line = x->lineno;
+        t->verify = -1;
+        t->min_version = 12;
+        t->session_tickets = true;
+        if (!(t->alpn = sk__cfg_strdup(x, "http/1.1"))) return NULL;
     } else {
         sk_cluster *cl = obj;
         cl->name = nm;
@@ -403,8 +432,6 @@ static int section_start(ctx *x, char *line)
     int k = -1;
     for (int i = 0; i < (int)SK_ARRAY_LEN(sk__cfg_kind_names); i++)
         if (strcmp(kind, sk__cfg_kind_names[i]) == 0) k = i;
-    if (k < 0 && strcmp(kind, "tls") == 0)
-        return sk__cfg_fail_at(x, x->lineno, NULL, NULL, "%s not supported yet in this version", label);
     if (k < 0) return sk__cfg_fail_at(x, x->lineno, NULL, NULL, "%s unknown section", label);
     if (k == SEC_SIDEKICK && *name)
         return sk__cfg_fail_at(x, x->lineno, NULL, NULL, "%s [sidekick] takes no name", label);
@@ -431,6 +458,7 @@ static int section_start(ctx *x, char *line)
     if (k == SEC_ROUTE) s->name = ((sk_route *)s->obj)->name;
     if (k == SEC_CLUSTER) s->name = ((sk_cluster *)s->obj)->name;
     if (k == SEC_PLUGIN) s->name = x->cfg->ext->instance_name(s->obj);
+    if (k == SEC_TLS) s->name = ((sk_tls *)s->obj)->name;
     x->cur = s;
     return 0;
 }
@@ -586,6 +614,10 @@ static int check_section(ctx *x, sect *s)
         sk_cluster *cl = s->obj;
         if (!sk__cfg_key_line(s, "endpoints") && !cl->discovery)
             return sk__cfg_fail_at(x, s->line, s, NULL, "missing 'endpoints' (or 'discovery')");
+    } else if (s->kind == SEC_TLS) {
+        sk_tls *t = s->obj;
+        if (t->cert && !t->key) return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cert"), s, "cert", "needs 'key'");
+        if (t->key && !t->cert) return sk__cfg_fail_at(x, sk__cfg_key_line(s, "key"), s, "key", "needs 'cert'");
     }
     return 0;
 }
@@ -615,6 +647,8 @@ static int link_plugins(ctx *x, sect *s, sk_instance ***out, size_t *n)
     return 0;
 }
 
+static sk_tls *link_tls(ctx *x, sect *s);
+
 static int link_section(ctx *x, sect *s)
 {
     if (s->kind == SEC_LISTENER) {
@@ -641,7 +675,19 @@ static int link_section(ctx *x, sect *s)
         if (!(l->cluster = find_cluster(x, s->ref)))
             return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cluster"), s, "cluster", "unknown cluster '%s'",
                                    s->ref);
-    } else if (s->kind == SEC_ROUTE) {
+    }
+    if (s->tls_ref && (s->kind == SEC_LISTENER || s->kind == SEC_CLUSTER)) {
+        sk_tls *t = link_tls(x, s);
+        if (!t) return -1;
+        if (s->kind == SEC_LISTENER) {
+            ((sk_listener *)s->obj)->tls = t;
+            t->server_side = true;
+        } else {
+            ((sk_cluster *)s->obj)->tls = t;
+            t->client_side = true;
+        }
+    }
+    if (s->kind == SEC_ROUTE) {
         sk_route *r = s->obj;
         sect *ls = sk__cfg_find_sect(x, SEC_LISTENER, s->ref);
         if (!ls)
@@ -659,6 +705,109 @@ static int link_section(ctx *x, sect *s)
         if (sk__cfg_push(x, &l->routes, &l->nroutes, r) < 0) return -1;
     }
     return 0;
+}
+
+/* The [tls] section named by `tls = NAME` of section s, or NULL with an error. */
+static sk_tls *link_tls(ctx *x, sect *s)
+{
+    sect *ts = sk__cfg_find_sect(x, SEC_TLS, s->tls_ref);
+    if (!ts)
+        sk__cfg_fail_at(x, sk__cfg_key_line(s, "tls"), s, "tls", "unknown tls section '%s' (no [tls %s])",
+                        s->tls_ref, s->tls_ref);
+    return ts ? ts->obj : NULL;
+}
+
+/* The first listener / cluster of this file naming t, for messages. */
+static const char *user_of(ctx *x, const sk_tls *t, bool server)
+{
+    for (size_t i = 0; i < x->nsects; i++) {
+        sect *s = x->sects[i];
+        if (s->kind == (server ? SEC_LISTENER : SEC_CLUSTER) && s->tls_ref && strcmp(s->tls_ref, t->name) == 0)
+            return s->name;
+    }
+    return "?";
+}
+
+/*
+ * A [tls] section against the sides that use it: keys of the other side
+ * are refused (a listener cannot send SNI; a cluster neither asks for
+ * client certificates optionally nor issues tickets), a listener needs a
+ * certificate, verifying needs a CA. Resolves the verify mode of each side.
+ */
+static int check_tls(ctx *x, sect *s)
+{
+    sk_tls *t = s->obj;
+    int vl = sk__cfg_key_line(s, "verify");
+    if (t->server_side) {
+        const char *l = user_of(x, t, true);
+        if (sk__cfg_key_line(s, "sni"))
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "sni"), s, "sni",
+                                   "client-side key, but [listener %s] terminates TLS with this section "
+                                   "(use a separate [tls] section for the cluster side)",
+                                   l);
+        if (!t->cert)
+            return sk__cfg_fail_at(x, s->line, s, NULL, "[listener %s] terminates TLS with it: needs 'cert' and 'key'",
+                                   l);
+        t->verify_server = t->verify >= 0 ? t->verify : t->ca ? SK_VERIFY_REQUIRED : SK_VERIFY_NONE;
+        if (t->verify_server != SK_VERIFY_NONE && !t->ca)
+            return sk__cfg_fail_at(x, vl, s, "verify", "verifying client certificates needs 'ca'");
+    }
+    if (t->client_side) {
+        const char *c = user_of(x, t, false);
+        if (sk__cfg_key_line(s, "session_tickets"))
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "session_tickets"), s, "session_tickets",
+                                   "listener-side key, but [cluster %s] originates TLS with this section "
+                                   "(use a separate [tls] section for the listener side)",
+                                   c);
+        if (t->verify == SK_VERIFY_OPTIONAL)
+            return sk__cfg_fail_at(x, vl, s, "verify",
+                                   "'optional' is for listeners; [cluster %s] verifies its upstream "
+                                   "(required) or not (none)",
+                                   c);
+        t->verify_client = t->verify >= 0 ? t->verify : SK_VERIFY_REQUIRED;
+        if (t->verify_client != SK_VERIFY_NONE && !t->ca)
+            return sk__cfg_fail_at(x, vl ? vl : s->line, s, vl ? "verify" : NULL,
+                                   "[cluster %s] verifies its upstream's certificate: needs 'ca' "
+                                   "(or verify = none)",
+                                   c);
+        if (t->verify_client == SK_VERIFY_NONE && t->npeer_ids)
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "peer_identity"), s, "peer_identity",
+                                   "needs the upstream verified (verify = none is set)");
+    }
+    if (!t->server_side && !t->client_side) { /* unused: still checked as far as it goes */
+        t->verify_server = t->verify >= 0 ? t->verify : t->ca ? SK_VERIFY_REQUIRED : SK_VERIFY_NONE;
+        t->verify_client = t->verify == SK_VERIFY_NONE ? SK_VERIFY_NONE : SK_VERIFY_REQUIRED;
+        if (t->verify > SK_VERIFY_NONE && !t->ca)
+            return sk__cfg_fail_at(x, vl, s, "verify", "needs 'ca'");
+    }
+    if (t->server_side && t->verify_server == SK_VERIFY_NONE && t->npeer_ids)
+        return sk__cfg_fail_at(x, sk__cfg_key_line(s, "peer_identity"), s, "peer_identity",
+                               "needs client certificates verified (verify = none)");
+    return 0;
+}
+
+/* Is id allowed by the patterns ids[n] (see config.h)? */
+bool sk_spiffe_allowed(char *const *ids, size_t n, const char *id)
+{
+    if (n == 0) return true;
+    if (!id) return false;
+    size_t len = strlen(id);
+    for (size_t i = 0; i < n; i++) {
+        const char *p = ids[i];
+        size_t m = strlen(p);
+        if (m >= 2 && p[m - 1] == '*' && p[m - 2] == '/') {
+            if (len > m - 1 && strncmp(id, p, m - 1) == 0) return true; /* "prefix/" and at least one byte */
+        } else if (m == len && memcmp(id, p, len) == 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Is id allowed by t's peer_identity (see config.h)? */
+bool sk_tls_identity_allowed(const sk_tls *t, const char *id)
+{
+    return !t || sk_spiffe_allowed(t->peer_ids, t->npeer_ids, id);
 }
 
 /* The admin endpoint must not take a listener's address. */
@@ -787,7 +936,20 @@ static int load(ctx *x)
         if (check_section(x, x->sects[i]) < 0) return -1;
     for (size_t i = 0; i < x->nsects; i++)
         if (link_section(x, x->sects[i]) < 0) return -1;
+    for (size_t i = 0; i < x->nsects; i++)
+        if (x->sects[i]->kind == SEC_TLS && check_tls(x, x->sects[i]) < 0) return -1;
     if (check_admin(x) < 0) return -1;
+    /* The certificates and keys are read once the sections agree. */
+    for (size_t i = 0; i < x->nsects; i++) {
+        sect *s = x->sects[i];
+        if (s->kind != SEC_TLS || !c->ext->tls_load) continue;
+        char err[1024];
+        const char *key = NULL;
+        if (c->ext->tls_load(s->obj, err, sizeof(err), &key) < 0) {
+            int kl = key ? sk__cfg_key_line(s, key) : 0;
+            return sk__cfg_fail_at(x, kl ? kl : s->line, s, kl ? key : NULL, "%s", err);
+        }
+    }
     /* Last, once everything else is valid: load every plugin and let it
      * check its own keys (create). */
     for (size_t i = 0; i < x->nsects; i++) {
@@ -850,6 +1012,7 @@ sk_config *sk_config_parse(const char *path, const sk_config_ext *ext, char **er
     free(x.dir);
     for (size_t i = 0; i < x.nsects; i++) {
         free(x.sects[i]->ref);
+        free(x.sects[i]->tls_ref);
         for (size_t j = 0; j < x.sects[i]->nnames; j++) free(x.sects[i]->names[j]);
         free(x.sects[i]->names);
         for (size_t j = 0; j < x.sects[i]->npnames; j++) free(x.sects[i]->pnames[j]);

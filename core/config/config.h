@@ -21,6 +21,7 @@ typedef struct sk_listener sk_listener;
 typedef struct sk_route sk_route;
 typedef struct sk_cluster sk_cluster;
 typedef struct sk_instance sk_instance; /* a [plugin NAME] instance: plugin_host.h */
+typedef struct sk_tls sk_tls;
 
 /* A socket address parsed from "host:port" or "[v6]:port". */
 typedef struct sk_addr {
@@ -37,6 +38,43 @@ enum sk_escaped_slashes {
     SK_ESCAPED_SLASHES_DECODE,     /* becomes "/" before dot-segment removal */
 };
 enum sk_lb { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST, SK_LB_RANDOM };
+
+/* `verify` of a [tls] section; the values of net/tls.h's sk_tls_verify. */
+enum sk_verify { SK_VERIFY_NONE = 0, SK_VERIFY_OPTIONAL = 1, SK_VERIFY_REQUIRED = 2 };
+
+/* [tls NAME]: certificates and peer checks for listeners (server side)
+ * and clusters (client side) that name it. */
+struct sk_tls {
+    char *name;              /* section name */
+    int index;               /* position in sk_config.tls */
+    char *cert;              /* `cert`: absolute path of the PEM chain, or NULL */
+    char *key;               /* `key`: absolute path of its PEM private key, or NULL */
+    char *ca;                /* `ca`: absolute path of the PEM trust bundle, or NULL */
+    int verify;              /* `verify` as written (enum sk_verify), -1 when absent */
+    int verify_server;       /* resolved for listeners: as written, else required with `ca`, else none */
+    int verify_client;       /* resolved for clusters: as written, else required */
+    char **peer_ids;         /* `peer_identity`: exact SPIFFE IDs or prefix/-star patterns */
+    size_t npeer_ids;        /* number of them (0 = anyone verified) */
+    char *sni;               /* `sni` (cluster side), or NULL */
+    char *alpn;              /* `alpn`, comma-separated, default "http/1.1" */
+    int min_version;         /* `min_version`: 12 or 13, default 12 */
+    char *ciphers;           /* `ciphers` (wolfSSL list), or NULL for the defaults */
+    bool session_tickets;    /* `session_tickets` (listener side), default on */
+    bool server_side;        /* a listener terminates with it */
+    bool client_side;        /* a cluster originates with it */
+    int line;                /* line of the section header */
+    /* The net layer's live contexts (net/tls.h sk_tls_slot), made at load
+     * by sk_config_ext.tls_load; freed with the config by state_free. */
+    struct sk_tls_slot *state;
+    void (*state_free)(struct sk_tls_slot *state);
+};
+
+/* Is `id` (a verified SPIFFE ID, or NULL) allowed by t's peer_identity?
+ * Always when the list is empty. A pattern ending in "/" followed by
+ * a star matches the IDs below that prefix. */
+bool sk_tls_identity_allowed(const sk_tls *t, const char *id);
+/* The same over a list of n patterns (true when n is 0). */
+bool sk_spiffe_allowed(char *const *ids, size_t n, const char *id);
 
 /* One `header = NAME[: VALUE]` condition of a route. */
 typedef struct sk_header_match {
@@ -71,6 +109,7 @@ struct sk_listener {
     uint64_t max_body_bytes;    /* `max_body_bytes`, default 0 = unlimited */
     bool merge_slashes;         /* `merge_slashes`, default off: "//" in paths → "/" */
     int escaped_slashes;        /* `escaped_slashes`, enum sk_escaped_slashes, default reject */
+    sk_tls *tls;                /* `tls`: terminate TLS with this section, or NULL */
     sk_instance **plugins;      /* `plugins`, in order (owned by the config) */
     size_t nplugins;            /* number of plugins */
     sk_route **routes;          /* routes naming this listener, in file order */
@@ -137,6 +176,7 @@ struct sk_cluster {
     unsigned max_connections;    /* `max_connections`, default 1024, across all workers */
     unsigned max_pending;        /* `max_pending`, default 1024 */
     unsigned max_requests;       /* `max_requests`, default 1024 */
+    sk_tls *tls;                 /* `tls`: originate TLS to the endpoints with this section, or NULL */
     int line;                    /* line of the section header */
     sk_config *config;           /* the generation it belongs to (not a reference) */
 
@@ -179,6 +219,8 @@ struct sk_config {
     size_t nclusters;
     sk_instance **plugins; /* [plugin NAME] instances, in file order */
     size_t nplugins;
+    sk_tls **tls; /* [tls NAME] sections, in file order */
+    size_t ntls;
     struct sk_lua_gen *lua;          /* Lua states of this generation (lua_filter.c), NULL without scripts */
     const struct sk_config_ext *ext; /* the extension layer that made the instances and Lua states */
 };
@@ -210,6 +252,10 @@ typedef struct sk_config_ext {
     int (*lua_load)(sk_config *c, int *bad_route, char *err, size_t err_size);
     /* Frees the Lua states of a generation (NULL is ignored). */
     void (*lua_free)(struct sk_lua_gen *g);
+    /* Reads a [tls] section's files into its live contexts (t->state and
+     * t->state_free set): 0, or -1 with err and *key = the key to blame
+     * ("cert", "key", "ca", "ciphers", ...; NULL for the section). */
+    int (*tls_load)(sk_tls *t, char *err, size_t err_size, const char **key);
 } sk_config_ext;
 
 /* The cluster named `name`, or NULL. */

@@ -12,8 +12,8 @@
 
 #include "config.h"
 
-enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER, SEC_PLUGIN };
-#define SEC_COUNT 5
+enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER, SEC_PLUGIN, SEC_TLS };
+#define SEC_COUNT 6
 /* Section kind names, by SEC_* (config.c). */
 extern const char *const sk__cfg_kind_names[SEC_COUNT];
 
@@ -28,6 +28,7 @@ typedef struct sect {
     void *obj;              /* sk_listener, sk_route, sk_cluster, or the sk_config */
     int key_line[MAX_KEYS]; /* line of each key of the kind's table, 0 = absent */
     char *ref;              /* listener: `cluster` name; route: `listener` name */
+    char *tls_ref;          /* listener, cluster: `tls` name */
     char **names;           /* route: the cluster names of `cluster`, parallel to clusters */
     size_t nnames;          /* number of names */
     char **pnames;          /* listener, route: the instance names of `plugins` */

@@ -179,6 +179,13 @@ static int k_ref(ctx *x, sect *s, const keydef *k, const char *v)
     return sk__cfg_set_str(x, &s->ref, sk__cfg_strdup(x, v));
 }
 
+/* `tls = NAME` of a listener or cluster: resolved in pass 3. */
+static int k_tls_ref(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    if (!sk__cfg_is_name(v)) return sk__cfg_bad(x, "bad name '%s'", v);
+    return sk__cfg_set_str(x, &s->tls_ref, sk__cfg_strdup(x, v));
+}
+
 /* `plugins = a, b` of a listener or route: names resolved in pass 3. */
 static int k_plugins(ctx *x, sect *s, const keydef *k, const char *v)
 {
@@ -207,7 +214,7 @@ static const keydef listener_keys[] = {
     {"address", k_addr, 0, LST(address), 0, 0},
     {"protocol", k_protocol, 0, 0, 0, 0},
     {"cluster", k_ref, 0, 0, 0, 0},
-    {"tls", NULL, 0, 0, 0, 0},
+    {"tls", k_tls_ref, 0, 0, 0, 0},
     {"plugins", k_plugins, 0, 0, 0, 0},
     {"max_connections", k_uint, 0, LST(max_connections), 1, 10000000},
     {"header_timeout", k_duration, 0, LST(header_timeout_ms), 1, DUR_MAX},
@@ -496,7 +503,150 @@ static const keydef cluster_keys[] = {
     {"health_interval", NULL, 0, 0, 0, 0},
     {"outlier_failures", NULL, 0, 0, 0, 0},
     {"outlier_ejection", NULL, 0, 0, 0, 0},
-    {"tls", NULL, 0, 0, 0, 0},
+    {"tls", k_tls_ref, 0, 0, 0, 0},
+    {NULL, NULL, 0, 0, 0, 0},
+};
+
+/* ---- [tls NAME] --------------------------------------------------------------------------- */
+
+#define TLS(f) offsetof(sk_tls, f)
+
+/* A file key (`cert`, `key`, `ca`): made absolute; read at load by the net layer. */
+static int k_tls_file(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    return sk__cfg_set_str(x, (char **)field(s, k), sk__cfg_resolve_path(x, v));
+}
+
+static int k_verify(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_tls *t = s->obj;
+    if (strcmp(v, "none") == 0)
+        t->verify = SK_VERIFY_NONE;
+    else if (strcmp(v, "optional") == 0)
+        t->verify = SK_VERIFY_OPTIONAL;
+    else if (strcmp(v, "required") == 0)
+        t->verify = SK_VERIFY_REQUIRED;
+    else
+        return sk__cfg_bad(x, "bad value '%s' (expected none, optional or required)", v);
+    return 0;
+}
+
+/* A SPIFFE ID by the SPIFFE rules, or a prefix pattern ending in "/" and a star. */
+static bool spiffe_pattern(const char *v)
+{
+    size_t n = strlen(v);
+    if (n > 2 && strcmp(v + n - 2, "/*") == 0) n -= 2;
+    if (n < 10 || n > 2048 || strncmp(v, "spiffe://", 9) != 0) return false;
+    size_t i = 9;
+    for (; i < n && v[i] != '/'; i++)
+        if (!(islower((unsigned char)v[i]) || isdigit((unsigned char)v[i]) || strchr(".-_", v[i])))
+            return false;
+    if (i == 9) return false;
+    while (i < n) {
+        size_t start = ++i;
+        for (; i < n && v[i] != '/'; i++)
+            if (!(isalnum((unsigned char)v[i]) || strchr(".-_", v[i]))) return false;
+        size_t seg = i - start;
+        if (seg == 0 || (seg == 1 && v[start] == '.') || (seg == 2 && v[start] == '.' && v[start + 1] == '.'))
+            return false;
+    }
+    return true;
+}
+
+static int k_peer_identity(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_tls *t = s->obj;
+    char *copy, **items;
+    int n = sk__cfg_split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (!spiffe_pattern(items[i]))
+            rc = sk__cfg_bad(x, "bad SPIFFE ID '%s' (spiffe://trust-domain/path, or a prefix ending in /*)",
+                             items[i]);
+        char *id = rc == 0 ? sk__cfg_strdup(x, items[i]) : NULL;
+        if (rc == 0 && (!id || sk__cfg_push(x, &t->peer_ids, &t->npeer_ids, id) < 0)) {
+            free(id);
+            rc = -1;
+        }
+    }
+    free(items);
+    free(copy);
+    return rc;
+}
+
+static int k_sni(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    for (const char *p = v; *p; p++)
+        if (!(isalnum((unsigned char)*p) || *p == '-' || *p == '.'))
+            return sk__cfg_bad(x, "bad server name '%s' (a DNS name)", v);
+    if (strlen(v) > 253) return sk__cfg_bad(x, "server name too long");
+    char *low = sk__cfg_strdup(x, v);
+    if (!low) return -1;
+    for (char *p = low; *p; p++) *p = (char)tolower((unsigned char)*p);
+    return sk__cfg_set_str(x, &((sk_tls *)s->obj)->sni, low);
+}
+
+static int k_alpn(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    char *copy, **items;
+    int n = sk__cfg_split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        if (strcmp(items[i], "h2") == 0)
+            rc = sk__cfg_bad(x, "'h2' needs HTTP/2, which this version does not speak yet");
+        else if (strcmp(items[i], "http/1.1") != 0)
+            rc = sk__cfg_bad(x, "unknown protocol '%s' (expected http/1.1)", items[i]);
+    }
+    free(items);
+    free(copy);
+    if (rc < 0) return -1;
+    return sk__cfg_set_str(x, &((sk_tls *)s->obj)->alpn, sk__cfg_strdup(x, "http/1.1"));
+}
+
+static int k_min_version(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_tls *t = s->obj;
+    if (strcmp(v, "1.2") == 0)
+        t->min_version = 12;
+    else if (strcmp(v, "1.3") == 0)
+        t->min_version = 13;
+    else
+        return sk__cfg_bad(x, "bad value '%s' (expected 1.2 or 1.3)", v);
+    return 0;
+}
+
+static int k_ciphers(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    for (const char *p = v; *p; p++)
+        if (!(isalnum((unsigned char)*p) || strchr(":-_+!", *p))) return sk__cfg_bad(x, "bad cipher list '%s'", v);
+    return sk__cfg_set_str(x, &((sk_tls *)s->obj)->ciphers, sk__cfg_strdup(x, v));
+}
+
+static int k_tickets(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_tls *t = s->obj;
+    if (strcmp(v, "on") == 0)
+        t->session_tickets = true;
+    else if (strcmp(v, "off") == 0)
+        t->session_tickets = false;
+    else
+        return sk__cfg_bad(x, "bad value '%s' (expected on or off)", v);
+    return 0;
+}
+
+static const keydef tls_keys[] = {
+    {"cert", k_tls_file, 0, TLS(cert), 0, 0},
+    {"key", k_tls_file, 0, TLS(key), 0, 0},
+    {"ca", k_tls_file, 0, TLS(ca), 0, 0},
+    {"verify", k_verify, 0, 0, 0, 0},
+    {"peer_identity", k_peer_identity, 0, 0, 0, 0},
+    {"sni", k_sni, 0, 0, 0, 0},
+    {"alpn", k_alpn, 0, 0, 0, 0},
+    {"min_version", k_min_version, 0, 0, 0, 0},
+    {"ciphers", k_ciphers, 0, 0, 0, 0},
+    {"session_tickets", k_tickets, 0, 0, 0, 0},
     {NULL, NULL, 0, 0, 0, 0},
 };
 
@@ -506,8 +656,8 @@ static const keydef plugin_keys[] = {
     {NULL, NULL, 0, 0, 0, 0},
 };
 
-const keydef *const sk__cfg_key_tables[] = {sidekick_keys, listener_keys, route_keys, cluster_keys,
-                                            plugin_keys};
+const keydef *const sk__cfg_key_tables[] = {sidekick_keys, listener_keys, route_keys,
+                                            cluster_keys,  plugin_keys,   tls_keys};
 
 /* Line of key `name` in section `s`, 0 when absent. */
 int sk__cfg_key_line(const sect *s, const char *name)

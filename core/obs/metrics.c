@@ -138,6 +138,11 @@ void sk_metrics_request(sk_metrics *m, const sk_route *route, int status, uint64
     SK_INC(m->duration_count);
 }
 
+const char *const sk_tls_result_names[SK_TLS_RESULTS] = {
+    "ok",      "resumed",     "no_client_cert", "unknown_ca", "expired", "not_yet_valid", "bad_certificate",
+    "identity_mismatch", "not_tls", "timeout", "closed", "error"};
+static const char *const tls_sides[2] = {"server", "client"};
+
 /* The sums of every worker's scalar counters and histogram. */
 typedef struct totals {
     int64_t downstream_active;
@@ -151,6 +156,7 @@ typedef struct totals {
     uint64_t buckets[SK_HIST_BUCKETS]; /* non-cumulative */
     uint64_t sum_us;
     uint64_t count;
+    uint64_t tls[2][SK_TLS_RESULTS];
 } totals;
 
 static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
@@ -172,6 +178,8 @@ static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
         for (size_t b = 0; b < SK_HIST_BUCKETS; b++) t->buckets[b] += SK_LOAD(w->duration_buckets[b]);
         t->sum_us += SK_LOAD(w->duration_sum_us);
         t->count += SK_LOAD(w->duration_count);
+        for (int side = 0; side < 2; side++)
+            for (int r = 0; r < SK_TLS_RESULTS; r++) t->tls[side][r] += SK_LOAD(w->tls_handshakes[side][r]);
     }
 }
 
@@ -311,6 +319,16 @@ int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, sk_metrics *
                  SK_LOAD(sk_config_reload_failures)) < 0 ||
         prom_u64(out, "sidekick_workers", "gauge", "Number of worker threads.", (uint64_t)n) < 0)
         return -1;
+    /* every side and result, zeros too: a rate() over a series that appears late misses its first events */
+    const char *hs = "sidekick_tls_handshakes_total";
+    if (prom_family(out, hs, "counter", "TLS handshakes by side (server: a listener, client: a cluster) and result.") <
+        0)
+        return -1;
+    for (int side = 0; side < 2; side++)
+        for (int r = 0; r < SK_TLS_RESULTS; r++)
+            if (sk_buf_printf(out, "%s{side=\"%s\",result=\"%s\"} %" PRIu64 "\n", hs, tls_sides[side],
+                              sk_tls_result_names[r], t.tls[side][r]) < 0)
+                return -1;
     return 0;
 }
 
@@ -427,6 +445,14 @@ int sk_metrics_render_json(sk_buf *out, const sk_config *cfg, sk_metrics *const 
     jset(root, "downstream_bytes_sent_total", json_integer((json_int_t)t.bytes_sent), &ok);
     jset(root, "config_generation", json_integer(cfg ? (json_int_t)cfg->generation : 0), &ok);
     jset(root, "workers", json_integer((json_int_t)n), &ok);
+    json_t *tls = json_object();
+    for (int side = 0; side < 2 && tls; side++) {
+        json_t *o = json_object();
+        for (int r = 0; r < SK_TLS_RESULTS && o; r++)
+            jset(o, sk_tls_result_names[r], json_integer((json_int_t)t.tls[side][r]), &ok);
+        jset(tls, tls_sides[side], o, &ok);
+    }
+    jset(root, "tls_handshakes", tls, &ok);
 
     if (ok && json_dump_callback(root, dump_cb, out, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) < 0)
         ok = false;

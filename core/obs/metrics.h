@@ -19,6 +19,10 @@
             10000000                                                                                   \
     }
 #define SK_HIST_BUCKETS 15 /* the bounds above plus +Inf */
+/* TLS handshake outcomes (net/tls.h enum sk_tls_result), by side: 0 = server
+ * (a listener terminates), 1 = client (a cluster originates). */
+#define SK_TLS_RESULTS 12
+extern const char *const sk_tls_result_names[SK_TLS_RESULTS];
 
 typedef struct sk_metrics {
     /* requests by route and status: (nroutes + 1) rows of SK_STATUS_SLOTS;
@@ -38,6 +42,7 @@ typedef struct sk_metrics {
     uint64_t duration_buckets[SK_HIST_BUCKETS]; /* non-cumulative bucket counts */
     uint64_t duration_sum_us;                   /* sum of request durations */
     uint64_t duration_count;                    /* number of requests observed */
+    uint64_t tls_handshakes[2][SK_TLS_RESULTS]; /* TLS handshakes by side and outcome */
 } sk_metrics;
 
 /* Reloads that published a generation / that were refused (main thread writes). */

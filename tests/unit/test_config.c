@@ -470,7 +470,45 @@ static const struct {
     {BASE "[bogus x]\n", "t.ini:5: [bogus x] unknown section"},
     {BASE "[Route x]\n", "t.ini:5: [Route x] unknown section"},
     {BASE "[]\n", "t.ini:5: [] unknown section"},
-    {BASE "[tls mesh]\ncert = a.pem\n", "t.ini:5: [tls mesh] not supported yet in this version"},
+    {BASE "[tls mesh]\ncert = a.pem\n", "t.ini:6: [tls mesh] cert: needs 'key'"},
+    {BASE "[tls mesh]\nkey = a.key\n", "t.ini:6: [tls mesh] key: needs 'cert'"},
+    {BASE "[tls m]\nverify = sometimes\n", "t.ini:6: [tls m] verify: bad value 'sometimes' (expected none, optional or required)"},
+    {BASE "[tls m]\nverify = required\n", "t.ini:6: [tls m] verify: needs 'ca'"},
+    {BASE "[tls m]\nmin_version = 1.1\n", "t.ini:6: [tls m] min_version: bad value '1.1' (expected 1.2 or 1.3)"},
+    {BASE "[tls m]\nalpn = h2, http/1.1\n",
+     "t.ini:6: [tls m] alpn: 'h2' needs HTTP/2, which this version does not speak yet"},
+    {BASE "[tls m]\nalpn = spdy/3\n", "t.ini:6: [tls m] alpn: unknown protocol 'spdy/3' (expected http/1.1)"},
+    {BASE "[tls m]\npeer_identity = spiffe://td/a, http://x/y\n",
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'http://x/y' (spiffe://trust-domain/path, or a prefix ending in /*)"},
+    {BASE "[tls m]\npeer_identity = spiffe://TD/a\n",
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://TD/a' (spiffe://trust-domain/path, or a prefix ending in /*)"},
+    {BASE "[tls m]\npeer_identity = spiffe://td/a/../b\n",
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://td/a/../b' (spiffe://trust-domain/path, or a prefix ending in /*)"},
+    {BASE "[tls m]\nsni = a b\n", "t.ini:6: [tls m] sni: bad server name 'a b' (a DNS name)"},
+    {BASE "[tls m]\nsession_tickets = maybe\n", "t.ini:6: [tls m] session_tickets: bad value 'maybe' (expected on or off)"},
+    {BASE "[tls m]\nciphers = A B\n", "t.ini:6: [tls m] ciphers: bad cipher list 'A B'"},
+    {BASE "[tls m]\nbogus = 1\n", "t.ini:6: [tls m] bogus: unknown key"},
+    {BASE "[tls m]\n[tls m]\n", "t.ini:6: [tls m] duplicate section (first at line 5)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\n",
+     "t.ini:8: [tls m] [listener l] terminates TLS with it: needs 'cert' and 'key'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\ncert = a\nkey = b\nsni = x.internal\n",
+     "t.ini:11: [tls m] sni: client-side key, but [listener l] terminates TLS with this section (use a separate "
+     "[tls] section for the cluster side)"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\ncert = a\nkey = b\nverify = optional\n",
+     "t.ini:11: [tls m] verify: verifying client certificates needs 'ca'"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\ncert = a\nkey = b\n"
+          "peer_identity = spiffe://td/x\n",
+     "t.ini:11: [tls m] peer_identity: needs client certificates verified (verify = none)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\nsession_tickets = off\n",
+     "t.ini:10: [tls m] session_tickets: listener-side key, but [cluster d] originates TLS with this section (use "
+     "a separate [tls] section for the listener side)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\nverify = optional\n",
+     "t.ini:10: [tls m] verify: 'optional' is for listeners; [cluster d] verifies its upstream (required) or not "
+     "(none)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\n",
+     "t.ini:8: [tls m] [cluster d] verifies its upstream's certificate: needs 'ca' (or verify = none)"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nverify = none\npeer_identity = spiffe://td/x\n",
+     "t.ini:10: [tls m] peer_identity: needs the upstream verified (verify = none is set)"},
     {BASE "[plugin]\nload = rl.so\n", "t.ini:5: [plugin] missing name (write [plugin NAME])"},
     {BASE "[plugin rl]\n[plugin rl]\n", "t.ini:6: [plugin rl] duplicate section (first at line 5)"},
     {BASE "[plugin rl]\nload = a.so\nload = b.so\n",
@@ -508,7 +546,8 @@ static const struct {
      "t.ini:7: [listener l] endpoints: unknown key"},
 
     /* not supported yet */
-    {BASE "[listener l]\ntls = mesh\n", "t.ini:6: [listener l] tls: not supported yet in this version"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = mesh\n", "t.ini:7: [listener l] tls: unknown tls section 'mesh' (no [tls mesh])"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = a b\n", "t.ini:7: [listener l] tls: bad name 'a b'"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nplugins = a\n",
      "t.ini:7: [listener l] plugins: unknown plugin 'a' (no [plugin a] section)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nplugins = a, a\n",
@@ -540,7 +579,7 @@ static const struct {
      "t.ini:6: [cluster d] outlier_failures: not supported yet in this version"},
     {BASE "[cluster d]\noutlier_ejection = 30s\n",
      "t.ini:6: [cluster d] outlier_ejection: not supported yet in this version"},
-    {BASE "[cluster d]\ntls = client\n", "t.ini:6: [cluster d] tls: not supported yet in this version"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = client\n", "t.ini:7: [cluster d] tls: unknown tls section 'client' (no [tls client])"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = ring_hash\n",
      "t.ini:7: [cluster d] lb: ring_hash is not supported yet in this version"},
 
@@ -781,6 +820,23 @@ static void test_normalisation_keys(void)
     sk_config_unref(c);
 }
 
+/* peer_identity patterns: exact IDs and "prefix/" + star. */
+static void test_identity_patterns(void)
+{
+    char *ids[] = {"spiffe://td/ns/shop/sa/frontend", "spiffe://td/ns/ops/*"};
+    CHECK(sk_spiffe_allowed(ids, 0, NULL));
+    CHECK(sk_spiffe_allowed(ids, 2, "spiffe://td/ns/shop/sa/frontend"));
+    CHECK(!sk_spiffe_allowed(ids, 2, "spiffe://td/ns/shop/sa/frontend2"));
+    CHECK(!sk_spiffe_allowed(ids, 2, "spiffe://td/ns/shop/sa/fronten"));
+    CHECK(sk_spiffe_allowed(ids, 2, "spiffe://td/ns/ops/sa/x"));
+    CHECK(sk_spiffe_allowed(ids, 2, "spiffe://td/ns/ops/a"));
+    CHECK(!sk_spiffe_allowed(ids, 2, "spiffe://td/ns/ops/"));
+    CHECK(!sk_spiffe_allowed(ids, 2, "spiffe://td/ns/ops"));
+    CHECK(!sk_spiffe_allowed(ids, 2, "spiffe://td/ns/opsx/a"));
+    CHECK(!sk_spiffe_allowed(ids, 2, "spiffe://other/ns/ops/a"));
+    CHECK(!sk_spiffe_allowed(ids, 2, NULL));
+}
+
 static void test_errors(void)
 {
     for (size_t i = 0; i < SK_ARRAY_LEN(error_cases); i++) {
@@ -900,6 +956,7 @@ int main(void)
     test_full();
     test_defaults();
     test_normalisation_keys();
+    test_identity_patterns();
     test_errors();
     test_subdir();
     test_layout();

@@ -184,7 +184,7 @@ static void pair_open(pair *p, sk_tls_ctx *sctx, sk_tls_ctx *cctx, size_t cap)
     int lfd = listener(&a);
     if (lfd < 0) return;
     ev_timer_init(&p->idle, idle_cb, 0., 0.);
-    void *cs = sk_tls_conn_new(cctx, -1, "localhost");
+    void *cs = sk_tls_conn_new(cctx, -1, "localhost", NULL);
     int rc = sk_transport_connect(&p->c, loop, (struct sockaddr *)&a, sizeof(a), 10000, &p->idle, &sk_tls_ops,
                                   cs, &owner_cbs, &p->co);
     CHECK(cs && rc == 0);
@@ -196,7 +196,7 @@ static void pair_open(pair *p, sk_tls_ctx *sctx, sk_tls_ctx *cctx, size_t cap)
     close(lfd);
     CHECK(fd >= 0);
     if (fd < 0) return;
-    void *ss = sk_tls_conn_new(sctx, fd, NULL);
+    void *ss = sk_tls_conn_new(sctx, fd, NULL, NULL);
     CHECK(ss != NULL);
     sk_transport_accept(&p->s, loop, fd, &sk_tls_ops, ss, &owner_cbs, &p->so);
     sk_transport_want_read(&p->s, true);
@@ -216,7 +216,7 @@ static void pair_close(pair *p)
 static sk_tls_ctx *ctx(const sk_tls_opts *o)
 {
     char err[256] = "";
-    sk_tls_ctx *c = sk_tls_ctx_new(o, err, sizeof(err));
+    sk_tls_ctx *c = sk_tls_ctx_new(o, err, sizeof(err), NULL);
     if (!c) fprintf(stderr, "sk_tls_ctx_new: %s\n", err);
     return c;
 }
@@ -228,13 +228,13 @@ static void test_ctx_errors(void)
 {
     char err[256];
     sk_tls_opts o = {.server = true, .cert = path("server.pem")};
-    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err)) && strstr(err, "cert and key"));
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), NULL) && strstr(err, "cert and key"));
     o = (sk_tls_opts){.server = false, .verify = SK_TLS_VERIFY_REQUIRED};
-    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err)) && strstr(err, "ca"));
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), NULL) && strstr(err, "ca"));
     o = (sk_tls_opts){.server = false, .ca = path("missing.pem"), .verify = SK_TLS_VERIFY_REQUIRED};
-    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err)) && strstr(err, "missing.pem"));
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), NULL) && strstr(err, "missing.pem"));
     o = (sk_tls_opts){.server = false, .min_version = 11};
-    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err)) && strstr(err, "min_version"));
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), NULL) && strstr(err, "min_version"));
 }
 
 /* Server-verified TLS: handshake, bytes both ways, ALPN, the server's ID. */
@@ -281,8 +281,8 @@ static void test_basic(int min_version)
     SPIN_UNTIL(p.co.eof || p.co.read_err);
     CHECK(p.co.eof && p.co.read_err == 0);
     pair_close(&p);
-    sk_tls_ctx_free(sctx);
-    sk_tls_ctx_free(cctx);
+    sk_tls_ctx_unref(sctx);
+    sk_tls_ctx_unref(cctx);
 }
 
 /* Mutual TLS with verify = required: each side sees the other's ID, h2 by ALPN. */
@@ -315,8 +315,8 @@ static void test_mtls(void)
     CHECK(p.s.peer_identity && strcmp(p.s.peer_identity, CLIENT_ID) == 0);
     CHECK(p.s.alpn && strcmp(p.s.alpn, "h2") == 0);
     pair_close(&p);
-    sk_tls_ctx_free(sctx);
-    sk_tls_ctx_free(cctx);
+    sk_tls_ctx_unref(sctx);
+    sk_tls_ctx_unref(cctx);
 }
 
 /* A client that trusts another CA fails its connect; the server's owner
@@ -335,8 +335,8 @@ static void test_untrusted_server(void)
     CHECK(p.c.peer_identity == NULL);
     CHECK(p.so.len == 0);
     pair_close(&p);
-    sk_tls_ctx_free(sctx);
-    sk_tls_ctx_free(cctx);
+    sk_tls_ctx_unref(sctx);
+    sk_tls_ctx_unref(cctx);
 }
 
 /* verify = required on the server and a client without a certificate: the
@@ -367,7 +367,7 @@ static void test_client_cert_required(void)
     CHECK(p.s.peer_identity == NULL);
     CHECK(p.co.connect_err != 0 || p.co.read_err != 0 || p.co.eof);
     pair_close(&p);
-    sk_tls_ctx_free(sctx);
+    sk_tls_ctx_unref(sctx);
 
     so.verify = SK_TLS_VERIFY_OPTIONAL;
     sctx = ctx(&so);
@@ -381,8 +381,8 @@ static void test_client_cert_required(void)
     SPIN_UNTIL(p.so.len == 4);
     CHECK(p.so.len == 4 && p.s.peer_identity == NULL);
     pair_close(&p);
-    sk_tls_ctx_free(sctx);
-    sk_tls_ctx_free(cctx);
+    sk_tls_ctx_unref(sctx);
+    sk_tls_ctx_unref(cctx);
 }
 
 /* SPIFFE ID rules. */
