@@ -629,6 +629,17 @@ static int tls_handshake(sk_transport *t)
     int result = classify(k, e);
     /* the verify result names the certificate problem when the error code is generic */
     if (result == SK_TLS_ERROR && v == ASN_NO_SIGNER_E) result = SK_TLS_UNKNOWN_CA;
+    /* the peer refused us with an alert (RFC 8446 §6.2): say what it refused */
+    WOLFSSL_ALERT_HISTORY h;
+    if (result == SK_TLS_ERROR && e == FATAL_ERROR && wolfSSL_get_alert_history(k->ssl, &h) == WOLFSSL_SUCCESS) {
+        int a = h.last_rx.code;
+        result = a == 48 ? SK_TLS_UNKNOWN_CA                              /* unknown_ca */
+                 : a == 45 ? SK_TLS_EXPIRED                               /* certificate_expired */
+                 : a == 116 ? SK_TLS_NO_CLIENT_CERT                       /* certificate_required */
+                 : a == 42 || a == 43 || a == 44 || a == 46 ? SK_TLS_BAD_CERTIFICATE
+                                                            : SK_TLS_ERROR;
+        snprintf(k->err + strlen(k->err), sizeof(k->err) - strlen(k->err), " (alert %d from the peer)", a);
+    }
     outcome(k, result);
     errno = result == SK_TLS_CLOSED ? ECONNRESET : EPROTO;
     return -1;
