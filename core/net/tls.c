@@ -24,6 +24,7 @@
 #include <wolfssl/error-ssl.h>
 #include <wolfssl/openssl/evp.h>
 #include <wolfssl/openssl/pem.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 
 #include "tls.h"
@@ -758,6 +759,13 @@ static void tls_close(sk_transport *t)
     t->peer_identity = NULL;
     if (t->fd >= 0) close(t->fd);
     t->fd = -1;
+}
+
+void sk_tls_thread_exit(void)
+{
+#ifdef FP_ECC
+    wc_ecc_fp_free();
+#endif
 }
 
 const sk_transport_ops sk_tls_ops = {
