@@ -187,7 +187,9 @@ TLS_METRICS = [
     ("hs_rate", "full mTLS handshakes/s (new connection per request)", "%.0f", "abs"),
     ("hs_cpu_us", "proxy CPU µs per handshake (+ its request)", "%.1f", "abs"),
     ("hs_cpu_user_us", "  of which user space", "%.1f", "abs"),
+    ("hs_capacity", "handshakes per proxy CPU second (1e6 / CPU µs per handshake)", "%.0f", "abs"),
     ("hs_util_pct", "proxy CPU use during the handshake runs, % of one CPU", "%.0f", "abs"),
+    ("hs_client_cpu_us", "load generator (hsload) CPU µs per handshake", "%.0f", "abs"),
 ]
 TLS_LAT_METRICS = [
     ("alat_p50", "p50 latency µs at the fixed rate", "%.0f", "abs"),
