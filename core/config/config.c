@@ -680,6 +680,11 @@ static int link_section(ctx *x, sect *s)
         sk_tls *t = link_tls(x, s);
         if (!t) return -1;
         if (s->kind == SEC_LISTENER) {
+            if (((sk_listener *)s->obj)->protocol == SK_PROTO_TCP && t->npeer_ids)
+                return sk__cfg_fail_at(x, sk__cfg_key_line(s, "tls"), s, "tls",
+                                       "[tls %s] has peer_identity, which a tcp listener cannot answer with 403 "
+                                       "(only http listeners check it)",
+                                       t->name);
             ((sk_listener *)s->obj)->tls = t;
             t->server_side = true;
         } else {

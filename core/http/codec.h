@@ -34,6 +34,7 @@ typedef struct sk_conn_info {
     const char *client_ip;              /* peer address text (lives as long as the connection) */
     const char *client_addr;            /* peer "ip:port" (lives only during begin: copy it) */
     const char *peer_identity;          /* verified peer identity, or NULL */
+    bool secure;                        /* the connection is TLS */
 } sk_conn_info;
 
 /* ---- server side: a downstream codec, driven by the request layer ---- */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "h1_client.h"
+#include "tls.h"
 
 #define SK_UP_MAX_HEADERS    200
 #define SK_UP_MAX_HEAD_BYTES (64 * 1024)
@@ -45,10 +46,12 @@ static const sk_transport_cbs up_cbs = {
 
 /* Opens a connection (see h1_client.h). */
 sk_upconn *sk_upconn_open(sk_wctx *w, const struct sockaddr *sa, socklen_t len, const char *peer,
-                          uint64_t connect_timeout_ms, const sk_upconn_owner *owner, void *owner_data)
+                          uint64_t connect_timeout_ms, const sk_transport_ops *ops, void *ops_state,
+                          const sk_upconn_owner *owner, void *owner_data)
 {
     sk_upconn *u = calloc(1, sizeof(*u));
     if (!u) {
+        if (ops == &sk_tls_ops) sk_tls_conn_free(ops_state);
         errno = ENOMEM;
         return NULL;
     }
@@ -59,10 +62,11 @@ sk_upconn *sk_upconn_open(sk_wctx *w, const struct sockaddr *sa, socklen_t len, 
     sk_list_init(&u->link);
     ev_init(&u->timer, on_idle_timer);
     u->timer.data = u;
-    int rc =
-        sk_transport_connect(&u->tr, w->loop, sa, len, connect_timeout_ms, &u->timer, NULL, NULL, &up_cbs, u);
+    int rc = sk_transport_connect(&u->tr, w->loop, sa, len, connect_timeout_ms, &u->timer, ops, ops_state,
+                                  &up_cbs, u);
     if (rc < 0) {
         int e = errno;
+        if (!u->tr.ops && ops == &sk_tls_ops) sk_tls_conn_free(ops_state); /* no socket: the transport took nothing */
         free(u);
         errno = e;
         return NULL;
@@ -409,7 +413,8 @@ static void on_connected(sk_transport *t, int err)
     sk_upconn *u = t->data;
     if (err) {
         sk_debug("connect to %s: %s", u->peer, err == ETIMEDOUT ? "timed out" : strerror(err));
-        up_fail(u, 502, "upstream_connect_failure", true);
+        /* the TLS kind refused the peer's identity: nothing was sent; another endpoint may do */
+        up_fail(u, 502, err == EACCES ? "upstream_identity_mismatch" : "upstream_connect_failure", true);
         return;
     }
     u->connected = true;

@@ -57,12 +57,17 @@ struct sk_upconn {
 };
 
 /*
- * Opens a connection to sa (non-blocking, connect_timeout_ms; 0 = none).
+ * Opens a connection to sa (non-blocking, connect_timeout_ms; 0 = none) of
+ * transport kind ops with its state (NULL, NULL: plain TCP; a TLS state of
+ * sk_tls_conn_new, which u then owns, failure or not). The connect timeout
+ * covers a TLS handshake; a peer refused by the TLS kind's allow-list fails
+ * the request with 502 upstream_identity_mismatch before a byte is sent.
  * Returns it (u->connected tells whether the connect finished at once), or
  * NULL with errno when it failed at once (nothing is left to free).
  */
 sk_upconn *sk_upconn_open(sk_wctx *w, const struct sockaddr *sa, socklen_t len, const char *peer,
-                          uint64_t connect_timeout_ms, const sk_upconn_owner *owner, void *owner_data);
+                          uint64_t connect_timeout_ms, const sk_transport_ops *ops, void *ops_state,
+                          const sk_upconn_owner *owner, void *owner_data);
 /* A request starts on u: its exchange m (the response goes to m->rhead)
  * and the callbacks for it. */
 void sk_upconn_attach(sk_upconn *u, sk_msg *m, void *rq, const sk_client_cbs *cbs);

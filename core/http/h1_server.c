@@ -20,6 +20,7 @@
 #include "h1_server.h"
 #include "metrics.h"
 #include "normalize.h"
+#include "tls.h"
 
 static int on_message_begin(llhttp_t *p);
 static int on_url(llhttp_t *p, const char *at, size_t n);
@@ -73,6 +74,7 @@ static void *begin_request(sk_conn *c)
         .client_ip = c->client_ip,
         .client_addr = peer_text(c, addr, sizeof(addr)),
         .peer_identity = c->tr.peer_identity,
+        .secure = c->tr.ops == &sk_tls_ops,
     };
     return c->cbs->begin(c, &sk_h1_server_ops, &ci, &c->req);
 }
@@ -104,7 +106,19 @@ sk_conn *sk_conn_accept(sk_wctx *w, const sk_conn_owner *owner, const sk_server_
     c->config = cfg;
     sk_config_ref(cfg);
     sk_list_init(&c->link);
-    sk_transport_accept(&c->tr, w->loop, fd, NULL, NULL, &conn_cbs, c);
+    if (l->tls) { /* the slot's context in force now; rotation does not touch this connection */
+        void *tls = sk_tls_slot_conn(l->tls->state, true, fd, w->metrics);
+        if (!tls) {
+            sk_error("out of memory accepting a TLS connection");
+            close(fd);
+            sk_config_unref(cfg);
+            free(c);
+            return NULL;
+        }
+        sk_transport_accept(&c->tr, w->loop, fd, &sk_tls_ops, tls, &conn_cbs, c);
+    } else {
+        sk_transport_accept(&c->tr, w->loop, fd, NULL, NULL, &conn_cbs, c);
+    }
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
         inet_ntop(AF_INET, &in->sin_addr, c->client_ip, sizeof(c->client_ip));

@@ -289,6 +289,20 @@ sk_tls_ctx *sk_tls_ctx_new(const sk_tls_opts *o, char *err, size_t n, const char
     if (o->verify != SK_TLS_VERIFY_NONE) mode = WOLFSSL_VERIFY_PEER;
     if (o->server && o->verify == SK_TLS_VERIFY_REQUIRED) mode |= WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT;
     wolfSSL_CTX_set_verify(c->ctx, mode, NULL);
+    /* A resumed TLS 1.2 session from a ticket carries no peer certificate, so
+     * no identity: where client certificates count, TLS 1.2 resumes from the
+     * server's session cache (which keeps the chain) instead. TLS 1.3
+     * tickets keep it. */
+    if (o->server && o->verify != SK_TLS_VERIFY_NONE) wolfSSL_CTX_NoTicketTLSv12(c->ctx);
+    /* Sessions resume only on the context that made them: wolfSSL's session
+     * cache is process-wide, and a rotated CA or another listener's rules
+     * must not be bypassed by resuming an older session. */
+    if (o->server) {
+        static unsigned serial;
+        char sid[32];
+        int sl = snprintf(sid, sizeof(sid), "sk%u", __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED));
+        wolfSSL_CTX_set_session_id_context(c->ctx, (const unsigned char *)sid, (unsigned)sl);
+    }
     if (o->server && o->no_tickets) {
         wolfSSL_CTX_NoTicketTLSv12(c->ctx);
         wolfSSL_CTX_no_ticket_TLSv13(c->ctx);
@@ -532,7 +546,12 @@ static int handshake_done(sk_transport *t, tls_conn *k)
     k->identity = NULL;
     if (k->c->verify != SK_TLS_VERIFY_NONE) { /* nothing verified: no identity */
         WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(k->ssl);
-        if (x && wolfSSL_get_verify_result(k->ssl) == X509_V_OK) k->identity = svid_id(x);
+        bool resumed = wolfSSL_session_reused(k->ssl);
+        if (!x && resumed) { /* a resumed TLS 1.2 session: the certificate verified when it was made */
+            WOLFSSL_X509_CHAIN *ch = wolfSSL_get_peer_chain(k->ssl);
+            if (ch && wolfSSL_get_chain_count(ch) > 0) x = wolfSSL_get_chain_X509(ch, 0);
+        }
+        if (x && (resumed || wolfSSL_get_verify_result(k->ssl) == X509_V_OK)) k->identity = svid_id(x);
         if (x) wolfSSL_X509_free(x);
     }
     t->peer_identity = k->identity;
@@ -610,6 +629,17 @@ static int tls_handshake(sk_transport *t)
     int result = classify(k, e);
     /* the verify result names the certificate problem when the error code is generic */
     if (result == SK_TLS_ERROR && v == ASN_NO_SIGNER_E) result = SK_TLS_UNKNOWN_CA;
+    /* the peer refused us with an alert (RFC 8446 §6.2): say what it refused */
+    WOLFSSL_ALERT_HISTORY h;
+    if (result == SK_TLS_ERROR && e == FATAL_ERROR && wolfSSL_get_alert_history(k->ssl, &h) == WOLFSSL_SUCCESS) {
+        int a = h.last_rx.code;
+        result = a == 48 ? SK_TLS_UNKNOWN_CA                              /* unknown_ca */
+                 : a == 45 ? SK_TLS_EXPIRED                               /* certificate_expired */
+                 : a == 116 ? SK_TLS_NO_CLIENT_CERT                       /* certificate_required */
+                 : a == 42 || a == 43 || a == 44 || a == 46 ? SK_TLS_BAD_CERTIFICATE
+                                                            : SK_TLS_ERROR;
+        snprintf(k->err + strlen(k->err), sizeof(k->err) - strlen(k->err), " (alert %d from the peer)", a);
+    }
     outcome(k, result);
     errno = result == SK_TLS_CLOSED ? ECONNRESET : EPROTO;
     return -1;

@@ -128,6 +128,8 @@ void sk_accesslog_write(sk_request *r)
     json_cstr(b, r->endpoint[0] ? r->endpoint : NULL);
     sk_buf_append(b, ",\"client\":", 10);
     json_cstr(b, r->client_addr);
+    sk_buf_append(b, ",\"identity\":", 12);
+    json_cstr(b, r->identity);
     sk_buf_append(b, ",\"method\":", 10);
     json_cstr(b, r->method);
     sk_buf_append(b, ",\"authority\":", 13);

@@ -45,6 +45,7 @@ static bool skip_header(const sk_header *h, const sk_header *conn, bool request)
     case 14: hop = NAME_IS("content-length"); break;
     case 15: hop = request && NAME_IS("x-forwarded-for"); break;
     case 17: hop = NAME_IS("transfer-encoding") || (request && NAME_IS("x-forwarded-proto")); break;
+    case 23: hop = request && NAME_IS("x-forwarded-client-cert"); break; /* only the proxy vouches */
     default: break;
     }
     if (hop || (l >= 6 && strncasecmp(n, "proxy-", 6) == 0)) return true;
@@ -182,7 +183,7 @@ static int build_upstream_request(sk_request *r, sk_out_request *q)
     q->framing = r->req_framing;
     q->length = r->req_content_length;
 
-    ssize_t k = collect_headers(h, true, &r->up_hdrs, &r->up_nhdrs_cap, 4);
+    ssize_t k = collect_headers(h, true, &r->up_hdrs, &r->up_nhdrs_cap, 5);
     if (k < 0) return -1;
     sk_buf *x = &r->xff;
     sk_buf_reset(x);
@@ -197,7 +198,15 @@ static int build_upstream_request(sk_request *r, sk_out_request *q)
     if (rc) return -1;
     sk_header *o = r->up_hdrs;
     HDR_SET(&o[k++], "x-forwarded-for", x->data, x->len);
-    HDR_SET(&o[k++], "x-forwarded-proto", "http", 4);
+    HDR_SET(&o[k++], "x-forwarded-proto", r->secure ? "https" : "http", r->secure ? 5 : 4);
+    if (r->identity) { /* the verified peer's SPIFFE ID, as Envoy forwards it */
+        size_t il = strlen(r->identity);
+        char *v = sk_arena_alloc(&r->arena, il + 5);
+        if (!v) return -1;
+        memcpy(v, "URI=", 4);
+        memcpy(v + 4, r->identity, il + 1);
+        HDR_SET(&o[k++], "x-forwarded-client-cert", v, il + 4);
+    }
     /* HTTP/1.0 clients may omit Host; HTTP/1.1 upstreams require one. */
     if (!r->authority_len) {
         const char *host = r->cluster ? r->cluster->name : "localhost";
@@ -738,7 +747,14 @@ static int down_head(void *rq)
         gen_request_id(r->worker, r->request_id);
     }
     r->in_codec = true;
-    run_chain(r);
+    if (r->listener->tls && !sk_tls_identity_allowed(r->listener->tls, r->identity)) {
+        /* a verified peer that is not on the listener's peer_identity: every request of it */
+        sk_debug("client %s: identity %s not allowed on listener %s", r->client_addr,
+                 r->identity ? r->identity : "(none)", r->listener->name);
+        reply(r, 403, "forbidden", NULL, false);
+    } else {
+        run_chain(r);
+    }
     if (gone(r)) return -1;
     r->in_codec = false;
     return r->filter_paused ? 1 : 0;

@@ -65,6 +65,7 @@ sk_request *sk_request_new(const sk_conn_info *ci, const sk_server_ops *ops, voi
              ci->client_addr ? ci->client_addr : "unknown");
     r->client_addr = r->client_addr_buf;
     r->identity = ci->peer_identity;
+    r->secure = ci->secure;
     r->down_ops = ops;
     r->down = stream;
     return r;

@@ -44,6 +44,7 @@ struct sk_request {
     const char *client_addr;       /* peer "ip:port" (client_addr_buf) */
     char client_addr_buf[64];      /* its storage: the codec's text lives only while a request begins */
     const char *identity;          /* verified peer identity, or NULL */
+    bool secure;                   /* it came in over TLS */
     const sk_server_ops *down_ops; /* the downstream codec */
     void *down;                    /* its stream */
     sk_link link;                  /* free-list link */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "accesslog.h"
+#include "tls.h"
 #include "metrics.h"
 #include "pool.h"
 #include "tcp.h"
@@ -186,7 +187,7 @@ static void on_up_connected(sk_transport *tr, int err)
         sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint.text,
                  err == ETIMEDOUT ? "timed out" : strerror(err));
         SK_INC(t->worker->metrics->upstream_connect_failures);
-        t->reason = "upstream_connect_failure";
+        t->reason = err == EACCES ? "upstream_identity_mismatch" : "upstream_connect_failure";
         tcp_close(t);
         return;
     }
@@ -247,7 +248,18 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     SK_INC(w->metrics->downstream_active);
     SK_INC(w->metrics->downstream_total);
     t->down.t = t->up.t = t;
-    sk_transport_accept(&t->down.tr, w->loop, fd, NULL, NULL, &side_cbs, &t->down);
+    void *tls = l->tls ? sk_tls_slot_conn(l->tls->state, true, fd, w->metrics) : NULL;
+    if (l->tls && !tls) {
+        sk_error("out of memory accepting a TLS connection");
+        close(fd);
+        fd = -1;
+    }
+    sk_transport_accept(&t->down.tr, w->loop, fd, tls ? &sk_tls_ops : NULL, tls, &side_cbs, &t->down);
+    if (fd < 0) {
+        t->reason = "overloaded";
+        tcp_close(t);
+        return;
+    }
     ev_init(&t->timer, on_tcp_timer);
     t->timer.data = t;
 
@@ -271,8 +283,12 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     SK_INC(w->metrics->upstream_active);
     SK_INC(w->metrics->upstream_opened);
     const sk_addr *a = &t->endpoint;
-    int rc = sk_transport_connect(&t->up.tr, w->loop, (const struct sockaddr *)&a->ss, a->len,
-                                  cl->connect_timeout_ms, &t->timer, NULL, NULL, &side_cbs, &t->up);
+    void *up_tls = cl->tls ? sk_tls_slot_conn(cl->tls->state, false, -1, w->metrics) : NULL;
+    int rc = cl->tls && !up_tls ? (errno = ENOMEM, -1)
+                                : sk_transport_connect(&t->up.tr, w->loop, (const struct sockaddr *)&a->ss, a->len,
+                                                       cl->connect_timeout_ms, &t->timer, up_tls ? &sk_tls_ops : NULL,
+                                                       up_tls, &side_cbs, &t->up);
+    if (rc < 0 && up_tls && !t->up.tr.ops) sk_tls_conn_free(up_tls);
     if (rc < 0) {
         SK_INC(w->metrics->upstream_connect_failures);
         t->reason = "upstream_connect_failure";

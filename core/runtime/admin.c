@@ -40,6 +40,7 @@
 #include <jansson.h>
 #include <llhttp.h>
 
+#include "certs.h"
 #include "cluster.h"
 #include "config.h"
 #include "lua_filter.h"
@@ -305,6 +306,7 @@ static json_t *listener_json(const sk_listener *l, bool *ok)
     jset(o, "address", json_string(l->address.text), ok);
     jset(o, "protocol", json_string(l->protocol == SK_PROTO_TCP ? "tcp" : "http"), ok);
     if (l->cluster) jset(o, "cluster", json_string(l->cluster->name), ok);
+    jset(o, "tls", l->tls ? json_string(l->tls->name) : json_null(), ok);
     jset(o, "max_connections", jint(l->max_connections), ok);
     jset(o, "header_timeout_ms", jint(l->header_timeout_ms), ok);
     jset(o, "idle_timeout_ms", jint(l->idle_timeout_ms), ok);
@@ -440,6 +442,7 @@ static json_t *cluster_json(const sk_cluster *c, bool *ok)
         jset(o, "discovery", d, ok);
     }
     jset(o, "lb", json_string(lb_name(c->lb)), ok);
+    jset(o, "tls", c->tls ? json_string(c->tls->name) : json_null(), ok);
     jset(o, "connect_timeout_ms", jint(c->connect_timeout_ms), ok);
     jset(o, "max_connections", jint(c->max_connections), ok);
     jset(o, "max_pending", jint(c->max_pending), ok);
@@ -480,6 +483,7 @@ static json_t *config_json(const sk_config *cfg, bool *ok)
     for (size_t i = 0; ps && i < cfg->nplugins; i++) jpush(ps, plugin_json(cfg->plugins[i], ok), ok);
     if (!ps) *ok = false;
     jset(o, "plugins", ps, ok);
+    jset(o, "tls", sk_certs_json(cfg, ok), ok);
     return o;
 }
 
@@ -613,7 +617,8 @@ static void handle_request(conn *c)
         int rc = sk_metrics_render_prometheus(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);
         /* then what the extensions count: plugin metrics, Lua errors */
         if (rc == 0 && cfg)
-            rc = sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg);
+            rc = sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg) |
+                 sk_certs_render_prometheus(&admin.body, cfg);
         respond_body(c, rc, "text/plain; version=0.0.4; charset=utf-8");
     } else if (strcmp(p, "/stats") == 0) {
         int rc = sk_metrics_render_json(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "certs.h"
 #include "generation.h"
 #include "plugin_host.h"
 #include "lua_filter.h"
@@ -162,6 +163,7 @@ int sk_server_reload(char **errp)
         ev_timer_start(sk_srv.loop, &retire_poll);
     }
     sk_srv.config = next;
+    sk_certs_watch(sk_srv.loop, next);
     __atomic_add_fetch(&sk_config_reloads, 1, __ATOMIC_RELAXED);
     /* Answer once the workers are on it (normally well under a millisecond);
      * a worker busy in a long call (a Lua C call) switches when it is done. */
@@ -311,6 +313,7 @@ int main(int argc, char **argv)
     ev_signal_start(sk_srv.loop, &sig_usr1);
     pthread_sigmask(SIG_UNBLOCK, &set, NULL);
 
+    sk_certs_watch(sk_srv.loop, cfg);
     __atomic_store_n(&sk_srv.ready, 1, __ATOMIC_RELAXED);
     for (size_t i = 0; i < cfg->nlisteners; i++)
         sk_info("listener %s on %s (%s)", cfg->listeners[i]->name, cfg->listeners[i]->address.text,
@@ -321,6 +324,7 @@ int main(int argc, char **argv)
     ev_run(sk_srv.loop, 0);
 
     sk_admin_stop();
+    sk_certs_stop();
     /* After a clean drain every worker released the generation: drop ours so
      * plugins are destroyed (their destroy() may flush state). Workers still
      * running past drain_timeout are abandoned: exit ends them. */

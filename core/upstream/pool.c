@@ -10,6 +10,7 @@
 
 #include "metrics.h"
 #include "pool.h"
+#include "tls.h"
 
 static void pool_free(sk_pool *p)
 {
@@ -194,8 +195,11 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
         }
         SK_INC(w->metrics->upstream_opened);
         const sk_addr *a = &p->endpoint->address;
-        u = sk_upconn_open(w, (const struct sockaddr *)&a->ss, a->len, a->text, cl->connect_timeout_ms,
-                           &pool_owner, p);
+        void *tls = NULL;
+        if (cl->tls && !(tls = sk_tls_slot_conn(cl->tls->state, false, -1, w->metrics))) errno = ENOMEM;
+        u = !cl->tls || tls ? sk_upconn_open(w, (const struct sockaddr *)&a->ss, a->len, a->text,
+                                             cl->connect_timeout_ms, tls ? &sk_tls_ops : NULL, tls, &pool_owner, p)
+                            : NULL;
         if (!u) {
             sk_debug("connect to %s: %s", a->text, strerror(errno));
             __atomic_sub_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED);

@@ -31,6 +31,7 @@
 
 static char dir[64];
 static struct ev_loop *loop;
+static sk_metrics mets; /* handshake outcomes of every connection the tests make */
 
 /* ---- an owner that records what it heard and writes what it is given ---- */
 
@@ -158,7 +159,11 @@ static int mint(void)
              "for n in server client; do openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes "
              "-keyout $n.key -out $n.csr -subj /CN=$n && "
              "openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -set_serial $$$$ -days 2 "
-             "-extfile $n.ext -out $n.pem || exit 1; done",
+             "-extfile $n.ext -out $n.pem || exit 1; done && "
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial 4242 -days 2 "
+             "-extfile server.ext -out server2.pem && "
+             "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -set_serial 4343 "
+             "-days -1 -extfile server.ext -out expired.pem",
              dir);
     return system(cmd) == 0 ? 0 : -1;
 }
@@ -184,7 +189,7 @@ static void pair_open(pair *p, sk_tls_ctx *sctx, sk_tls_ctx *cctx, size_t cap)
     int lfd = listener(&a);
     if (lfd < 0) return;
     ev_timer_init(&p->idle, idle_cb, 0., 0.);
-    void *cs = sk_tls_conn_new(cctx, -1, "localhost", NULL);
+    void *cs = sk_tls_conn_new(cctx, -1, "localhost", &mets);
     int rc = sk_transport_connect(&p->c, loop, (struct sockaddr *)&a, sizeof(a), 10000, &p->idle, &sk_tls_ops,
                                   cs, &owner_cbs, &p->co);
     CHECK(cs && rc == 0);
@@ -196,7 +201,7 @@ static void pair_open(pair *p, sk_tls_ctx *sctx, sk_tls_ctx *cctx, size_t cap)
     close(lfd);
     CHECK(fd >= 0);
     if (fd < 0) return;
-    void *ss = sk_tls_conn_new(sctx, fd, NULL, NULL);
+    void *ss = sk_tls_conn_new(sctx, fd, NULL, &mets);
     CHECK(ss != NULL);
     sk_transport_accept(&p->s, loop, fd, &sk_tls_ops, ss, &owner_cbs, &p->so);
     sk_transport_want_read(&p->s, true);
@@ -235,6 +240,27 @@ static void test_ctx_errors(void)
     CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), NULL) && strstr(err, "missing.pem"));
     o = (sk_tls_opts){.server = false, .min_version = 11};
     CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), NULL) && strstr(err, "min_version"));
+    /* a key of the same curve that is not the certificate's: refused by signing */
+    const char *key = NULL;
+    o = (sk_tls_opts){.server = true, .cert = path("server.pem"), .key = path("client.key")};
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), &key) && strstr(err, "does not match"));
+    CHECK(key && strcmp(key, "key") == 0);
+    o = (sk_tls_opts){.server = true, .cert = path("expired.pem"), .key = path("server.key")};
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), &key) && strstr(err, "expired"));
+    CHECK(key && strcmp(key, "cert") == 0);
+    o = (sk_tls_opts){.server = true, .cert = path("server.pem"), .key = path("server.key"), .ca = path("log")};
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), &key) && key && strcmp(key, "ca") == 0);
+    o = (sk_tls_opts){.server = true, .cert = path("server.pem"), .key = path("server.key"), .ciphers = "NOPE"};
+    CHECK(!sk_tls_ctx_new(&o, err, sizeof(err), &key) && key && strcmp(key, "ciphers") == 0);
+    /* what a good context says of its certificate */
+    o = (sk_tls_opts){.server = true, .cert = path("server2.pem"), .key = path("server.key")};
+    sk_tls_ctx *c = sk_tls_ctx_new(&o, err, sizeof(err), NULL);
+    ASSERT(c);
+    CHECK(strcmp(sk_tls_ctx_info(c)->serial, "1092") == 0); /* 4242 */
+    CHECK(strcmp(sk_tls_ctx_info(c)->spiffe_id, SERVER_ID) == 0);
+    CHECK(strstr(sk_tls_ctx_info(c)->subject, "CN=server") != NULL);
+    CHECK(sk_tls_ctx_info(c)->not_after > time(NULL));
+    sk_tls_ctx_unref(c);
 }
 
 /* Server-verified TLS: handshake, bytes both ways, ALPN, the server's ID. */
@@ -385,6 +411,125 @@ static void test_client_cert_required(void)
     sk_tls_ctx_unref(cctx);
 }
 
+/* A client's allow-list: another server identity fails the connect with
+ * EACCES (the pool's 502 upstream_identity_mismatch) before the owner can
+ * write; a prefix pattern admits it. Outcomes are counted. */
+static void test_client_allowlist(void)
+{
+    char *other[] = {"spiffe://example.org/ns/default/sa/other"};
+    char *prefix[] = {"spiffe://example.org/ns/default/*"};
+    sk_tls_opts so = {.server = true, .cert = path("server.pem"), .key = path("server.key")};
+    sk_tls_opts co = {.ca = path("ca.pem"), .verify = SK_TLS_VERIFY_REQUIRED, .peer_ids = other, .npeer_ids = 1};
+    sk_tls_ctx *sctx = ctx(&so), *cctx = ctx(&co);
+    ASSERT(sctx && cctx);
+    uint64_t before = mets.tls_handshakes[1][SK_TLS_IDENTITY_MISMATCH];
+    pair p;
+    pair_open(&p, sctx, cctx, 256);
+    ASSERT(p.accepted);
+    CHECK(p.co.connected == 1 && p.co.connect_err == EACCES);
+    CHECK(sk_tls_conn_result(&p.c) == SK_TLS_IDENTITY_MISMATCH);
+    CHECK(mets.tls_handshakes[1][SK_TLS_IDENTITY_MISMATCH] == before + 1);
+    CHECK(p.so.len == 0);
+    pair_close(&p);
+    sk_tls_ctx_unref(cctx);
+    co.peer_ids = prefix;
+    cctx = ctx(&co);
+    ASSERT(cctx);
+    pair_open(&p, sctx, cctx, 256);
+    CHECK(p.co.connected == 1 && p.co.connect_err == 0);
+    CHECK(p.c.peer_identity && strcmp(p.c.peer_identity, SERVER_ID) == 0);
+    CHECK(sk_tls_conn_result(&p.c) == SK_TLS_OK);
+    pair_close(&p);
+    sk_tls_ctx_unref(sctx);
+    sk_tls_ctx_unref(cctx);
+}
+
+/* Many small pieces and a large one in one writev arrive whole and in order
+ * (the kind gathers small pieces into one record). */
+static void test_gathered_writes(void)
+{
+    sk_tls_opts so = {.server = true, .cert = path("server.pem"), .key = path("server.key")};
+    sk_tls_opts co = {.ca = path("ca.pem"), .verify = SK_TLS_VERIFY_REQUIRED};
+    sk_tls_ctx *sctx = ctx(&so), *cctx = ctx(&co);
+    ASSERT(sctx && cctx);
+    enum { N = 40, TOTAL = N * 7 + 20000 };
+    static char expect[TOTAL];
+    struct iovec iov[N + 1];
+    size_t off = 0;
+    for (int i = 0; i < N; i++) {
+        iov[i].iov_base = expect + off;
+        iov[i].iov_len = 7;
+        for (int j = 0; j < 7; j++) expect[off++] = (char)('A' + i % 26);
+    }
+    for (int j = 0; j < 20000; j++) expect[off + (size_t)j] = (char)('a' + j % 26);
+    iov[N].iov_base = expect + off;
+    iov[N].iov_len = 20000;
+    pair p;
+    pair_open(&p, sctx, cctx, TOTAL + 1);
+    ASSERT(p.accepted && p.co.connect_err == 0);
+    size_t sent = 0;
+    for (int tries = 0; tries < 1000 && sent < TOTAL; tries++) {
+        /* re-offer from where the last call stopped, as an owner does */
+        struct iovec rest[N + 1];
+        int n = 0;
+        size_t skip = sent;
+        for (int i = 0; i <= N; i++) {
+            if (skip >= iov[i].iov_len) {
+                skip -= iov[i].iov_len;
+                continue;
+            }
+            rest[n].iov_base = (char *)iov[i].iov_base + skip;
+            rest[n++].iov_len = iov[i].iov_len - skip;
+            skip = 0;
+        }
+        ssize_t w = sk_transport_writev(&p.c, rest, n);
+        if (w > 0) sent += (size_t)w;
+        step();
+    }
+    CHECK(sent == TOTAL);
+    SPIN_UNTIL(p.so.len == TOTAL);
+    CHECK(p.so.len == TOTAL && memcmp(p.so.got, expect, TOTAL) == 0);
+    pair_close(&p);
+    sk_tls_ctx_unref(sctx);
+    sk_tls_ctx_unref(cctx);
+}
+
+/* A slot re-reads changed files: a new certificate takes over, unchanged
+ * files are left alone, a broken replacement keeps the one in force. */
+static void test_slot_reload(void)
+{
+    char cert[128], key[128], cmd[512];
+    snprintf(cert, sizeof(cert), "%s/slot.pem", dir);
+    snprintf(key, sizeof(key), "%s/slot.key", dir);
+    snprintf(cmd, sizeof(cmd), "cp %s/server.pem %s && cp %s/server.key %s", dir, cert, dir, key);
+    ASSERT(system(cmd) == 0);
+    sk_tls t = {.name = "s", .cert = cert, .key = key, .verify = -1, .min_version = 12, .server_side = true};
+    char err[512];
+    const char *bad = NULL;
+    ASSERT(sk_tls_load(&t, err, sizeof(err), &bad) == 0 && t.state);
+    sk_tls_slot_info info;
+    sk_tls_slot_info_get(t.state, &info);
+    char first[96];
+    snprintf(first, sizeof(first), "%s", info.cert.serial);
+    CHECK(sk_tls_slot_reload(t.state, err, sizeof(err)) == 0); /* nothing changed */
+    void *held = sk_tls_slot_conn(t.state, true, -1, NULL);    /* a connection made before the rotation */
+    CHECK(held != NULL);
+    snprintf(cmd, sizeof(cmd), "cp %s/server2.pem %s.tmp && mv %s.tmp %s", dir, cert, cert, cert);
+    ASSERT(system(cmd) == 0);
+    CHECK(sk_tls_slot_reload(t.state, err, sizeof(err)) == 1);
+    sk_tls_slot_info_get(t.state, &info);
+    CHECK(strcmp(info.cert.serial, "1092") == 0 && strcmp(info.cert.serial, first) != 0);
+    CHECK(info.reloads_ok == 1 && info.reloads_failed == 0);
+    sk_tls_conn_free(held); /* the old context lived on for it; freed with it (ASan checks) */
+    snprintf(cmd, sizeof(cmd), "head -c 100 %s/server.pem > %s.tmp && mv %s.tmp %s", dir, cert, cert, cert);
+    ASSERT(system(cmd) == 0);
+    CHECK(sk_tls_slot_reload(t.state, err, sizeof(err)) == -1 && strstr(err, "cert"));
+    sk_tls_slot_info_get(t.state, &info);
+    CHECK(strcmp(info.cert.serial, "1092") == 0 && info.reloads_failed == 1 && info.last_error[0]);
+    CHECK(sk_tls_slot_reload(t.state, err, sizeof(err)) == 0); /* the refused version is not retried */
+    t.state_free(t.state);
+}
+
 /* SPIFFE ID rules. */
 static void test_spiffe_valid(void)
 {
@@ -420,6 +565,12 @@ int main(void)
     test_untrusted_server();
     test_client_cert_required();
     test_spiffe_valid();
+    test_client_allowlist();
+    test_gathered_writes();
+    test_slot_reload();
+    CHECK(mets.tls_handshakes[0][SK_TLS_OK] > 0 && mets.tls_handshakes[1][SK_TLS_OK] > 0);
+    CHECK(mets.tls_handshakes[1][SK_TLS_UNKNOWN_CA] >= 1); /* test_untrusted_server */
+    CHECK(mets.tls_handshakes[0][SK_TLS_NO_CLIENT_CERT] >= 1); /* test_client_cert_required */
     ev_loop_destroy(loop);
     sh("rm -rf %s%s", dir, "");
     printf("test_tls: %d checks, %d failed\n", checks, failures);
