@@ -1011,7 +1011,8 @@ def test_rotation_of_the_ca_bundle_under_load(sidekick, upstream, pki, tmp_path)
         done = hs_done(ssk, "server")
         load.wait_count(load.count + 45)  # two idle pauses: new handshakes on the new trust
         assert wait_for(lambda: hs_done(ssk, "server") > done, WAIT), \
-            "no new handshake from the client sidecar after the rotation"
+            f"no new handshake from the client sidecar after the rotation; load failures " \
+            f"{load.failures[:3]}\nserver:\n{tls_metrics_text(ssk)}\nclient:\n{tls_metrics_text(csk)}"
     finally:
         load.stop()
     assert load.failures == [], f"{len(load.failures)} failed of {load.count}: " \
@@ -1021,6 +1022,28 @@ def test_rotation_of_the_ca_bundle_under_load(sidekick, upstream, pki, tmp_path)
     assert r is None, r
     wait_hs(ssk, "server", "unknown_ca", 1)
     assert direct_serial(ssk, pki, leaf=pki.client_ca2, ca=pki.ca2.cert) == pki.server_ca2.serial
+
+
+def test_ca_bundle_change_applies_to_new_handshakes(sidekick, upstream, pki, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.ca1.cert.read_bytes())
+    up = upstream(echo_handler("app"))
+    ssk = server_side(sidekick, pki, up, ca=ca)
+    r, err, lport = attempt(ssk.port("inbound"), client_ctx(pki, pki.client_ca2))
+    assert r is None, r
+    wait_hs(ssk, "server", "unknown_ca", 1)
+    old = TLSClient(ssk.port("inbound"), client_ctx(pki, pki.client))
+    with old:
+        assert old.request("GET", "/old-1").status == 200
+        atomic_write(ca, pki.ca2.cert.read_bytes())  # ca1 out, ca2 in
+        wait_reloads(ssk, "srv", "ok", 1)
+        ok_direct(pki, ssk.port("inbound"), "/new-ca2", leaf=pki.client_ca2)
+        r, err, lport = attempt(ssk.port("inbound"), client_ctx(pki, pki.client))
+        assert r is None, r  # a new ca1 client: refused now
+        wait_hs(ssk, "server", "unknown_ca", 2)
+        # the connection made under the old bundle carries on
+        assert old.request("GET", "/old-2").status == 200
+    assert [q.path for q in up.requests] == ["/old-1", "/new-ca2", "/old-2"]
 
 
 def test_rotation_by_kubernetes_symlink_swap(sidekick, upstream, pki, tmp_path):
@@ -1103,7 +1126,7 @@ def test_config_shows_certificates_and_expiry_metric(sidekick, upstream, pki):
     ssk = server_side(sidekick, pki, up, tls_extra=ALLOW)
     t = tls_config(ssk, "srv")
     for k in ("name", "cert", "key", "ca", "verify", "peer_identity", "subject", "spiffe_id",
-              "serial", "not_before", "not_after", "expires_in_seconds"):
+              "serial", "not_before", "not_after", "expires_in_seconds", "reloaded_at"):
         assert k in t, f"{k} missing in /config tls: {t}"
     assert t["cert"] == str(pki.server.cert) and t["key"] == str(pki.server.key)
     assert t["ca"] == str(pki.ca1.cert)
@@ -1232,7 +1255,7 @@ def test_bad_config_refused_by_check(pki, tmp_path, sidekick_bin, case):
 def test_bad_config_refused_at_start(pki, tmp_path, sidekick_bin):
     body, lines, section, key = bad_config_cases(pki, tmp_path)["mismatched_key"]
     p, text = write_config(tmp_path, body)
-    res = run_sidekick(["-c", str(p)], timeout=30)
+    res = run_sidekick(["-c", str(p)], timeout=20)
     assert res.returncode != 0, res
     assert "[tls srv]" in res.stderr and "key" in res.stderr, res.stderr
 
@@ -1262,7 +1285,7 @@ return M
 """
 
 
-def test_identity_in_lua_and_access_log(sidekick, upstream, pki, tmp_path):
+def identity_sidecar(sidekick, upstream, pki, tmp_path):
     lua = tmp_path / "lua"
     lua.mkdir()
     (lua / "identity.lua").write_text(IDENTITY_LUA)
@@ -1275,8 +1298,17 @@ def test_identity_in_lua_and_access_log(sidekick, upstream, pki, tmp_path):
     r, _ = tls_get(ssk.port("inbound"), client_ctx(pki), "/without")
     assert r.status == 200, r
     assert up.wait_requests(2)
+    return ssk, up, log
+
+
+def test_identity_in_lua(sidekick, upstream, pki, tmp_path):
+    ssk, up, log = identity_sidecar(sidekick, upstream, pki, tmp_path)
     seen = {q.path: q.header("x-lua-identity") for q in up.requests}
     assert seen == {"/with": FRONTEND, "/without": "none"}
+
+
+def test_identity_in_access_log(sidekick, upstream, pki, tmp_path):
+    ssk, up, log = identity_sidecar(sidekick, upstream, pki, tmp_path)
     assert wait_for(lambda: len(ssk.access_log_lines(log)) >= 2, WAIT)
     ids = {l["path"]: l.get("identity", "MISSING") for l in ssk.access_log_lines(log)}
     assert ids == {"/with": FRONTEND, "/without": None}
