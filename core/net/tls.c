@@ -24,6 +24,7 @@
 #include <wolfssl/error-ssl.h>
 #include <wolfssl/openssl/evp.h>
 #include <wolfssl/openssl/pem.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 
 #include "tls.h"
@@ -40,6 +41,7 @@
 #define GEN_URI_TYPE 6    /* GeneralName uniformResourceIdentifier (RFC 5280) */
 #define SESSIONS     64   /* client sessions kept per context, by peer address */
 #define WRITE_CHUNK  16384 /* small pieces are gathered into one record up to this */
+#define READ_AHEAD   2048  /* bytes read past what wolfSSL asks for: a small record in one recv */
 
 /* A session to resume with a peer (client contexts). */
 typedef struct session_slot {
@@ -73,7 +75,45 @@ typedef struct tls_conn {
     bool saved;     /* a client session was kept for resumption */
     char *identity; /* the peer's SPIFFE ID (t->peer_identity), or NULL */
     char err[128];  /* why the last operation failed */
+    uint16_t rpos, rlen;              /* unread bytes of ahead are ahead[rpos..rlen) */
+    unsigned char ahead[READ_AHEAD]; /* read ahead of wolfSSL (it asks for a record's header, then its body) */
 } tls_conn;
+
+/* wolfSSL's receive callback: serves the read-ahead bytes, and reads ahead
+ * when they are gone, so that a small record costs one recv, not two (the
+ * header, then the body). Large asks go straight to the socket. */
+static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
+{
+    tls_conn *k = arg;
+    if (k->rpos == k->rlen) {
+        bool direct = sz >= READ_AHEAD;
+        ssize_t n = recv(k->fd, direct ? (void *)buf : (void *)k->ahead, direct ? (size_t)sz : READ_AHEAD, 0);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) return WOLFSSL_CBIO_ERR_WANT_READ;
+            if (errno == EINTR) return WOLFSSL_CBIO_ERR_ISR;
+            if (errno == ECONNRESET) return WOLFSSL_CBIO_ERR_CONN_RST;
+            return WOLFSSL_CBIO_ERR_GENERAL;
+        }
+        if (n == 0) return WOLFSSL_CBIO_ERR_CONN_CLOSE;
+        if (direct) return (int)n;
+        k->rpos = 0;
+        k->rlen = (uint16_t)n;
+    }
+    int take = SK_MIN(sz, (int)(k->rlen - k->rpos));
+    memcpy(buf, k->ahead + k->rpos, (size_t)take);
+    k->rpos = (uint16_t)(k->rpos + take);
+    return take;
+}
+
+/* Gives wolfSSL socket fd, read through io_recv. */
+static int attach_fd(tls_conn *k, int fd)
+{
+    if (wolfSSL_set_fd(k->ssl, fd) != WOLFSSL_SUCCESS) return -1;
+    k->fd = fd;
+    wolfSSL_SSLSetIORecv(k->ssl, io_recv);
+    wolfSSL_SetIOReadCtx(k->ssl, k);
+    return 0;
+}
 
 static void init_once(void)
 {
@@ -412,10 +452,7 @@ void *sk_tls_conn_new(sk_tls_ctx *c, int fd, const char *sni, sk_metrics *m)
     k->result = -1;
     k->ssl = wolfSSL_new(c->ctx);
     if (!k->ssl) goto fail;
-    if (fd >= 0) {
-        if (wolfSSL_set_fd(k->ssl, fd) != WOLFSSL_SUCCESS) goto fail;
-        k->fd = fd;
-    }
+    if (fd >= 0 && attach_fd(k, fd) < 0) goto fail;
     if (c->alpn && wolfSSL_UseALPN(k->ssl, c->alpn, (unsigned)strlen(c->alpn),
                                    WOLFSSL_ALPN_CONTINUE_ON_MISMATCH) != WOLFSSL_SUCCESS)
         goto fail;
@@ -574,15 +611,12 @@ static int handshake_done(sk_transport *t, tls_conn *k)
 static int tls_handshake(sk_transport *t)
 {
     tls_conn *k = t->ctx;
-    if (k->fd != t->fd) { /* a connect: the transport made the socket */
-        if (wolfSSL_set_fd(k->ssl, t->fd) != WOLFSSL_SUCCESS) {
-            snprintf(k->err, sizeof(k->err), "cannot attach the socket");
-            errno = EPROTO;
-            k->failed = true;
-            outcome(k, SK_TLS_ERROR);
-            return -1;
-        }
-        k->fd = t->fd;
+    if (k->fd != t->fd && attach_fd(k, t->fd) < 0) { /* a connect: the transport made the socket */
+        snprintf(k->err, sizeof(k->err), "cannot attach the socket");
+        errno = EPROTO;
+        k->failed = true;
+        outcome(k, SK_TLS_ERROR);
+        return -1;
     }
     if (!k->started) {
         if (k->c->server) { /* a TLS record starts with 0x16 (handshake); anything else is not TLS */
@@ -672,8 +706,8 @@ static ssize_t tls_read(sk_transport *t, void *buf, size_t len)
     int rc = wolfSSL_read(k->ssl, buf, (int)len);
     if (rc <= 0) return io_error(k, rc, true);
     if (!k->saved && !k->c->server) save_session(k); /* TLS 1.3 tickets come after the handshake */
-    /* decrypted bytes the socket will not announce again */
-    if (wolfSSL_pending(k->ssl) > 0) sk_transport_feed_read(t);
+    /* decrypted bytes, or bytes read ahead, that the socket will not announce again */
+    if (wolfSSL_pending(k->ssl) > 0 || k->rpos < k->rlen) sk_transport_feed_read(t);
     return rc;
 }
 
@@ -758,6 +792,13 @@ static void tls_close(sk_transport *t)
     t->peer_identity = NULL;
     if (t->fd >= 0) close(t->fd);
     t->fd = -1;
+}
+
+void sk_tls_thread_exit(void)
+{
+#ifdef FP_ECC
+    wc_ecc_fp_free();
+#endif
 }
 
 const sk_transport_ops sk_tls_ops = {

@@ -122,6 +122,11 @@ const char *sk_tls_conn_error(const sk_transport *t);
  * when t is not TLS. */
 int sk_tls_conn_result(const sk_transport *t);
 
+/* Frees what wolfSSL keeps per thread (its ECC fixed-point cache, about
+ * 3 MB once a thread has done ECDSA): at the end of every thread that
+ * made connections or contexts. */
+void sk_tls_thread_exit(void);
+
 /* The TLS transport kind (state: sk_tls_conn_new). */
 extern const sk_transport_ops sk_tls_ops;
 

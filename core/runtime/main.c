@@ -21,6 +21,7 @@
 #include "plugin_host.h"
 #include "lua_filter.h"
 #include "server.h"
+#include "tls.h"
 #include "worker.h"
 
 sk_server sk_srv;
@@ -257,11 +258,13 @@ int main(int argc, char **argv)
     if (!cfg) {
         fprintf(stderr, "sidekick: %s\n", err ? err : "cannot load the configuration");
         free(err);
+        sk_tls_thread_exit();
         return 1;
     }
     if (test) {
         printf("sidekick: %s: configuration OK\n", cfg->file);
         sk_config_unref(cfg);
+        sk_tls_thread_exit();
         return 0;
     }
     sk_log_level = cfg->log_level;
@@ -335,6 +338,7 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < nretired; i++) sk_config_unref(retired[i]);
         nretired = 0;
     }
+    sk_tls_thread_exit();
     fflush(stdout);
     return 0;
 }

@@ -22,6 +22,7 @@
 #include "plugin_host.h"
 #include "request.h"
 #include "tcp.h"
+#include "tls.h"
 #include "worker.h"
 
 static sk_worker *workers;
@@ -481,6 +482,7 @@ static void *worker_main(void *arg)
     w->gen = NULL;
     w->config = NULL;
     sk_wctx_free(&w->ctx); /* the recycled read buffers and the deferred-free list */
+    sk_tls_thread_exit();
     __atomic_sub_fetch(&running, 1, __ATOMIC_RELEASE);
     return NULL;
 }

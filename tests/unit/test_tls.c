@@ -572,6 +572,7 @@ int main(void)
     CHECK(mets.tls_handshakes[1][SK_TLS_UNKNOWN_CA] >= 1); /* test_untrusted_server */
     CHECK(mets.tls_handshakes[0][SK_TLS_NO_CLIENT_CERT] >= 1); /* test_client_cert_required */
     ev_loop_destroy(loop);
+    sk_tls_thread_exit();
     sh("rm -rf %s%s", dir, "");
     printf("test_tls: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
