@@ -74,6 +74,7 @@ def pki(tmp_path_factory):
                              validity="expired")
     ns.impostor = leaf("impostor", ca1, uris=[IMPOSTOR], dns=[HOST])
     ns.server_unknown_ca = leaf("server-unknown-ca", ca2, uris=[BACKEND], dns=[HOST])
+    ns.server_future = leaf("server-future", ca1, uris=[BACKEND], dns=[HOST], validity="future")
     # clients
     ns.client = leaf("client", ca1, uris=[FRONTEND])
     ns.client_ca2 = leaf("client-ca2", ca2, uris=[FRONTEND], own_key=True)
@@ -223,14 +224,18 @@ def server_side(sidekick, pki, up, name="server.ini", **kw):
 
 def client_ini(pki, server_port, leaf=None, cert=None, key=None, ca=None,
                peer_identity=BACKEND, tls_extra="", cluster_extra="", route_extra="",
-               workers=1):
+               workers=1, no_cert=False):
     """The client sidecar: plain listener `outbound` ({outbound}) -> cluster
     `backend` with tls = cli (its SVID, trust in ca1, the server's ID allowed)."""
     leaf = leaf or pki.client
     extra = tls_extra
     if peer_identity:
         extra = f"peer_identity = {peer_identity}\n" + extra
-    tls = tls_section("cli", cert or leaf.cert, key or leaf.key, ca or pki.ca1.cert, None, extra)
+    if no_cert:
+        tls = tls_section("cli", None, None, ca or pki.ca1.cert, None, extra)
+    else:
+        tls = tls_section("cli", cert or leaf.cert, key or leaf.key, ca or pki.ca1.cert, None,
+                          extra)
     body = ("[listener outbound]\naddress = 127.0.0.1:{outbound}\n"
             "\n[route all]\nlistener = outbound\ncluster = backend\nretries = 0\n" + route_extra +
             f"\n[cluster backend]\nendpoints = 127.0.0.1:{server_port}\ntls = cli\n" +
@@ -496,6 +501,22 @@ def test_session_resumption_on_listener(sidekick, upstream, pki, version):
     assert [xfcc(q) for q in up.requests] == [[f"URI={FRONTEND}"]] * 2
 
 
+def test_session_tickets_off_tls12_resumes_from_the_cache(sidekick, upstream, pki):
+    up = upstream(echo_handler("app"))
+    sk = server_side(sidekick, pki, up, tls_extra="session_tickets = off\n")
+    v = ssl.TLSVersion.TLSv1_2
+    ctx = client_ctx(pki, pki.client, min_v=v, max_v=v)
+    with TLSClient(sk.port("inbound"), ctx) as c1:
+        assert c1.request("GET", "/first").status == 200
+        session = c1.sock.session
+    assert session is not None and not session.has_ticket, "a ticket with session_tickets = off"
+    with TLSClient(sk.port("inbound"), ctx, session=session) as c2:
+        assert c2.sock.session_reused
+        assert c2.request("GET", "/second").status == 200
+    wait_hs(sk, "server", "resumed", 1)
+    assert [xfcc(q) for q in up.requests] == [[f"URI={FRONTEND}"]] * 2
+
+
 def test_tls_on_a_tcp_listener(sidekick, upstream, pki):
     up = upstream(echo_handler("app"))
     body = ("[listener tcpin]\naddress = 127.0.0.1:{tcpin}\nprotocol = tcp\ncluster = app\n"
@@ -757,6 +778,61 @@ def test_cluster_unknown_server_ca(sidekick, upstream, pki):
     wait_hs(csk, "client", "unknown_ca", 1)
     check_failure_logged(csk, ssk.port("inbound"), "client", "unknown_ca")
     assert up.requests == []
+    # the server sidecar hears the client's alert: counted and logged with the peer's address
+    wait_hs(ssk, "server", "unknown_ca", 1)
+    pat = re.compile(r"tls handshake with (\S+) failed \(server\): unknown_ca")
+    assert wait_for(lambda: pat.search(ssk.stderr_text()), WAIT), ssk.stderr_text()[-2000:]
+    peers = pat.findall(ssk.stderr_text())
+    assert len(peers) == 1 and re.fullmatch(r"127\.0\.0\.1:\d+", peers[0]), peers
+
+
+@pytest.mark.parametrize("who,result", [
+    ("server_expired", "expired"), ("server_future", "not_yet_valid"),
+    ("server_unknown_ca", "unknown_ca"), ("impostor", "identity_mismatch"),
+])
+def test_cluster_refuses_a_bad_upstream_certificate(sidekick, pki, who, result):
+    """An upstream TLS server (Python ssl) presenting a bad certificate: 502,
+    the client-side counter and one log line, and not one request byte sent."""
+    rec = TLSRecorder(pki, getattr(pki, who))
+    try:
+        csk = client_side(sidekick, pki, rec.port)
+        r = http_request(csk.port("outbound"), "GET", "/secret", headers={"x-secret": "s3"})
+        assert r.status == 502, r
+        if result == "identity_mismatch":
+            assert_local_reply(r, 502, "upstream_identity_mismatch")
+        wait_hs(csk, "client", result, 1)
+        check_failure_logged(csk, rec.port, "client", result)
+        assert hs_done(csk, "client") == 0
+        assert wait_for(lambda: rec.conns and all(c["closed"] for c in rec.conns), WAIT), \
+            rec.conns
+        assert all(c["data"] == b"" for c in rec.conns), rec.conns
+    finally:
+        rec.close()
+
+
+def test_cluster_without_client_certificate_to_a_required_listener(sidekick, upstream, pki):
+    csk, ssk, up = mesh(sidekick, upstream, pki, client_kw=dict(no_cert=True))
+    r = http_request(csk.port("outbound"), "GET", "/nocert")
+    assert r.status == 502, r
+    wait_hs(ssk, "server", "no_client_cert", 1)
+    assert up.requests == []
+
+
+def test_cluster_handshake_timeout(sidekick, pki):
+    """An upstream that accepts TCP and never answers the ClientHello: the
+    connect timeout covers the handshake."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        csk = client_side(sidekick, pki, silent.getsockname()[1],
+                          cluster_extra="connect_timeout = 500ms\n")
+        r = http_request(csk.port("outbound"), "GET", "/silent", timeout=30)
+        assert r.status in (502, 504), r
+        wait_hs(csk, "client", "timeout", 1)
+        check_failure_logged(csk, silent.getsockname()[1], "client", "timeout")
+    finally:
+        silent.close()
 
 
 def test_cluster_sni_and_hostname_check(sidekick, upstream, pki):
@@ -870,6 +946,16 @@ def test_client_stalling_mid_handshake_is_closed(strict):
         assert c.wait_closed(WAIT), "client stalled in the ClientHello not closed"
         assert b"HTTP/" not in bytes(c.buf)
     check_failure(sk, lport, "timeout")
+
+
+def test_client_closing_mid_handshake(strict):
+    sk, up = strict
+    hello = client_hello()
+    with RawClient(sk.port("inbound")) as c:
+        lport = c.sock.getsockname()[1]
+        c.send(hello[:len(hello) // 2])
+        assert not c.wait_closed(0.1)
+    check_failure(sk, lport, "closed")
 
 
 def test_failure_modes_leave_the_listener_working(strict, pki):
