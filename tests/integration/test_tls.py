@@ -877,6 +877,20 @@ def test_not_an_svid_is_not_allowed(sidekick, upstream, pki, who):
     assert up.requests == []
 
 
+def test_no_certificate_is_not_allowed(sidekick, upstream, pki):
+    """verify = optional with an allow-list: a client without a certificate
+    has no identity, so it is not on the list."""
+    up = upstream(echo_handler("app"))
+    sk = server_side(sidekick, pki, up, verify="optional", tls_extra=ALLOW)
+    with TLSClient(sk.port("inbound"), client_ctx(pki)) as c:
+        for i in range(2):
+            assert_local_reply(c.request("GET", f"/anon/{i}"), 403, "forbidden")
+    r, _ = tls_get(sk.port("inbound"), client_ctx(pki, pki.client), "/frontend")
+    assert r.status == 200, r
+    assert [q.path for q in up.requests] == ["/frontend"]
+    wait_hs(sk, "server", "identity_mismatch", 1)
+
+
 def test_svid_of_another_trust_domain_is_an_identity(sidekick, upstream, pki):
     up = upstream(echo_handler("app"))
     sk = server_side(sidekick, pki, up)
@@ -1046,7 +1060,9 @@ def test_rotation_of_the_server_certificate_under_load(sidekick, upstream, pki, 
     assert load.failures == [], f"{len(load.failures)} failed of {load.count}: " \
                                 f"{load.failures[:5]}"
     wait_reloads(ssk, "srv", "ok", 1)
-    assert "tls srv: new certificate in force" in ssk.stderr_text()
+    logged = re.findall(r"tls srv: new certificate in force \(serial ([0-9A-Fa-f:]+)",
+                        ssk.stderr_text())
+    assert pki.server2.serial in [normalize_serial(x) for x in logged], ssk.stderr_text()[-2000:]
     with before:
         r = before.request("GET", "/after")
         assert r.status == 200, r
