@@ -33,8 +33,8 @@ import pytest
 
 from certs import PKI, atomic_write, copy_pair, der_serial, normalize_serial
 from harness import (ConnectionClosed, RawClient, Reply, assert_local_reply, build_request, curl,
-                     echo_handler, free_port, http_request, metric_value, parse_prometheus,
-                     run_sidekick, sk_ini, wait_for)
+                     echo_handler, free_port, http_request, iter_pattern, metric_value,
+                     parse_prometheus, pattern_sha256, run_sidekick, sk_ini, wait_for)
 
 TD = "spiffe://td.test"
 BACKEND = TD + "/ns/shop/sa/backend"
@@ -1006,6 +1006,83 @@ def test_pooled_tls_connections_1000_requests(sidekick, upstream, pki):
     assert all(xfcc(q) == [f"URI={FRONTEND}"] for q in up.requests)
 
 
+def test_pooled_tls_connections_concurrent_clients(sidekick, upstream, pki):
+    """4 keep-alive clients x 250 requests through a 2-worker client sidecar:
+    the server sidecar handshakes once per pooled connection (at most one per
+    concurrent request), never per request."""
+    up = upstream(echo_handler("app"))
+    ssk = server_side(sidekick, pki, up)
+    csk = client_side(sidekick, pki, ssk.port("inbound"), workers=2)
+    port = csk.port("outbound")
+    errors = []
+
+    def run(k):
+        try:
+            with RawClient(port, timeout=15) as c:
+                deadline = time.monotonic() + 120
+                for i in range(250):
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"client {k}: only {i} requests in 120 s")
+                    r = c.request("GET", f"/c{k}/{i}")
+                    if r.status != 200:
+                        raise AssertionError(f"client {k} request {i}: {r!r}")
+        except Exception as e:
+            errors.append(repr(e))
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=180)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert up.wait_requests(1000, timeout=WAIT)
+    server_hs = hs_done(ssk, "server")
+    opened = metric(csk, "sidekick_upstream_connections_opened_total")
+    assert 1 <= server_hs <= 4, tls_metrics_text(ssk)
+    assert server_hs == opened == hs_done(csk, "client"), (server_hs, opened)
+
+
+def test_large_bodies_through_the_mesh(sidekick, upstream, pki):
+    """Multi-megabyte request and response bodies cross both TLS hops intact."""
+    size_up, size_down = 3 * 1024 * 1024 + 17, 5 * 1024 * 1024 + 3
+
+    def handler(req):
+        if req.method == "POST":
+            return Reply(body=req.body_sha256.encode())
+        return Reply(stream_size=size_down)
+    csk, ssk, up = mesh(sidekick, upstream, pki, handler=handler)
+    body = b"".join(iter_pattern(size_up))
+    with RawClient(csk.port("outbound"), timeout=60) as c:
+        r = c.request("POST", "/upload", body=body)
+        assert r.status == 200, r
+        assert r.body.decode() == pattern_sha256(size_up)
+        r = c.request("GET", "/download")
+        assert r.status == 200
+        assert len(r.body) == size_down
+        assert r.body == b"".join(iter_pattern(size_down))
+    assert up.requests[0].body_len == size_up
+    # and straight to the TLS listener from Python's ssl
+    with TLSClient(ssk.port("inbound"), client_ctx(pki, pki.client), timeout=60) as c:
+        r = c.request("POST", "/upload-direct", body=body)
+        assert r.status == 200 and r.body.decode() == pattern_sha256(size_up), r
+        r = c.request("GET", "/download-direct")
+        assert r.body == b"".join(iter_pattern(size_down))
+
+
+def test_cluster_verify_none_accepts_any_server(sidekick, upstream, pki):
+    up = upstream(echo_handler("app"))
+    ssk = server_side(sidekick, pki, up, cert=pki.server_unknown_ca.cert,
+                      key=pki.server_unknown_ca.key)
+    body = ("[listener outbound]\naddress = 127.0.0.1:{outbound}\n"
+            "[route all]\nlistener = outbound\ncluster = backend\nretries = 0\n"
+            f"[cluster backend]\nendpoints = 127.0.0.1:{ssk.port('inbound')}\ntls = cli\n" +
+            tls_section("cli", pki.client.cert, pki.client.key, None, "none"))
+    csk = sidekick(sk_ini(body), name="client.ini")
+    r = http_request(csk.port("outbound"), "GET", "/unverified")
+    assert r.status == 200, r
+    assert xfcc(up.requests[0]) == [f"URI={FRONTEND}"]  # the server still verified us
+
+
 def test_resumption_towards_the_upstream(sidekick, upstream, pki):
     # the server sidecar closes idle client connections quickly, so the
     # client sidecar's second request needs a new TLS connection
@@ -1330,6 +1407,9 @@ def bad_config_cases(pki, tmp_path):
                             "[tls srv]", "min_version"),
         "unknown_key": (listener + srv(extra="colour = blue\n"), ["colour ="], "[tls srv]",
                         "colour"),
+        "cluster_verifies_without_ca": (cluster + tls_section("cli", pki.client.cert,
+                                                              pki.client.key),
+                                        ["[tls cli]", "tls = cli"], "cli", "ca"),
     }
 
 
@@ -1337,7 +1417,7 @@ BAD_CASES = ["missing_cert", "unreadable_key", "key_is_a_directory", "mismatched
              "expired_own_cert", "required_without_ca", "sni_on_listener_side",
              "session_tickets_on_cluster_side", "optional_on_cluster_side",
              "unknown_tls_on_listener", "unknown_tls_on_cluster", "listener_without_cert",
-             "alpn_h2", "min_version_1_1", "unknown_key"]
+             "alpn_h2", "min_version_1_1", "unknown_key", "cluster_verifies_without_ca"]
 
 
 def write_config(tmp_path, body, name="bad.ini"):
