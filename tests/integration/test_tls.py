@@ -27,6 +27,7 @@ import ssl
 import threading
 import time
 import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -608,6 +609,31 @@ def test_ciphers_restrict_the_suites(sidekick, upstream, pki):
         assert c.sock.cipher()[0] == aes256
         assert c.request("GET", "/strict").status == 200
     assert sorted(q.path for q in up.requests) == ["/default", "/strict"]
+
+
+def test_defaults_refuse_old_versions_and_cbc_suites(sidekick, upstream, pki):
+    """Mesh-grade defaults: TLS 1.2+ and AEAD suites only. The server's
+    handshake counter proves it was the server that refused, not Python's
+    own OpenSSL policy."""
+    up = upstream(echo_handler("app"))
+    sk = server_side(sidekick, pki, up)
+    port = sk.port("inbound")
+    with warnings.catch_warnings():  # TLSv1_1 is deprecated in Python: that is the point
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = client_ctx(pki, pki.client, min_v=ssl.TLSVersion.TLSv1_1,
+                         max_v=ssl.TLSVersion.TLSv1_1, ciphers="DEFAULT:@SECLEVEL=0")
+    cases = [
+        old,
+        client_ctx(pki, pki.client, max_v=ssl.TLSVersion.TLSv1_2,
+                   ciphers="ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES256-SHA:@SECLEVEL=0"),
+    ]
+    for n, ctx in enumerate(cases, 1):
+        r, err, lport = attempt(port, ctx)
+        assert r is None and err is not None, r
+        assert wait_for(lambda: handshake_log_lines(sk, lport, "server"), WAIT), \
+            f"case {n}: the server logged no refused handshake:\n{sk.stderr_text()[-2000:]}"
+    assert hs_done(sk, "server") == 0
+    assert up.requests == []
 
 
 # --------------------------------------------------------------------------
