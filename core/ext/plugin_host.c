@@ -490,7 +490,8 @@ static sk_str h_client_ip(sk_req *r)
 }
 static sk_str h_identity(sk_req *r)
 {
-    return mkstr(NULL, 0);
+    const char *id = REQ(r)->identity; /* the verified TLS peer's SPIFFE ID, or NULL */
+    return id ? mkstr(id, strlen(id)) : mkstr(NULL, 0);
 }
 static sk_str h_route(sk_req *r)
 {

@@ -329,19 +329,24 @@ sk_tls_ctx *sk_tls_ctx_new(const sk_tls_opts *o, char *err, size_t n, const char
     if (o->verify != SK_TLS_VERIFY_NONE) mode = WOLFSSL_VERIFY_PEER;
     if (o->server && o->verify == SK_TLS_VERIFY_REQUIRED) mode |= WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT;
     wolfSSL_CTX_set_verify(c->ctx, mode, NULL);
-    /* A resumed TLS 1.2 session from a ticket carries no peer certificate, so
-     * no identity: where client certificates count, TLS 1.2 resumes from the
-     * server's session cache (which keeps the chain) instead. TLS 1.3
-     * tickets keep it. */
-    if (o->server && o->verify != SK_TLS_VERIFY_NONE) wolfSSL_CTX_NoTicketTLSv12(c->ctx);
-    /* Sessions resume only on the context that made them: wolfSSL's session
-     * cache is process-wide, and a rotated CA or another listener's rules
-     * must not be bypassed by resuming an older session. */
+    /*
+     * Resumption on a server: wolfSSL's session cache is one for the whole
+     * process, and 5.5.4 resumes a cached session on any context (the
+     * session id context is not enforced), so a session made on another
+     * listener, or before a CA rotation, would skip this context's client
+     * certificate check. The cache is off on every server context: tickets,
+     * encrypted with this context's own key, are the only way to resume.
+     * A ticket carries no peer certificate, so a context that verifies
+     * client certificates (and hands on their identity) issues none: its
+     * clients always make a full handshake (sidecar connections are pooled
+     * and long-lived; docs/security.md).
+     */
     if (o->server) {
-        static unsigned serial;
-        char sid[32];
-        int sl = snprintf(sid, sizeof(sid), "sk%u", __atomic_add_fetch(&serial, 1, __ATOMIC_RELAXED));
-        wolfSSL_CTX_set_session_id_context(c->ctx, (const unsigned char *)sid, (unsigned)sl);
+        wolfSSL_CTX_set_session_cache_mode(c->ctx, WOLFSSL_SESS_CACHE_OFF);
+        if (o->verify != SK_TLS_VERIFY_NONE) {
+            wolfSSL_CTX_NoTicketTLSv12(c->ctx);
+            wolfSSL_CTX_no_ticket_TLSv13(c->ctx);
+        }
     }
     if (o->server && o->no_tickets) {
         wolfSSL_CTX_NoTicketTLSv12(c->ctx);
