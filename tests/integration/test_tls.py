@@ -152,13 +152,13 @@ def tls_get(port, ctx, path="/", headers=None, session=None):
         c.close()
 
 
-def attempt(port, ctx, path="/attempt"):
+def attempt(port, ctx, path="/attempt", session=None):
     """A handshake and one request that are expected to fail:
     (Response or None, the error or None, the client's local port)."""
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     lport = raw.getsockname()[1]
     try:
-        s = ctx.wrap_socket(raw, server_hostname=HOST)
+        s = ctx.wrap_socket(raw, server_hostname=HOST, session=session)
     except (ssl.SSLError, OSError) as e:
         raw.close()
         return None, e, lport
@@ -502,20 +502,78 @@ def test_session_resumption_on_listener(sidekick, upstream, pki, version):
     assert [xfcc(q) for q in up.requests] == [[f"URI={FRONTEND}"]] * 2
 
 
-def test_session_tickets_off_tls12_resumes_from_the_cache(sidekick, upstream, pki):
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_session_resumption_without_client_certificates(sidekick, upstream, pki, version):
     up = upstream(echo_handler("app"))
-    sk = server_side(sidekick, pki, up, tls_extra="session_tickets = off\n")
+    sk = server_side(sidekick, pki, up, ca=None, verify="none")
+    v = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+    ctx = client_ctx(pki, min_v=v, max_v=v)
+    with TLSClient(sk.port("inbound"), ctx) as c1:
+        assert c1.request("GET", "/first").status == 200
+        session = c1.sock.session
+    with TLSClient(sk.port("inbound"), ctx, session=session) as c2:
+        assert c2.sock.session_reused, f"TLS {version} session not resumed"
+        assert c2.request("GET", "/second").status == 200
+    wait_hs(sk, "server", "resumed", 1)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_session_from_another_listener_does_not_skip_client_auth(sidekick, upstream, pki,
+                                                                  version):
+    """A session made on a listener that asks no client certificate must not
+    resume on one that requires it (that would skip client authentication)."""
+    up = upstream(echo_handler("app"))
+    more = ("[listener open]\naddress = 127.0.0.1:{open}\ntls = open\n"
+            "\n[route o]\nlistener = open\ncluster = app\n\n" +
+            tls_section("open", pki.server.cert, pki.server.key, None, "none"))
+    sk = server_side(sidekick, pki, up, more=more)
+    v = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+    ctx = client_ctx(pki, min_v=v, max_v=v)  # no client certificate
+    with TLSClient(sk.port("open"), ctx) as c1:
+        assert c1.request("GET", "/open").status == 200
+        session = c1.sock.session
+    r, err, lport = attempt(sk.port("inbound"), ctx, "/sneak", session=session)
+    assert r is None, f"resumed into the mTLS listener without a certificate: {r!r}"
+    assert [q.path for q in up.requests] == ["/open"]
+    wait_hs(sk, "server", "no_client_cert", 1)
+
+
+@pytest.mark.parametrize("version", ["1.2", "1.3"])
+def test_session_from_before_a_ca_removal_is_not_resumed(sidekick, upstream, pki, tmp_path,
+                                                         version):
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.bundle12.read_bytes())
+    up = upstream(echo_handler("app"))
+    sk = server_side(sidekick, pki, up, ca=ca)
+    v = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+    ctx = client_ctx(pki, pki.client, min_v=v, max_v=v)  # a ca1 client
+    with TLSClient(sk.port("inbound"), ctx) as c1:
+        assert c1.request("GET", "/before").status == 200
+        session = c1.sock.session
+    atomic_write(ca, pki.ca2.cert.read_bytes())  # ca1 no longer trusted
+    wait_reloads(sk, "srv", "ok", 1)
+    r, err, lport = attempt(sk.port("inbound"), ctx, "/after", session=session)
+    assert r is None, f"a ca1 client got in after ca1 was removed: {r!r}"
+    assert [q.path for q in up.requests] == ["/before"]
+
+
+def test_session_tickets_off_tls12_resumes_from_the_cache(sidekick, upstream, pki):
+    """session_tickets = off leaves the session cache: a TLS 1.2 client
+    resumes by session ID (no client certificates here, so only the cache
+    is under test)."""
+    up = upstream(echo_handler("app"))
+    sk = server_side(sidekick, pki, up, ca=None, verify="none",
+                     tls_extra="session_tickets = off\n")
     v = ssl.TLSVersion.TLSv1_2
-    ctx = client_ctx(pki, pki.client, min_v=v, max_v=v)
+    ctx = client_ctx(pki, min_v=v, max_v=v)
     with TLSClient(sk.port("inbound"), ctx) as c1:
         assert c1.request("GET", "/first").status == 200
         session = c1.sock.session
     assert session is not None and not session.has_ticket, "a ticket with session_tickets = off"
     with TLSClient(sk.port("inbound"), ctx, session=session) as c2:
-        assert c2.sock.session_reused
+        assert c2.sock.session_reused, "TLS 1.2 session not resumed from the cache"
         assert c2.request("GET", "/second").status == 200
     wait_hs(sk, "server", "resumed", 1)
-    assert [xfcc(q) for q in up.requests] == [[f"URI={FRONTEND}"]] * 2
 
 
 def test_tls_on_a_tcp_listener(sidekick, upstream, pki):
