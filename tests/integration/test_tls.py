@@ -1167,11 +1167,17 @@ def test_cluster_verify_none_accepts_any_server(sidekick, upstream, pki):
     assert xfcc(up.requests[0]) == [f"URI={FRONTEND}"]  # the server still verified us
 
 
-def test_resumption_towards_the_upstream(sidekick, upstream, pki):
+@pytest.mark.parametrize("mode", ["mtls", "server_auth"])
+def test_resumption_towards_the_upstream(sidekick, upstream, pki, mode):
+    """The client sidecar resumes its session on a new connection to the
+    server sidecar: with mTLS (the mesh case) and with server-only
+    authentication (the server sidecar verifies no client certificate)."""
     # the server sidecar closes idle client connections quickly, so the
     # client sidecar's second request needs a new TLS connection
-    csk, ssk, up = mesh(sidekick, upstream, pki,
-                        server_kw=dict(listener_extra="idle_timeout = 200ms\n"))
+    server_kw = dict(listener_extra="idle_timeout = 200ms\n")
+    if mode == "server_auth":
+        server_kw.update(ca=None, verify="none")
+    csk, ssk, up = mesh(sidekick, upstream, pki, server_kw=server_kw)
     assert http_request(csk.port("outbound"), "GET", "/one").status == 200
 
     def pool_empty():
@@ -1181,7 +1187,8 @@ def test_resumption_towards_the_upstream(sidekick, upstream, pki):
     wait_hs(csk, "client", "resumed", 1)
     assert hs(csk, "client", "ok") == 1
     wait_hs(ssk, "server", "resumed", 1)
-    assert [xfcc(q) for q in up.requests] == [[f"URI={FRONTEND}"]] * 2
+    want = [f"URI={FRONTEND}"] if mode == "mtls" else []
+    assert [xfcc(q) for q in up.requests] == [want] * 2
 
 
 # --------------------------------------------------------------------------
