@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from certs import PKI, atomic_write, copy_pair, der_serial, normalize_serial
+from harness import PLUGIN_DIR, missing_fixtures
 from harness import (ConnectionClosed, RawClient, Reply, assert_local_reply, build_request, curl,
                      echo_handler, free_port, http_request, iter_pattern, metric_value,
                      parse_prometheus, pattern_sha256, run_sidekick, sk_ini, wait_for)
@@ -1556,6 +1557,24 @@ function M.on_request(r)
 end
 return M
 """
+
+
+def test_identity_in_plugins(sidekick, upstream, pki):
+    """host->identity through the fx_headers fixture (identity_to_header)."""
+    missing = missing_fixtures(["fx_headers"])
+    assert not missing, f"fixture plugins not built: {missing} in {PLUGIN_DIR}"
+    up = upstream(echo_handler("app"))
+    ssk = server_side(sidekick, pki, up, verify="optional", route_extra="plugins = who\n",
+                      extra=f"plugin_dir = {PLUGIN_DIR}\n",
+                      more="[plugin who]\nload = fx_headers.so\n"
+                           "identity_to_header = x-plugin-identity\n")
+    r, _ = tls_get(ssk.port("inbound"), client_ctx(pki, pki.client), "/with")
+    assert r.status == 200, r
+    r, _ = tls_get(ssk.port("inbound"), client_ctx(pki), "/without")
+    assert r.status == 200, r
+    assert up.wait_requests(2)
+    seen = {q.path: q.header("x-plugin-identity") for q in up.requests}
+    assert seen == {"/with": FRONTEND, "/without": "-"}
 
 
 def identity_sidecar(sidekick, upstream, pki, tmp_path):
