@@ -75,6 +75,7 @@ typedef struct tls_conn {
     bool saved;     /* a client session was kept for resumption */
     char *identity; /* the peer's SPIFFE ID (t->peer_identity), or NULL */
     char err[128];  /* why the last operation failed */
+    struct sockaddr_storage peer;     /* the peer, read when the socket is attached (family 0: unknown) */
     uint16_t rpos, rlen;              /* unread bytes of ahead are ahead[rpos..rlen) */
     unsigned char ahead[READ_AHEAD]; /* read ahead of wolfSSL (it asks for a record's header, then its body) */
 } tls_conn;
@@ -106,10 +107,13 @@ static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *arg)
 }
 
 /* Gives wolfSSL socket fd, read through io_recv. */
+static bool peer_of(int fd, struct sockaddr_storage *a);
+
 static int attach_fd(tls_conn *k, int fd)
 {
     if (wolfSSL_set_fd(k->ssl, fd) != WOLFSSL_SUCCESS) return -1;
     k->fd = fd;
+    peer_of(fd, &k->peer); /* now: a peer that hangs up mid-handshake is still named in the log */
     wolfSSL_SSLSetIORecv(k->ssl, io_recv);
     wolfSSL_SetIOReadCtx(k->ssl, k);
     return 0;
@@ -418,8 +422,8 @@ static bool peer_of(int fd, struct sockaddr_storage *a)
 /* Offers the session kept for this peer, if any. */
 static void resume_session(tls_conn *k)
 {
-    struct sockaddr_storage a;
-    if (!peer_of(k->fd, &a)) return;
+    struct sockaddr_storage a = k->peer;
+    if (a.ss_family != AF_INET && a.ss_family != AF_INET6) return;
     session_slot *s = &k->c->sessions[addr_slot(&a)];
     pthread_mutex_lock(&k->c->lock);
     if (s->sess && same_addr(&s->addr, &a)) wolfSSL_set_session(k->ssl, s->sess);
@@ -429,8 +433,8 @@ static void resume_session(tls_conn *k)
 /* Keeps the connection's session for the next connection to this peer. */
 static void save_session(tls_conn *k)
 {
-    struct sockaddr_storage a;
-    if (k->saved || k->c->server || !peer_of(k->fd, &a)) return;
+    struct sockaddr_storage a = k->peer;
+    if (k->saved || k->c->server || (a.ss_family != AF_INET && a.ss_family != AF_INET6)) return;
     WOLFSSL_SESSION *sess = wolfSSL_get1_session(k->ssl);
     if (!sess) return;
     k->saved = true;
@@ -514,10 +518,10 @@ static void outcome(tls_conn *k, int result)
     k->result = result;
     if (k->m) SK_INC(k->m->tls_handshakes[k->c->server ? 0 : 1][result]);
     if (result == SK_TLS_OK || result == SK_TLS_RESUMED) return;
-    struct sockaddr_storage a;
+    struct sockaddr_storage a = k->peer;
     char ip[INET6_ADDRSTRLEN] = "?";
     unsigned port = 0;
-    if (k->fd >= 0 && peer_of(k->fd, &a)) {
+    if (a.ss_family == AF_INET || a.ss_family == AF_INET6) {
         if (a.ss_family == AF_INET) {
             inet_ntop(AF_INET, &((struct sockaddr_in *)&a)->sin_addr, ip, sizeof(ip));
             port = ntohs(((struct sockaddr_in *)&a)->sin_port);

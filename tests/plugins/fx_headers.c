@@ -15,6 +15,8 @@
  *     set_meta = k=v                   set_meta(k, v) (on_request)
  *     meta_to_header = k: x-name       on_request, after set_meta: request header
  *                                      x-name = meta(k), or "-" when k is unset
+ *     identity_to_header = x-name      on_request: request header x-name = the
+ *                                      peer's identity(), or "-" when none
  *
  * Any other key is refused in create(). A host call that fails turns into
  * SK_ERROR (and a log line), so a test sees the failure as a 500.
@@ -47,6 +49,7 @@ typedef struct fx {
     list set_meta;     /* key, value */
     list meta_to_hdr;  /* meta key, header name */
     char *tag;         /* NULL when not configured */
+    char *id_hdr;      /* identity_to_header; NULL when not configured */
 } fx;
 
 static char *dup_range(const char *s, size_t n)
@@ -128,6 +131,7 @@ static void destroy(void *inst)
     free_list(&f->set_meta);
     free_list(&f->meta_to_hdr);
     free(f->tag);
+    free(f->id_hdr);
     free(f);
 }
 
@@ -152,6 +156,15 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             rc = add_pair(&f->set_meta, kv, '=', err, err_size);
         } else if (strcmp(kv->key, "meta_to_header") == 0) {
             rc = add_pair(&f->meta_to_hdr, kv, ':', err, err_size);
+        } else if (strcmp(kv->key, "identity_to_header") == 0) {
+            if (f->id_hdr || !*kv->value) {
+                snprintf(err, err_size, "fx_headers: key 'identity_to_header' (line %d) given "
+                         "twice or empty", kv->line);
+                rc = -1;
+            } else if (!(f->id_hdr = dup_range(kv->value, strlen(kv->value)))) {
+                snprintf(err, err_size, "fx_headers: out of memory");
+                rc = -1;
+            }
         } else if (strcmp(kv->key, "tag") == 0) {
             if (f->tag) {
                 snprintf(err, err_size, "fx_headers: key 'tag' (line %d) given twice", kv->line);
@@ -166,7 +179,7 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
         } else {
             snprintf(err, err_size,
                      "fx_headers: unknown key '%s' (line %d); known: request_header, "
-                     "response_header, tag, set_meta, meta_to_header",
+                     "response_header, tag, set_meta, meta_to_header, identity_to_header",
                      kv->key, kv->line);
             rc = -1;
         }
@@ -221,6 +234,16 @@ static sk_status on_request(void *inst, void *wdata, sk_req *r)
         const char *v = h->meta(r, f->meta_to_hdr.item[i].a);
         if (h->set_header(r, f->meta_to_hdr.item[i].b, v ? v : "-") < 0) {
             h->log(f->self, SK_LOG_ERROR, "set_header(%s) failed", f->meta_to_hdr.item[i].b);
+            return SK_ERROR;
+        }
+    }
+    if (f->id_hdr) {
+        sk_str id = h->identity(r);
+        char buf[FX_MAX_VALUE];
+        int n = id.ptr ? snprintf(buf, sizeof buf, "%.*s", (int)id.len, id.ptr)
+                       : snprintf(buf, sizeof buf, "-");
+        if (n < 0 || (size_t)n >= sizeof buf || h->set_header(r, f->id_hdr, buf) < 0) {
+            h->log(f->self, SK_LOG_ERROR, "set_header(%s) failed", f->id_hdr);
             return SK_ERROR;
         }
     }
