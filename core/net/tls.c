@@ -73,6 +73,7 @@ typedef struct tls_conn {
     bool started;   /* the first handshake step ran (after the plain-text check) */
     bool failed;    /* the handshake failed: no I/O any more */
     bool saved;     /* a client session was kept for resumption */
+    bool got_data;  /* application bytes were read */
     char *identity; /* the peer's SPIFFE ID (t->peer_identity), or NULL */
     char err[128];  /* why the last operation failed */
     struct sockaddr_storage peer;     /* the peer, read when the socket is attached (family 0: unknown) */
@@ -694,6 +695,25 @@ static int tls_handshake(sk_transport *t)
     return -1;
 }
 
+/* TLS 1.3: a client's handshake is done before the server has judged its
+ * certificate, so a server that refuses it says so with an alert on the
+ * first read. That handshake was counted as ok: it is recounted as what
+ * the alert says, and logged. */
+static void late_refusal(tls_conn *k, int rc)
+{
+    WOLFSSL_ALERT_HISTORY h;
+    if (wolfSSL_get_error(k->ssl, rc) != FATAL_ERROR || wolfSSL_get_alert_history(k->ssl, &h) != WOLFSSL_SUCCESS)
+        return;
+    int a = h.last_rx.code, result = k->result;
+    if (result != SK_TLS_OK && result != SK_TLS_RESUMED) return;
+    int now = a == 48 ? SK_TLS_UNKNOWN_CA : a == 45 ? SK_TLS_EXPIRED : a == 116 ? SK_TLS_NO_CLIENT_CERT
+              : a == 42 || a == 43 || a == 44 || a == 46 ? SK_TLS_BAD_CERTIFICATE : SK_TLS_ERROR;
+    if (k->m) SK_DEC(k->m->tls_handshakes[1][result]);
+    snprintf(k->err, sizeof(k->err), "the server refused our certificate (alert %d after the handshake)", a);
+    k->result = -1;
+    outcome(k, now);
+}
+
 /* Maps a failed wolfSSL read or write: EAGAIN when it waits for the socket
  * (either way: a TLS read may need to write), 0 for EOF on a read. */
 static ssize_t io_error(tls_conn *k, int rc, bool reading)
@@ -719,7 +739,9 @@ static ssize_t tls_read(sk_transport *t, void *buf, size_t len)
     }
     if (len > INT32_MAX) len = INT32_MAX;
     int rc = wolfSSL_read(k->ssl, buf, (int)len);
+    if (rc <= 0 && !k->got_data && !k->c->server) late_refusal(k, rc);
     if (rc <= 0) return io_error(k, rc, true);
+    k->got_data = true;
     if (!k->saved && !k->c->server) save_session(k); /* TLS 1.3 tickets come after the handshake */
     /* decrypted bytes, or bytes read ahead, that the socket will not announce again */
     if (wolfSSL_pending(k->ssl) > 0 || k->rpos < k->rlen) sk_transport_feed_read(t);

@@ -175,6 +175,8 @@ void sk_accesslog_write_tcp(sk_wctx *w, const sk_tcp_log *e)
     json_cstr(b, e->endpoint);
     sk_buf_append(b, ",\"client\":", 10);
     json_cstr(b, e->client);
+    sk_buf_append(b, ",\"identity\":", 12);
+    json_cstr(b, e->identity);
     sk_buf_printf(b, ",\"bytes_received\":%llu,\"bytes_sent\":%llu,\"duration_ms\":%.3f,\"reason\":",
                   (unsigned long long)e->bytes_in, (unsigned long long)e->bytes_out, e->duration_ms);
     json_cstr(b, e->reason);

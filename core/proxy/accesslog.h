@@ -17,6 +17,7 @@ typedef struct sk_tcp_log {
     const char *cluster;  /* cluster name */
     const char *endpoint; /* "ip:port" of the upstream, or NULL when none was picked */
     const char *client;   /* client "ip:port" */
+    const char *identity; /* verified TLS client's SPIFFE ID, or NULL */
     uint64_t bytes_in;    /* client → upstream */
     uint64_t bytes_out;   /* upstream → client */
     double duration_ms;   /* accept to close */

@@ -52,6 +52,8 @@ static void tcp_close(sk_tcp *t)
 {
     sk_wctx *w = t->worker;
     side *s[2] = {&t->down, &t->up};
+    char identity[2049]; /* the verified client's, kept for the log line: the close frees the transport's */
+    snprintf(identity, sizeof(identity), "%s", t->down.tr.peer_identity ? t->down.tr.peer_identity : "");
     for (int i = 0; i < 2; i++) {
         sk_transport_close(&s[i]->tr);
         sk_wctx_buf_put(w, s[i]->buf);
@@ -67,6 +69,7 @@ static void tcp_close(sk_tcp *t)
         .cluster = t->listener->cluster->name,
         .endpoint = t->has_endpoint ? t->endpoint.text : NULL,
         .client = t->client_addr,
+        .identity = identity[0] ? identity : NULL,
         .bytes_in = t->bytes_in,
         .bytes_out = t->bytes_out,
         .duration_ms = (double)(sk_now_ns() - t->start_ns) / 1e6,
