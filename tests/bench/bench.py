@@ -141,12 +141,14 @@ def rss(pids):
 
 # Column order; a target is shown when the raw file has it (sidekick-before only with
 # SIDEKICK_BEFORE in tests/bench/run).
-ALL_TARGETS = ["direct", "sidekick", "sidekick-before", "nginx", "haproxy"]
+ALL_TARGETS = ["direct", "sidekick", "sidekick-before", "sidekick-aesni", "nginx", "haproxy"]
 # ratio columns: (heading, numerator, denominator), shown when both targets are present
 RATIOS = [
     ("sidekick/nginx", "sidekick", "nginx"),
     ("sidekick/HAProxy", "sidekick", "haproxy"),
     ("sidekick/sidekick-before", "sidekick", "sidekick-before"),
+    ("sidekick-aesni/nginx", "sidekick-aesni", "nginx"),
+    ("sidekick-aesni/sidekick", "sidekick-aesni", "sidekick"),
 ]
 
 # metric key -> (label, unit/format, kind); kind "lat" = shown as proxy minus direct,
@@ -174,6 +176,33 @@ FIXED_METRICS = [
     ("fx_cpu_us", "proxy CPU µs/request at the fixed rate", "%.2f", "abs"),
     ("fx_cpu_user_us", "  of which user space", "%.2f", "abs"),
     ("fx_rss_kib", "RSS KiB during the fixed-rate run", "%.0f", "abs"),
+]
+
+
+# the `tls` part (tests/bench/tls/bench-tls): bulk, handshakes, absolute latency, wolfCrypt
+TLS_METRICS = [
+    ("bulk_mbps", "MB/s, 1 MiB responses (wrk -c4)", "%.0f", "abs"),
+    ("bulk_cpu_us_mb", "proxy CPU µs per MB", "%.0f", "abs"),
+    ("bulk_cpu_user_us_mb", "  of which user space", "%.0f", "abs"),
+    ("hs_rate", "full mTLS handshakes/s (new connection per request)", "%.0f", "abs"),
+    ("hs_cpu_us", "proxy CPU µs per handshake (+ its request)", "%.1f", "abs"),
+    ("hs_cpu_user_us", "  of which user space", "%.1f", "abs"),
+    ("hs_capacity", "handshakes per proxy CPU second (1e6 / CPU µs per handshake)", "%.0f", "abs"),
+    ("hs_util_pct", "proxy CPU use during the handshake runs, % of one CPU", "%.0f", "abs"),
+    ("hs_client_cpu_us", "load generator (hsload) CPU µs per handshake", "%.0f", "abs"),
+]
+TLS_LAT_METRICS = [
+    ("alat_p50", "p50 latency µs at the fixed rate", "%.0f", "abs"),
+    ("alat_p99", "p99 latency µs at the fixed rate", "%.0f", "abs"),
+]
+CRYPTO_METRICS = [
+    ("aes-128-gcm", "AES-128-GCM MB/s, 16 KiB records", "%.0f", "abs"),
+    ("aes-256-gcm", "AES-256-GCM MB/s, 16 KiB records", "%.0f", "abs"),
+    ("chacha20-poly1305", "ChaCha20-Poly1305 MB/s, 16 KiB records", "%.0f", "abs"),
+    ("ecdhe-p256 (keygen+derive)", "ECDHE P-256 ops/s", "%.0f", "abs"),
+    ("ecdsa-p256 sign", "ECDSA P-256 sign/s", "%.0f", "abs"),
+    ("ecdsa-p256 verify", "ECDSA P-256 verify/s", "%.0f", "abs"),
+    ("x25519 (keygen+derive)", "X25519 ops/s", "%.0f", "abs"),
 ]
 
 
@@ -258,7 +287,11 @@ def table(raw, out, info):
     for scen in scen_order:
         if scen in ("memory", "strace", "fixed"):
             continue
-        for key, label, f, kind in METRICS + lat:
+        if scen == "crypto":
+            for key, label, f, kind in CRYPTO_METRICS:
+                emit(scen, key, label, f, kind)
+            continue
+        for key, label, f, kind in METRICS + TLS_METRICS + FIXED_METRICS + TLS_LAT_METRICS + lat:
             emit(scen, key, label, f, kind)
     if "fixed" in scen_order:
         for key, label, f, kind in FIXED_METRICS + lat:

@@ -480,25 +480,27 @@ def test_curl_without_client_cert_is_refused_when_required(sidekick, upstream, p
 
 
 @pytest.mark.parametrize("version", ["1.2", "1.3"])
-def test_session_resumption_on_listener(sidekick, upstream, pki, version):
+def test_no_resumption_on_a_listener_that_verifies_clients(sidekick, upstream, pki, version):
+    """A listener that verifies client certificates resumes no session: the
+    session cache is off (wolfSSL would resume a cached session on any
+    context) and a ticket keeps no peer certificate, so it issues none. Each
+    connection makes a full handshake and carries the identity."""
     up = upstream(echo_handler("app"))
     sk = server_side(sidekick, pki, up)
     v = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
     ctx = client_ctx(pki, pki.client, min_v=v, max_v=v)
     c1 = TLSClient(sk.port("inbound"), ctx)
     with c1:
-        assert c1.request("GET", "/first").status == 200  # tickets arrive after the handshake
+        assert c1.request("GET", "/first").status == 200  # a ticket would arrive after the handshake
         session = c1.sock.session
         assert not c1.sock.session_reused
-    assert session is not None
     c2 = TLSClient(sk.port("inbound"), ctx, session=session)
     with c2:
-        assert c2.sock.session_reused, f"TLS {version} session not resumed"
+        assert not c2.sock.session_reused, f"TLS {version} session resumed on an mTLS listener"
         r = c2.request("GET", "/second")
         assert r.status == 200, r
-    wait_hs(sk, "server", "resumed", 1)
-    assert hs(sk, "server", "ok") == 1
-    # the identity survives resumption
+    wait_hs(sk, "server", "ok", 2)
+    assert hs(sk, "server", "resumed") == 0
     assert up.wait_requests(2)
     assert [xfcc(q) for q in up.requests] == [[f"URI={FRONTEND}"]] * 2
 
@@ -558,10 +560,9 @@ def test_session_from_before_a_ca_removal_is_not_resumed(sidekick, upstream, pki
     assert [q.path for q in up.requests] == ["/before"]
 
 
-def test_session_tickets_off_tls12_resumes_from_the_cache(sidekick, upstream, pki):
-    """session_tickets = off leaves the session cache: a TLS 1.2 client
-    resumes by session ID (no client certificates here, so only the cache
-    is under test)."""
+def test_session_tickets_off_resumes_nothing(sidekick, upstream, pki):
+    """session_tickets = off: no ticket, and no session-ID cache either (it is
+    off on every listener), so a TLS 1.2 client cannot resume."""
     up = upstream(echo_handler("app"))
     sk = server_side(sidekick, pki, up, ca=None, verify="none",
                      tls_extra="session_tickets = off\n")
@@ -572,9 +573,10 @@ def test_session_tickets_off_tls12_resumes_from_the_cache(sidekick, upstream, pk
         session = c1.sock.session
     assert session is not None and not session.has_ticket, "a ticket with session_tickets = off"
     with TLSClient(sk.port("inbound"), ctx, session=session) as c2:
-        assert c2.sock.session_reused, "TLS 1.2 session not resumed from the cache"
+        assert not c2.sock.session_reused, "a TLS 1.2 session resumed by its ID"
         assert c2.request("GET", "/second").status == 200
-    wait_hs(sk, "server", "resumed", 1)
+    wait_hs(sk, "server", "ok", 2)
+    assert hs(sk, "server", "resumed") == 0
 
 
 def test_tls_on_a_tcp_listener(sidekick, upstream, pki):
@@ -1185,9 +1187,15 @@ def test_resumption_towards_the_upstream(sidekick, upstream, pki, mode):
         return (metric(csk, "sidekick_upstream_connections_active") or 0) == 0
     assert wait_for(pool_empty, WAIT), "the server sidecar did not close the idle connection"
     assert http_request(csk.port("outbound"), "GET", "/two").status == 200
-    wait_hs(csk, "client", "resumed", 1)
-    assert hs(csk, "client", "ok") == 1
-    wait_hs(ssk, "server", "resumed", 1)
+    if mode == "mtls":
+        # an mTLS listener issues no tickets (see test_no_resumption_on_a_listener_that_verifies_clients)
+        wait_hs(csk, "client", "ok", 2)
+        assert hs(csk, "client", "resumed") == 0
+        wait_hs(ssk, "server", "ok", 2)
+    else:
+        wait_hs(csk, "client", "resumed", 1)
+        assert hs(csk, "client", "ok") == 1
+        wait_hs(ssk, "server", "resumed", 1)
     want = [f"URI={FRONTEND}"] if mode == "mtls" else []
     assert [xfcc(q) for q in up.requests] == [want] * 2
 
@@ -1397,7 +1405,7 @@ def test_config_shows_certificates_and_expiry_metric(sidekick, upstream, pki):
     ssk = server_side(sidekick, pki, up, tls_extra=ALLOW)
     t = tls_config(ssk, "srv")
     for k in ("name", "cert", "key", "ca", "verify", "peer_identity", "subject", "spiffe_id",
-              "serial", "not_before", "not_after", "expires_in_seconds", "reloaded_at"):
+              "serial", "not_before", "not_after", "expires_in_seconds", "loaded_at"):
         assert k in t, f"{k} missing in /config tls: {t}"
     assert t["cert"] == str(pki.server.cert) and t["key"] == str(pki.server.key)
     assert t["ca"] == str(pki.ca1.cert)
