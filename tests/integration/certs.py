@@ -106,9 +106,9 @@ copy_extensions = none
 email_in_dn = no
 
 [policy_any]
-commonName = optional
 organizationName = optional
 organizationalUnitName = optional
+commonName = optional
 """
 
 
