@@ -49,6 +49,15 @@ typedef struct session_slot {
     WOLFSSL_SESSION *sess;        /* owned */
 } session_slot;
 
+/* A session a server context made, by its id (server contexts). */
+typedef struct cached_session {
+    unsigned char id[32];
+    unsigned len;
+    WOLFSSL_SESSION *sess; /* a reference */
+} cached_session;
+
+#define CACHED 256 /* sessions a server context keeps (each with its peer's chain: about 2 KB) */
+
 struct sk_tls_ctx {
     int refcnt; /* atomic */
     WOLFSSL_CTX *ctx;
@@ -59,8 +68,9 @@ struct sk_tls_ctx {
     char **peer_ids;  /* allow-list (copies) */
     size_t npeer_ids; /* its length */
     sk_tls_cert_info info;
-    pthread_mutex_t lock; /* guards sessions */
+    pthread_mutex_t lock; /* guards sessions and cached */
     session_slot sessions[SESSIONS];
+    cached_session *cached; /* server: this context's own session cache (CACHED slots), or NULL */
 };
 
 /* One connection's state (t->ctx). */
@@ -257,11 +267,72 @@ static int key_matches(WOLFSSL_X509 *x, const char *key_path, char *err, size_t 
 
 /* ---- contexts ---- */
 
+static size_t id_slot(const unsigned char *id, unsigned len)
+{
+    uint32_t h = 2166136261u;
+    for (unsigned i = 0; i < len; i++) h = (h ^ id[i]) * 16777619u;
+    return h % CACHED;
+}
+
+/* wolfSSL's external cache: a new server session (we keep the reference it gives). */
+static int cache_new(WOLFSSL *ssl, WOLFSSL_SESSION *sess)
+{
+    sk_tls_ctx *c = wolfSSL_CTX_get_ex_data(wolfSSL_get_SSL_CTX(ssl), 0);
+    unsigned len = 0;
+    const unsigned char *id = wolfSSL_SESSION_get_id(sess, &len);
+    if (!c || !c->cached || !id || len == 0 || len > 32) return 0;
+    cached_session *e = &c->cached[id_slot(id, len)];
+    pthread_mutex_lock(&c->lock);
+    WOLFSSL_SESSION *old = e->sess;
+    memcpy(e->id, id, len);
+    e->len = len;
+    e->sess = sess;
+    pthread_mutex_unlock(&c->lock);
+    if (old) wolfSSL_SESSION_free(old);
+    return 1;
+}
+
+/* A session of this context by id (a reference wolfSSL drops), or NULL. */
+static WOLFSSL_SESSION *cache_get(WOLFSSL *ssl, const unsigned char *id, int len, int *copy)
+{
+    sk_tls_ctx *c = wolfSSL_CTX_get_ex_data(wolfSSL_get_SSL_CTX(ssl), 0);
+    *copy = 0;
+    if (!c || !c->cached || len <= 0 || len > 32) return NULL;
+    cached_session *e = &c->cached[id_slot(id, (unsigned)len)];
+    WOLFSSL_SESSION *found = NULL;
+    pthread_mutex_lock(&c->lock);
+    if (e->sess && e->len == (unsigned)len && memcmp(e->id, id, (size_t)len) == 0 &&
+        wolfSSL_SESSION_up_ref(e->sess) == WOLFSSL_SUCCESS)
+        found = e->sess;
+    pthread_mutex_unlock(&c->lock);
+    return found;
+}
+
+static void cache_remove(WOLFSSL_CTX *ctx, WOLFSSL_SESSION *sess)
+{
+    sk_tls_ctx *c = wolfSSL_CTX_get_ex_data(ctx, 0);
+    unsigned len = 0;
+    const unsigned char *id = wolfSSL_SESSION_get_id(sess, &len);
+    if (!c || !c->cached || !id || len == 0 || len > 32) return;
+    cached_session *e = &c->cached[id_slot(id, len)];
+    WOLFSSL_SESSION *gone = NULL;
+    pthread_mutex_lock(&c->lock);
+    if (e->sess && e->len == len && memcmp(e->id, id, len) == 0) {
+        gone = e->sess;
+        e->sess = NULL;
+    }
+    pthread_mutex_unlock(&c->lock);
+    if (gone) wolfSSL_SESSION_free(gone);
+}
+
 static void ctx_free(sk_tls_ctx *c)
 {
     if (c->ctx) wolfSSL_CTX_free(c->ctx);
     for (size_t i = 0; i < SESSIONS; i++)
         if (c->sessions[i].sess) wolfSSL_SESSION_free(c->sessions[i].sess);
+    for (size_t i = 0; c->cached && i < CACHED; i++)
+        if (c->cached[i].sess) wolfSSL_SESSION_free(c->cached[i].sess);
+    free(c->cached);
     for (size_t i = 0; i < c->npeer_ids; i++) free(c->peer_ids[i]);
     free(c->peer_ids);
     free(c->alpn);
@@ -335,19 +406,29 @@ sk_tls_ctx *sk_tls_ctx_new(const sk_tls_opts *o, char *err, size_t n, const char
     if (o->server && o->verify == SK_TLS_VERIFY_REQUIRED) mode |= WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT;
     wolfSSL_CTX_set_verify(c->ctx, mode, NULL);
     /*
-     * Resumption on a server: wolfSSL's session cache is one for the whole
-     * process, and 5.5.4 resumes a cached session on any context (the
-     * session id context is not enforced), so a session made on another
-     * listener, or before a CA rotation, would skip this context's client
-     * certificate check. The cache is off on every server context: tickets,
-     * encrypted with this context's own key, are the only way to resume.
-     * A ticket carries no peer certificate, so a context that verifies
-     * client certificates (and hands on their identity) issues none: its
-     * clients always make a full handshake (sidecar connections are pooled
-     * and long-lived; docs/security.md).
+     * Resumption on a server. wolfSSL's own session cache is one for the
+     * whole process, and 5.5.4 resumes a cached session on any context (the
+     * session id context is not enforced): a session made on another
+     * listener, or before a CA rotation, would skip this context's checks.
+     * So each server context keeps its own cache (wolfSSL's external cache
+     * callbacks, the internal one off): TLS 1.2 session IDs and the ids TLS
+     * 1.3 tickets carry are looked up only there, and a cached session keeps
+     * the peer's certificate chain, so a resumed session keeps its identity.
+     * Tickets are encrypted with this context's own key, but a resumed
+     * ticket session has no peer certificate unless the client also sends
+     * the session's id (OpenSSL does, wolfSSL, sidekick's own client, does
+     * not), so a context that verifies client certificates issues no
+     * tickets: its TLS 1.2 clients resume by session ID, with their
+     * identity; its TLS 1.3 clients make full handshakes.
      */
     if (o->server) {
-        wolfSSL_CTX_set_session_cache_mode(c->ctx, WOLFSSL_SESS_CACHE_OFF);
+        c->cached = calloc(CACHED, sizeof(*c->cached));
+        if (!c->cached) FAIL(NULL, "out of memory");
+        wolfSSL_CTX_set_ex_data(c->ctx, 0, c);
+        wolfSSL_CTX_set_session_cache_mode(c->ctx, WOLFSSL_SESS_CACHE_SERVER | WOLFSSL_SESS_CACHE_NO_INTERNAL);
+        wolfSSL_CTX_sess_set_new_cb(c->ctx, cache_new);
+        wolfSSL_CTX_sess_set_get_cb(c->ctx, cache_get);
+        wolfSSL_CTX_sess_set_remove_cb(c->ctx, cache_remove);
         if (o->verify != SK_TLS_VERIFY_NONE) {
             wolfSSL_CTX_NoTicketTLSv12(c->ctx);
             wolfSSL_CTX_no_ticket_TLSv13(c->ctx);
@@ -600,7 +681,7 @@ static int handshake_done(sk_transport *t, tls_conn *k)
     if (k->c->verify != SK_TLS_VERIFY_NONE) { /* nothing verified: no identity */
         WOLFSSL_X509 *x = wolfSSL_get_peer_certificate(k->ssl);
         bool resumed = wolfSSL_session_reused(k->ssl);
-        if (!x && resumed) { /* a resumed TLS 1.2 session: the certificate verified when it was made */
+        if (!x && resumed) { /* the certificate verified when the session was made */
             WOLFSSL_X509_CHAIN *ch = wolfSSL_get_peer_chain(k->ssl);
             if (ch && wolfSSL_get_chain_count(ch) > 0) x = wolfSSL_get_chain_X509(ch, 0);
         }

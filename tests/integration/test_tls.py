@@ -479,26 +479,48 @@ def test_curl_without_client_cert_is_refused_when_required(sidekick, upstream, p
     wait_hs(sk, "server", "no_client_cert", 1)
 
 
-@pytest.mark.parametrize("version", ["1.2", "1.3"])
-def test_no_resumption_on_a_listener_that_verifies_clients(sidekick, upstream, pki, version):
-    """A listener that verifies client certificates resumes no session: the
-    session cache is off (wolfSSL would resume a cached session on any
-    context) and a ticket keeps no peer certificate, so it issues none. Each
-    connection makes a full handshake and carries the identity."""
+def test_session_resumption_on_listener(sidekick, upstream, pki):
+    """A listener that verifies client certificates resumes TLS 1.2 sessions
+    from its own session cache, which keeps the peer's chain: the identity
+    survives resumption."""
     up = upstream(echo_handler("app"))
     sk = server_side(sidekick, pki, up)
-    v = ssl.TLSVersion.TLSv1_2 if version == "1.2" else ssl.TLSVersion.TLSv1_3
+    v = ssl.TLSVersion.TLSv1_2
+    ctx = client_ctx(pki, pki.client, min_v=v, max_v=v)
+    c1 = TLSClient(sk.port("inbound"), ctx)
+    with c1:
+        assert c1.request("GET", "/first").status == 200
+        session = c1.sock.session
+        assert not c1.sock.session_reused
+    assert session is not None and not session.has_ticket, "a TLS 1.2 ticket from an mTLS listener"
+    c2 = TLSClient(sk.port("inbound"), ctx, session=session)
+    with c2:
+        assert c2.sock.session_reused, "TLS 1.2 session not resumed"
+        r = c2.request("GET", "/second")
+        assert r.status == 200, r
+    wait_hs(sk, "server", "resumed", 1)
+    assert hs(sk, "server", "ok") == 1
+    # the identity survives resumption
+    assert up.wait_requests(2)
+    assert [xfcc(q) for q in up.requests] == [[f"URI={FRONTEND}"]] * 2
+
+
+def test_no_tls13_resumption_on_a_listener_that_verifies_clients(sidekick, upstream, pki):
+    """TLS 1.3 on an mTLS listener: no ticket is issued (a resumed ticket
+    session may come without the peer's certificate, so without identity):
+    each connection makes a full handshake and carries the identity."""
+    up = upstream(echo_handler("app"))
+    sk = server_side(sidekick, pki, up)
+    v = ssl.TLSVersion.TLSv1_3
     ctx = client_ctx(pki, pki.client, min_v=v, max_v=v)
     c1 = TLSClient(sk.port("inbound"), ctx)
     with c1:
         assert c1.request("GET", "/first").status == 200  # a ticket would arrive after the handshake
         session = c1.sock.session
-        assert not c1.sock.session_reused
     c2 = TLSClient(sk.port("inbound"), ctx, session=session)
     with c2:
-        assert not c2.sock.session_reused, f"TLS {version} session resumed on an mTLS listener"
-        r = c2.request("GET", "/second")
-        assert r.status == 200, r
+        assert not c2.sock.session_reused, "a TLS 1.3 session resumed on an mTLS listener"
+        assert c2.request("GET", "/second").status == 200
     wait_hs(sk, "server", "ok", 2)
     assert hs(sk, "server", "resumed") == 0
     assert up.wait_requests(2)
@@ -560,9 +582,10 @@ def test_session_from_before_a_ca_removal_is_not_resumed(sidekick, upstream, pki
     assert [q.path for q in up.requests] == ["/before"]
 
 
-def test_session_tickets_off_resumes_nothing(sidekick, upstream, pki):
-    """session_tickets = off: no ticket, and no session-ID cache either (it is
-    off on every listener), so a TLS 1.2 client cannot resume."""
+def test_session_tickets_off_tls12_resumes_from_the_cache(sidekick, upstream, pki):
+    """session_tickets = off leaves the session cache: a TLS 1.2 client
+    resumes by session ID (no client certificates here, so only the cache
+    is under test)."""
     up = upstream(echo_handler("app"))
     sk = server_side(sidekick, pki, up, ca=None, verify="none",
                      tls_extra="session_tickets = off\n")
@@ -573,10 +596,9 @@ def test_session_tickets_off_resumes_nothing(sidekick, upstream, pki):
         session = c1.sock.session
     assert session is not None and not session.has_ticket, "a ticket with session_tickets = off"
     with TLSClient(sk.port("inbound"), ctx, session=session) as c2:
-        assert not c2.sock.session_reused, "a TLS 1.2 session resumed by its ID"
+        assert c2.sock.session_reused, "TLS 1.2 session not resumed from the cache"
         assert c2.request("GET", "/second").status == 200
-    wait_hs(sk, "server", "ok", 2)
-    assert hs(sk, "server", "resumed") == 0
+    wait_hs(sk, "server", "resumed", 1)
 
 
 def test_tls_on_a_tcp_listener(sidekick, upstream, pki):
@@ -1188,7 +1210,8 @@ def test_resumption_towards_the_upstream(sidekick, upstream, pki, mode):
     assert wait_for(pool_empty, WAIT), "the server sidecar did not close the idle connection"
     assert http_request(csk.port("outbound"), "GET", "/two").status == 200
     if mode == "mtls":
-        # an mTLS listener issues no tickets (see test_no_resumption_on_a_listener_that_verifies_clients)
+        # TLS 1.3 between sidecars: an mTLS listener issues no tickets
+        # (test_no_tls13_resumption_on_a_listener_that_verifies_clients)
         wait_hs(csk, "client", "ok", 2)
         assert hs(csk, "client", "resumed") == 0
         wait_hs(ssk, "server", "ok", 2)
