@@ -23,6 +23,15 @@ sk_config *sk_config_load(const char *path, char **err)
     }
     sk_config *c = sk_config_parse(path, &ops, err);
     if (!c) return NULL;
+    /* A cluster that checks its upstream's chain and nothing else accepts any
+     * certificate that ca signed: worth a word, not an error. */
+    for (size_t i = 0; i < c->nclusters; i++) {
+        const sk_tls *t = c->clusters[i]->tls;
+        if (t && t->verify_client != SK_VERIFY_NONE && t->npeer_ids == 0 && !t->sni)
+            sk_warn("%s: [cluster %s] checks its upstream's certificate against ca only: any certificate ca "
+                    "signed is accepted (set peer_identity or sni in [tls %s])",
+                    c->file, c->clusters[i]->name, t->name);
+    }
     /* Each cluster's endpoint objects and first set, before any worker sees it. */
     if (sk_clusters_init(c) < 0) {
         sk_config_unref(c);
