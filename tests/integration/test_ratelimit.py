@@ -334,8 +334,28 @@ def test_local_limit_shared_by_two_workers(sidekick, upstream):
     assert counts[429] > admitted, counts  # the clients did push past the limit
     upper = burst + rate * elapsed + 1
     lower = burst + rate * secs - (0.1 * rate * secs + 2)
-    print("ratelimit 2 workers:", counts, f"elapsed={elapsed:.2f}s bounds=[{lower:.1f}, {upper:.1f}]")
+    print("ratelimit 2 workers:", counts, f"elapsed={elapsed:.2f}s bounds=[{lower:.1f}, {upper:.1f}]",
+          worker_cpu_ticks(sk.pid))
     assert lower <= admitted <= upper, (counts, elapsed, lower, upper)
     assert up.wait_requests(admitted)
     assert len(up.requests) == admitted  # the upstream saw exactly the admitted ones
     assert decisions(sk) == (admitted, counts[429])
+    # both workers served (SO_REUSEPORT put connections on each): each
+    # sk-worker-N thread has CPU time of its own, so the bound above held for
+    # a table that two workers shared
+    busy = worker_cpu_ticks(sk.pid)
+    assert len(busy) == 2 and all(t > 0 for t in busy.values()), busy
+
+
+def worker_cpu_ticks(pid):
+    """{thread name: utime + stime clock ticks} of the sk-worker-* threads."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            name = f.read().strip()
+        if not name.startswith("sk-worker-"):
+            continue
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        out[name] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return out
