@@ -35,7 +35,15 @@ static sk_metric *stub_counter_labelled(sk_instance *self, const char *name, con
     return (sk_metric *)&dummy;
 }
 
+static sk_metric *stub_counter(sk_instance *self, const char *name, const char *help)
+{
+    (void)self, (void)name, (void)help;
+    static int dummy;
+    return (sk_metric *)&dummy;
+}
+
 static sk_host_api stub_host = {
+    .counter = stub_counter,
     .abi_major = SK_PLUGIN_ABI_MAJOR,
     .abi_minor = SK_PLUGIN_ABI_MINOR,
     .log = stub_log,
@@ -86,7 +94,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!rl) {
         CHECK(err[0] != 0); /* a refusal always says why */
     } else {
-        CHECK(rl->rate > 0 && rl->burst >= 1 && rl->nshards >= 1);
+        CHECK(rl->rate > 0 && rl->burst >= 1);
+        if (rl->global) { /* no table: what Redis needs is set */
+            CHECK(rl->redis_prefix && rl->redis_addr && rl->redis_port > 0 && rl->redis_timeout_ms >= 1);
+            destroy(rl);
+            free(text);
+            return 0;
+        }
+        CHECK(rl->nshards >= 1);
         for (size_t i = 0; i < nlines; i++) {
             verdict v;
             if (decide(rl, lines[i], strlen(lines[i]), &v) < 0) continue;

@@ -10,15 +10,18 @@ Run by hand with:
 
 import http.client
 import os
+import signal
+import socket
 import ssl
+import subprocess
 import threading
 import time
 
 import pytest
 
 from certs import PKI
-from harness import (PLUGIN_DIR, REPO, Reply, assert_local_reply, http_request, metric_value,
-                     missing_fixtures, parse_prometheus, run_sidekick, sk_ini)
+from harness import (PLUGIN_DIR, REPO, Reply, assert_local_reply, free_port, http_request, metric_value,
+                     missing_fixtures, parse_prometheus, run_sidekick, sk_ini, wait_for)
 
 BUILD_DIR = os.environ.get("SIDEKICK_BUILD_DIR", str(REPO / "build"))
 SHIPPED_DIR = os.path.join(BUILD_DIR, "plugins")
@@ -105,9 +108,14 @@ def decisions(sk):
     ("rate = 10/s\nmax_keys = 0", "max_keys: expected a whole number"),
     ("rate = 10/s\nheaders = yes", "headers: expected on or off"),
     ("rate = 10/s\nscope = world", "scope: expected local or global"),
-    ("rate = 10/s\nscope = global", "scope: global (Redis) is not supported"),
-    ("rate = 10/s\nredis = 127.0.0.1:6379", "redis: only for scope = global"),
+    ("rate = 10/s\nscope = global", "scope = global needs redis = IP:PORT"),
+    ("rate = 10/s\nredis = 127.0.0.1:6379", "redis, redis_timeout and failure_mode are for scope = global only"),
+    ("rate = 10/s\nscope = global\nredis = localhost:6379", "redis: expected IP:PORT or [IPv6]:PORT"),
+    ("rate = 10/s\nscope = global\nredis = 127.0.0.1:70000", "redis: expected IP:PORT"),
+    ("rate = 10/s\nscope = global\nredis = 127.0.0.1:1\nredis_timeout = 50", "redis_timeout: expected a duration"),
+    ("rate = 10/s\nscope = global\nredis = 127.0.0.1:1\nfailure_mode = maybe", "failure_mode: expected allow or deny"),
     ("rate = 10/s\nrat = 1/s", "unknown key 'rat'"),
+    ("rate = 10/s\nfailure_mode = allow", "are for scope = global only"),
     ("burst = 3", "rate is required"),
 ])
 def test_bad_config_refused(tmp_path, sidekick_bin, keys, needle):
@@ -118,7 +126,7 @@ def test_bad_config_refused(tmp_path, sidekick_bin, keys, needle):
     assert res.returncode == 1, res
     assert needle in res.stderr, res.stderr
     assert "[plugin rl]" in res.stderr, res.stderr
-    if "required" not in needle:
+    if "required" not in needle and "needs redis" not in needle:
         bad = keys.splitlines()[-1]
         line = text.splitlines().index(bad) + 1
         assert f"ratelimit: line {line}:" in res.stderr, res.stderr
@@ -359,3 +367,210 @@ def worker_cpu_ticks(pid):
             fields = f.read().rsplit(")", 1)[1].split()
         out[name] = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return out
+
+
+# --------------------------------------------------------------------------
+# scope = global: a real redis-server on 127.0.0.1, started by the test
+
+
+def resp(port, *args, timeout=5.0):
+    """One Redis command over RESP; the reply as Python values."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = a if isinstance(a, bytes) else str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        s.sendall(out)
+        f = s.makefile("rb")
+        return _read_resp(f)
+
+
+def _read_resp(f):
+    line = f.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)[:-2]
+        return data.decode()
+    if kind == b"*":
+        return [_read_resp(f) for _ in range(int(rest))]
+    raise RuntimeError(f"bad RESP line {line!r}")
+
+
+class Redis:
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.dir = tmp_path / f"redis-{self.port}"
+        self.dir.mkdir()
+        self.log = open(self.dir / "log", "wb")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir)],
+            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+        def up():
+            try:
+                return resp(self.port, "PING", timeout=0.5) == "PONG"
+            except OSError:
+                return False
+        assert wait_for(up, 10.0), (self.dir / "log").read_text()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
+
+
+@pytest.fixture
+def redis(tmp_path):
+    started = []
+
+    def factory():
+        r = Redis(tmp_path)
+        started.append(r)
+        return r
+    yield factory
+    for r in started:
+        r.stop()
+
+
+def global_keys(rport, more=""):
+    return f"rate = 1/h\nburst = 5\nkey = header:x-user\nscope = global\nredis = 127.0.0.1:{rport}\n" \
+           f"redis_timeout = 200ms\n{more}"
+
+
+def wait_connected(sk):
+    """Until a request is decided by Redis (not failure_mode): the workers
+    connect to Redis asynchronously after start. Uses the key "probe"."""
+    def ok():
+        before, f0 = decisions(sk), failures(sk)
+        get(sk, "/probe", headers={"x-user": "probe"})
+        return sum(decisions(sk)) > sum(before) and failures(sk) == f0
+    assert wait_for(ok, 10.0)
+
+
+def failures(sk):
+    r = sk.admin_get("/metrics")
+    s = parse_prometheus(r.body.decode())
+    return (metric_value(s, DECISIONS, instance="rl", result="failure_allowed") +
+            metric_value(s, DECISIONS, instance="rl", result="failure_denied"))
+
+
+def test_global_shared_by_two_sidecars_with_ttl(sidekick, upstream, redis):
+    """Two sidekick processes (2 workers each) share one bucket of 5 in Redis:
+    together they admit exactly 5 requests of a key; every key has a TTL."""
+    rd = redis()
+    up = upstream(lambda req: Reply(body=b"ok"))
+    a = sidekick(ini(global_keys(rd.port), workers=2), name="a.ini", up=up.port)
+    b = sidekick(ini(global_keys(rd.port), workers=2), name="b.ini", up=up.port)
+    for sk in (a, b):
+        # each worker connects on its own; several probes make both serve one
+        for _ in range(4):
+            wait_connected(sk)
+    got = []
+    for i in range(12):
+        sk = a if i % 2 == 0 else b
+        got.append(get(sk, f"/g{i}", headers={"x-user": "alice"}))
+    assert [r.status for r in got].count(200) == 5, got
+    assert [r.status for r in got][:5] == [200] * 5
+    for r in got[5:]:
+        assert_local_reply(r, 429, "rate_limited")
+        assert 3599 <= int(r.header("retry-after")) <= 3600, r
+    assert sorted(q.path for q in up.requests if q.path.startswith("/g")) == \
+        sorted(f"/g{i}" for i in range(5))
+    keys = resp(rd.port, "KEYS", "sidekick:ratelimit:*")
+    assert "sidekick:ratelimit:rl:alice" in keys and "sidekick:ratelimit:rl:probe" in keys, keys
+    for k in keys:
+        ttl = resp(rd.port, "PTTL", k)
+        # ttl = time to fill the bucket (5 h) + 1 s
+        assert 0 < ttl <= 5 * 3600 * 1000 + 1000, (k, ttl)
+    fa, fb = failures(a), failures(b)
+    # (failures only from probes before the workers had connected)
+
+
+@pytest.mark.parametrize("mode", ["allow", "deny"])
+def test_global_redis_down(sidekick, upstream, redis, mode):
+    """Redis stopped mid-test: each request is decided by failure_mode
+    (counted), and Redis coming back (restarted on the same port, the
+    script gone) is used again."""
+    rd = redis()
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(ini(global_keys(rd.port, f"failure_mode = {mode}\n"), workers=2), up=up.port)
+    wait_connected(sk)
+    assert get(sk, "/before", headers={"x-user": "u"}).status == 200
+    port = rd.port
+    rd.stop()
+    got = [get(sk, f"/down{i}", headers={"x-user": "u"}) for i in range(6)]
+    if mode == "allow":
+        assert [r.status for r in got] == [200] * 6, got
+    else:
+        for r in got:
+            assert_local_reply(r, 429, "rate_limited")
+            assert r.header("retry-after") == "1", r
+    r = sk.admin_get("/metrics")
+    s = parse_prometheus(r.body.decode())
+    assert metric_value(s, DECISIONS, instance="rl", result={"allow": "failure_allowed", "deny": "failure_denied"}[mode]) == 6
+    assert metric_value(s, "sidekick_plugin_ratelimit_redis_errors_total", instance="rl") >= 1
+    n_up = len([q for q in up.requests if q.path.startswith("/down")])
+    assert n_up == (6 if mode == "allow" else 0)
+    # back on the same port: the workers reconnect (backoff from 100 ms)
+    rd2 = Redis.__new__(Redis)
+    rd2.port = port
+    rd2.dir = rd.dir.parent / f"redis-{port}-again"
+    rd2.dir.mkdir()
+    rd2.log = open(rd2.dir / "log", "wb")
+    rd2.proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(rd2.dir)], stdout=rd2.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: _ping(port), 10.0)
+        before = failures(sk)
+
+        def decided_by_redis():
+            f0 = failures(sk)
+            get(sk, "/again", headers={"x-user": "v"})
+            return failures(sk) == f0
+        assert wait_for(decided_by_redis, 15.0), (before, failures(sk))
+        assert resp(port, "EXISTS", "sidekick:ratelimit:rl:v") == 1
+    finally:
+        rd2.stop()
+
+
+def _ping(port):
+    try:
+        return resp(port, "PING", timeout=0.5) == "PONG"
+    except OSError:
+        return False
+
+
+def test_global_redis_slow_times_out(sidekick, upstream, redis):
+    """A Redis that does not answer (SIGSTOP): requests are decided by
+    failure_mode = deny once redis_timeout passed, counted as failures."""
+    rd = redis()
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(ini(global_keys(rd.port, "failure_mode = deny\n")), up=up.port)
+    wait_connected(sk)
+    rd.proc.send_signal(signal.SIGSTOP)
+    try:
+        got = [get(sk, f"/slow{i}", headers={"x-user": "s"}) for i in range(3)]
+    finally:
+        rd.proc.send_signal(signal.SIGCONT)
+    for r in got:
+        assert_local_reply(r, 429, "rate_limited")
+    r = sk.admin_get("/metrics")
+    s = parse_prometheus(r.body.decode())
+    assert metric_value(s, DECISIONS, instance="rl", result="failure_denied") == 3
+    assert not [q for q in up.requests if q.path.startswith("/slow")]
