@@ -6,8 +6,11 @@
  *     rate = 100/s          N/s, N/m or N/h (N a whole number, 1..1000000000)
  *     burst = 200           bucket size; default N of rate
  *     key = client_ip       client_ip | header:NAME | identity | meta:NAME | route | all
- *     scope = local         local only in this build (global/Redis: not yet)
- *     max_keys = 100000     buckets kept; the least recently used is dropped beyond
+ *     scope = local         local: this sidecar; global: every sidecar sharing `redis`
+ *     redis = 127.0.0.1:6379   global: numeric IP:PORT or [IPv6]:PORT
+ *     redis_timeout = 50ms  global: longest wait for a decision (1ms..60s)
+ *     failure_mode = allow  global: allow | deny when Redis is down, slow or wrong
+ *     max_keys = 100000     local: buckets kept; the least recently used is dropped beyond
  *     headers = off         on: RateLimit-Policy and RateLimit on every response
  *
  * A request whose bucket has a token takes it and goes on; otherwise it gets
@@ -23,8 +26,11 @@
  * one shard the LRU order is exact; with 64 each shard keeps max_keys/64 keys
  * in its own LRU order. A reload makes a new instance, with fresh buckets.
  *
+ * scope = global keeps the buckets in Redis instead (see the section below).
+ *
  * Decisions are counted in sidekick_plugin_ratelimit_decisions_total
- * {instance, result = allowed | limited}.
+ * {instance, result = allowed | limited | failure_allowed | failure_denied},
+ * Redis trouble in sidekick_plugin_ratelimit_redis_errors_total.
  *
  * Built against <sidekick/plugin.h> alone (see plugins/CMakeLists.txt).
  */
