@@ -872,8 +872,7 @@ static sk_status decide_global(ratelimit *rl, worker *w, sk_req *r, sk_str key)
 {
     verdict v;
     int result;
-    if (!w || !w->ac || !w->connected) {
-        rl->host->metric_add(rl->redis_errors, 1);
+    if (!w || !w->ac || !w->connected) { /* counted when the connection failed */
         failure_verdict(rl, &v, &result);
         return answer(rl, r, &v, result);
     }
