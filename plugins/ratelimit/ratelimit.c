@@ -71,8 +71,9 @@ typedef struct entry {
     uint64_t last_ns; /* when tokens was last brought up to date */
 } entry;
 
-/* A part of the table with its own lock. */
-typedef struct shard {
+/* A part of the table with its own lock, on cache lines of its own (no
+ * false sharing between workers on neighbouring shards). */
+typedef struct __attribute__((aligned(64))) shard {
     pthread_mutex_t mu;
     entry *e;       /* cap entries */
     uint32_t cap;   /* most keys kept */
@@ -257,8 +258,9 @@ static void free_table(ratelimit *rl)
 static int make_table(ratelimit *rl)
 {
     rl->nshards = rl->max_keys >= SHARD_MIN_KEYS ? SHARDS_BIG : 1;
-    rl->shards = calloc(rl->nshards, sizeof(shard));
+    rl->shards = aligned_alloc(64, rl->nshards * sizeof(shard));
     if (!rl->shards) return -1;
+    memset(rl->shards, 0, rl->nshards * sizeof(shard));
     uint32_t cap = (uint32_t)((rl->max_keys + rl->nshards - 1) / rl->nshards);
     uint32_t nslot = 2;
     while (nslot < 2 * cap) nslot <<= 1;
