@@ -75,37 +75,37 @@ typedef struct entry {
  * false sharing between workers on neighbouring shards). */
 typedef struct __attribute__((aligned(64))) shard {
     pthread_mutex_t mu;
-    entry *e;       /* cap entries */
-    uint32_t cap;   /* most keys kept */
-    uint32_t used;  /* entries handed out so far (never shrinks) */
-    uint32_t *slot; /* nslot heads of hash chains, NIL when empty */
-    uint32_t mask;  /* nslot - 1 (nslot a power of two >= 2 * cap) */
+    entry *e;            /* cap entries */
+    uint32_t cap;        /* most keys kept */
+    uint32_t used;       /* entries handed out so far (never shrinks) */
+    uint32_t *slot;      /* nslot heads of hash chains, NIL when empty */
+    uint32_t mask;       /* nslot - 1 (nslot a power of two >= 2 * cap) */
     uint32_t head, tail; /* LRU: head most recent, tail next to drop */
 } shard;
 
 typedef struct ratelimit {
     const sk_host_api *host;
     sk_instance *self;
-    int kind;         /* enum key_kind */
-    char *key_name;   /* header or metadata name for KEY_HEADER / KEY_META */
-    double rate;      /* tokens per second */
-    double burst;     /* bucket size */
+    int kind;       /* enum key_kind */
+    char *key_name; /* header or metadata name for KEY_HEADER / KEY_META */
+    double rate;    /* tokens per second */
+    double burst;   /* bucket size */
     uint64_t max_keys;
-    int headers;      /* headers = on */
-    char *policy;     /* RateLimit-Policy value */
-    char *meta_key;   /* "ratelimit.NAME": the RateLimit value for on_response */
-    char *pname;      /* the policy name as an sf-string, quotes included */
-    uint64_t seed;    /* hash seed, random per instance */
+    int headers;    /* headers = on */
+    char *policy;   /* RateLimit-Policy value */
+    char *meta_key; /* "ratelimit.NAME": the RateLimit value for on_response */
+    char *pname;    /* the policy name as an sf-string, quotes included */
+    uint64_t seed;  /* hash seed, random per instance */
     sk_metric *decisions;
     /* scope = global */
     int global;
-    int fail_deny;              /* failure_mode = deny */
-    char *redis_addr;           /* as configured, for logs */
+    int fail_deny;    /* failure_mode = deny */
+    char *redis_addr; /* as configured, for logs */
     char redis_ip[INET6_ADDRSTRLEN];
     int redis_port;
     uint64_t redis_timeout_ms;
-    uint64_t ttl_ms;            /* of every key written: the time to fill an empty bucket, + 1 s */
-    char *redis_prefix;         /* "sidekick:ratelimit:NAME:" */
+    uint64_t ttl_ms;    /* of every key written: the time to fill an empty bucket, + 1 s */
+    char *redis_prefix; /* "sidekick:ratelimit:NAME:" */
     sk_metric *redis_errors;
     shard *shards;
     uint32_t nshards;
@@ -145,10 +145,14 @@ static uint64_t hash_key(uint64_t seed, const char *p, size_t n)
 static void lru_unlink(shard *s, uint32_t i)
 {
     entry *e = &s->e[i];
-    if (e->prev != NIL) s->e[e->prev].next = e->next;
-    else s->head = e->next;
-    if (e->next != NIL) s->e[e->next].prev = e->prev;
-    else s->tail = e->prev;
+    if (e->prev != NIL)
+        s->e[e->prev].next = e->next;
+    else
+        s->head = e->next;
+    if (e->next != NIL)
+        s->e[e->next].prev = e->prev;
+    else
+        s->tail = e->prev;
     e->prev = e->next = NIL;
 }
 
@@ -370,9 +374,12 @@ static int parse_ms(const char *v, uint64_t *ms)
     num[d] = 0;
     unsigned long long n;
     if (d == 0 || parse_count(num, 60000, &n) < 0) return -1;
-    if (strcmp(v + d, "ms") == 0) *ms = n;
-    else if (strcmp(v + d, "s") == 0) *ms = n * 1000;
-    else return -1;
+    if (strcmp(v + d, "ms") == 0)
+        *ms = n;
+    else if (strcmp(v + d, "s") == 0)
+        *ms = n * 1000;
+    else
+        return -1;
     return *ms <= 60000 ? 0 : -1;
 }
 
@@ -381,7 +388,8 @@ static int parse_key(ratelimit *rl, const char *v)
     static const struct {
         const char *name;
         int kind;
-    } plain[] = {{"client_ip", KEY_CLIENT_IP}, {"identity", KEY_IDENTITY}, {"route", KEY_ROUTE}, {"all", KEY_ALL}};
+    } plain[] = {
+        {"client_ip", KEY_CLIENT_IP}, {"identity", KEY_IDENTITY}, {"route", KEY_ROUTE}, {"all", KEY_ALL}};
     for (size_t i = 0; i < sizeof(plain) / sizeof(plain[0]); i++)
         if (strcmp(v, plain[i].name) == 0) {
             rl->kind = plain[i].kind;
@@ -429,11 +437,11 @@ static char *sf_string(const char *s)
     return out;
 }
 
-#define FAIL(...)                                  \
-    do {                                           \
-        snprintf(err, err_size, __VA_ARGS__);      \
-        destroy(rl);                               \
-        return NULL;                               \
+#define FAIL(...)                             \
+    do {                                      \
+        snprintf(err, err_size, __VA_ARGS__); \
+        destroy(rl);                          \
+        return NULL;                          \
     } while (0)
 
 static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *keys, size_t nkeys, char *err,
@@ -461,13 +469,14 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             have_rate = 1;
         } else if (strcmp(k, "burst") == 0) {
             if (parse_count(v, MAX_RATE, &burst) < 0)
-                FAIL("ratelimit: line %d: burst: expected a whole number in 1..%llu, not '%s'", line, MAX_RATE,
-                     v);
+                FAIL("ratelimit: line %d: burst: expected a whole number in 1..%llu, not '%s'", line,
+                     MAX_RATE, v);
         } else if (strcmp(k, "key") == 0) {
             if (parse_key(rl, v) < 0)
-                FAIL("ratelimit: line %d: key: expected client_ip, header:NAME, identity, meta:NAME, route or "
-                     "all, not '%s'",
-                     line, v);
+                FAIL(
+                    "ratelimit: line %d: key: expected client_ip, header:NAME, identity, meta:NAME, route or "
+                    "all, not '%s'",
+                    line, v);
         } else if (strcmp(k, "max_keys") == 0) {
             unsigned long long m;
             if (parse_count(v, MAX_KEYS_LIMIT, &m) < 0)
@@ -475,36 +484,49 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
                      MAX_KEYS_LIMIT, v);
             rl->max_keys = m;
         } else if (strcmp(k, "headers") == 0) {
-            if (strcmp(v, "on") == 0) rl->headers = 1;
-            else if (strcmp(v, "off") == 0) rl->headers = 0;
-            else FAIL("ratelimit: line %d: headers: expected on or off, not '%s'", line, v);
+            if (strcmp(v, "on") == 0)
+                rl->headers = 1;
+            else if (strcmp(v, "off") == 0)
+                rl->headers = 0;
+            else
+                FAIL("ratelimit: line %d: headers: expected on or off, not '%s'", line, v);
         } else if (strcmp(k, "scope") == 0) {
-            if (strcmp(v, "global") == 0) rl->global = 1;
-            else if (strcmp(v, "local") == 0) rl->global = 0;
-            else FAIL("ratelimit: line %d: scope: expected local or global, not '%s'", line, v);
+            if (strcmp(v, "global") == 0)
+                rl->global = 1;
+            else if (strcmp(v, "local") == 0)
+                rl->global = 0;
+            else
+                FAIL("ratelimit: line %d: scope: expected local or global, not '%s'", line, v);
         } else if (strcmp(k, "redis") == 0) {
             if (parse_addr(rl, v) < 0)
-                FAIL("ratelimit: line %d: redis: expected IP:PORT or [IPv6]:PORT (numeric), not '%s'", line, v);
+                FAIL("ratelimit: line %d: redis: expected IP:PORT or [IPv6]:PORT (numeric), not '%s'", line,
+                     v);
             redis_line = line;
         } else if (strcmp(k, "redis_timeout") == 0) {
             if (parse_ms(v, &rl->redis_timeout_ms) < 0)
-                FAIL("ratelimit: line %d: redis_timeout: expected a duration 1ms..60s (ms, s), not '%s'", line, v);
+                FAIL("ratelimit: line %d: redis_timeout: expected a duration 1ms..60s (ms, s), not '%s'",
+                     line, v);
             redis_line = redis_line ? redis_line : line;
         } else if (strcmp(k, "failure_mode") == 0) {
-            if (strcmp(v, "allow") == 0) rl->fail_deny = 0;
-            else if (strcmp(v, "deny") == 0) rl->fail_deny = 1;
-            else FAIL("ratelimit: line %d: failure_mode: expected allow or deny, not '%s'", line, v);
+            if (strcmp(v, "allow") == 0)
+                rl->fail_deny = 0;
+            else if (strcmp(v, "deny") == 0)
+                rl->fail_deny = 1;
+            else
+                FAIL("ratelimit: line %d: failure_mode: expected allow or deny, not '%s'", line, v);
             redis_line = redis_line ? redis_line : line;
         } else {
-            FAIL("ratelimit: line %d: unknown key '%s' (known: rate, burst, key, scope, redis, redis_timeout, "
-                 "failure_mode, max_keys, headers)",
-                 line, k);
+            FAIL(
+                "ratelimit: line %d: unknown key '%s' (known: rate, burst, key, scope, redis, redis_timeout, "
+                "failure_mode, max_keys, headers)",
+                line, k);
         }
     }
     if (!have_rate) FAIL("ratelimit: rate is required (N/s, N/m or N/h)");
     if (rl->global && !rl->redis_addr) FAIL("ratelimit: scope = global needs redis = IP:PORT");
     if (!rl->global && redis_line)
-        FAIL("ratelimit: line %d: redis, redis_timeout and failure_mode are for scope = global only", redis_line);
+        FAIL("ratelimit: line %d: redis, redis_timeout and failure_mode are for scope = global only",
+             redis_line);
     rl->burst = (double)(burst ? burst : n);
 
     const char *name = host->instance_name(self);
@@ -520,8 +542,8 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
              (unsigned long long)ceil(rl->burst / rl->rate));
 
     static const char *const results[] = {"allowed", "limited", "failure_allowed", "failure_denied"};
-    rl->decisions = host->counter_labelled(self, "ratelimit_decisions_total", "Rate limit decisions by result.",
-                                           "result", results, 4);
+    rl->decisions = host->counter_labelled(self, "ratelimit_decisions_total",
+                                           "Rate limit decisions by result.", "result", results, 4);
     if (!rl->decisions) FAIL("ratelimit: could not register ratelimit_decisions_total");
     rl->redis_errors = host->counter(self, "ratelimit_redis_errors_total",
                                      "scope = global: Redis connects, losses, errors and timeouts.");
@@ -536,7 +558,8 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
     }
     if (getrandom(&rl->seed, sizeof(rl->seed), GRND_NONBLOCK) != sizeof(rl->seed))
         rl->seed = now_ns() * 0x9e3779b97f4a7c15ull;
-    if (make_table(rl) < 0) FAIL("ratelimit: out of memory for max_keys = %llu", (unsigned long long)rl->max_keys);
+    if (make_table(rl) < 0)
+        FAIL("ratelimit: out of memory for max_keys = %llu", (unsigned long long)rl->max_keys);
     return rl;
 }
 
@@ -581,8 +604,9 @@ static sk_status answer(ratelimit *rl, sk_req *r, const verdict *v, int result)
     }
     char retry[24];
     snprintf(retry, sizeof retry, "%llu", (unsigned long long)v->retry_s);
-    const char *hdrs[] = {"content-type", "text/plain", "retry-after", retry,
-                          rl->headers ? "ratelimit-policy" : NULL, rl->policy, "ratelimit", value, NULL};
+    const char *hdrs[] = {
+        "content-type", "text/plain", "retry-after", retry, rl->headers ? "ratelimit-policy" : NULL,
+        rl->policy,     "ratelimit",  value,         NULL};
     static const char body[] = "rate limited\n";
     if (h->respond(r, 429, "rate_limited", body, sizeof body - 1, hdrs) != 0) {
         h->log(rl->self, SK_LOG_ERROR, "respond failed");
@@ -621,10 +645,10 @@ typedef struct worker worker;
 /* One request waiting for Redis. */
 typedef struct pending {
     worker *w;
-    sk_req *r;        /* NULL once decided (timeout, cancel, shutdown) */
-    sk_timer *timer;  /* redis_timeout; NULL once fired or stopped */
-    int replied;      /* hiredis called back (it frees nothing of ours) */
-    char *key;        /* the Redis key (prefix + request key), stored after the struct */
+    sk_req *r;       /* NULL once decided (timeout, cancel, shutdown) */
+    sk_timer *timer; /* redis_timeout; NULL once fired or stopped */
+    int replied;     /* hiredis called back (it frees nothing of ours) */
+    char *key;       /* the Redis key (prefix + request key), stored after the struct */
     size_t klen;
     struct pending *prev, *next;
 } pending;
@@ -636,11 +660,11 @@ struct worker {
     int connected;         /* connect callback said OK */
     int events;            /* SK_EV_* hiredis wants */
     sk_watch *watch;
-    sk_timer *retry;       /* reconnect timer */
+    sk_timer *retry; /* reconnect timer */
     uint64_t backoff_ms;
-    int closing;           /* worker_fini */
-    char sha[41];          /* the script's SHA1 once loaded, else "" */
-    pending *head;         /* requests in flight */
+    int closing;   /* worker_fini */
+    char sha[41];  /* the script's SHA1 once loaded, else "" */
+    pending *head; /* requests in flight */
 };
 
 static void w_fd(void *arg, int fd, int events);
@@ -654,10 +678,38 @@ static void w_update(worker *w)
     }
     if (w->ac && w->events) w->watch = h->watch_fd(w->loop, w->ac->c.fd, w->events, w_fd, w);
 }
-static void ad_add_read(void *p) { worker *w = p; if (!(w->events & SK_EV_READ)) { w->events |= SK_EV_READ; w_update(w); } }
-static void ad_del_read(void *p) { worker *w = p; if (w->events & SK_EV_READ) { w->events &= ~SK_EV_READ; w_update(w); } }
-static void ad_add_write(void *p) { worker *w = p; if (!(w->events & SK_EV_WRITE)) { w->events |= SK_EV_WRITE; w_update(w); } }
-static void ad_del_write(void *p) { worker *w = p; if (w->events & SK_EV_WRITE) { w->events &= ~SK_EV_WRITE; w_update(w); } }
+static void ad_add_read(void *p)
+{
+    worker *w = p;
+    if (!(w->events & SK_EV_READ)) {
+        w->events |= SK_EV_READ;
+        w_update(w);
+    }
+}
+static void ad_del_read(void *p)
+{
+    worker *w = p;
+    if (w->events & SK_EV_READ) {
+        w->events &= ~SK_EV_READ;
+        w_update(w);
+    }
+}
+static void ad_add_write(void *p)
+{
+    worker *w = p;
+    if (!(w->events & SK_EV_WRITE)) {
+        w->events |= SK_EV_WRITE;
+        w_update(w);
+    }
+}
+static void ad_del_write(void *p)
+{
+    worker *w = p;
+    if (w->events & SK_EV_WRITE) {
+        w->events &= ~SK_EV_WRITE;
+        w_update(w);
+    }
+}
 static void ad_cleanup(void *p)
 {
     worker *w = p;
@@ -674,8 +726,10 @@ static void w_fd(void *arg, int fd, int events)
     worker *w = arg;
     (void)fd;
     if (!w->ac) return;
-    if (events & SK_EV_READ) redisAsyncHandleRead(w->ac);
-    else if (events & SK_EV_WRITE) redisAsyncHandleWrite(w->ac);
+    if (events & SK_EV_READ)
+        redisAsyncHandleRead(w->ac);
+    else if (events & SK_EV_WRITE)
+        redisAsyncHandleWrite(w->ac);
 }
 
 static void w_connect(worker *w);
@@ -761,8 +815,10 @@ static void w_connect(worker *w)
 
 static void p_unlink(pending *p)
 {
-    if (p->prev) p->prev->next = p->next;
-    else p->w->head = p->next;
+    if (p->prev)
+        p->prev->next = p->next;
+    else
+        p->w->head = p->next;
     if (p->next) p->next->prev = p->prev;
     p->prev = p->next = NULL;
 }
@@ -822,7 +878,8 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv)
     worker *w = p->w;
     ratelimit *rl = w->rl;
     (void)ac;
-    if (p->r && !w->closing && rep && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0) {
+    if (p->r && !w->closing && rep && rep->type == REDIS_REPLY_ERROR &&
+        strncmp(rep->str, "NOSCRIPT", 8) == 0) {
         /* Redis lost the script (restart, SCRIPT FLUSH): once more with EVAL */
         w->sha[0] = 0;
         redisAsyncCommand(w->ac, on_loaded, w, "SCRIPT LOAD %s", SCRIPT);

@@ -12,8 +12,8 @@
 #include "../../plugins/ratelimit/ratelimit.c"
 
 /* assert() vanishes under NDEBUG (Release): a failed check aborts in every build. */
-#define CHECK(c) \
-    do { \
+#define CHECK(c)           \
+    do {                   \
         if (!(c)) abort(); \
     } while (0)
 #include <stdarg.h>
@@ -27,8 +27,8 @@ static const char *stub_name(sk_instance *self)
     (void)self;
     return "fz\"\\x";
 }
-static sk_metric *stub_counter_labelled(sk_instance *self, const char *name, const char *help, const char *label,
-                                        const char *const *values, size_t nvalues)
+static sk_metric *stub_counter_labelled(sk_instance *self, const char *name, const char *help,
+                                        const char *label, const char *const *values, size_t nvalues)
 {
     (void)self, (void)name, (void)help, (void)label, (void)values, (void)nvalues;
     static int dummy;

@@ -581,3 +581,63 @@ def test_global_redis_slow_times_out(sidekick, upstream, redis):
     s = parse_prometheus(r.body.decode())
     assert metric_value(s, DECISIONS, instance="rl", result="failure_denied") == 3
     assert not [q for q in up.requests if q.path.startswith("/slow")]
+
+
+def test_global_concurrent_requests(sidekick, upstream, redis):
+    """24 requests of one key at once over 2 workers: Redis' script is atomic,
+    so exactly burst (5) pass, and every paused request is answered."""
+    rd = redis()
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(ini(global_keys(rd.port), workers=2), up=up.port)
+    for _ in range(4):
+        wait_connected(sk)
+    f0 = failures(sk)
+    barrier = threading.Barrier(24)
+    got = []
+    lock = threading.Lock()
+
+    def one(i):
+        barrier.wait(10)
+        r = get(sk, f"/c{i}", headers={"x-user": "crowd"})
+        with lock:
+            got.append(r.status)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(got) == [200] * 5 + [429] * 19, got
+    assert failures(sk) == f0
+    assert len([q for q in up.requests if q.path.startswith("/c")]) == 5
+
+
+def test_global_client_gone_while_paused(sidekick, upstream, redis):
+    """Clients that close while their request waits for a frozen Redis
+    (on_cancel), then Redis answering late: the late replies find nothing to
+    resume, and the sidecar goes on serving (ASan builds check the memory)."""
+    rd = redis()
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(ini(global_keys(rd.port, "redis_timeout = 3s\n")), up=up.port)
+    wait_connected(sk)
+    rd.proc.send_signal(signal.SIGSTOP)
+    try:
+        socks = []
+        for i in range(3):
+            s = socket.create_connection(("127.0.0.1", sk.port("listen")), timeout=5)
+            s.sendall(f"GET /gone{i} HTTP/1.1\r\nHost: x\r\nx-user: gone\r\n\r\n".encode())
+            socks.append(s)
+        time.sleep(0.3)  # let the requests reach the plugin and pause
+        for s in socks:
+            s.close()
+
+        def all_logged():
+            r = sk.admin_get("/metrics")
+            s = parse_prometheus(r.body.decode())
+            return (metric_value(s, "sidekick_requests_total", code="499") or 0) >= 3
+        assert wait_for(all_logged, 10.0)
+    finally:
+        rd.proc.send_signal(signal.SIGCONT)
+    # the late replies arrive now; the next decisions come from Redis again
+    wait_connected(sk)
+    assert get(sk, "/after", headers={"x-user": "after"}).status == 200
+    assert not [q for q in up.requests if q.path.startswith("/gone")]

@@ -16,15 +16,28 @@
 #define ITER   2000000
 #define N_KEYS 10000
 
-static void nolog(sk_instance *s, int l, const char *f, ...) { (void)s, (void)l, (void)f; }
-static const char *name(sk_instance *s) { (void)s; return "bench"; }
-static sk_metric *cl(sk_instance *s, const char *n, const char *h, const char *l, const char *const *v, size_t k)
+static void nolog(sk_instance *s, int l, const char *f, ...)
+{
+    (void)s, (void)l, (void)f;
+}
+static const char *name(sk_instance *s)
+{
+    (void)s;
+    return "bench";
+}
+static sk_metric *cl(sk_instance *s, const char *n, const char *h, const char *l, const char *const *v,
+                     size_t k)
 {
     (void)s, (void)n, (void)h, (void)l, (void)v, (void)k;
     static int d;
     return (sk_metric *)&d;
 }
-static sk_metric *c(sk_instance *s, const char *n, const char *h) { (void)s, (void)n, (void)h; static int d; return (sk_metric *)&d; }
+static sk_metric *c(sk_instance *s, const char *n, const char *h)
+{
+    (void)s, (void)n, (void)h;
+    static int d;
+    return (sk_metric *)&d;
+}
 static sk_host_api host = {.log = nolog, .instance_name = name, .counter_labelled = cl, .counter = c};
 
 typedef struct job {
@@ -43,7 +56,8 @@ static void *run(void *arg)
     struct timespec a, b;
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
     for (int i = 0; i < ITER; i++) {
-        int n = j->distinct ? snprintf(key, sizeof key, "t%d-k%d", j->id, i % N_KEYS) : snprintf(key, sizeof key, "one");
+        int n = j->distinct ? snprintf(key, sizeof key, "t%d-k%d", j->id, i % N_KEYS)
+                            : snprintf(key, sizeof key, "one");
         decide(j->rl, key, (size_t)n, &v);
     }
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
