@@ -641,3 +641,22 @@ def test_global_client_gone_while_paused(sidekick, upstream, redis):
     wait_connected(sk)
     assert get(sk, "/after", headers={"x-user": "after"}).status == 200
     assert not [q for q in up.requests if q.path.startswith("/gone")]
+
+
+def test_global_survives_reload(sidekick, upstream, redis):
+    """POST /reload: the old instance's workers close their Redis
+    connections (worker_fini), the new one's connect, and the bucket, being
+    in Redis, is the same across the reload."""
+    rd = redis()
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(ini(global_keys(rd.port), workers=2), up=up.port)
+    wait_connected(sk)
+    assert statuses(sk, 3, headers={"x-user": "r"}) == [200] * 3
+    r = http_request(sk.admin_port, "POST", "/reload", body=b"", timeout=30)
+    assert r.status == 200, r
+    wait_connected(sk)
+    assert statuses(sk, 3, headers={"x-user": "r"}) == [200, 200, 429]
+    assert sk.running()
+    assert sk.stop() == 0
+    # worker_fini stopped its timers and unwatched the Redis fds itself
+    assert "still active after" not in sk.stderr_text(), sk.stderr_text()
