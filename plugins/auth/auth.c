@@ -822,7 +822,11 @@ static int jwt_result(int e)
 /* Verifies tok (cache first). JWT_OK and *claims (borrowed from the cache, or owned: *owned). */
 static int check_token(auth *a, worker *w, sk_str tok, json_t **claims, int *owned)
 {
-    int64_t now = (int64_t)time(NULL);
+    /* CLOCK_REALTIME, not time(): glibc's time() reads the coarse clock, which
+     * may still show the last second for a tick after a second begins. */
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    int64_t now = (int64_t)ts.tv_sec;
     *owned = 0;
     *claims = NULL;
     if (tok.len > MAX_TOKEN) return JWT_EMALFORMED;

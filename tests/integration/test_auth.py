@@ -332,7 +332,7 @@ def wait_second_start():
     """Waits (bounded) until a second just began, so that a token minted now
     and checked at once is checked within the same second."""
     for _ in range(200):
-        if time.time() % 1.0 < 0.3:
+        if 0.05 < time.time() % 1.0 < 0.3:
             return
         time.sleep(0.01)
 
