@@ -28,6 +28,8 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +41,9 @@
 #define MAX_TOKEN     8192        /* bytes of a token considered at all */
 #define CACHE_SLOTS   1024        /* verified tokens per worker (direct-mapped) */
 #define MAX_FILE      (4u << 20)  /* bytes of a key file */
+#define JWKS_MAX_BODY (1u << 20)  /* bytes of a fetched JWK set */
+#define KID_REFETCH_S 30          /* at most one unknown-kid refetch per this many seconds */
+#define TICK_MS       1000        /* main-loop poll of refetch requests from workers */
 
 enum src_kind { SRC_AUTHZ, SRC_HEADER, SRC_COOKIE, SRC_QUERY };
 typedef struct source {
@@ -75,8 +80,23 @@ static const char *const result_names[R_N] = {
 typedef struct auth {
     const sk_host_api *host;
     sk_instance *self;
-    jwt_keyset keys;
+    jwt_keyset keys;        /* swapped under lock (write: main, jwks_url) */
+    pthread_rwlock_t lock;
+    int lock_ok;
+    atomic_uint gen;        /* bumped at each swap: cached tokens of older sets are misses */
     int have_jwt;
+    /* jwks_url */
+    char *jwks_url;
+    uint64_t refresh_s;
+    sk_timer *timer;
+    sk_http_call *call;
+    char *body;
+    size_t body_len;
+    int status;
+    atomic_int want_refetch; /* a worker saw an unknown kid */
+    int64_t next_refresh, last_kid_fetch;
+    int fetch_for_kid;
+    sk_metric *fetches;
     unsigned algmask;
     char *issuer;
     char *aud[MAX_LIST + 1];
@@ -103,6 +123,7 @@ typedef struct cache_entry {
     size_t len;
     uint64_t hash;
     json_t *claims;
+    unsigned gen;
 } cache_entry;
 
 typedef struct worker {
@@ -224,6 +245,11 @@ static void destroy(void *inst)
 {
     auth *a = inst;
     if (!a) return;
+    if (a->timer) a->host->timer_stop(a->timer);
+    if (a->call) a->host->http_cancel(a->call);
+    free(a->body);
+    free(a->jwks_url);
+    if (a->lock_ok) pthread_rwlock_destroy(&a->lock);
     jwt_keyset_free(&a->keys);
     free(a->issuer);
     for (size_t i = 0; a->aud[i]; i++) free(a->aud[i]);
@@ -392,6 +418,118 @@ static int load_jwks(auth *a, const char *path, char *err, size_t es)
     return rc;
 }
 
+/* ---- jwks_url (main thread) ---- */
+
+static int64_t mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+static void jwks_on_head(void *arg, int status, const sk_str *names, const sk_str *values, size_t n)
+{
+    ((auth *)arg)->status = status;
+}
+
+static void jwks_on_body(void *arg, const char *data, size_t len)
+{
+    auth *a = arg;
+    char *nb = a->body_len + len <= JWKS_MAX_BODY ? realloc(a->body, a->body_len + len + 1) : NULL;
+    if (!nb) return; /* max_body makes the call fail first */
+    a->body = nb;
+    memcpy(a->body + a->body_len, data, len);
+    a->body_len += len;
+}
+
+/* The fetch is over: a good set replaces the keys; anything else keeps them. */
+static void jwks_on_done(void *arg, int error, const char *message)
+{
+    auth *a = arg;
+    char why[200];
+    a->call = NULL;
+    int64_t now = mono_s();
+    jwt_keyset fresh;
+    size_t skipped = 0;
+    int ok = 0;
+    if (error == SK_HTTP_ECANCELLED) {
+        free(a->body), a->body = NULL, a->body_len = 0;
+        return;
+    }
+    if (error) snprintf(why, sizeof(why), "%s", message);
+    else if (a->status != 200) snprintf(why, sizeof(why), "status %d", a->status);
+    else ok = jwt_keyset_from_jwks(&fresh, a->body ? a->body : "", a->body_len, &skipped, why, sizeof(why)) == 0;
+    free(a->body), a->body = NULL, a->body_len = 0;
+    if (ok) {
+        pthread_rwlock_wrlock(&a->lock);
+        jwt_keyset old = a->keys;
+        a->keys = fresh;
+        atomic_fetch_add(&a->gen, 1);
+        pthread_rwlock_unlock(&a->lock);
+        jwt_keyset_free(&old);
+        a->host->metric_add_at(a->fetches, 0, 1);
+        a->host->log(a->self, SK_LOG_INFO, "jwks_url %s: %zu key(s)%s", a->jwks_url, fresh.n,
+                     skipped ? ", some skipped" : "");
+        a->next_refresh = now + (int64_t)a->refresh_s;
+    } else {
+        a->host->metric_add_at(a->fetches, 1, 1);
+        a->host->log(a->self, SK_LOG_WARN, "jwks_url %s: fetch failed (%s), keeping the last key set", a->jwks_url,
+                     why);
+        /* Without any key yet, try again soon; else at the next refresh. */
+        int empty = a->keys.n == 0;
+        a->next_refresh = now + (empty && a->refresh_s > 5 ? 5 : (int64_t)a->refresh_s);
+    }
+}
+
+/* Starts a fetch unless one is in flight. */
+static void jwks_fetch(auth *a, int for_kid)
+{
+    if (a->call) return;
+    sk_http_request rq = {
+        .method = "GET",
+        .url = a->jwks_url,
+        .timeout_ms = 10000,
+        .connect_timeout_ms = 5000,
+        .max_body = JWKS_MAX_BODY,
+        .on_head = jwks_on_head,
+        .on_body = jwks_on_body,
+        .on_done = jwks_on_done,
+        .arg = a,
+    };
+    static const char *const hdrs[] = {"accept", "application/json", NULL};
+    rq.headers = hdrs;
+    a->status = 0;
+    a->fetch_for_kid = for_kid;
+    int64_t now = mono_s();
+    a->next_refresh = now + (int64_t)a->refresh_s;
+    int rc = a->host->http_start(a->self, &rq, &a->call);
+    if (rc != 0) {
+        a->call = NULL;
+        a->host->metric_add_at(a->fetches, 1, 1);
+        a->next_refresh = now + 5;
+    }
+}
+
+/* Every TICK_MS on the main loop: the periodic refresh, and the refetch a
+ * worker asked for (an unknown kid), at most once per KID_REFETCH_S. */
+static void jwks_tick(void *arg)
+{
+    auth *a = arg;
+    a->timer = NULL;
+    int64_t now = mono_s();
+    if (!a->call) {
+        if (atomic_load(&a->want_refetch) && (a->last_kid_fetch == 0 || now - a->last_kid_fetch >= KID_REFETCH_S)) {
+            atomic_store(&a->want_refetch, 0);
+            a->last_kid_fetch = now;
+            jwks_fetch(a, 1);
+        } else if (now >= a->next_refresh) {
+            jwks_fetch(a, 0);
+        }
+    }
+    a->timer = a->host->timer_start(a->host->main_loop(), TICK_MS, jwks_tick, a);
+    if (!a->timer) a->host->log(a->self, SK_LOG_ERROR, "jwks_url: cannot re-arm the refresh timer (out of memory)");
+}
+
 static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *keys, size_t nkeys, char *err,
                     size_t err_size)
 {
@@ -408,6 +546,13 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
     a->require_exp = 1;
     a->strip = 1;
     a->default_allow = -1;
+    a->refresh_s = 600;
+    if (pthread_rwlock_init(&a->lock, NULL) != 0) {
+        snprintf(err, err_size, "auth: cannot create a lock");
+        free(a);
+        return NULL;
+    }
+    a->lock_ok = 1;
     int line = 0, have_keysrc = 0, strip_set = 0;
     for (size_t i = 0; i < nkeys; i++) {
         const char *k = keys[i].key, *v = keys[i].value;
@@ -430,8 +575,16 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             if (have_keysrc) snprintf(msg, sizeof(msg), "one of jwt_key, jwks_file");
             else if ((!strcmp(k, "jwt_key") ? load_jwt_key : load_jwks)(a, v, msg, sizeof(msg)) == 0)
                 have_keysrc = a->have_jwt = 1;
-        } else if (!strcmp(k, "jwks_url") || !strcmp(k, "jwks_refresh")) {
-            snprintf(msg, sizeof(msg), "not supported yet (use jwks_file or jwt_key)");
+        } else if (!strcmp(k, "jwks_url")) {
+            if (have_keysrc) snprintf(msg, sizeof(msg), "one of jwt_key, jwks_file, jwks_url");
+            else if (strncmp(v, "http://", 7) != 0)
+                snprintf(msg, sizeof(msg), "an http:// URL (the host's HTTP client has no https yet)");
+            else if (!(a->jwks_url = strdup(v))) snprintf(msg, sizeof(msg), "out of memory");
+            else have_keysrc = a->have_jwt = 1;
+        } else if (!strcmp(k, "jwks_refresh")) {
+            int64_t sec;
+            if (parse_seconds(v, &sec) != 0 || sec < 1) snprintf(msg, sizeof(msg), "a duration of at least 1s (10m)");
+            else a->refresh_s = (uint64_t)sec;
         } else if (!strcmp(k, "jwt_issuer")) {
             free(a->issuer);
             if (!(a->issuer = strdup(v))) snprintf(msg, sizeof(msg), "out of memory");
@@ -505,7 +658,7 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             else snprintf(msg, sizeof(msg), "allow or deny");
         } else {
             snprintf(msg, sizeof(msg),
-                     "unknown key (known: jwt_algorithms, jwt_key, jwks_file, jwt_issuer, jwt_audience, jwt_from, "
+                     "unknown key (known: jwt_algorithms, jwt_key, jwks_file, jwks_url, jwks_refresh, jwt_issuer, jwt_audience, jwt_from, "
                      "jwt_leeway, jwt_require_exp, claim_header, api_keys_file, api_key_from, strip_credentials, "
                      "allow_missing, rule, default)");
         }
@@ -547,6 +700,23 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
     }
     a->decisions = host->counter_labelled(self, "auth_decisions_total", "auth decisions by result", "result",
                                           result_names, R_N);
+    if (a->jwks_url) {
+        static const char *const fr[] = {"ok", "failed"};
+        a->fetches = host->counter_labelled(self, "auth_jwks_fetches_total", "jwks_url fetches by result", "result",
+                                            fr, 2);
+        if (host->abi_minor < 1 || !host->http_start) {
+            snprintf(err, err_size, "auth: jwks_url needs a host with the HTTP client (ABI 1.1)");
+            destroy(a);
+            return NULL;
+        }
+        jwks_fetch(a, 0);
+        a->timer = host->timer_start(host->main_loop(), TICK_MS, jwks_tick, a);
+        if (!a->timer) {
+            snprintf(err, err_size, "auth: out of memory (timer)");
+            destroy(a);
+            return NULL;
+        }
+    }
     return a;
 }
 
@@ -832,13 +1002,19 @@ static int check_token(auth *a, worker *w, sk_str tok, json_t **claims, int *own
     if (tok.len > MAX_TOKEN) return JWT_EMALFORMED;
     uint64_t h = fnv(tok.ptr, tok.len);
     cache_entry *e = w ? &w->slot[h % CACHE_SLOTS] : NULL;
-    if (e && e->tok && e->hash == h && ct_eq(e->tok, e->len, tok.ptr, tok.len)) {
+    unsigned gen = atomic_load(&a->gen);
+    if (e && e->tok && e->hash == h && e->gen == gen && ct_eq(e->tok, e->len, tok.ptr, tok.len)) {
         *claims = e->claims;
         return jwt_check_claims(e->claims, a->issuer, a->aud[0] ? a->aud : NULL, a->leeway, a->require_exp, now);
     }
     int kid_unknown;
     json_t *c;
+    pthread_rwlock_rdlock(&a->lock);
+    gen = atomic_load(&a->gen);
     int rc = jwt_verify(&a->keys, tok.ptr, tok.len, a->algmask, &c, &kid_unknown);
+    int empty = a->keys.n == 0;
+    pthread_rwlock_unlock(&a->lock);
+    if (rc == JWT_ENOKEY && a->jwks_url && (kid_unknown || empty)) atomic_store(&a->want_refetch, 1);
     if (rc != JWT_OK) return rc;
     rc = jwt_check_claims(c, a->issuer, a->aud[0] ? a->aud : NULL, a->leeway, a->require_exp, now);
     if (rc != JWT_OK) {
@@ -849,7 +1025,7 @@ static int check_token(auth *a, worker *w, sk_str tok, json_t **claims, int *own
     if (copy) {
         free(e->tok);
         json_decref(e->claims);
-        *e = (cache_entry){copy, tok.len, h, c};
+        *e = (cache_entry){copy, tok.len, h, c, gen};
         *claims = c;
     } else {
         *claims = c;

@@ -19,7 +19,8 @@ import ssl
 import subprocess
 import time
 import types
-import urllib.request
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -162,7 +163,7 @@ ALL_ALGS = ["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS38
             "ES256", "ES384", "EdDSA"]
 
 
-def ini(keys_text: str, route_extra: str = "", listener: str = None, extra: str = "") -> str:
+def ini(keys_text: str, route_extra: str = "", listener: str = None, extra: str = "", workers: int = 1) -> str:
     listener = listener or "[listener main]\naddress = 127.0.0.1:{listen}\n"
     return sk_ini(f"""[plugin auth]
 load = auth.so
@@ -175,7 +176,7 @@ plugins = auth
 {route_extra}
 [cluster up]
 endpoints = 127.0.0.1:{{up}}
-{extra}""").replace("[sidekick]\n", f"[sidekick]\nplugin_dir = {SHIPPED_DIR}\n", 1)
+{extra}""", workers=workers).replace("[sidekick]\n", f"[sidekick]\nplugin_dir = {SHIPPED_DIR}\n", 1)
 
 
 def get(sk, path="/x", token=None, headers=None, method="GET"):
@@ -513,7 +514,9 @@ def test_config_errors(sidekick_bin, tmp_path, keys):
     cases = [
         ("jwt_algorithms = none\njwt_key = {s}\n", "unknown algorithm"),
         ("jwt_key = /nonexistent/key\n", "cannot read"),
-        ("jwks_url = http://127.0.0.1:1/jwks\n", "not supported"),
+        ("jwks_url = https://127.0.0.1:1/jwks\n", "http:// URL"),
+        ("jwks_url = http://127.0.0.1:1/jwks\njwks_refresh = 0s\n", "at least 1s"),
+        ("jwks_url = http://127.0.0.1:1/jwks\njwt_key = {s}\n", "one of"),
         ("frobnicate = 1\njwt_key = {s}\n", "unknown key"),
         ("rule = permit prefix=/\n", "allow or deny"),
         ("rule = allow size=3\n", "unknown condition"),
@@ -525,3 +528,163 @@ def test_config_errors(sidekick_bin, tmp_path, keys):
                      .replace("{up}", "2").replace("{admin}", "3"))
         r = subprocess.run([sidekick_bin, "-t", "-c", str(p)], capture_output=True, text=True, timeout=30)
         assert r.returncode != 0 and msg in r.stderr + r.stdout, (text, r.stderr)
+
+
+class JwksServer:
+    """A JWK set over HTTP on 127.0.0.1 (free port), its document replaceable,
+    its GETs counted."""
+
+    def __init__(self):
+        self.doc = b"{}"
+        self.status = 200
+        self.hits = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self):
+                with outer.lock:
+                    outer.hits += 1
+                    body, status = outer.doc, outer.status
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set(self, keys, status=200, raw=None):
+        with self.lock:
+            self.doc = raw if raw is not None else json.dumps({"keys": keys}).encode()
+            self.status = status
+
+    def count(self):
+        with self.lock:
+            return self.hits
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def jwks_server():
+    s = JwksServer()
+    yield s
+    s.close()
+
+
+def fetches(sk, result):
+    text = sk.admin_get("/metrics").body.decode()
+    m = re.search(r'sidekick_plugin_auth_jwks_fetches_total\{instance="auth",result="%s"\} (\d+)' % result, text)
+    return int(m.group(1)) if m else 0
+
+
+def wait(pred, what, timeout=10.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def test_jwks_url_rotation_and_refetch_limit(sidekick, upstream, keys, jwks_server):
+    jwks_server.set([keys.jwk("rsa", "k1")])
+    up = upstream()
+    sk = sidekick(ini(f"jwks_url = http://127.0.0.1:{jwks_server.port}/jwks.json\njwks_refresh = 10m\n"),
+                  up=up.port)
+    wait(lambda: fetches(sk, "ok") == 1, "the first fetch")
+    assert get(sk, token=keys.token("RS256", header={"kid": "k1"})).status == 200
+    # rotation: k2 appears at the URL; its first token is refused (unknown kid) and triggers one refetch
+    jwks_server.set([keys.jwk("rsa", "k1"), keys.jwk("p256", "k2")])
+    tok2 = keys.token("ES256", header={"kid": "k2"})
+    r = get(sk, token=tok2)
+    assert_401(r)
+    assert "unknown_key" in r.header("www-authenticate")
+    wait(lambda: fetches(sk, "ok") == 2, "the unknown-kid refetch")
+    assert get(sk, token=tok2).status == 200
+    assert get(sk, token=keys.token("RS256", header={"kid": "k1"})).status == 200
+    # 100 forged kids within 30 s of that refetch: no further fetch
+    hits = jwks_server.count()
+    for i in range(100):
+        assert_401(get(sk, token=keys.token("ES256", header={"kid": f"forged-{i}"})))
+    time.sleep(2.5)  # more than two polls of the main loop (1 s each)
+    assert jwks_server.count() == hits
+    assert fetches(sk, "ok") == 2
+    assert len(up.requests) == 3
+
+
+def test_jwks_url_forged_kids_cause_one_fetch(sidekick, upstream, keys, jwks_server):
+    jwks_server.set([keys.jwk("rsa", "k1")])
+    up = upstream()
+    sk = sidekick(ini(f"jwks_url = http://127.0.0.1:{jwks_server.port}/jwks.json\n"), up=up.port)
+    wait(lambda: fetches(sk, "ok") == 1, "the first fetch")
+    for i in range(100):
+        assert_401(get(sk, token=keys.token("RS256", header={"kid": f"forged-{i}"})))
+    wait(lambda: fetches(sk, "ok") == 2, "one refetch")
+    time.sleep(2.5)
+    assert jwks_server.count() == 2
+    assert len(up.requests) == 0
+
+
+def test_jwks_url_failed_refresh_keeps_keys(sidekick, upstream, keys, jwks_server):
+    jwks_server.set([keys.jwk("ed", "e1")])
+    up = upstream()
+    sk = sidekick(ini(f"jwks_url = http://127.0.0.1:{jwks_server.port}/jwks.json\njwks_refresh = 1s\n"),
+                  up=up.port)
+    wait(lambda: fetches(sk, "ok") >= 1, "the first fetch")
+    tok = keys.token("EdDSA", header={"kid": "e1"})
+    assert get(sk, token=tok).status == 200
+    jwks_server.set(None, raw=b'{"keys": [')            # malformed
+    wait(lambda: fetches(sk, "failed") >= 1, "a failed refresh")
+    assert get(sk, token=keys.token("EdDSA", header={"kid": "e1"}, claims={"n": 1})).status == 200
+    jwks_server.set([], status=500)
+    wait(lambda: fetches(sk, "failed") >= 2, "a second failed refresh")
+    assert get(sk, token=keys.token("EdDSA", header={"kid": "e1"}, claims={"n": 2})).status == 200
+    assert "keeping the last key set" in sk.stderr_text()
+    # a good set again replaces it: e1 is gone
+    jwks_server.set([keys.jwk("p256", "p1")])
+    n = fetches(sk, "ok")
+    wait(lambda: fetches(sk, "ok") > n, "a good refresh")
+    assert_401(get(sk, token=keys.token("EdDSA", header={"kid": "e1"}, claims={"n": 3})))
+    assert_401(get(sk, token=tok))                        # the cached token went with its key set
+    assert get(sk, token=keys.token("ES256", header={"kid": "p1"})).status == 200
+
+
+def test_two_workers_share_the_key_set_while_it_refreshes(sidekick, upstream, keys, jwks_server):
+    ents = [keys.jwk("rsa", "r"), keys.jwk("p256", "e"), keys.jwk("ed", "d"),
+            {"kty": "oct", "kid": "h", "k": b64u(SECRET)}]
+    jwks_server.set(ents)
+    up = upstream()
+    sk = sidekick(ini(f"jwks_url = http://127.0.0.1:{jwks_server.port}/jwks.json\njwks_refresh = 1s\n",
+                      workers=2), up=up.port)
+    wait(lambda: fetches(sk, "ok") >= 1, "the first fetch")
+    toks = [keys.token(a, header={"kid": k}, claims={"i": i})
+            for i in range(10) for a, k in (("RS256", "r"), ("PS256", "r"), ("ES256", "e"),
+                                            ("EdDSA", "d"), ("HS256", "h"))]
+    bad = []
+
+    def client(part):
+        for t in part:
+            for _ in range(2):
+                r = get(sk, token=t)
+                if r.status != 200:
+                    bad.append(r)
+
+    n0 = fetches(sk, "ok")
+    threads = [threading.Thread(target=client, args=(toks[i::4],)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    wait(lambda: fetches(sk, "ok") > n0, "a refresh during the run")
+    assert bad == []
+    assert len(up.requests) == 2 * len(toks)
