@@ -35,15 +35,15 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_LIST      16          /* sources, audiences, claim headers */
+#define MAX_LIST      16 /* sources, audiences, claim headers */
 #define MAX_RULES     256
 #define MAX_CONDS     8
-#define MAX_TOKEN     8192        /* bytes of a token considered at all */
-#define CACHE_SLOTS   1024        /* verified tokens per worker (direct-mapped) */
-#define MAX_FILE      (4u << 20)  /* bytes of a key file */
-#define JWKS_MAX_BODY (1u << 20)  /* bytes of a fetched JWK set */
-#define KID_REFETCH_S 30          /* at most one unknown-kid refetch per this many seconds */
-#define TICK_MS       1000        /* main-loop poll of refetch requests from workers */
+#define MAX_TOKEN     8192       /* bytes of a token considered at all */
+#define CACHE_SLOTS   1024       /* verified tokens per worker (direct-mapped) */
+#define MAX_FILE      (4u << 20) /* bytes of a key file */
+#define JWKS_MAX_BODY (1u << 20) /* bytes of a fetched JWK set */
+#define KID_REFETCH_S 30         /* at most one unknown-kid refetch per this many seconds */
+#define TICK_MS       1000       /* main-loop poll of refetch requests from workers */
 
 enum src_kind { SRC_AUTHZ, SRC_HEADER, SRC_COOKIE, SRC_QUERY };
 typedef struct source {
@@ -54,8 +54,8 @@ typedef struct source {
 enum cond_kind { C_IDENTITY, C_CLAIM, C_CONSUMER, C_METHOD, C_PREFIX, C_PATH };
 typedef struct cond {
     int kind;
-    char *claim;  /* C_CLAIM: the claim name */
-    char **alts;  /* NULL-terminated alternatives (a|b) */
+    char *claim; /* C_CLAIM: the claim name */
+    char **alts; /* NULL-terminated alternatives (a|b) */
 } cond;
 typedef struct rule {
     int allow;
@@ -70,20 +70,35 @@ typedef struct apikey {
 
 /* Metric label values: results. */
 enum result {
-    R_ALLOWED, R_ANONYMOUS, R_MISSING, R_MALFORMED, R_BAD_ALG, R_UNKNOWN_KEY, R_BAD_SIGNATURE, R_EXPIRED,
-    R_NOT_YET_VALID, R_BAD_ISSUER, R_BAD_AUDIENCE, R_NO_EXP, R_BAD_API_KEY, R_FORBIDDEN, R_ERROR, R_N
+    R_ALLOWED,
+    R_ANONYMOUS,
+    R_MISSING,
+    R_MALFORMED,
+    R_BAD_ALG,
+    R_UNKNOWN_KEY,
+    R_BAD_SIGNATURE,
+    R_EXPIRED,
+    R_NOT_YET_VALID,
+    R_BAD_ISSUER,
+    R_BAD_AUDIENCE,
+    R_NO_EXP,
+    R_BAD_API_KEY,
+    R_FORBIDDEN,
+    R_ERROR,
+    R_N
 };
-static const char *const result_names[R_N] = {
-    "allowed", "anonymous", "missing", "malformed", "bad_alg", "unknown_key", "bad_signature", "expired",
-    "not_yet_valid", "bad_issuer", "bad_audience", "no_exp", "bad_api_key", "forbidden", "error"};
+static const char *const result_names[R_N] = {"allowed",       "anonymous",   "missing",       "malformed",
+                                              "bad_alg",       "unknown_key", "bad_signature", "expired",
+                                              "not_yet_valid", "bad_issuer",  "bad_audience",  "no_exp",
+                                              "bad_api_key",   "forbidden",   "error"};
 
 typedef struct auth {
     const sk_host_api *host;
     sk_instance *self;
-    jwt_keyset keys;        /* swapped under lock (write: main, jwks_url) */
+    jwt_keyset keys; /* swapped under lock (write: main, jwks_url) */
     pthread_rwlock_t lock;
     int lock_ok;
-    atomic_uint gen;        /* bumped at each swap: cached tokens of older sets are misses */
+    atomic_uint gen; /* bumped at each swap: cached tokens of older sets are misses */
     int have_jwt;
     /* jwks_url */
     char *jwks_url;
@@ -192,10 +207,14 @@ static int parse_seconds(const char *v, int64_t *out)
     long long n = strtoll(v, &end, 10);
     if (errno || end == v || n < 0) return -1;
     int64_t mul = 1;
-    if (!strcmp(end, "") || !strcmp(end, "s")) mul = 1;
-    else if (!strcmp(end, "m")) mul = 60;
-    else if (!strcmp(end, "h")) mul = 3600;
-    else return -1;
+    if (!strcmp(end, "") || !strcmp(end, "s"))
+        mul = 1;
+    else if (!strcmp(end, "m"))
+        mul = 60;
+    else if (!strcmp(end, "h"))
+        mul = 3600;
+    else
+        return -1;
     if (n > 86400LL * 365) return -1;
     *out = n * mul;
     return 0;
@@ -228,10 +247,14 @@ static int parse_source(const char *item, int allow_cookie, source *s)
     const char *name = colon + 1;
     for (const char *p = name; *p; p++)
         if (!isalnum((unsigned char)*p) && !strchr("-_.", *p)) return -1;
-    if (tl == 6 && !strncmp(item, "header", 6)) s->kind = SRC_HEADER;
-    else if (tl == 6 && !strncmp(item, "cookie", 6) && allow_cookie) s->kind = SRC_COOKIE;
-    else if (tl == 5 && !strncmp(item, "query", 5)) s->kind = SRC_QUERY;
-    else return -1;
+    if (tl == 6 && !strncmp(item, "header", 6))
+        s->kind = SRC_HEADER;
+    else if (tl == 6 && !strncmp(item, "cookie", 6) && allow_cookie)
+        s->kind = SRC_COOKIE;
+    else if (tl == 5 && !strncmp(item, "query", 5))
+        s->kind = SRC_QUERY;
+    else
+        return -1;
     s->name = strdup(name);
     if (!s->name) return -1;
     if (s->kind == SRC_HEADER) {
@@ -286,8 +309,10 @@ static int parse_rule(const char *v, rule *r, char *err, size_t es)
         return -1;
     }
     int rc = -1;
-    if (!strcmp(words[0], "allow")) r->allow = 1;
-    else if (!strcmp(words[0], "deny")) r->allow = 0;
+    if (!strcmp(words[0], "allow"))
+        r->allow = 1;
+    else if (!strcmp(words[0], "deny"))
+        r->allow = 0;
     else {
         snprintf(err, es, "a rule starts with allow or deny, not '%s'", words[0]);
         goto out;
@@ -301,14 +326,21 @@ static int parse_rule(const char *v, rule *r, char *err, size_t es)
         }
         *eq = 0;
         const char *k = words[i];
-        if (!strcmp(k, "identity")) c->kind = C_IDENTITY;
-        else if (!strncmp(k, "claim.", 6) && k[6]) c->kind = C_CLAIM;
-        else if (!strcmp(k, "consumer")) c->kind = C_CONSUMER;
-        else if (!strcmp(k, "method")) c->kind = C_METHOD;
-        else if (!strcmp(k, "prefix")) c->kind = C_PREFIX;
-        else if (!strcmp(k, "path")) c->kind = C_PATH;
+        if (!strcmp(k, "identity"))
+            c->kind = C_IDENTITY;
+        else if (!strncmp(k, "claim.", 6) && k[6])
+            c->kind = C_CLAIM;
+        else if (!strcmp(k, "consumer"))
+            c->kind = C_CONSUMER;
+        else if (!strcmp(k, "method"))
+            c->kind = C_METHOD;
+        else if (!strcmp(k, "prefix"))
+            c->kind = C_PREFIX;
+        else if (!strcmp(k, "path"))
+            c->kind = C_PATH;
         else {
-            snprintf(err, es, "unknown condition '%s' (identity, claim.NAME, consumer, method, prefix, path)", k);
+            snprintf(err, es, "unknown condition '%s' (identity, claim.NAME, consumer, method, prefix, path)",
+                     k);
             goto out;
         }
         if ((c->kind == C_PREFIX || c->kind == C_PATH) && eq[1] != '/') {
@@ -412,9 +444,11 @@ static int load_jwks(auth *a, const char *path, char *err, size_t es)
     }
     int rc = jwt_keyset_from_jwks(&a->keys, buf, len, &skipped, why, sizeof(why));
     free(buf);
-    if (rc) snprintf(err, es, "%s: %s", path, why);
+    if (rc)
+        snprintf(err, es, "%s: %s", path, why);
     else if (skipped)
-        a->host->log(a->self, SK_LOG_WARN, "%s: %zu key(s) skipped (unsupported or malformed)", path, skipped);
+        a->host->log(a->self, SK_LOG_WARN, "%s: %zu key(s) skipped (unsupported or malformed)", path,
+                     skipped);
     return rc;
 }
 
@@ -456,9 +490,13 @@ static void jwks_on_done(void *arg, int error, const char *message)
         free(a->body), a->body = NULL, a->body_len = 0;
         return;
     }
-    if (error) snprintf(why, sizeof(why), "%s", message);
-    else if (a->status != 200) snprintf(why, sizeof(why), "status %d", a->status);
-    else ok = jwt_keyset_from_jwks(&fresh, a->body ? a->body : "", a->body_len, &skipped, why, sizeof(why)) == 0;
+    if (error)
+        snprintf(why, sizeof(why), "%s", message);
+    else if (a->status != 200)
+        snprintf(why, sizeof(why), "status %d", a->status);
+    else
+        ok = jwt_keyset_from_jwks(&fresh, a->body ? a->body : "", a->body_len, &skipped, why, sizeof(why)) ==
+             0;
     free(a->body), a->body = NULL, a->body_len = 0;
     if (ok) {
         pthread_rwlock_wrlock(&a->lock);
@@ -473,8 +511,8 @@ static void jwks_on_done(void *arg, int error, const char *message)
         a->next_refresh = now + (int64_t)a->refresh_s;
     } else {
         a->host->metric_add_at(a->fetches, 1, 1);
-        a->host->log(a->self, SK_LOG_WARN, "jwks_url %s: fetch failed (%s), keeping the last key set", a->jwks_url,
-                     why);
+        a->host->log(a->self, SK_LOG_WARN, "jwks_url %s: fetch failed (%s), keeping the last key set",
+                     a->jwks_url, why);
         /* Without any key yet, try again soon; else at the next refresh. */
         int empty = a->keys.n == 0;
         a->next_refresh = now + (empty && a->refresh_s > 5 ? 5 : (int64_t)a->refresh_s);
@@ -518,7 +556,8 @@ static void jwks_tick(void *arg)
     a->timer = NULL;
     int64_t now = mono_s();
     if (!a->call) {
-        if (atomic_load(&a->want_refetch) && (a->last_kid_fetch == 0 || now - a->last_kid_fetch >= KID_REFETCH_S)) {
+        if (atomic_load(&a->want_refetch) &&
+            (a->last_kid_fetch == 0 || now - a->last_kid_fetch >= KID_REFETCH_S)) {
             atomic_store(&a->want_refetch, 0);
             a->last_kid_fetch = now;
             jwks_fetch(a, 1);
@@ -527,7 +566,8 @@ static void jwks_tick(void *arg)
         }
     }
     a->timer = a->host->timer_start(a->host->main_loop(), TICK_MS, jwks_tick, a);
-    if (!a->timer) a->host->log(a->self, SK_LOG_ERROR, "jwks_url: cannot re-arm the refresh timer (out of memory)");
+    if (!a->timer)
+        a->host->log(a->self, SK_LOG_ERROR, "jwks_url: cannot re-arm the refresh timer (out of memory)");
 }
 
 static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *keys, size_t nkeys, char *err,
@@ -562,36 +602,47 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             char *it[JWT_NALGS + 1];
             size_t n;
             a->algmask = 0;
-            if (split(v, ',', it, JWT_NALGS + 1, &n) != 0 || n == 0) snprintf(msg, sizeof(msg), "a list of algorithms");
+            if (split(v, ',', it, JWT_NALGS + 1, &n) != 0 || n == 0)
+                snprintf(msg, sizeof(msg), "a list of algorithms");
             for (size_t j = 0; j < n && !msg[0]; j++) {
                 int alg = jwt_alg_from_name(it[j], strlen(it[j]));
                 if (alg < 0)
-                    snprintf(msg, sizeof(msg), "unknown algorithm '%s' (HS256/384/512, RS256/384/512, "
-                             "PS256/384/512, ES256/384, EdDSA; never none)", it[j]);
-                else a->algmask |= 1u << alg;
+                    snprintf(msg, sizeof(msg),
+                             "unknown algorithm '%s' (HS256/384/512, RS256/384/512, "
+                             "PS256/384/512, ES256/384, EdDSA; never none)",
+                             it[j]);
+                else
+                    a->algmask |= 1u << alg;
             }
             free_list(it, n);
         } else if (!strcmp(k, "jwt_key") || !strcmp(k, "jwks_file")) {
-            if (have_keysrc) snprintf(msg, sizeof(msg), "one of jwt_key, jwks_file");
+            if (have_keysrc)
+                snprintf(msg, sizeof(msg), "one of jwt_key, jwks_file");
             else if ((!strcmp(k, "jwt_key") ? load_jwt_key : load_jwks)(a, v, msg, sizeof(msg)) == 0)
                 have_keysrc = a->have_jwt = 1;
         } else if (!strcmp(k, "jwks_url")) {
-            if (have_keysrc) snprintf(msg, sizeof(msg), "one of jwt_key, jwks_file, jwks_url");
+            if (have_keysrc)
+                snprintf(msg, sizeof(msg), "one of jwt_key, jwks_file, jwks_url");
             else if (strncmp(v, "http://", 7) != 0)
                 snprintf(msg, sizeof(msg), "an http:// URL (the host's HTTP client has no https yet)");
-            else if (!(a->jwks_url = strdup(v))) snprintf(msg, sizeof(msg), "out of memory");
-            else have_keysrc = a->have_jwt = 1;
+            else if (!(a->jwks_url = strdup(v)))
+                snprintf(msg, sizeof(msg), "out of memory");
+            else
+                have_keysrc = a->have_jwt = 1;
         } else if (!strcmp(k, "jwks_refresh")) {
             int64_t sec;
-            if (parse_seconds(v, &sec) != 0 || sec < 1) snprintf(msg, sizeof(msg), "a duration of at least 1s (10m)");
-            else a->refresh_s = (uint64_t)sec;
+            if (parse_seconds(v, &sec) != 0 || sec < 1)
+                snprintf(msg, sizeof(msg), "a duration of at least 1s (10m)");
+            else
+                a->refresh_s = (uint64_t)sec;
         } else if (!strcmp(k, "jwt_issuer")) {
             free(a->issuer);
             if (!(a->issuer = strdup(v))) snprintf(msg, sizeof(msg), "out of memory");
         } else if (!strcmp(k, "jwt_audience")) {
             size_t n;
             for (size_t j = 0; a->aud[j]; j++) free(a->aud[j]), a->aud[j] = NULL;
-            if (split(v, ',', a->aud, MAX_LIST, &n) != 0 || n == 0) snprintf(msg, sizeof(msg), "1..%d audiences", MAX_LIST);
+            if (split(v, ',', a->aud, MAX_LIST, &n) != 0 || n == 0)
+                snprintf(msg, sizeof(msg), "1..%d audiences", MAX_LIST);
         } else if (!strcmp(k, "jwt_from") || !strcmp(k, "api_key_from")) {
             int jwt = !strcmp(k, "jwt_from");
             source *s = jwt ? a->jwt_from : a->key_from;
@@ -600,11 +651,14 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             size_t n;
             for (size_t j = 0; j < *ns; j++) free(s[j].name);
             *ns = 0;
-            if (split(v, ',', it, MAX_LIST, &n) != 0 || n == 0) snprintf(msg, sizeof(msg), "1..%d sources", MAX_LIST);
+            if (split(v, ',', it, MAX_LIST, &n) != 0 || n == 0)
+                snprintf(msg, sizeof(msg), "1..%d sources", MAX_LIST);
             for (size_t j = 0; j < n && !msg[0]; j++) {
                 if (parse_source(it[j], jwt, &s[*ns]) != 0)
-                    snprintf(msg, sizeof(msg), "'%s': expected header:NAME%s or query:NAME", it[j], jwt ? ", cookie:NAME" : "");
-                else (*ns)++;
+                    snprintf(msg, sizeof(msg), "'%s': expected header:NAME%s or query:NAME", it[j],
+                             jwt ? ", cookie:NAME" : "");
+                else
+                    (*ns)++;
             }
             free_list(it, n);
         } else if (!strcmp(k, "jwt_leeway")) {
@@ -636,16 +690,21 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
                 a->claim[m] = dupn(it[j], (size_t)(c - it[j]));
                 a->claim_hdr[m] = strdup(c + 1);
                 a->claim_meta[m] = malloc(strlen(a->claim[m] ? a->claim[m] : "") + 5);
-                if (!a->claim[m] || !a->claim_hdr[m] || !a->claim_meta[m]) snprintf(msg, sizeof(msg), "out of memory");
-                else sprintf(a->claim_meta[m], "jwt.%s", a->claim[m]);
+                if (!a->claim[m] || !a->claim_hdr[m] || !a->claim_meta[m])
+                    snprintf(msg, sizeof(msg), "out of memory");
+                else
+                    sprintf(a->claim_meta[m], "jwt.%s", a->claim[m]);
             }
             free_list(it, n);
         } else if (!strcmp(k, "api_keys_file")) {
-            if (a->have_apikeys) snprintf(msg, sizeof(msg), "given twice");
-            else if (load_api_keys(a, v, msg, sizeof(msg)) == 0) a->have_apikeys = 1;
+            if (a->have_apikeys)
+                snprintf(msg, sizeof(msg), "given twice");
+            else if (load_api_keys(a, v, msg, sizeof(msg)) == 0)
+                a->have_apikeys = 1;
         } else if (!strcmp(k, "rule")) {
             rule *nr = a->nrules < MAX_RULES ? realloc(a->rules, (a->nrules + 1) * sizeof(*nr)) : NULL;
-            if (!nr) snprintf(msg, sizeof(msg), "at most %d rules", MAX_RULES);
+            if (!nr)
+                snprintf(msg, sizeof(msg), "at most %d rules", MAX_RULES);
             else {
                 a->rules = nr;
                 int rc = parse_rule(v, &a->rules[a->nrules], msg, sizeof(msg));
@@ -653,14 +712,19 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
                 (void)rc;
             }
         } else if (!strcmp(k, "default")) {
-            if (!strcmp(v, "allow")) a->default_allow = 1;
-            else if (!strcmp(v, "deny")) a->default_allow = 0;
-            else snprintf(msg, sizeof(msg), "allow or deny");
+            if (!strcmp(v, "allow"))
+                a->default_allow = 1;
+            else if (!strcmp(v, "deny"))
+                a->default_allow = 0;
+            else
+                snprintf(msg, sizeof(msg), "allow or deny");
         } else {
-            snprintf(msg, sizeof(msg),
-                     "unknown key (known: jwt_algorithms, jwt_key, jwks_file, jwks_url, jwks_refresh, jwt_issuer, jwt_audience, jwt_from, "
-                     "jwt_leeway, jwt_require_exp, claim_header, api_keys_file, api_key_from, strip_credentials, "
-                     "allow_missing, rule, default)");
+            snprintf(
+                msg, sizeof(msg),
+                "unknown key (known: jwt_algorithms, jwt_key, jwks_file, jwks_url, jwks_refresh, jwt_issuer, "
+                "jwt_audience, jwt_from, "
+                "jwt_leeway, jwt_require_exp, claim_header, api_keys_file, api_key_from, strip_credentials, "
+                "allow_missing, rule, default)");
         }
         if (msg[0]) {
             snprintf(err, err_size, "auth: line %d: %s: %s", line, k, msg);
@@ -702,8 +766,8 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
                                           result_names, R_N);
     if (a->jwks_url) {
         static const char *const fr[] = {"ok", "failed"};
-        a->fetches = host->counter_labelled(self, "auth_jwks_fetches_total", "jwks_url fetches by result", "result",
-                                            fr, 2);
+        a->fetches = host->counter_labelled(self, "auth_jwks_fetches_total", "jwks_url fetches by result",
+                                            "result", fr, 2);
         if (host->abi_minor < 1 || !host->http_start) {
             snprintf(err, err_size, "auth: jwks_url needs a host with the HTTP client (ABI 1.1)");
             destroy(a);
@@ -762,7 +826,8 @@ static sk_str find_cookie(auth *a, sk_req *r, const char *name)
     size_t nl = strlen(name), n = a->host->header_count(r);
     for (size_t i = 0; i < n; i++) {
         sk_str hn, hv;
-        if (!a->host->header_at(r, i, &hn, &hv) || hn.len != 6 || strncasecmp(hn.ptr, "cookie", 6) || !hv.ptr) continue;
+        if (!a->host->header_at(r, i, &hn, &hv) || hn.len != 6 || strncasecmp(hn.ptr, "cookie", 6) || !hv.ptr)
+            continue;
         const char *p = hv.ptr, *end = hv.ptr + hv.len;
         while (p < end) {
             while (p < end && (*p == ' ' || *p == ';')) p++;
@@ -770,7 +835,8 @@ static sk_str find_cookie(auth *a, sk_req *r, const char *name)
             const char *e = memchr(p, ';', (size_t)(end - p));
             if (!e) e = end;
             const char *eq = memchr(p, '=', (size_t)(e - p));
-            if (eq && (size_t)(eq - p) == nl && !memcmp(p, name, nl)) return (sk_str){eq + 1, (size_t)(e - eq - 1)};
+            if (eq && (size_t)(eq - p) == nl && !memcmp(p, name, nl))
+                return (sk_str){eq + 1, (size_t)(e - eq - 1)};
             p = e;
         }
     }
@@ -785,7 +851,8 @@ static sk_str find_query(sk_str q, const char *name)
         const char *e = memchr(p, '&', (size_t)(end - p));
         if (!e) e = end;
         const char *eq = memchr(p, '=', (size_t)(e - p));
-        if (eq && (size_t)(eq - p) == nl && !memcmp(p, name, nl)) return (sk_str){eq + 1, (size_t)(e - eq - 1)};
+        if (eq && (size_t)(eq - p) == nl && !memcmp(p, name, nl))
+            return (sk_str){eq + 1, (size_t)(e - eq - 1)};
         p = e + 1;
     }
     return (sk_str){NULL, 0};
@@ -829,7 +896,8 @@ static int strip_cred(auth *a, sk_req *r, const source *s)
     char *out = NULL;
     for (size_t i = 0; i < n; i++) {
         sk_str hn, hv;
-        if (!a->host->header_at(r, i, &hn, &hv) || hn.len != 6 || strncasecmp(hn.ptr, "cookie", 6) || !hv.ptr) continue;
+        if (!a->host->header_at(r, i, &hn, &hv) || hn.len != 6 || strncasecmp(hn.ptr, "cookie", 6) || !hv.ptr)
+            continue;
         const char *p = hv.ptr, *end = hv.ptr + hv.len;
         while (p < end) {
             while (p < end && (*p == ' ' || *p == ';')) p++;
@@ -914,9 +982,12 @@ static int claim_match(json_t *c, const char *v)
 static int cond_match(auth *a, sk_req *r, const cond *c, json_t *claims, const char *consumer)
 {
     sk_str s = {NULL, 0};
-    if (c->kind == C_IDENTITY) s = a->host->identity(r);
-    else if (c->kind == C_METHOD) s = a->host->method(r);
-    else if (c->kind == C_PREFIX || c->kind == C_PATH) s = a->host->path(r);
+    if (c->kind == C_IDENTITY)
+        s = a->host->identity(r);
+    else if (c->kind == C_METHOD)
+        s = a->host->method(r);
+    else if (c->kind == C_PREFIX || c->kind == C_PATH)
+        s = a->host->path(r);
     for (char **alt = c->alts; *alt; alt++) {
         const char *v = *alt;
         size_t vl = strlen(v);
@@ -963,14 +1034,19 @@ static sk_status deny(auth *a, sk_req *r, int result)
     a->host->metric_add_at(a->decisions, (size_t)result, 1);
     if (result == R_FORBIDDEN) {
         static const char body[] = "forbidden\n";
-        return a->host->respond(r, 403, "forbidden", body, sizeof(body) - 1, NULL) == 0 ? SK_RESPOND : SK_ERROR;
+        return a->host->respond(r, 403, "forbidden", body, sizeof(body) - 1, NULL) == 0 ? SK_RESPOND
+                                                                                        : SK_ERROR;
     }
     char www[160];
-    if (result == R_MISSING) snprintf(www, sizeof(www), "Bearer");
-    else snprintf(www, sizeof(www), "Bearer error=\"invalid_token\", error_description=\"%s\"", result_names[result]);
+    if (result == R_MISSING)
+        snprintf(www, sizeof(www), "Bearer");
+    else
+        snprintf(www, sizeof(www), "Bearer error=\"invalid_token\", error_description=\"%s\"",
+                 result_names[result]);
     const char *hdrs[] = {"www-authenticate", www, NULL};
     static const char body[] = "unauthenticated\n";
-    return a->host->respond(r, 401, "unauthenticated", body, sizeof(body) - 1, hdrs) == 0 ? SK_RESPOND : SK_ERROR;
+    return a->host->respond(r, 401, "unauthenticated", body, sizeof(body) - 1, hdrs) == 0 ? SK_RESPOND
+                                                                                          : SK_ERROR;
 }
 
 static int jwt_result(int e)
@@ -1005,7 +1081,8 @@ static int check_token(auth *a, worker *w, sk_str tok, json_t **claims, int *own
     unsigned gen = atomic_load(&a->gen);
     if (e && e->tok && e->hash == h && e->gen == gen && ct_eq(e->tok, e->len, tok.ptr, tok.len)) {
         *claims = e->claims;
-        return jwt_check_claims(e->claims, a->issuer, a->aud[0] ? a->aud : NULL, a->leeway, a->require_exp, now);
+        return jwt_check_claims(e->claims, a->issuer, a->aud[0] ? a->aud : NULL, a->leeway, a->require_exp,
+                                now);
     }
     int kid_unknown;
     json_t *c;
@@ -1034,21 +1111,27 @@ static int check_token(auth *a, worker *w, sk_str tok, json_t **claims, int *own
     return JWT_OK;
 }
 
-/* The claim as header text: strings as is, numbers and bools printed, else NULL. */
-static char *claim_text(json_t *v)
+/* The claim as header text into b (n bytes): strings as is, numbers and
+ * bools printed (into b); NULL for other types or control characters. */
+static const char *claim_text(json_t *v, char *b, size_t n)
 {
-    char b[64];
     if (json_is_string(v)) {
         const char *s = json_string_value(v);
-        for (const char *p = s; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f) return NULL;
-        return strdup(s);
+        size_t len = json_string_length(v);
+        if (len > MAX_TOKEN) return NULL;
+        for (size_t i = 0; i < len; i++)
+            if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return NULL;
+        return s;
     }
-    if (json_is_integer(v)) snprintf(b, sizeof(b), "%lld", (long long)json_integer_value(v));
-    else if (json_is_real(v)) snprintf(b, sizeof(b), "%.17g", json_real_value(v));
-    else if (json_is_boolean(v)) snprintf(b, sizeof(b), "%s", json_is_true(v) ? "true" : "false");
-    else return NULL;
-    return strdup(b);
+    if (json_is_integer(v))
+        snprintf(b, n, "%lld", (long long)json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(b, n, "%.17g", json_real_value(v));
+    else if (json_is_boolean(v))
+        snprintf(b, n, "%s", json_is_true(v) ? "true" : "false");
+    else
+        return NULL;
+    return b;
 }
 
 static sk_status on_request(void *inst, void *wdata, sk_req *r)
@@ -1068,7 +1151,8 @@ static sk_status on_request(void *inst, void *wdata, sk_req *r)
     const char *consumer = NULL;
     sk_status st = SK_CONTINUE;
 
-    if ((a->have_jwt || a->have_apikeys) && !tok.ptr && !key.ptr && !a->allow_missing) return deny(a, r, R_MISSING);
+    if ((a->have_jwt || a->have_apikeys) && !tok.ptr && !key.ptr && !a->allow_missing)
+        return deny(a, r, R_MISSING);
     if (tok.ptr) {
         int rc = check_token(a, w, tok, &claims, &owned);
         if (rc != JWT_OK) {
@@ -1093,19 +1177,14 @@ static sk_status on_request(void *inst, void *wdata, sk_req *r)
     }
     if (consumer && h->set_meta(r, "consumer", consumer) != 0) goto fail;
     if (claims) {
+        char buf[64];
         for (size_t i = 0; i < a->nclaims; i++) {
-            char *t = claim_text(json_object_get(claims, a->claim[i]));
-            if (!t) continue;
-            int rc = h->set_header(r, a->claim_hdr[i], t) | h->set_meta(r, a->claim_meta[i], t);
-            free(t);
-            if (rc) goto fail;
+            const char *t = claim_text(json_object_get(claims, a->claim[i]), buf, sizeof(buf));
+            if (t && (h->set_header(r, a->claim_hdr[i], t) != 0 || h->set_meta(r, a->claim_meta[i], t) != 0))
+                goto fail;
         }
-        char *sub = claim_text(json_object_get(claims, "sub"));
-        if (sub) {
-            int rc = h->set_meta(r, "jwt.sub", sub);
-            free(sub);
-            if (rc) goto fail;
-        }
+        const char *sub = claim_text(json_object_get(claims, "sub"), buf, sizeof(buf));
+        if (sub && h->set_meta(r, "jwt.sub", sub) != 0) goto fail;
     }
     if (a->strip && tok.ptr && strip_cred(a, r, &a->jwt_from[jw]) != 0) goto fail;
     if (a->strip && key.ptr && strip_cred(a, r, &a->key_from[kw]) != 0) goto fail;

@@ -45,7 +45,7 @@ static const struct {
 
 const char *jwt_strerror(int e)
 {
-    static const char *const s[] = {"ok",      "malformed", "bad_alg", "unknown_key", "bad_signature",
+    static const char *const s[] = {"ok",      "malformed",     "bad_alg",    "unknown_key",  "bad_signature",
                                     "expired", "not_yet_valid", "bad_issuer", "bad_audience", "no_exp"};
     return e >= 0 && e < (int)(sizeof(s) / sizeof(s[0])) ? s[e] : "?";
 }
@@ -138,8 +138,9 @@ static int verify_hs(const jwt_key *k, int alg, const unsigned char *m, size_t m
 {
     Hmac h;
     unsigned char mac[WC_MAX_DIGEST_SIZE];
-    int type = algs[alg].hash == WC_HASH_TYPE_SHA256 ? WC_SHA256
-               : algs[alg].hash == WC_HASH_TYPE_SHA384 ? WC_SHA384 : WC_SHA512;
+    int type = algs[alg].hash == WC_HASH_TYPE_SHA256   ? WC_SHA256
+               : algs[alg].hash == WC_HASH_TYPE_SHA384 ? WC_SHA384
+                                                       : WC_SHA512;
     if (slen != (size_t)algs[alg].hlen) return 0;
     if (wc_HmacInit(&h, NULL, INVALID_DEVID) != 0) return 0;
     int ok = wc_HmacSetKey(&h, type, k->a, (word32)k->alen) == 0 && wc_HmacUpdate(&h, m, (word32)mlen) == 0 &&
@@ -148,8 +149,8 @@ static int verify_hs(const jwt_key *k, int alg, const unsigned char *m, size_t m
     return ok;
 }
 
-static int verify_rsa(const jwt_key *k, int alg, const unsigned char *m, size_t mlen, const unsigned char *sig,
-                      size_t slen)
+static int verify_rsa(const jwt_key *k, int alg, const unsigned char *m, size_t mlen,
+                      const unsigned char *sig, size_t slen)
 {
     RsaKey *key = malloc(sizeof(*key));
     unsigned char *copy = malloc(slen ? slen : 1), *out = malloc(slen ? slen : 1);
@@ -159,8 +160,8 @@ static int verify_rsa(const jwt_key *k, int alg, const unsigned char *m, size_t 
     if (wc_RsaPublicKeyDecodeRaw(k->a, (word32)k->alen, k->b, (word32)k->blen, key) != 0) goto freekey;
     if (slen != (size_t)wc_RsaEncryptSize(key)) goto freekey;
     if (algs[alg].fam == F_RS) {
-        ok = wc_SignatureVerify(algs[alg].hash, WC_SIGNATURE_TYPE_RSA_W_ENC, m, (word32)mlen, sig, (word32)slen,
-                                key, sizeof(*key)) == 0;
+        ok = wc_SignatureVerify(algs[alg].hash, WC_SIGNATURE_TYPE_RSA_W_ENC, m, (word32)mlen, sig,
+                                (word32)slen, key, sizeof(*key)) == 0;
     } else {
         unsigned char digest[WC_MAX_DIGEST_SIZE];
         int mgf = algs[alg].hlen == 32 ? WC_MGF1SHA256 : algs[alg].hlen == 48 ? WC_MGF1SHA384 : WC_MGF1SHA512;
@@ -215,8 +216,8 @@ static int verify_ed(const jwt_key *k, const unsigned char *m, size_t mlen, cons
     return ok;
 }
 
-static int verify_one(const jwt_key *k, int alg, const unsigned char *m, size_t mlen, const unsigned char *sig,
-                      size_t slen)
+static int verify_one(const jwt_key *k, int alg, const unsigned char *m, size_t mlen,
+                      const unsigned char *sig, size_t slen)
 {
     switch (algs[alg].fam) {
     case F_HS: return verify_hs(k, alg, m, mlen, sig, slen);
@@ -287,8 +288,10 @@ int jwt_verify(const jwt_keyset *ks, const char *tok, size_t len, unsigned algma
     }
     free(sig);
     if (rc != JWT_OK) {
-        if (fitting) rc = JWT_ESIGNATURE;
-        else if (kid && !kid_seen) *kid_unknown = 1;
+        if (fitting)
+            rc = JWT_ESIGNATURE;
+        else if (kid && !kid_seen)
+            *kid_unknown = 1;
         goto out;
     }
     *claims = decode_object(d1 + 1, (size_t)(d2 - d1 - 1));
@@ -320,7 +323,8 @@ int jwt_check_claims(json_t *claims, const char *issuer, char *const *aud, int64
             } else if (json_is_array(a)) {
                 size_t i;
                 json_t *v;
-                json_array_foreach(a, i, v) if (json_is_string(v) && strcmp(json_string_value(v), *w) == 0) match = 1;
+                json_array_foreach(a, i, v) if (json_is_string(v) && strcmp(json_string_value(v), *w) == 0)
+                    match = 1;
             }
         }
         if (!match) return JWT_EAUDIENCE;
@@ -396,7 +400,8 @@ static int ec_ok(const jwt_key *k)
     size_t want = k->curve == 256 ? 32 : 48;
     if (k->alen != want || k->blen != want) return 0;
     if (wc_ecc_init(&key) != 0) return 0;
-    ok = wc_ecc_import_unsigned(&key, k->a, k->b, NULL, k->curve == 256 ? ECC_SECP256R1 : ECC_SECP384R1) == 0 &&
+    ok = wc_ecc_import_unsigned(&key, k->a, k->b, NULL, k->curve == 256 ? ECC_SECP256R1 : ECC_SECP384R1) ==
+             0 &&
          wc_ecc_check_key(&key) == 0;
     wc_ecc_free(&key);
     return ok;
@@ -407,8 +412,9 @@ static int jwk_parse(json_t *o, jwt_key *k)
 {
     memset(k, 0, sizeof(*k));
     k->alg = -1;
-    json_t *kty = json_object_get(o, "kty"), *alg = json_object_get(o, "alg"), *kid = json_object_get(o, "kid"),
-           *use = json_object_get(o, "use"), *crv = json_object_get(o, "crv");
+    json_t *kty = json_object_get(o, "kty"), *alg = json_object_get(o, "alg"),
+           *kid = json_object_get(o, "kid"), *use = json_object_get(o, "use"),
+           *crv = json_object_get(o, "crv");
     if (!json_is_string(kty)) return -1;
     if (use && (!json_is_string(use) || strcmp(json_string_value(use), "sig") != 0)) return -1;
     if (alg) {
@@ -531,7 +537,8 @@ int jwt_keyset_from_pem(jwt_keyset *ks, const char *pem, size_t len, char *why, 
             int bits = wc_ecc_size(&ecc) * 8;
             k.a = malloc(48);
             k.b = malloc(48);
-            if (k.a && k.b && (bits == 256 || bits == 384) && wc_ecc_export_public_raw(&ecc, k.a, &xl, k.b, &yl) == 0) {
+            if (k.a && k.b && (bits == 256 || bits == 384) &&
+                wc_ecc_export_public_raw(&ecc, k.a, &xl, k.b, &yl) == 0) {
                 k.kty = JWK_EC, k.alen = xl, k.blen = yl, k.curve = bits;
                 rc = ec_ok(&k) ? 0 : -2;
             }

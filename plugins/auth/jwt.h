@@ -14,10 +14,17 @@
 #include <stdint.h>
 
 enum jwt_alg {
-    JWT_HS256, JWT_HS384, JWT_HS512,
-    JWT_RS256, JWT_RS384, JWT_RS512,
-    JWT_PS256, JWT_PS384, JWT_PS512,
-    JWT_ES256, JWT_ES384,
+    JWT_HS256,
+    JWT_HS384,
+    JWT_HS512,
+    JWT_RS256,
+    JWT_RS384,
+    JWT_RS512,
+    JWT_PS256,
+    JWT_PS384,
+    JWT_PS512,
+    JWT_ES256,
+    JWT_ES384,
     JWT_EDDSA,
     JWT_NALGS
 };
@@ -26,11 +33,11 @@ enum jwt_kty { JWK_OCT = 1, JWK_RSA, JWK_EC, JWK_OKP };
 
 typedef struct jwt_key {
     int kty;
-    int alg;      /* a jwt_alg, or -1: any algorithm of the key type */
-    char *kid;    /* NULL when none */
+    int alg;              /* a jwt_alg, or -1: any algorithm of the key type */
+    char *kid;            /* NULL when none */
     unsigned char *a, *b; /* oct: secret; RSA: n, e; EC: x, y; OKP: x */
     size_t alen, blen;
-    int curve;    /* EC: 256 or 384 */
+    int curve; /* EC: 256 or 384 */
 } jwt_key;
 
 typedef struct jwt_keyset {
@@ -41,15 +48,15 @@ typedef struct jwt_keyset {
 /* Why a token was refused (also the metric label values, after "ok"). */
 enum jwt_err {
     JWT_OK = 0,
-    JWT_EMALFORMED,   /* not three base64url parts, bad JSON, JWE, crit, ... */
-    JWT_EALG,         /* none, unknown, or not in jwt_algorithms */
-    JWT_ENOKEY,       /* no key fits the kid / algorithm */
-    JWT_ESIGNATURE,   /* a key fits, the signature does not verify */
+    JWT_EMALFORMED, /* not three base64url parts, bad JSON, JWE, crit, ... */
+    JWT_EALG,       /* none, unknown, or not in jwt_algorithms */
+    JWT_ENOKEY,     /* no key fits the kid / algorithm */
+    JWT_ESIGNATURE, /* a key fits, the signature does not verify */
     JWT_EEXPIRED,
     JWT_ENOTYET,
     JWT_EISSUER,
     JWT_EAUDIENCE,
-    JWT_ENOEXP,       /* exp missing (jwt_require_exp) or not a number */
+    JWT_ENOEXP, /* exp missing (jwt_require_exp) or not a number */
 };
 const char *jwt_strerror(int e);
 
