@@ -192,7 +192,7 @@ static int verify_ec(const jwt_key *k, int alg, const unsigned char *m, size_t m
     if (wc_ecc_init(key) != 0) goto done;
     if (wc_ecc_import_unsigned(key, k->a, k->b, NULL, k->curve == 256 ? ECC_SECP256R1 : ECC_SECP384R1) != 0)
         goto freekey;
-    if (wc_ecc_check_key(key) != 0) goto freekey;
+    /* the point was checked on the curve when the key was loaded (ec_ok) */
     if (wc_Hash(algs[alg].hash, m, (word32)mlen, digest, sizeof(digest)) != 0) goto freekey;
     if (wc_ecc_rs_raw_to_sig(sig, (word32)half, sig + half, (word32)half, der, &derlen) != 0) goto freekey;
     ok = wc_ecc_verify_hash(der, derlen, digest, (word32)algs[alg].hlen, &res, key) == 0 && res == 1;
@@ -533,16 +533,21 @@ int jwt_keyset_from_pem(jwt_keyset *ks, const char *pem, size_t len, char *why, 
     idx = 0;
     if (rc == -1 && wc_ecc_init(&ecc) == 0) {
         if (wc_EccPublicKeyDecode(der, &idx, &ecc, (word32)derlen) == 0) {
-            word32 xl = 48, yl = 48;
-            int bits = wc_ecc_size(&ecc) * 8;
+            /* The point is taken from the DER itself, uncompressed only (04||X||Y at
+             * the end of the SubjectPublicKeyInfo): wolfSSL's export of a
+             * compressed point it decoded writes out of bounds (fuzz_jwks found it). */
+            int id = wc_ecc_get_curve_id(ecc.idx);
+            int bits = id == ECC_SECP256R1 ? 256 : id == ECC_SECP384R1 ? 384 : 0;
+            size_t size = (size_t)bits / 8;
             k.a = malloc(48);
             k.b = malloc(48);
-            if (k.a && k.b && (bits == 256 || bits == 384) &&
-                wc_ecc_export_public_raw(&ecc, k.a, &xl, k.b, &yl) == 0) {
-                k.kty = JWK_EC, k.alen = xl, k.blen = yl, k.curve = bits;
+            if (k.a && k.b && bits && (size_t)derlen > 2 * size + 1 && der[derlen - (int)(2 * size) - 1] == 4) {
+                memcpy(k.a, der + derlen - 2 * size, size);
+                memcpy(k.b, der + derlen - size, size);
+                k.kty = JWK_EC, k.alen = size, k.blen = size, k.curve = bits;
                 rc = ec_ok(&k) ? 0 : -2;
             }
-            if (rc) snprintf(why, why_size, "EC key not on P-256 or P-384");
+            if (rc) snprintf(why, why_size, "EC key not an uncompressed point on P-256 or P-384");
             if (rc == -1) rc = -2;
         }
         wc_ecc_free(&ecc);
