@@ -381,6 +381,11 @@ static void strip_zeros(unsigned char *p, size_t *len)
 /* Checks an RSA modulus/exponent pair builds a key of >= 2048 bits. */
 static int rsa_ok(const jwt_key *k)
 {
+    /* e: 1..8 bytes, odd, at least 3 (an empty e passes wolfSSL's decoder: fuzz_jwks found it) */
+    uint64_t e = 0;
+    if (k->blen == 0 || k->blen > 8) return 0;
+    for (size_t i = 0; i < k->blen; i++) e = e << 8 | k->b[i];
+    if (e < 3 || !(e & 1)) return 0;
     RsaKey *key = malloc(sizeof(*key));
     int ok = 0;
     if (!key) return 0;
