@@ -38,6 +38,12 @@
  * uses a 1.1 host member checks host->abi_minor >= 1 first if it wants to
  * run on a 1.0 host too (which refuses it anyway when it says abi_minor 1).
  *
+ * ABI 1.2 appended to sk_host_api: set_endpoints_from (endpoints with a
+ * weight and a source), cluster_state (a discovery instance says whether a
+ * cluster's endpoints are current), counter_vec and gauge_vec (metrics with
+ * up to SK_METRIC_MAX_LABELS labels); and SK_HTTP_UNLIMITED for the body
+ * of streamed HTTP client responses. Nothing was appended to sk_plugin.
+ *
  * Lifetimes the host guarantees:
  *  - `self` (sk_instance) and the string instance_name(self) returns: from
  *    create until destroy returns.
@@ -64,7 +70,7 @@ extern "C" {
 #endif
 
 #define SK_PLUGIN_ABI_MAJOR 1
-#define SK_PLUGIN_ABI_MINOR 1
+#define SK_PLUGIN_ABI_MINOR 2
 
 #if defined(__GNUC__)
 #define SK_PLUGIN_EXPORT       __attribute__((visibility("default")))
@@ -170,6 +176,15 @@ enum sk_http_error {
     SK_HTTP_ETHREAD = -9,      /* http_start: not called on the main thread */
     SK_HTTP_EBUSY = -10,       /* http_start: too many calls in flight (SK_HTTP_MAX_CALLS) */
 };
+
+/* ABI 1.2: sk_http_request.max_body = SK_HTTP_UNLIMITED reads a response
+ * body of any size (a watch stream that never ends): the plugin consumes it
+ * in on_body and keeps no more of it than it needs. */
+#define SK_HTTP_UNLIMITED SIZE_MAX
+
+/* ABI 1.2: limits of counter_vec / gauge_vec. */
+#define SK_METRIC_MAX_LABELS 4
+#define SK_METRIC_MAX_SERIES 256
 
 /* Limits of http_start. */
 #define SK_HTTP_MAX_CALLS        1024u               /* calls in flight, all instances together */
@@ -402,6 +417,40 @@ typedef struct sk_host_api {
     void (*http_cancel)(sk_http_call *call);
     /* A static text for an SK_HTTP_E* code ("connect failed", ...). */
     const char *(*http_strerror)(int error);
+    /* --- end of ABI 1.1 --- */
+
+    /* ---- ABI 1.2 (check host->abi_minor >= 2 before use on an unknown host) ---- */
+
+    /* set_endpoints_weighted, saying where the endpoints come from:
+     * `source` (1..16 bytes of [a-z0-9_-], e.g. "dns", "file", "etcd";
+     * NULL = "plugin") is shown with each endpoint in /clusters, next to
+     * the "static" endpoints of `endpoints =`. The call is the cluster's
+     * answer: it makes the cluster current (cluster_state ok), ends its
+     * wait_for_endpoints, and its time is the cluster's last update
+     * (/clusters, sidekick_cluster_discovery_age_seconds). Same rules and
+     * results as set_endpoints_weighted otherwise (n may be 0). */
+    int (*set_endpoints_from)(sk_instance *self, const char *cluster, const sk_weighted_endpoint *endpoints,
+                              size_t n, const char *source);
+    /* The discovery state of `cluster`, shown in /clusters: ok = 1 (its
+     * endpoints are current) or 0 (stale: the last refresh failed and the
+     * endpoints are the last good ones), with a one-line message (copied,
+     * at most 256 bytes kept; NULL = none), e.g. "dns: timeout, keeping 3
+     * endpoints from 12:00:01". Does not change the endpoints. Main thread.
+     * 0, or -1 (unknown cluster, or a cluster that does not name this
+     * instance in `discovery`). */
+    int (*cluster_state)(sk_instance *self, const char *cluster, int ok, const char *message);
+    /* A counter / gauge with 1..SK_METRIC_MAX_LABELS labels (names as for
+     * counter_labelled) and 1..SK_METRIC_MAX_SERIES series: series i has the
+     * values values[i * nlabels + j] for labels[j] (rules as for
+     * counter_labelled's values; no two series alike). Rendered as
+     * sidekick_plugin_NAME{instance="...",L1="V1",L2="V2"}; updated with
+     * metric_add_at / metric_set_at (index = series). create only. NULL (and
+     * an error logged) for bad names or values. */
+    sk_metric *(*counter_vec)(sk_instance *self, const char *name, const char *help, const char *const *labels,
+                              size_t nlabels, const char *const *values, size_t nseries);
+    sk_metric *(*gauge_vec)(sk_instance *self, const char *name, const char *help, const char *const *labels,
+                            size_t nlabels, const char *const *values, size_t nseries);
+    /* --- end of ABI 1.2 --- */
 } sk_host_api;
 
 /* The symbol a plugin exports, named `sidekick_plugin`. */
