@@ -11,6 +11,7 @@ The out-of-tree build test also needs SIDEKICK_BUILD_DIR (the CMake build
 directory, for `cmake --install`).
 """
 
+import http.client
 import glob
 import os
 import re
@@ -510,6 +511,30 @@ def test_pause_resume_concurrent(sidekick, upstream, workers):
     assert metric(sk, "sidekick_plugin_fx_pause_cancels_total", instance="wait") in (None, 0)
     wait_metric(sk, "sidekick_plugin_fx_pause_pending", 0, instance="wait")
     wait_metric(sk, "sidekick_plugin_fx_count_log_total", n, instance="cnt")
+
+
+def test_paused_requests_reuse_the_upstream_connection(sidekick, upstream):
+    """Requests without a body, paused at their head, end as soon as they
+    resume: one client keep-alive connection, ten paused GETs and a POST,
+    one upstream connection for all of them (each paused GET used to keep
+    its upstream connection from the pool: a new connect per request)."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, workers=1), up=up.port, delay=5)
+    c = http.client.HTTPConnection("127.0.0.1", sk.port("listen"), timeout=10)
+    for i in range(10):
+        c.request("GET", f"/g{i}")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() is not None
+    c.request("POST", "/post", body=b"x" * 100)
+    r = c.getresponse()
+    assert r.status == 200
+    r.read()
+    c.close()
+    reqs = up.requests
+    assert [q.target for q in reqs] == [f"/g{i}" for i in range(10)] + ["/post"]
+    assert reqs[-1].body == b"x" * 100
+    assert all(q.header("x-paused") == "5" for q in reqs)
+    assert up.accepted == 1, up.accepted
 
 
 def test_pause_does_not_block_the_worker(sidekick, upstream):
