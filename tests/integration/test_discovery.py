@@ -3,8 +3,10 @@
 and reloads that keep the discovered endpoints until the new instance
 answers.
 
-fx_discovery (tests/plugins/fx_discovery.c) feeds the clusters: it answers
-delay_ms after its create, or once a file exists (answer_file), or never.
+Two fixtures feed the clusters: fx_discovery (tests/plugins/fx_discovery.c)
+answers delay_ms after its create, or once a file exists (answer_file), or
+never; fx_abi12 (tests/plugins/fx_abi12.c) uses every ABI 1.2 member and
+records what the host answered it in a JSON-lines file.
 """
 
 import json
@@ -23,7 +25,7 @@ WAIT = 15.0  # generous bounds for the sanitizer build; never a timing assertion
 
 @pytest.fixture(autouse=True)
 def _fixtures_built():
-    missing = missing_fixtures(["fx_discovery"])
+    missing = missing_fixtures(["fx_discovery", "fx_abi12"])
     if missing:
         pytest.fail(f"fixture plugins not built in {PLUGIN_DIR}: {missing} (set SIDEKICK_PLUGIN_DIR)")
 
@@ -352,3 +354,152 @@ def test_reload_carries_only_the_same_discovery_line(sidekick, upstream, tmp_pat
     assert_local_reply(get(sk, "/gone"), 503, "no_healthy_upstream")
     r = ready(sk)
     assert r.status == 503 and b"cluster api" in r.body, r
+
+
+# --------------------------------------------------------------------------
+# every ABI 1.2 member through fx_abi12
+
+
+def abi12_ini(out, keys, body):
+    return ini(f"""
+[plugin x12]
+load = fx_abi12.so
+out = {out}
+{keys}
+
+[listener main]
+address = 127.0.0.1:{{listen}}
+plugins = x12
+""" + body)
+
+
+ABI12_BODY = """
+[route a]
+listener = main
+prefix = /a
+cluster = api
+
+[route b]
+listener = main
+prefix = /b
+cluster = other
+
+[cluster api]
+discovery = x12 api.svc:80
+wait_for_endpoints = 30s
+
+[cluster other]
+endpoints = 127.0.0.1:{other}
+"""
+
+
+def test_abi12_discovery_members(sidekick, upstream, tmp_path):
+    """set_endpoints_from: a weighted set with its source, shown in
+    /clusters and sidekick_cluster_endpoints, balanced by weight (3 to 1);
+    a bad source refused; cluster_state before the answer leaves the
+    cluster waiting, and on a cluster that does not name the instance is
+    refused; a later cluster_state(0) makes it stale with its message, and
+    sets stay; the age metric appears."""
+    out = tmp_path / "x12.jsonl"
+    light = upstream(lambda req: Reply(body=b"light"))
+    heavy = upstream(lambda req: Reply(body=b"heavy"))
+    other = upstream(lambda req: Reply(body=b"other"))
+    sk = sidekick(abi12_ini(out, f"endpoints = 127.0.0.1:{light.port} 1, 127.0.0.1:{heavy.port} 3\n"
+                                 "source = etcd\nforeign = other\nstale_ms = 300\n"
+                                 "message = etcd: watch lost, keeping 2 endpoints", ABI12_BODY), other=other.port)
+    ev = [e for e in read_events(out) if e["event"] != "stale"]  # the timer's may be there already
+    assert [e["event"] for e in ev] == ["cluster", "early_state", "bad_source", "answer", "foreign"], ev
+    assert ev[0] == {"event": "cluster", "cluster": "api", "arg": "api.svc:80"}
+    assert ev[1]["rc"] == 0 and ev[2]["rc"] == -1 and ev[3]["rc"] == 0 and ev[4]["rc"] == -1
+    err = sk.stderr_text()
+    assert "plugin x12: set_endpoints_from(api): bad source 'Bad Source'" in err, err
+    assert "plugin x12: cluster_state(other): the cluster's discovery does not name this instance" in err, err
+
+    c = clusters(sk)
+    eps = [(e["address"], e["weight"], e["source"]) for e in c["api"]["endpoints"]]
+    assert eps == [(f"127.0.0.1:{light.port}", 1, "etcd"), (f"127.0.0.1:{heavy.port}", 3, "etcd")]
+    assert [e["source"] for e in c["other"]["endpoints"]] == ["static"]
+    assert "discovery" not in c["other"]
+    assert metric(sk, "sidekick_cluster_endpoints", cluster="api", source="etcd") == 2
+    assert metric(sk, "sidekick_cluster_endpoints", cluster="other", source="static") == 1
+    assert metric(sk, "sidekick_cluster_discovery_age_seconds", cluster="api") >= 0
+    assert metric(sk, "sidekick_cluster_discovery_age_seconds", cluster="other") is None
+
+    # the stale_ms timer: stale, with the message, endpoints kept
+    assert wait_for(lambda: len(read_events(out, "stale")) == 1, WAIT)
+    assert read_events(out, "stale")[0]["rc"] == 0
+    disc = clusters(sk)["api"]["discovery"]
+    assert disc["state"] == "stale" and disc["message"] == "etcd: watch lost, keeping 2 endpoints", disc
+    assert len(clusters(sk)["api"]["endpoints"]) == 2
+
+    for i in range(8):
+        r = get(sk, f"/a/{i}")
+        assert r.status == 200, r
+    assert (len(light.requests), len(heavy.requests)) == (2, 6)
+    assert get(sk, "/b/1").status == 200 and len(other.requests) == 1
+
+
+def test_abi12_source_null_is_plugin(sidekick, upstream, tmp_path):
+    out = tmp_path / "x12.jsonl"
+    up = upstream(lambda req: Reply(body=b"ok"))
+    sk = sidekick(abi12_ini(out, f"endpoints = 127.0.0.1:{up.port} 2\nsource = none", ABI12_BODY),
+                  other=free_port())
+    [e] = clusters(sk)["api"]["endpoints"]
+    assert (e["weight"], e["source"]) == (2, "plugin")
+    assert clusters(sk)["api"]["discovery"]["state"] == "ok"
+
+
+def test_abi12_vec_metrics(sidekick, upstream, tmp_path):
+    """counter_vec and gauge_vec: every declared series from the start, the
+    instance label first, then the labels in order; updates by series
+    index; bad registrations refused with their reasons logged."""
+    out = tmp_path / "x12.jsonl"
+    up = upstream(lambda req: Reply(status=503 if "fail" in req.path else 200, body=b"ok"))
+    sk = sidekick(abi12_ini(out, f"endpoints = 127.0.0.1:{up.port}", ABI12_BODY), other=up.port)
+    for p in ["/a/1", "/a/2", "/a/fail", "/b/1"]:
+        get(sk, p)
+    assert wait_for(lambda: metric(sk, "sidekick_plugin_fx_abi12_responses_total", instance="x12", route="b",
+                                   code_class="2xx") == 1, WAIT)
+    text = sk.admin_get("/metrics").body.decode()
+    lines = [l for l in text.splitlines() if l.startswith("sidekick_plugin_fx_abi12_responses_total")]
+    want = []
+    for route, counts in (("a", (2, 1, 0)), ("b", (1, 0, 0)), ("other", (0, 0, 0))):
+        for cls, n in zip(("2xx", "5xx", "other"), counts):
+            want.append(f'sidekick_plugin_fx_abi12_responses_total{{instance="x12",route="{route}",'
+                        f'code_class="{cls}"}} {n}')
+    assert lines == want, lines
+    assert text.count("# TYPE sidekick_plugin_fx_abi12_responses_total counter\n") == 1
+    assert "# HELP sidekick_plugin_fx_abi12_responses_total Responses by route and status class\n" in text
+    assert "# TYPE sidekick_plugin_fx_abi12_last gauge\n" in text
+    assert 'sidekick_plugin_fx_abi12_last{instance="x12",what="status",unit="code"} 200' in text
+    assert 'sidekick_plugin_fx_abi12_last{instance="x12",what="attempts",unit="count"} 1' in text
+    assert metric(sk, "sidekick_plugin_fx_abi12_refused_registrations", instance="x12") == 8
+    assert "fx_abi12_bad" not in text
+    err = sk.stderr_text()
+    for needle in ["metric 'fx_abi12_bad_nolabels' refused: no labels",
+                   "metric 'fx_abi12_bad_five' refused: more than 4 labels",
+                   "metric 'fx_abi12_bad_duplabel' refused: a label name is repeated",
+                   "metric 'fx_abi12_bad_noseries' refused: no series",
+                   "metric 'fx_abi12_bad_dupseries' refused: a series is repeated",
+                   "metric 'fx_abi12_bad_reserved' refused: the label name is reserved",
+                   "metric 'fx_abi12_bad_quote' refused: a label value has",
+                   "metric 'fx_abi12_responses_total' refused: the name is registered already"]:
+        assert needle in err, (needle, err)
+
+
+def test_abi12_unlimited_stream(sidekick, upstream, tmp_path):
+    """http_start with max_body = SK_HTTP_UNLIMITED reads a 3 MiB chunked
+    body to its end, in pieces, without ETOOLARGE."""
+    out = tmp_path / "x12.jsonl"
+    size = 3 * 1024 * 1024
+    up = upstream(lambda req: Reply(body=b"s" * size if req.path == "/stream" else b"ok", chunked=True,
+                                    chunk_size=256 * 1024))
+    sk = sidekick(abi12_ini(out, f"endpoints = 127.0.0.1:{up.port}\nstream = http://127.0.0.1:{up.port}/stream",
+                            ABI12_BODY), other=up.port)
+    assert wait_for(lambda: read_events(out, "done"), WAIT), read_events(out)[-3:]
+    [done] = read_events(out, "done")
+    assert done["error"] == 0 and done["total"] == size, done
+    pieces = read_events(out, "piece")
+    assert len(pieces) > 1 and sum(p["len"] for p in pieces) == size
+    assert metric(sk, "sidekick_plugin_fx_abi12_stream_bytes_total", instance="x12") == size
+    assert [q.path for q in up.requests if q.path == "/stream"] == ["/stream"]
