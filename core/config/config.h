@@ -213,6 +213,9 @@ struct sk_config {
     int log_level;             /* `log_level`, SK_LOG_*, default info */
     char *access_log;          /* "stdout", "stderr", "off" or an absolute path; default stdout */
     uint64_t drain_timeout_ms; /* `drain_timeout`, default 15s */
+    char *http_client_ca;      /* `http_client_ca`: CA bundle for plugins' https:// calls, NULL = system's */
+    char *http_client_cert;    /* `http_client_cert` / `http_client_key`: client certificate, or NULL */
+    char *http_client_key;
 
     sk_listener **listeners; /* in file order */
     size_t nlisteners;

@@ -131,6 +131,9 @@ static const keydef sidekick_keys[] = {
     {"access_log", k_access_log, 0, 0, 0, 0},
     {"drain_timeout", k_duration, 0, CFG(drain_timeout_ms), 0, DUR_MAX},
     {"lua_memory", k_size, 0, CFG(lua_memory), 1024 * 1024, 1ull << 40},
+    {"http_client_ca", k_dir, 0, CFG(http_client_ca), 0, 0},
+    {"http_client_cert", k_dir, 0, CFG(http_client_cert), 0, 0},
+    {"http_client_key", k_dir, 0, CFG(http_client_key), 0, 0},
     {NULL, NULL, 0, 0, 0, 0},
 };
 

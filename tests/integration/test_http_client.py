@@ -553,7 +553,7 @@ max_body = 1000
     still_serves(sk, up)
 
 
-def test_refused_starts_https_other_schemes_bad_urls(sidekick, upstream, tmp_path):
+def test_refused_starts_other_schemes_bad_urls(sidekick, upstream, tmp_path):
     up = upstream()
     rec = tmp_path / "r.jsonl"
     sk = sidekick(ini(f"""
@@ -567,12 +567,15 @@ fetch = method GE(T http://127.0.0.1:1/
 """ + serve_body()), up=up.addr)
     assert wait_for(lambda: len(events(rec, None, "start")) == 4, WAIT)
     rc = {r["fetch"]: r["rc"] for r in events(rec, None, "start")}
-    assert rc == {"tls": SK_HTTP_EUNSUPPORTED, "ftp": SK_HTTP_EUNSUPPORTED, "bad": SK_HTTP_EINVAL,
+    # https:// starts (ABI 1.2) and fails to connect; the others are refused
+    assert rc == {"tls": SK_HTTP_OK, "ftp": SK_HTTP_EUNSUPPORTED, "bad": SK_HTTP_EINVAL,
                   "method": SK_HTTP_EINVAL}
     err = sk.stderr_text()
-    assert "plugin h: http_start refused (unsupported URL scheme): https:// is not supported yet" in err
+    assert "plugin h: http_start refused (unsupported URL scheme): only http:// and https:// URLs" in err
+    assert [r["error"] for r in wait_event(rec, "tls", "done")] == [SK_HTTP_ECONNECT]
     still_serves(sk, up)
-    assert not events(rec, None, "done")  # a refused start never calls back
+    # a refused start never calls back
+    assert [r["fetch"] for r in events(rec, None, "done")] == ["tls"]
 
 
 def test_http_start_on_a_worker_is_refused(sidekick, upstream, tmp_path):

@@ -42,7 +42,10 @@
  * weight and a source), cluster_state (a discovery instance says whether a
  * cluster's endpoints are current), counter_vec and gauge_vec (metrics with
  * up to SK_METRIC_MAX_LABELS labels); and SK_HTTP_UNLIMITED for the body
- * of streamed HTTP client responses. Nothing was appended to sk_plugin.
+ * of streamed HTTP client responses; the HTTP client speaks https:// (the
+ * server's certificate always verified, against [sidekick] http_client_ca
+ * or the system's CA bundle) and reports SK_HTTP_ETLS. Nothing was appended
+ * to sk_plugin.
  *
  * Lifetimes the host guarantees:
  *  - `self` (sk_instance) and the string instance_name(self) returns: from
@@ -172,9 +175,10 @@ enum sk_http_error {
     SK_HTTP_EPROTO = -5,       /* the connection broke or the response was not valid HTTP/1.x */
     SK_HTTP_EINVAL = -6,       /* http_start: bad method, URL, header, or a limit exceeded */
     SK_HTTP_ENOMEM = -7,       /* out of memory */
-    SK_HTTP_EUNSUPPORTED = -8, /* http_start: https:// (not yet: comes with TLS) or another scheme */
+    SK_HTTP_EUNSUPPORTED = -8, /* http_start: a scheme other than http:// and https:// (1.1: https too) */
     SK_HTTP_ETHREAD = -9,      /* http_start: not called on the main thread */
     SK_HTTP_EBUSY = -10,       /* http_start: too many calls in flight (SK_HTTP_MAX_CALLS) */
+    SK_HTTP_ETLS = -11,        /* ABI 1.2: https:// handshake failed or the server's certificate was not trusted */
 };
 
 /* ABI 1.2: sk_http_request.max_body = SK_HTTP_UNLIMITED reads a response
@@ -196,7 +200,7 @@ enum sk_http_error {
  * needs: the struct and all it points to may be freed when it returns). */
 typedef struct sk_http_request {
     const char *method;          /* "GET", "POST", ... (an HTTP token); NULL = "GET" */
-    const char *url;             /* "http://host[:port]/path?query"; required */
+    const char *url;             /* "http[s]://host[:port]/path?query"; required (https: ABI 1.2) */
     const char *const *headers;  /* NULL-terminated name, value pairs, or NULL */
     const char *body;            /* request body (sent with content-length), or NULL */
     size_t body_len;             /* bytes of body */
