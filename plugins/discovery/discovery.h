@@ -166,8 +166,9 @@ uint64_t dsc_backoff_ms(unsigned attempt, uint64_t base_ms, uint64_t max_ms);
 
 /* ---- parsing (parse.c: no host, no I/O; the fuzz target builds it alone) ---- */
 
-/* A duration: a whole number with ms, s, m or h ("50ms", "1s", "5m"), in
- * min_ms..max_ms. 0 and *ms, or -1. */
+/* A duration as in the rest of the config: a whole number with ms, s or m,
+ * or bare for seconds ("50ms", "1s", "5m", "30"), in min_ms..max_ms. 0 and
+ * *ms, or -1. */
 int dsc_parse_duration(const char *v, uint64_t min_ms, uint64_t max_ms, uint64_t *ms);
 
 /* on / off. 0 and *out 1 / 0, or -1. */

@@ -39,11 +39,11 @@ int dsc_parse_duration(const char *v, uint64_t min_ms, uint64_t max_ms, uint64_t
     unsigned long long n;
     if (d == 0 || dsc_parse_uint(num, 0, 1000000000ull, &n) < 0) return -1;
     const char *u = v + d;
-    uint64_t mul = strcmp(u, "ms") == 0  ? 1
-                   : strcmp(u, "s") == 0 ? 1000
-                   : strcmp(u, "m") == 0 ? 60000
-                   : strcmp(u, "h") == 0 ? 3600000
-                                         : 0;
+    uint64_t mul = !*u                    ? 1000
+                   : strcmp(u, "ms") == 0 ? 1
+                   : strcmp(u, "s") == 0  ? 1000
+                   : strcmp(u, "m") == 0  ? 60000
+                                          : 0;
     if (mul == 0) return -1;
     uint64_t r = (uint64_t)n * mul;
     if (r < min_ms || r > max_ms) return -1;
