@@ -185,7 +185,7 @@ int dsc_publish(dsc_cluster *cl, const sk_weighted_endpoint *eps, size_t n)
     cl->stale = 0;
     cl->state[0] = 0;
     dsc_count(in, DSC_APPLIED);
-    return 0;
+    return 1;
 }
 
 void dsc_stale(dsc_cluster *cl, const char *fmt, ...)

@@ -297,8 +297,11 @@ static void check(dsc_cluster *cl)
         dsc_stale(cl, "file: %s:%d: %s", f->path, line, err);
         f->state = FS_BAD;
     } else {
-        if (dsc_publish(cl, l.eps, l.n) == 0) {
-            dsc_log(cl->inst, SK_LOG_INFO, "cluster %s: %zu endpoint(s) from %s", cl->name, l.n, f->path);
+        int rc = dsc_publish(cl, l.eps, l.n);
+        if (rc >= 0) {
+            if (rc > 0)
+                dsc_log(cl->inst, SK_LOG_INFO, "cluster %s: %zu endpoint(s) from %s", cl->name, cl->neps,
+                        f->path);
             f->state = FS_OK;
         } else {
             f->state = FS_BAD;
