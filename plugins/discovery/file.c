@@ -26,7 +26,9 @@
  * Applying: events are debounced per cluster: 50 ms after a close, rename,
  * delete, link or attribute change; 1 s after a write or the creation of a
  * regular file that was not closed yet (a writer still at work: its close
- * shortens the wait to 50 ms). Then the file is read whole (at most
+ * shortens the wait to 50 ms). After such a wait without a close, an empty
+ * file or one whose last line has no newline yet is taken for unfinished
+ * and left for the next event. Then the file is read whole (at most
  * FILE_MAX bytes, a regular file only) and applied only when every line
  * parses; a bad line is logged with file:line and the last good set stays
  * (dsc_stale). Identical content is not parsed again. A missing file keeps
@@ -82,6 +84,7 @@ typedef struct fcl {
     char *tgt_base;  /* basename of the resolved file */
     char *link_head; /* first component of path's symlink text (relative), or NULL */
     sk_timer *timer; /* debounce, or the directory retry */
+    int writing;     /* the pending check follows a write not closed yet */
     int state;       /* enum fstate of the last check */
     uint64_t hash;   /* of the last content read (state FS_OK / FS_BAD) */
     size_t len;
@@ -163,7 +166,7 @@ static void dir_gone(dsc_inst *in, int wd)
 
 /* ---- checking one cluster's file ---- */
 
-static void schedule(dsc_cluster *cl, uint64_t ms);
+static void schedule(dsc_cluster *cl, uint64_t ms, int writing);
 
 /* Where path leads through symlinks now: moves the target directory watch
  * there (none when it is dir itself or unresolvable), and notes the first
@@ -227,7 +230,7 @@ static void check(dsc_cluster *cl)
             dsc_stale(cl, "file: cannot watch directory %s (%s), retrying every %ds", f->dir, strerror(e),
                       DIR_RETRY_MS / 1000);
         f->state = FS_MISSING;
-        schedule(cl, DIR_RETRY_MS);
+        schedule(cl, DIR_RETRY_MS, 0);
         return;
     }
     resolve(cl);
@@ -273,7 +276,7 @@ static void check(dsc_cluster *cl)
     close(fd);
     if (!problem && len > (size_t)st.st_size) {
         free(buf); /* still growing: a writer at work, its next event reads it again */
-        schedule(cl, WRITING_MS);
+        schedule(cl, WRITING_MS, 1);
         return;
     }
     if (problem) {
@@ -286,6 +289,14 @@ static void check(dsc_cluster *cl)
     uint64_t h = fnv(buf ? buf : "", len);
     if ((f->state == FS_OK || f->state == FS_BAD) && h == f->hash && len == f->len) {
         free(buf); /* unchanged since the last check */
+        return;
+    }
+    if (f->writing && (len == 0 || buf[len - 1] != '\n')) {
+        /* a writer may still be at work (no close seen): an empty file or a
+         * last line without its newline is not taken for the whole file */
+        dsc_log(cl->inst, SK_LOG_INFO, "cluster %s: %s looks incomplete (%zu bytes), waiting for its close",
+                cl->name, f->path, len);
+        free(buf);
         return;
     }
     f->hash = h;
@@ -320,12 +331,13 @@ static void on_timer(void *arg)
 }
 
 /* (Re)starts cl's timer: the check runs ms from now (the last event
- * decides). */
-static void schedule(dsc_cluster *cl, uint64_t ms)
+ * decides); `writing`: after a write that was not closed yet. */
+static void schedule(dsc_cluster *cl, uint64_t ms, int writing)
 {
     fcl *f = cl->priv;
     const sk_host_api *h = cl->inst->host;
     if (f->timer) h->timer_stop(f->timer);
+    f->writing = writing;
     f->timer = h->timer_start(h->main_loop(), ms, on_timer, cl);
     if (!f->timer) dsc_log(cl->inst, SK_LOG_ERROR, "cluster %s: cannot start a timer", cl->name);
 }
@@ -375,14 +387,17 @@ static void on_inotify(void *arg, int fd, int events)
                 for (dsc_cluster *c = in->clusters; c; c = c->next)
                     if (c->priv) {
                         ((fcl *)c->priv)->state = FS_NONE;
-                        schedule(c, SETTLE_MS);
+                        schedule(c, SETTLE_MS, 0);
                     }
                 continue;
             }
             const char *name = ev->len && ev->name[0] ? ev->name : NULL;
             for (dsc_cluster *c = in->clusters; c; c = c->next) {
                 fcl *f = c->priv;
-                if (f && concerns(f, ev->wd, name)) schedule(c, delay_of(ev, f));
+                if (f && concerns(f, ev->wd, name)) {
+                    uint64_t ms = delay_of(ev, f);
+                    schedule(c, ms, ms == WRITING_MS);
+                }
             }
             if (ev->mask & IN_IGNORED) dir_gone(in, ev->wd);
         }
