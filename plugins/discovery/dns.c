@@ -591,8 +591,7 @@ static int dns_create(dsc_inst *in, const sk_kv *keys, size_t n, char *err, size
         char why[200];
         if (strcmp(k, "resolver") == 0) {
             if (dsc_parse_hostports(v, 0, s->servers, DNS_MAX_SERVERS, &s->nservers, why, sizeof why) < 0) {
-                snprintf(err, errsz, "dns: line %d: resolver: %s (expected IP:PORT[, IP:PORT...])", line,
-                         why);
+                snprintf(err, errsz, "dns: line %d: resolver: %s", line, why);
                 return -1;
             }
         } else if (strcmp(k, "min_interval") == 0) {
