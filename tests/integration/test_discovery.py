@@ -651,3 +651,40 @@ def test_dns_config_errors(tmp_path):
     check("\n[plugin dns]\nsource = dns\n", "[cluster api]\ndiscovery = dns api.test\n", "is not NAME:PORT")
     check("\n[plugin dns]\nsource = dns\n", "[cluster api]\ndiscovery = dns _http._tcp.x:80\n",
           "is not an SRV name")
+
+
+# ==== reload and shutdown ========================================================================
+
+
+def test_reload_and_shutdown_stop_everything(sidekick, upstream, dnsmasq, tmp_path):
+    """A reload makes new instances (the file read and the names looked up
+    again, the new file path followed) and destroys the old ones; neither
+    the reload nor the shutdown finds a timer or fd watcher of the plugin
+    still active."""
+    import signal
+    a = upstream(named(b"a"))
+    b = upstream(named(b"b"))
+    d = dnsmasq(hosts="127.0.0.1 web.test\n")
+    one, two = tmp_path / "one.endpoints", tmp_path / "two.endpoints"
+    one.write_text(f"{a.addr}\n")
+    two.write_text(f"{b.addr}\n")
+    plugins = FILE_PLUGIN + dns_plugin(d.port, min_interval="100ms")
+    body = (f"[cluster api]\ndiscovery = files {one}\n"
+            f"[cluster web]\ndiscovery = dns web.test:{b.port}\n"
+            f"[cluster wait]\ndiscovery = files {tmp_path}/missing/x\n")
+    sk = sidekick(ini(plugins, body))
+    wait_endpoints(sk, [a.addr])
+    wait_endpoints(sk, [b.addr], "web")
+    sk.config.write_text(sk.ini_text.replace(str(one), str(two)))
+    sk.signal(signal.SIGHUP)
+    wait_log(sk, "generation 2")
+    wait_endpoints(sk, [b.addr])
+    assert served([a, b], 3, sk, "/new") == [b"b"] * 3
+    # the old generation's file: nobody follows it now (a change of the new
+    # one, made after it, is what shows)
+    one.write_text(f"{a.addr}\n[::1]:8\n")
+    two.write_text(f"{b.addr}\n[::1]:9\n")
+    wait_endpoints(sk, [b.addr, "[::1]:9"])
+    assert sk.stop() == 0
+    err = sk.stderr_text()
+    assert "still active after" not in err, err[-3000:]
