@@ -614,6 +614,10 @@ static int check_section(ctx *x, sect *s)
         sk_cluster *cl = s->obj;
         if (!sk__cfg_key_line(s, "endpoints") && !cl->discovery)
             return sk__cfg_fail_at(x, s->line, s, NULL, "missing 'endpoints' (or 'discovery')");
+        int wl = sk__cfg_key_line(s, "wait_for_endpoints");
+        if (wl && !cl->discovery)
+            return sk__cfg_fail_at(x, wl, s, "wait_for_endpoints",
+                                   "needs 'discovery' (only a discovery instance's first answer is waited for)");
     } else if (s->kind == SEC_TLS) {
         sk_tls *t = s->obj;
         if (t->cert && !t->key) return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cert"), s, "cert", "needs 'key'");

@@ -493,6 +493,7 @@ static int k_lb(ctx *x, sect *s, const keydef *k, const char *v)
 static const keydef cluster_keys[] = {
     {"endpoints", k_endpoints, 0, 0, 0, 0},
     {"discovery", k_discovery, 0, 0, 0, 0},
+    {"wait_for_endpoints", k_duration, 0, CL(wait_for_endpoints_ms), 0, DUR_MAX},
     {"lb", k_lb, 0, 0, 0, 0},
     {"hash_key", NULL, 0, 0, 0, 0},
     {"connect_timeout", k_duration, 0, CL(connect_timeout_ms), 1, DUR_MAX},

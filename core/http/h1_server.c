@@ -351,6 +351,19 @@ static void conn_chain_resumed(sk_conn *c)
     if (c->paused) {
         llhttp_resume(&c->parser);
         c->paused = false;
+        if (c->rpos == c->rlen && !c->in_parser) {
+            /* Nothing after the head in the buffer (a request without a
+             * body): llhttp owes on_message_complete, which it only runs
+             * when executed again. Run it over no input now, or the request
+             * layer hears of the end only with the next request's bytes,
+             * and the upstream connection of this one is not reused. */
+            static const char none[1];
+            c->in_parser = true;
+            llhttp_errno_t err = llhttp_execute(&c->parser, none, 0);
+            c->in_parser = false;
+            if (c->dead) return;
+            if (err == HPE_PAUSED) c->paused = true;
+        }
     }
     if (c->rpos < c->rlen) sk_transport_feed_read(&c->tr);
     conn_resume_read(c);

@@ -272,7 +272,9 @@ int sk_clusters_carry_over(sk_config *next, const sk_config *prev)
         publish(st, set);
         st->discovery = *od;
         st->discovery.carried = true;
-        st->discovery.wait_logged = false;
+        sk_info("cluster %s: keeping its %zu endpoint(s) from the previous generation until [plugin %s] sets "
+                "them",
+                cl->name, set->n, cl->discovery);
         carried++;
     }
     return carried;

@@ -70,7 +70,6 @@ typedef struct sk_discovery_state {
     bool carried;                           /* the set and this state come from the previous
                                              * generation; the instance has not answered yet */
     bool stale;                             /* the last sk_cluster_set_state said "not current" */
-    bool wait_logged;                       /* the end of wait_for_endpoints by timeout was logged */
     char message[SK_STATE_MESSAGE_MAX + 1]; /* the last state message, "" = none */
     int64_t last_update;                    /* wall clock (unix seconds) of the last set, 0 = none */
     uint64_t last_update_ms;                /* sk_now_ms() of it */

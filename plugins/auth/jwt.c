@@ -277,7 +277,10 @@ int jwt_verify(const jwt_keyset *ks, const char *tok, size_t len, unsigned algma
     rc = JWT_ENOKEY;
     for (size_t i = 0; i < ks->n; i++) {
         const jwt_key *k = &ks->keys[i];
-        if (kid && (!k->kid || strcmp(k->kid, kid) != 0)) continue;
+        /* A token's kid picks the keys with that kid; a key without a kid
+         * (a jwt_key PEM file, a JWK without "kid") is a candidate for every
+         * token, as in RFC 7515 4.1.4 where kid is only a hint. */
+        if (kid && k->kid && strcmp(k->kid, kid) != 0) continue;
         kid_seen = 1;
         if (!key_fits(k, alg)) continue;
         fitting = 1;

@@ -8,6 +8,8 @@
   bench.py cpu PID...                  utime+stime (clock ticks) summed over the PIDs
   bench.py rss PID...                  VmRSS and Pss (KiB) summed over the PIDs
   bench.py table RAW OUT.md INFO.md    build the markdown results table
+  bench.py jwt HS|RS KEYFILE           a JWT (sub "bench", exp in 7 days) signed HS256 with
+                                       the secret in KEYFILE or RS256 with the PEM private key
 """
 import os
 import selectors
@@ -311,6 +313,26 @@ def table(raw, out, info):
     sys.stdout.write("\n".join(rows) + "\n")
 
 
+def jwt(kind, keyfile):
+    import base64, hashlib, hmac, json, subprocess
+
+    def b64u(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+    alg = {"HS": "HS256", "RS": "RS256"}[kind]
+    head = b64u(json.dumps({"alg": alg, "typ": "JWT", "kid": "bench-" + kind.lower()}).encode())
+    body = b64u(json.dumps({"sub": "bench", "iat": int(time.time()),
+                            "exp": int(time.time()) + 7 * 86400}).encode())
+    msg = (head + "." + body).encode()
+    if kind == "HS":
+        with open(keyfile, "rb") as fh:
+            sig = hmac.new(fh.read().rstrip(b"\n"), msg, hashlib.sha256).digest()
+    else:
+        sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", keyfile], input=msg,
+                             capture_output=True, check=True, timeout=60).stdout
+    print(head + "." + body + "." + b64u(sig))
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "freeports":
@@ -323,6 +345,8 @@ def main():
         cpu(args)
     elif cmd == "rss":
         rss(args)
+    elif cmd == "jwt":
+        jwt(args[0], args[1])
     elif cmd == "table":
         table(args[0], args[1], args[2])
     else:

@@ -248,10 +248,13 @@ def test_keys_without_kid_by_kty(sidekick, upstream, keys, tmp_path):
     sk = sidekick(ini(f"jwks_file = {jwks_file(tmp_path, keys, ents)}\n"), up=up.port)
     for alg in ("RS256", "PS384", "ES256"):
         assert get(sk, token=keys.token(alg)).status == 200, alg
+    # keys without a kid serve tokens that carry one
+    assert get(sk, token=keys.token("RS256", header={"kid": "whatever"})).status == 200
     # a key the set does not hold
     assert_401(get(sk, token=keys.token("RS256", key="rsa2")))
+    assert_401(get(sk, token=keys.token("RS256", key="rsa2", header={"kid": "whatever"})))
     assert_401(get(sk, token=keys.token("ES384")))
-    assert len(up.requests) == 3
+    assert len(up.requests) == 4
 
 
 def test_refusals(all_keys_sk, keys):
@@ -313,20 +316,24 @@ def test_pem_key_and_confusion(sidekick, upstream, keys):
     up = upstream()
     sk = sidekick(ini(f"jwt_key = {keys.pem['rsa'][1]}\n"), up=up.port)
     assert get(sk, token=keys.token("RS512")).status == 200
+    # a PEM key has no kid: it serves tokens whatever kid their issuer put in them
+    assert get(sk, token=keys.token("RS256", header={"kid": "idp-2026-12"})).status == 200
     pem = keys.pem["rsa"][1].read_bytes()
     assert_401(get(sk, token=keys.token("HS256", key=pem)))
+    assert_401(get(sk, token=keys.token("HS256", key=pem, header={"kid": "idp-2026-12"})))
     assert_401(get(sk, token=keys.token("HS256", key=pem.strip())))
     assert_401(get(sk, token=keys.token("HS256")))
-    assert len(up.requests) == 1
+    assert len(up.requests) == 2
 
 
 def test_hs_secret_file(sidekick, upstream, keys):
     up = upstream()
     sk = sidekick(ini(f"jwt_key = {keys.d / 'secret'}\n"), up=up.port)
     assert get(sk, token=keys.token("HS512")).status == 200
+    assert get(sk, token=keys.token("HS256", header={"kid": "any"})).status == 200
     assert_401(get(sk, token=keys.token("HS256", key=b"another-secret-another-secret-xx")))
     assert_401(get(sk, token=keys.token("RS256")))
-    assert len(up.requests) == 1
+    assert len(up.requests) == 2
 
 
 def wait_second_start():

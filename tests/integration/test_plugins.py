@@ -11,6 +11,7 @@ The out-of-tree build test also needs SIDEKICK_BUILD_DIR (the CMake build
 directory, for `cmake --install`).
 """
 
+import http.client
 import glob
 import os
 import re
@@ -510,6 +511,30 @@ def test_pause_resume_concurrent(sidekick, upstream, workers):
     assert metric(sk, "sidekick_plugin_fx_pause_cancels_total", instance="wait") in (None, 0)
     wait_metric(sk, "sidekick_plugin_fx_pause_pending", 0, instance="wait")
     wait_metric(sk, "sidekick_plugin_fx_count_log_total", n, instance="cnt")
+
+
+def test_paused_requests_reuse_the_upstream_connection(sidekick, upstream):
+    """Requests without a body, paused at their head, end as soon as they
+    resume: one client keep-alive connection, ten paused GETs and a POST,
+    one upstream connection for all of them (each paused GET used to keep
+    its upstream connection from the pool: a new connect per request)."""
+    up = upstream()
+    sk = sidekick(pl_ini(PAUSE, workers=1), up=up.port, delay=5)
+    c = http.client.HTTPConnection("127.0.0.1", sk.port("listen"), timeout=10)
+    for i in range(10):
+        c.request("GET", f"/g{i}")
+        r = c.getresponse()
+        assert r.status == 200 and r.read() is not None
+    c.request("POST", "/post", body=b"x" * 100)
+    r = c.getresponse()
+    assert r.status == 200
+    r.read()
+    c.close()
+    reqs = up.requests
+    assert [q.target for q in reqs] == [f"/g{i}" for i in range(10)] + ["/post"]
+    assert reqs[-1].body == b"x" * 100
+    assert all(q.header("x-paused") == "5" for q in reqs)
+    assert up.accepted == 1, up.accepted
 
 
 def test_pause_does_not_block_the_worker(sidekick, upstream):
@@ -1508,9 +1533,10 @@ def test_discovery_arg_reaches_plugin_and_weights_show(sidekick, upstream, tmp_p
     events = read_events(out, "cluster")
     assert events == [{"event": "cluster", "cluster": "api", "arg": "api.shop.svc:8080  extra words"},
                       {"event": "cluster", "cluster": "plain", "arg": None}], events
-    bodies = sorted(get(sk, f"/a{i}").body for i in range(4))
-    assert bodies == [b"one", b"one", b"two", b"two"]  # balancers ignore weights for now
-    assert get(sk, "/b").body in (b"one", b"two")
+    # smooth weighted round robin: weight 10000 against 5 takes the first picks
+    bodies = [get(sk, f"/a{i}").body for i in range(4)]
+    assert bodies == [b"two"] * 4, bodies
+    assert get(sk, "/b").body == b"two"
     clusters = {c["name"]: c for c in json.loads(sk.admin_get("/clusters").body)["clusters"]}
     for name in ("api", "plain"):
         eps = {e["address"]: e["weight"] for e in clusters[name]["endpoints"]}
@@ -1531,14 +1557,51 @@ def test_discovered_endpoints_show_their_source(sidekick, upstream, tmp_path):
     sk = sidekick(abi11_ini(out, DISCOVERY11,
                             extra_keys=f"weights = 127.0.0.1:{up1.port} 5, 127.0.0.1:{up2.port} 10000"),
                   dead=free_port())
-    assert sorted(get(sk, f"/s{i}").body for i in range(2)) == [b"one", b"two"]
+    assert [get(sk, f"/s{i}").body for i in range(2)] == [b"two", b"two"]
     clusters = {c["name"]: c for c in json.loads(sk.admin_get("/clusters").body)["clusters"]}
     for name in ("api", "plain"):
         eps = clusters[name]["endpoints"]
         assert [e["source"] for e in eps] == ["plugin", "plugin"], eps
         assert [e["active_requests"] for e in eps] == [0, 0], eps
         assert [e["healthy"] for e in eps] == [True, True], eps
-    assert len(up1.requests) == 1 and len(up2.requests) == 1
+    assert len(up1.requests) == 0 and len(up2.requests) == 2
+
+
+@pytest.mark.parametrize("lb", ["round_robin", "random", "least_request"])
+def test_balancers_honour_weights(sidekick, upstream, tmp_path, lb):
+    """Two upstreams of weights 1 and 3 (set_endpoints_weighted from
+    on_cluster): of 400 requests one after the other, round_robin sends
+    exactly 100 and 300 (smooth weighted round robin, one worker), random
+    and least_request (every endpoint idle, so the weighted draw decides)
+    about that; counted by what each upstream received."""
+    out = tmp_path / "events.jsonl"
+    light = upstream(lambda req: Reply(body=b"light"))
+    heavy = upstream(lambda req: Reply(body=b"heavy"))
+    sk = sidekick(abi11_ini(out, f"""
+[route all]
+listener = main
+cluster = api
+
+[cluster api]
+discovery = x11
+lb = {lb}
+""", extra_keys=f"weights = 127.0.0.1:{light.port} 1, 127.0.0.1:{heavy.port} 3"))
+    n = 400
+    for i in range(n):
+        r = http_request(sk.port("listen"), "GET", f"/w{i}")
+        assert r.status == 200, r
+    got = {"light": len(light.requests), "heavy": len(heavy.requests)}
+    assert got["light"] + got["heavy"] == n
+    if lb == "round_robin":
+        assert got == {"light": 100, "heavy": 300}, got
+        # smooth: never the light one twice in a row, the heavy one at most 3 in a row
+        order = sorted([(q.path, "l") for q in light.requests] + [(q.path, "h") for q in heavy.requests],
+                       key=lambda x: int(x[0][2:]))
+        seq = "".join(x[1] for x in order)
+        assert "ll" not in seq and "hhhh" not in seq, seq[:40]
+    else:
+        # 400 draws of p = 3/4: a standard deviation is 8.7 requests; 45 is over 5 of them
+        assert abs(got["heavy"] - 300) <= 45, got
 
 
 def test_static_endpoints_have_weight_one(sidekick, upstream):

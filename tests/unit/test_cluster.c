@@ -300,6 +300,7 @@ static void *reader(void *arg)
     reader_result *res = arg;
     sk_wctx w = {.rng = (uint64_t)(uintptr_t)arg | 1};
     uint32_t cursor = 0;
+    int64_t current[16];
     sk_endpoint_set *set = NULL;
     sk_endpoint *held[HELD] = {0};
     unsigned nheld = 0;
@@ -310,9 +311,16 @@ static void *reader(void *arg)
             sk_endpoint_set_unref(set);
             set = next;
             res->adopted++;
+            /* the smooth round-robin state of this set, as sk_wcluster keeps it */
+            memset(current, 0, sizeof(current));
+            if (set->n > 16) res->bad++;
         }
         sk_endpoint *avoid = held[(nheld + HELD - 1) % HELD];
-        sk_balance_ctx ctx = {.avoid = &avoid, .navoid = avoid ? 1 : 0, .w = &w, .cursor = &cursor};
+        sk_balance_ctx ctx = {.avoid = &avoid,
+                              .navoid = avoid ? 1 : 0,
+                              .w = &w,
+                              .cursor = &cursor,
+                              .rr_current = k % 2 ? current : NULL};
         sk_endpoint *e = sk_balancer_round_robin.pick(set, &ctx);
         if (!e || ctx.picked >= set->n || set->eps[ctx.picked] != e || set->weights[ctx.picked] < 1 ||
             set->weights[ctx.picked] > 6) {

@@ -372,12 +372,12 @@ typedef struct sk_host_api {
      * live as long as the request. 0, or -1 (info NULL or info->size below
      * sizeof(size_t)). */
     int (*request_info)(sk_req *r, sk_req_info *info);
-    /* set_endpoints with a weight per endpoint (1..10000; 0 or more is
-     * refused: leave an endpoint out instead of giving it weight 0). The
-     * weights are kept in the cluster's endpoint set and shown in
-     * /clusters; the balancers do not use them yet (every endpoint gets an
-     * equal share, as with set_endpoints, whose endpoints have weight 1).
-     * Same rules and results as set_endpoints otherwise. */
+    /* set_endpoints with a weight per endpoint (1..10000; 0 and more than
+     * 10000 are refused: leave an endpoint out instead of giving it weight
+     * 0). The weights are kept in the cluster's endpoint set, shown in
+     * /clusters, and honoured by every `lb` policy (set_endpoints gives
+     * every endpoint weight 1). Same rules and results as set_endpoints
+     * otherwise. */
     int (*set_endpoints_weighted)(sk_instance *self, const char *cluster,
                                   const sk_weighted_endpoint *endpoints, size_t n);
     /* A counter / gauge with one label: `label` ([A-Za-z_][A-Za-z0-9_]*, not
