@@ -203,7 +203,7 @@ void dsc_stale(dsc_cluster *cl, const char *fmt, ...)
         snprintf(msg, sizeof msg, "%s; keeping %zu endpoint(s) from %02d:%02d:%02dZ", why, cl->neps,
                  tm.tm_hour, tm.tm_min, tm.tm_sec);
     } else {
-        snprintf(msg, sizeof msg, "%s; no endpoints yet", why);
+        snprintf(msg, sizeof msg, "%s; no answer yet", why);
     }
     /* "keeping ... from" stays the same while the failure lasts: a repeated
      * message is only logged at debug level */

@@ -146,7 +146,7 @@ int dsc_publish(dsc_cluster *cl, const sk_weighted_endpoint *eps, size_t n);
 /*
  * A failed refresh of cl: the endpoints stay as they are. The message
  * (printf-style, e.g. "dns: timeout") gets "; keeping N endpoint(s) from
- * HH:MM:SSZ" or "; no endpoints yet" appended, goes to the host's
+ * HH:MM:SSZ" or "; no answer yet" appended, goes to the host's
  * cluster_state (ok = 0, /clusters) when it has one, and to the log as a
  * warning when it differs from the previous message (a repeated failure is
  * logged at debug level only). Counted `failed`.
