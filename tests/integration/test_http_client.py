@@ -457,7 +457,11 @@ cancel_on_body = 1
 
 def test_connection_refused_and_sidekick_keeps_serving(sidekick, upstream, tmp_path):
     up = upstream()
-    closed = free_port()  # nothing listens there
+    # a port bound but not listening: connects are refused, and no other
+    # process can take it meanwhile (a free_port() could be reused)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    closed = holder.getsockname()[1]
     rec = tmp_path / "r.jsonl"
     sk = sidekick(ini(f"""
 [plugin h]
@@ -466,6 +470,7 @@ file = {rec}
 fetch = r GET http://127.0.0.1:{closed}/x
 """ + serve_body()), up=up.addr)
     done = wait_event(rec, "r", "done")
+    holder.close()
     assert [r["error"] for r in done] == [SK_HTTP_ECONNECT]
     assert done[0]["text"] == "connect failed"
     assert str(closed) in done[0]["message"]
