@@ -219,6 +219,13 @@ int sk_cluster_set_state(sk_cluster *cl, bool ok, const char *message)
     if (!st) return -1;
     sk_discovery_state *d = &st->discovery;
     d->stale = !ok;
+    if (ok && d->answered && !d->carried) {
+        /* "still current": the instance's refresh found its set unchanged,
+         * which is a good answer as fresh as a new set (the age counts from
+         * here) */
+        d->last_update = (int64_t)time(NULL);
+        d->last_update_ms = sk_now_ms();
+    }
     size_t k = 0;
     for (; message && message[k] && k < SK_STATE_MESSAGE_MAX; k++) {
         unsigned char c = (unsigned char)message[k];

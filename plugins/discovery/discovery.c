@@ -158,8 +158,8 @@ int dsc_publish(dsc_cluster *cl, const sk_weighted_endpoint *eps, size_t n)
     if (same) {
         free(set);
         free(own);
+        host_state(cl, 1, NULL); /* a good answer: the host's age of the set restarts */
         if (cl->stale) {
-            host_state(cl, 1, NULL);
             dsc_log(in, SK_LOG_INFO, "cluster %s: %s answers again, %zu endpoint(s) unchanged", cl->name,
                     in->source->name, m);
         }

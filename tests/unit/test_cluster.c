@@ -180,8 +180,14 @@ static void test_discovery_state(void)
     CHECK(d->last_update > 0 && d->last_update_ms >= before);
     ASSERT(sk_cluster_set_state(&cl, false, "dns: timeout") == 0);
     CHECK(d->stale && strcmp(d->message, "dns: timeout") == 0);
+    int64_t first = d->last_update;
+    uint64_t first_ms = d->last_update_ms;
+    while (sk_now_ms() == first_ms) {
+    }
     ASSERT(sk_cluster_set_state(&cl, true, NULL) == 0);
     CHECK(!d->stale && d->message[0] == 0);
+    /* ok on an answered cluster: a fresh good answer (the age restarts) */
+    CHECK(d->last_update_ms > first_ms && d->last_update >= first);
 
     ASSERT(sk_clusters_render_prometheus(&out, &cfg) == 0 && sk_buf_append(&out, "", 1) == 0);
     CHECK(strstr(out.data, "sidekick_cluster_endpoints{cluster=\"api\",source=\"dns\"} 2\n") != NULL);

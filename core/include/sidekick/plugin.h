@@ -448,7 +448,10 @@ typedef struct sk_host_api {
      * NULL = none), e.g. "dns: timeout, keeping 3 endpoints from
      * 12:00:01". Does not change the endpoints, and is not an answer:
      * before the first set_endpoints* the cluster stays "waiting" (the
-     * message shows). The next set_endpoints* makes it ok again. Main
+     * message shows). The next set_endpoints* makes it ok again. ok = 1
+     * on a cluster this instance answered is a good answer as well (a
+     * refresh that found the set unchanged): the cluster's last update,
+     * and so its age, is now. Main
      * thread. 0, or -1 with an error logged (unknown cluster, a cluster
      * whose `discovery` does not name this instance, a worker thread). */
     int (*cluster_state)(sk_instance *self, const char *cluster, int ok, const char *message);
