@@ -367,8 +367,6 @@ static void range_body(void *arg, const char *data, size_t len)
     keep_body(arg, data, len, ETCD_RANGE_MAX_BODY);
 }
 
-static void start_watch(est *s);
-
 static void range_done(void *arg, int error, const char *message)
 {
     est *s = arg;
@@ -416,7 +414,9 @@ static void range_done(void *arg, int error, const char *message)
             s->wprefix, server_text(s, srv, sizeof srv), (long long)r.header.revision);
     apply_range(s, &r);
     etcd_range_free(&r);
-    start_watch(s);
+    /* from the loop: the range's connection is back in the client's pool by
+     * then, and the watch takes it (one connection to etcd, not two) */
+    schedule(s, 0);
 }
 
 static void start_range(est *s)
