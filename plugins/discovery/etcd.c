@@ -97,6 +97,7 @@ typedef struct est {
     uint64_t timeout_ms, retry_min_ms, retry_max_ms;
 
     sk_timer *timer;    /* the next step, pending */
+    sk_timer *wdog;     /* a watch must be created within timeout_ms */
     sk_http_call *call; /* the range or the watch in flight */
     int kind;           /* CALL_* of call */
     int status;         /* its HTTP status, 0 before the head */
@@ -150,6 +151,8 @@ static void drop_body(est *s)
 /* Ends the call in flight without callbacks, if any. */
 static void end_call(est *s)
 {
+    if (s->wdog) s->inst->host->timer_stop(s->wdog);
+    s->wdog = NULL;
     if (s->call) s->inst->host->http_cancel(s->call);
     s->call = NULL;
     s->kind = CALL_NONE;
@@ -174,7 +177,7 @@ static void schedule(est *s, uint64_t ms)
 static void failed(est *s, const char *fmt, ...) SK_PLUGIN_PRINTF(2, 3);
 static void failed(est *s, const char *fmt, ...)
 {
-    char why[200], srv[300];
+    char why[200], srv[300], next[300];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(why, sizeof why, fmt, ap);
@@ -188,13 +191,14 @@ static void failed(est *s, const char *fmt, ...)
     /* the clusters' stale messages say what failed; this says what is next
      * (once per outage at info level) */
     dsc_log(s->inst, s->attempt == 1 ? SK_LOG_INFO : SK_LOG_DEBUG,
-            "etcd: %s: %s; next try on %s in %llu ms%s", srv, why, server_text(s, srv, sizeof srv),
+            "etcd: %s: %s; next try on %s in %llu ms%s", srv, why, server_text(s, next, sizeof next),
             (unsigned long long)ms, s->need_range ? " (reading the prefix again)" : "");
     schedule(s, ms);
 }
 
-/* Range again, then watch: after a compaction, a canceled watch, a
- * restore. `soon`: at once (unless a compaction resync just happened). */
+/* Range again, then watch, at once: after a compaction (a second one
+ * within ETCD_COMPACT_AGAIN_MS waits a backoff), a restore, a line that
+ * does not parse. */
 static void resync(est *s, int compaction, const char *fmt, ...) SK_PLUGIN_PRINTF(3, 4);
 static void resync(est *s, int compaction, const char *fmt, ...)
 {
@@ -540,6 +544,8 @@ static int on_line(void *arg, const char *line, size_t len)
         }
         s->created = 1;
         s->attempt = 0;
+        if (s->wdog) s->inst->host->timer_stop(s->wdog);
+        s->wdog = NULL;
         {
             char srv[300];
             dsc_log(s->inst, SK_LOG_INFO, "etcd: watching %s on %s from revision %lld (%zu cluster(s))",
@@ -624,6 +630,17 @@ static void watch_done(void *arg, int error, const char *message)
         failed(s, "%s", why);
 }
 
+/* The watch was not created within etcd_timeout: a server that accepts
+ * connections and does not answer. */
+static void watch_stuck(void *arg)
+{
+    est *s = arg;
+    s->wdog = NULL;
+    if (s->kind != CALL_WATCH || s->created) return;
+    end_call(s);
+    failed(s, "watch: not created within etcd_timeout (%llu ms)", (unsigned long long)s->timeout_ms);
+}
+
 static void start_watch(est *s)
 {
     char url[400], srv[300];
@@ -658,7 +675,9 @@ static void start_watch(est *s)
         s->call = NULL;
         s->kind = CALL_NONE;
         failed(s, "watch: %s", s->inst->host->http_strerror(rc));
+        return;
     }
+    s->wdog = s->inst->host->timer_start(s->inst->host->main_loop(), s->timeout_ms, watch_stuck, s);
 }
 
 /* The timer: the next call. */

@@ -612,7 +612,7 @@ def test_etcd_restart_resumes_the_watch(sidekick, upstream, etcd):
         e.start()
         assert wait_for(lambda: log_count(sk, r"etcd: watching /sidekick/endpoints/orders/ on ") == 2, WAIT), \
             sk.stderr_text()[-3000:]
-        assert "orders: etcd answers again" in sk.stderr_text()
+        assert wait_for(lambda: "orders: etcd answers again" in sk.stderr_text(), WAIT)
         e.put(PREFIX + "orders/b", ep(b))
         wait_addrs(sk, {a.addr, b.addr})
         assert wait_for(lambda: len(b.requests) >= 5, WAIT)
@@ -652,9 +652,12 @@ def test_compaction_past_the_watch_forces_a_resync(sidekick, upstream, etcd, pro
     assert log_count(sk, r"etcd: read \d+ key\(s\) under") == 2, err
     # the watch that came back was created, then canceled as compacted; the
     # one after the new read starts past the compaction
-    starts = [int(x) for x in re.findall(r"etcd: watching /sidekick/endpoints/orders/ on \S+ from revision (\d+)",
-                                         err)]
-    assert starts[0] < rev and starts[-1] > rev, (starts, rev)
+    def starts():
+        return [int(x) for x in re.findall(r"etcd: watching /sidekick/endpoints/orders/ on \S+ from revision (\d+)",
+                                           sk.stderr_text())]
+
+    assert wait_for(lambda: starts()[-1] > rev, WAIT), (starts(), rev)
+    assert starts()[0] < rev, (starts(), rev)
     # the new watch is live
     e.put(PREFIX + "orders/a", ep(a))
     wait_addrs(sk, {a.addr, b.addr})
@@ -780,9 +783,9 @@ def test_two_clusters_share_one_watch(sidekick, upstream, etcd):
     assert wait_for(lambda: e.watchers() == 1, WAIT), e.watchers()
     assert e.metric("etcd_debugging_mvcc_watch_stream_total") == 1
     assert connections_to(sk.pid, e.client_port) == 1  # the range's connection carries the watch
-    err = sk.stderr_text()
-    assert log_count(sk, r"etcd: read \d+ key\(s\) under /sidekick/endpoints/ ") == 1, err
-    assert "etcd: watching /sidekick/endpoints/ on " in err and "(2 cluster(s))" in err
+    assert wait_for(lambda: re.search(r"etcd: watching /sidekick/endpoints/ on \S+ from revision \d+ \(2 cluster\(s\)\)",
+                                      sk.stderr_text()), WAIT), sk.stderr_text()
+    assert log_count(sk, r"etcd: read \d+ key\(s\) under /sidekick/endpoints/ ") == 1, sk.stderr_text()
     # one batch touching both clusters, one touching one
     e.put(PREFIX + "users/c", ep(c))
     wait_addrs(sk, {b.addr, c.addr}, "users")
@@ -808,7 +811,7 @@ def test_other_prefix_and_nested_names(sidekick, upstream, etcd):
     sk = sidekick(ini(e.addr, clusters=(("shop", "shop"), ("shopv2", "shop-v2")), keys="prefix = /mesh/"))
     wait_addrs(sk, {a.addr}, "shop")
     wait_addrs(sk, {b.addr}, "shopv2")
-    assert "etcd: watching /mesh/shop on " in sk.stderr_text()
+    assert wait_for(lambda: "etcd: watching /mesh/shop on " in sk.stderr_text(), WAIT), sk.stderr_text()
     assert e.watchers() == 1
 
 
@@ -845,3 +848,188 @@ def test_shutdown_with_etcd_down(sidekick, etcd):
     sk = sidekick(ini(e.addr))
     assert wait_for(lambda: "no endpoints yet" in sk.stderr_text(), WAIT)
     assert sk.stop() == 0
+
+
+# --------------------------------------------------------------------------
+# what a real etcd rarely does: a scripted gateway
+
+
+class FakeEtcd:
+    """An HTTP/1.1 server speaking just enough of the JSON gateway: /v3/kv/range
+    answers `kvs` at `revision`; each /v3/watch connection plays the next
+    script of `watches` (a list of lines to send, then "hang" = keep the
+    stream open, or "close"). Records every request (path, JSON body)."""
+
+    def __init__(self, kvs: dict, revision: int, watches: list, range_status: int = 200):
+        import http.server
+
+        fake = self
+        self.kvs = kvs
+        self.revision = revision
+        self.watches = list(watches)
+        self.range_status = range_status
+        self.requests = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                with fake.lock:
+                    fake.requests.append((self.path, body))
+                if self.path == "/v3/kv/range":
+                    fake.answer_range(self)
+                elif self.path == "/v3/watch":
+                    fake.answer_watch(self)
+                else:
+                    self.send_error(404)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.addr = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def header(self):
+        return {"cluster_id": "1", "member_id": "2", "revision": str(self.revision)}
+
+    def answer_range(self, h):
+        if self.range_status != 200:
+            data = json.dumps({"error": "etcdserver: no leader", "message": "etcdserver: no leader",
+                               "code": 14}).encode()
+        else:
+            data = json.dumps({"header": self.header(),
+                               "kvs": [{"key": b64(k), "value": b64(json.dumps(v) if isinstance(v, dict) else v),
+                                        "mod_revision": str(self.revision)} for k, v in self.kvs.items()],
+                               "count": str(len(self.kvs))}).encode()
+        h.send_response(self.range_status)
+        h.send_header("content-type", "application/json")
+        h.send_header("content-length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def answer_watch(self, h):
+        with self.lock:
+            script = self.watches.pop(0) if self.watches else ["hang"]
+        if script and script[0] == "silent":
+            self.stop.wait(60)  # no head at all: a server that accepted and is stuck
+            h.close_connection = True
+            return
+        h.send_response(200)
+        h.send_header("content-type", "application/json")
+        h.send_header("transfer-encoding", "chunked")
+        h.end_headers()
+        for item in script:
+            if item == "hang":
+                self.stop.wait(60)
+                break
+            if item == "close":
+                break
+            line = (item if isinstance(item, str) else json.dumps(item)) + "\n"
+            data = line.encode()
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            h.wfile.flush()
+        try:
+            h.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            pass
+        h.close_connection = True
+
+    def watch_starts(self):
+        with self.lock:
+            return [int(b["create_request"]["start_revision"]) for p, b in self.requests if p == "/v3/watch"]
+
+    def ranges(self):
+        with self.lock:
+            return [b for p, b in self.requests if p == "/v3/kv/range"]
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_etcd():
+    made = []
+
+    def factory(*a, **kw) -> FakeEtcd:
+        f = FakeEtcd(*a, **kw)
+        made.append(f)
+        return f
+
+    yield factory
+    for f in made:
+        f.close()
+
+
+def created(rev):
+    return {"result": {"header": {"cluster_id": "1", "member_id": "2", "revision": str(rev)}, "created": True}}
+
+
+def test_request_bodies_and_canceled_watch(sidekick, upstream, fake_etcd):
+    """What etcd receives (base64 key and range_end of the prefix, the watch
+    from revision + 1 with progress_notify), and a watch the server cancels:
+    the prefix is read again before the next watch."""
+    a, b = named_upstream(upstream, "a"), named_upstream(upstream, "b")
+    f = fake_etcd({PREFIX + "orders/a": ep(a)}, 41, [
+        [created(41), {"result": {"header": {"revision": "41"}, "canceled": True,
+                                  "cancel_reason": "etcdserver: permission denied"}}, "hang"],
+        [created(41), "hang"],
+    ])
+    sk = sidekick(ini(f.addr))
+    wait_addrs(sk, {a.addr})
+    assert wait_for(lambda: len(f.watch_starts()) == 2, WAIT), f.requests
+    r = f.ranges()
+    assert len(r) == 2, f.requests
+    assert r[0] == {"key": b64(PREFIX + "orders/"), "range_end": b64(PREFIX + "orders0")}
+    w = [b["create_request"] for p, b in f.requests if p == "/v3/watch"][0]
+    assert w == {"key": b64(PREFIX + "orders/"), "range_end": b64(PREFIX + "orders0"), "start_revision": "42",
+                 "progress_notify": True}
+    assert f.watch_starts() == [42, 42]
+    assert "the watch was canceled by etcd: etcdserver: permission denied" in sk.stderr_text()
+    assert [p for p, _ in f.requests] == ["/v3/kv/range", "/v3/watch", "/v3/kv/range", "/v3/watch"]
+
+
+def test_bad_watch_lines_and_stuck_servers(sidekick, upstream, fake_etcd):
+    """A line that is not a watch answer: read the prefix again. A watch
+    that is never created (a server that accepted and hangs): dropped after
+    etcd_timeout and tried again. An event batch and a progress
+    notification move the revision the next watch starts from."""
+    a, b = named_upstream(upstream, "a"), named_upstream(upstream, "b")
+    put_b = {"result": {"header": {"cluster_id": "1", "member_id": "2", "revision": "12"}, "events": [
+        {"kv": {"key": b64(PREFIX + "orders/b"), "value": b64(json.dumps(ep(b))), "mod_revision": "12"}}]}}
+    progress = {"result": {"header": {"cluster_id": "1", "member_id": "2", "revision": "20"}}}
+    f = fake_etcd({PREFIX + "orders/a": ep(a)}, 10, [
+        [created(10), "this is not json"],
+        ["silent"],
+        [created(10), put_b, progress, "close"],
+        [created(20), "hang"],
+    ])
+    sk = sidekick(ini(f.addr, keys="etcd_timeout = 300ms"))
+    assert wait_for(lambda: len(f.watch_starts()) == 4, WAIT), (f.requests, sk.stderr_text()[-2000:])
+    wait_addrs(sk, {a.addr, b.addr})
+    err = sk.stderr_text()
+    assert "a watch answer that does not parse" in err, err
+    assert "watch: not created within etcd_timeout (300 ms)" in err, err
+    assert "watch: the stream ended" in err, err
+    # after the bad line: a range; after the stuck one and the end: resumed
+    assert [p for p, _ in f.requests] == ["/v3/kv/range", "/v3/watch", "/v3/kv/range", "/v3/watch",
+                                          "/v3/watch", "/v3/watch"], f.requests
+    assert f.watch_starts() == [11, 11, 11, 21]
+
+
+def test_range_error_keeps_trying(sidekick, upstream, fake_etcd):
+    """etcd answers the range with an error (no leader): the cluster waits
+    with the message logged, and the range is tried again."""
+    f = fake_etcd({}, 5, [], range_status=503)
+    sk = sidekick(ini(f.addr))
+    assert wait_for(lambda: len(f.ranges()) >= 3, WAIT), f.requests
+    assert "range: HTTP 503: etcd error: etcdserver: no leader; no endpoints yet" in sk.stderr_text()
+    assert f.watch_starts() == []
+    assert_local_reply(http_request(sk.port("listen"), "GET", "/orders/1"), 503, "no_healthy_upstream")
