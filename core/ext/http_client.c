@@ -179,7 +179,7 @@ struct sk_http_call {
     void (*on_body)(void *arg, const char *data, size_t len);
     void (*on_done)(void *arg, int error, const char *message);
     void *arg;
-    size_t max_body; /* response body limit */
+    size_t max_body; /* response body limit, SK_HTTP_UNLIMITED = none */
     size_t received; /* response body bytes so far */
     int status;      /* final status once the head was delivered, else 0 */
     bool added;      /* in the multi handle (false while queued) */
@@ -495,7 +495,7 @@ static size_t on_body_piece(char *ptr, size_t size, size_t nmemb, void *userdata
     sk_http_call *c = userdata;
     size_t len = size * nmemb;
     if (c->cancelled) return 0;
-    if (len > c->max_body - c->received) {
+    if (c->max_body != SK_HTTP_UNLIMITED && len > c->max_body - c->received) {
         c->too_large = true;
         return 0;
     }
@@ -610,7 +610,9 @@ static int setup_easy(sk_http_call *c, const sk_http_request *rq, const char *me
     SET(CURLOPT_CONNECTTIMEOUT_MS,
         (long)(rq->connect_timeout_ms ? rq->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS));
     if (rq->timeout_ms) SET(CURLOPT_TIMEOUT_MS, (long)rq->timeout_ms);
-    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_body);
+    /* a stream without limit: nothing for curl to check either */
+    if (c->max_body != SK_HTTP_UNLIMITED)
+        SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)SK_MIN(c->max_body, (size_t)INT64_MAX));
     SET(CURLOPT_HTTPHEADER, c->hdrs);
     SET(CURLOPT_HEADERFUNCTION, on_header_line);
     SET(CURLOPT_HEADERDATA, c);

@@ -410,12 +410,12 @@ static json_t *endpoints_json(const sk_cluster *c, bool with_health, bool *ok)
         json_t *e = json_object();
         if (e) {
             jset(e, "address", json_string(ep->address.text), ok);
-            jset(e, "weight", jint(SK_LOAD(ep->weight)), ok);
+            jset(e, "weight", jint(set->weights[i]), ok);
             /* no health checking or outlier ejection yet: every endpoint
              * is healthy */
             jset(e, "healthy", json_boolean(sk_endpoint_healthy(ep)), ok);
             jset(e, "active_requests", jint(SK_LOAD(ep->active)), ok);
-            jset(e, "source", json_string(ep->source), ok); /* main thread, like its writer */
+            jset(e, "source", json_string(set->source), ok);
         }
         jpush(a, e, ok);
     }

@@ -174,7 +174,8 @@ int dsc_publish(dsc_cluster *cl, const sk_weighted_endpoint *eps, size_t n)
         dsc_count(in, DSC_FAILED);
         return -1; /* the host logged why */
     }
-    if (cl->stale) dsc_log(in, SK_LOG_INFO, "cluster %s: %s answers again", cl->name, in->source->name);
+    if (cl->stale && cl->published)
+        dsc_log(in, SK_LOG_INFO, "cluster %s: %s answers again", cl->name, in->source->name);
     free(cl->eps);
     free(cl->addrs);
     cl->eps = set;
@@ -184,7 +185,7 @@ int dsc_publish(dsc_cluster *cl, const sk_weighted_endpoint *eps, size_t n)
     cl->stale = 0;
     cl->state[0] = 0;
     dsc_count(in, DSC_APPLIED);
-    return 0;
+    return 1;
 }
 
 void dsc_stale(dsc_cluster *cl, const char *fmt, ...)

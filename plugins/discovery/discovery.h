@@ -138,8 +138,8 @@ void dsc_count(dsc_inst *inst, dsc_result result);
  * (counted `unchanged`; a stale cluster is told it is current again);
  * otherwise it goes to the host with set_endpoints_from(source) on an ABI
  * 1.2 host, set_endpoints_weighted before, and is counted `applied`. Ends a
- * stale state (logged). 0, or -1 when the host refused the set (logged,
- * counted `failed`, the previous set stays).
+ * stale state (logged). 1 (applied), 0 (unchanged), or -1 when the host
+ * refused the set (logged, counted `failed`, the previous set stays).
  */
 int dsc_publish(dsc_cluster *cl, const sk_weighted_endpoint *eps, size_t n);
 
@@ -166,8 +166,9 @@ uint64_t dsc_backoff_ms(unsigned attempt, uint64_t base_ms, uint64_t max_ms);
 
 /* ---- parsing (parse.c: no host, no I/O; the fuzz target builds it alone) ---- */
 
-/* A duration: a whole number with ms, s, m or h ("50ms", "1s", "5m"), in
- * min_ms..max_ms. 0 and *ms, or -1. */
+/* A duration as in the rest of the config: a whole number with ms, s or m,
+ * or bare for seconds ("50ms", "1s", "5m", "30"), in min_ms..max_ms. 0 and
+ * *ms, or -1. */
 int dsc_parse_duration(const char *v, uint64_t min_ms, uint64_t max_ms, uint64_t *ms);
 
 /* on / off. 0 and *out 1 / 0, or -1. */
@@ -221,5 +222,19 @@ typedef struct dsc_eplist {
 int dsc_parse_endpoints(const char *text, size_t len, dsc_eplist *out, int *bad_line, char *err,
                         size_t errsz);
 void dsc_eplist_free(dsc_eplist *l);
+
+/* The smallest TTL (seconds) of the answer and authority records of the
+ * DNS message msg[0..len) (a TTL with its top bit set counts as 0, RFC
+ * 2181). The number of such records (0: *ttl = 0), or -1 when the message
+ * is malformed or cut short. Used for SRV answers, whose TTL c-ares 1.18
+ * does not report. */
+int dsc_dns_min_ttl(const unsigned char *msg, size_t len, uint32_t *ttl);
+
+/* The endpoint weight of each of the naddrs addresses of an SRV target of
+ * weight `weight` (0..65535), in a priority group whose heaviest target
+ * has max_weight: weight * 10000 / max_weight, divided among the addresses,
+ * at least 1 (RFC 2782's weight 0 = the smallest share, not excluded); 1
+ * when every weight of the group is 0 (equal shares). */
+uint32_t dsc_srv_weight(unsigned weight, unsigned max_weight, size_t naddrs);
 
 #endif

@@ -39,11 +39,11 @@ int dsc_parse_duration(const char *v, uint64_t min_ms, uint64_t max_ms, uint64_t
     unsigned long long n;
     if (d == 0 || dsc_parse_uint(num, 0, 1000000000ull, &n) < 0) return -1;
     const char *u = v + d;
-    uint64_t mul = strcmp(u, "ms") == 0  ? 1
-                   : strcmp(u, "s") == 0 ? 1000
-                   : strcmp(u, "m") == 0 ? 60000
-                   : strcmp(u, "h") == 0 ? 3600000
-                                         : 0;
+    uint64_t mul = !*u                    ? 1000
+                   : strcmp(u, "ms") == 0 ? 1
+                   : strcmp(u, "s") == 0  ? 1000
+                   : strcmp(u, "m") == 0  ? 60000
+                                          : 0;
     if (mul == 0) return -1;
     uint64_t r = (uint64_t)n * mul;
     if (r < min_ms || r > max_ms) return -1;
@@ -298,4 +298,69 @@ bad:
     *bad_line = line;
     dsc_eplist_free(out);
     return -1;
+}
+
+/* ---- DNS messages ---- */
+
+/* Skips the name at msg[*off]: labels, ending with a zero byte or a
+ * compression pointer. 0, or -1 when it runs past len or is malformed. */
+static int skip_name(const unsigned char *msg, size_t len, size_t *off)
+{
+    size_t o = *off;
+    for (int labels = 0; labels < 128; labels++) {
+        if (o >= len) return -1;
+        unsigned c = msg[o];
+        if (c == 0) {
+            *off = o + 1;
+            return 0;
+        }
+        if ((c & 0xc0) == 0xc0) {
+            if (o + 2 > len) return -1;
+            *off = o + 2;
+            return 0;
+        }
+        if (c & 0xc0) return -1; /* extended label types */
+        o += 1 + c;
+    }
+    return -1;
+}
+
+int dsc_dns_min_ttl(const unsigned char *msg, size_t len, uint32_t *ttl)
+{
+    if (!msg || len < 12) return -1;
+    unsigned qd = (unsigned)msg[4] << 8 | msg[5];
+    unsigned an = (unsigned)msg[6] << 8 | msg[7];
+    unsigned ns = (unsigned)msg[8] << 8 | msg[9];
+    size_t off = 12;
+    for (unsigned i = 0; i < qd; i++) {
+        if (skip_name(msg, len, &off) < 0 || off + 4 > len) return -1;
+        off += 4;
+    }
+    int seen = 0;
+    uint32_t min = UINT32_MAX;
+    for (unsigned i = 0; i < an + ns; i++) {
+        if (skip_name(msg, len, &off) < 0 || off + 10 > len) return -1;
+        uint32_t t = (uint32_t)msg[off + 4] << 24 | (uint32_t)msg[off + 5] << 16 |
+                     (uint32_t)msg[off + 6] << 8 | msg[off + 7];
+        size_t rdlen = (size_t)msg[off + 8] << 8 | msg[off + 9];
+        off += 10;
+        if (off + rdlen > len) return -1;
+        off += rdlen;
+        if (t & 0x80000000u) t = 0; /* RFC 2181 8: a TTL with the top bit set is 0 */
+        if (t < min) min = t;
+        seen++;
+    }
+    *ttl = seen ? min : 0;
+    return seen;
+}
+
+uint32_t dsc_srv_weight(unsigned weight, unsigned max_weight, size_t naddrs)
+{
+    if (naddrs == 0) naddrs = 1;
+    if (max_weight == 0) return 1; /* every weight 0: equal shares */
+    /* scaled so that the heaviest target gets DSC_MAX_WEIGHT, then shared
+     * among the target's addresses; never below 1 (weight 0 = smallest share) */
+    uint64_t w = ((uint64_t)weight * DSC_MAX_WEIGHT + max_weight / 2) / max_weight;
+    w /= naddrs;
+    return w < 1 ? 1 : w > DSC_MAX_WEIGHT ? DSC_MAX_WEIGHT : (uint32_t)w;
 }

@@ -1522,8 +1522,8 @@ def test_discovery_arg_reaches_plugin_and_weights_show(sidekick, upstream, tmp_p
 
 
 def test_discovered_endpoints_show_their_source(sidekick, upstream, tmp_path):
-    """/clusters names the instance that set an endpoint as its source; an
-    endpoint that stays in a new set keeps its object (same counters)."""
+    """/clusters shows "plugin" as the source of endpoints set with
+    set_endpoints_weighted (ABI 1.2's set_endpoints_from names its own)."""
     import json
     out = tmp_path / "events.jsonl"
     up1 = upstream(lambda req: Reply(body=b"one"))
@@ -1535,7 +1535,7 @@ def test_discovered_endpoints_show_their_source(sidekick, upstream, tmp_path):
     clusters = {c["name"]: c for c in json.loads(sk.admin_get("/clusters").body)["clusters"]}
     for name in ("api", "plain"):
         eps = clusters[name]["endpoints"]
-        assert [e["source"] for e in eps] == ["x11", "x11"], eps
+        assert [e["source"] for e in eps] == ["plugin", "plugin"], eps
         assert [e["active_requests"] for e in eps] == [0, 0], eps
         assert [e["healthy"] for e in eps] == [True, True], eps
     assert len(up1.requests) == 1 and len(up2.requests) == 1
