@@ -1087,3 +1087,151 @@ def test_stale_state_in_clusters(sidekick, upstream, etcd):
     assert f"etcd {e.addr}: watch: " in st.get("message", "") and "keeping 1 endpoint(s)" in st["message"], st
     e.start()
     assert wait_for(lambda: state().get("state") == "ok", WAIT), state()
+
+
+# --------------------------------------------------------------------------
+# docs/mesh.md, on one machine
+
+
+def sidecar_ini(etcd_addr: str, inbound_app: int = None, calls=()) -> str:
+    """A sidecar of docs/mesh.md: [plugin registry] on etcd, an inbound
+    listener ({inbound}) to the local app when inbound_app is given, and an
+    outbound listener ({outbound}) with a host route per called service."""
+    text = f"""[sidekick]
+workers = 2
+admin = 127.0.0.1:{{admin}}
+access_log = off
+drain_timeout = 3s
+
+[plugin registry]
+load = {DISCOVERY}
+source = etcd
+etcd = {etcd_addr}
+prefix = /sidekick/endpoints/
+reconnect_min = 100ms
+reconnect_max = 1s
+"""
+    if inbound_app:
+        text += f"""
+[listener inbound]
+address = 127.0.0.1:{{inbound}}
+
+[route inbound]
+listener = inbound
+cluster = local
+
+[cluster local]
+endpoints = 127.0.0.1:{inbound_app}
+"""
+    if calls:
+        text += """
+[listener outbound]
+address = 127.0.0.1:{outbound}
+"""
+    for svc in calls:
+        text += f"""
+[route {svc}]
+listener = outbound
+host = {svc}
+cluster = {svc}
+timeout = 5s
+retries = 1
+
+[cluster {svc}]
+discovery = registry {svc}
+connect_timeout = 1s
+"""
+    return text
+
+
+def test_mesh_three_services(sidekick, upstream, etcd):
+    """web → orders (two instances) → payments, each with its sidecar,
+    registered, re-weighted and drained with the etcdctl commands of
+    docs/mesh.md while web keeps calling: no failed request, the drained
+    instance gets nothing after its key is gone, and every app received
+    what its callers sent."""
+    e = etcd()
+    payments_app = upstream(lambda req: Reply(body=b"paid"), name="payments")
+    sk_payments = sidekick(sidecar_ini(e.addr, inbound_app=payments_app.port), name="payments.ini")
+
+    outbound = {}
+
+    def orders_handler(i):
+        def h(req):
+            # the orders app calls payments through its own sidecar
+            r = http_request(outbound[i], "GET", "/pay" + req.target, host="payments", timeout=10)
+            return Reply(status=r.status, body=f"orders-{i} ".encode() + r.body)
+        return h
+
+    orders_apps, sk_orders = [], []
+    for i in (1, 2):
+        app = upstream(orders_handler(i), name=f"orders-{i}")
+        sk = sidekick(sidecar_ini(e.addr, inbound_app=app.port, calls=("payments",)), name=f"orders{i}.ini")
+        outbound[i] = sk.port("outbound")
+        orders_apps.append(app)
+        sk_orders.append(sk)
+    sk_web = sidekick(sidecar_ini(e.addr, calls=("orders",)), name="web.ini")
+
+    # register, each under a lease (docs/mesh.md)
+    def register(service, instance, port, weight):
+        lease = e.ctl("lease", "grant", "60").stdout.split()[1]
+        value = json.dumps({"address": "127.0.0.1", "port": port, "weight": weight})
+        e.ctl("put", f"--lease={lease}", f"{PREFIX}{service}/{instance}", value)
+        return lease
+
+    register("payments", "p1", sk_payments.port("inbound"), 100)
+    leases = [register("orders", f"o{i}", sk_orders[i - 1].port("inbound"), 100) for i in (1, 2)]
+    o1, o2 = (f"127.0.0.1:{sk.port('inbound')}" for sk in sk_orders)
+    wait_addrs(sk_web, {o1, o2}, "orders")
+    for sk in sk_orders:
+        wait_addrs(sk, {f"127.0.0.1:{sk_payments.port('inbound')}"}, "payments")
+
+    port = sk_web.port("outbound")
+    results, errors = [], []
+    stop = threading.Event()
+
+    def web_app():
+        for n in range(100000):
+            if stop.is_set():
+                return
+            try:
+                r = http_request(port, "GET", f"/orders/{n}", host="orders", timeout=10)
+                results.append((r.status, r.body))
+            except Exception as ex:  # noqa: BLE001 - every failure counts
+                errors.append(repr(ex))
+
+    t = threading.Thread(target=web_app, daemon=True)
+    t.start()
+    try:
+        assert wait_for(lambda: all(len(a.requests) >= 5 for a in orders_apps), WAIT), [len(a.requests)
+                                                                                         for a in orders_apps]
+        # re-weight o2, keeping its lease
+        e.ctl("put", "--ignore-lease", f"{PREFIX}orders/o2",
+              json.dumps({"address": "127.0.0.1", "port": sk_orders[1].port("inbound"), "weight": 10}))
+        assert wait_for(lambda: clusters(sk_web)["orders"][o2]["weight"] == 10, WAIT), clusters(sk_web)
+        keys = e.ctl("lease", "timetolive", leases[1], "--keys").stdout
+        assert f"{PREFIX}orders/o2" in keys, keys  # still under its lease
+        # drain o1: delete its key, then its lease
+        e.ctl("del", f"{PREFIX}orders/o1")
+        wait_addrs(sk_web, {o2}, "orders")
+        n = len(results)
+        assert wait_for(lambda: len(results) >= n + 5, WAIT)
+        drained = len(orders_apps[0].requests)
+        assert wait_for(lambda: len(results) >= n + 30, WAIT)
+        assert len(orders_apps[0].requests) == drained
+        e.ctl("lease", "revoke", leases[0])
+    finally:
+        stop.set()
+        t.join(timeout=15)
+    assert errors == []
+    assert {s for s, _ in results} == {200}, [r for r in results if r[0] != 200][:5]
+    bodies = {b.split(b" ")[0] for _, b in results}
+    assert bodies == {b"orders-1", b"orders-2"}
+    assert all(b.endswith(b" paid") for _, b in results)
+    # what each app received: web's paths at orders, orders' calls at payments
+    assert all(q.path.startswith("/orders/") and q.header("host") == "orders"
+               for a in orders_apps for q in a.requests)
+    assert len(payments_app.requests) == sum(len(a.requests) for a in orders_apps)
+    assert all(q.path.startswith("/pay/orders/") and q.header("host") == "payments" for q in payments_app.requests)
+    # one watch per sidecar that calls something
+    assert wait_for(lambda: e.watchers() == 3, WAIT), e.watchers()
