@@ -57,12 +57,11 @@
 #define ETCD_MAX_SERVERS    16
 #define ETCD_DEFAULT_PREFIX "/sidekick/endpoints/"
 #define ETCD_RANGE_MAX_BODY ((size_t)256 * 1024 * 1024) /* one range answer */
-/* A watch is one response that never ends. SK_HTTP_UNLIMITED (ABI 1.2)
- * says so, but a host before the core13 work passes max_body to curl as
- * a signed size, where SIZE_MAX is refused: 1 TiB works on both, and a
- * stream that reaches it just reconnects. TODO: SK_HTTP_UNLIMITED once the
- * host side of ABI 1.2 is in. */
-#define ETCD_WATCH_MAX_BODY   ((size_t)1 << 40)
+/* A watch is one response that never ends: SK_HTTP_UNLIMITED on an ABI
+ * 1.2 host; an older one passes max_body to curl as a signed size, where
+ * SIZE_MAX is refused, so 1 TiB there (a stream that reaches it just
+ * reconnects). */
+#define ETCD_WATCH_MAX_BODY_OLD ((size_t)1 << 40)
 #define ETCD_LINE_MAX         ((size_t)64 * 1024 * 1024) /* one watch response */
 #define ETCD_ERRBODY_MAX      1024  /* bytes of a failed call's body kept for its message */
 #define ETCD_COMPACT_AGAIN_MS 10000 /* two compaction resyncs closer than this: the second waits */
@@ -659,7 +658,7 @@ static void start_watch(est *s)
         .body_len = strlen(body),
         .timeout_ms = 0, /* a stream */
         .connect_timeout_ms = s->timeout_ms,
-        .max_body = ETCD_WATCH_MAX_BODY,
+        .max_body = s->inst->host->abi_minor >= 2 ? SK_HTTP_UNLIMITED : ETCD_WATCH_MAX_BODY_OLD,
         .on_head = watch_head,
         .on_body = watch_body,
         .on_done = watch_done,

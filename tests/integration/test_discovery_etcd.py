@@ -11,12 +11,6 @@ that "etcd moved on while the watch was away" (a compaction past its
 revision) is deterministic; a scripted gateway (FakeEtcd) plays what a real
 etcd rarely does (a canceled watch, a garbled line, a stuck server).
 
-Marked xfail(strict=True): what needs host work that is not in yet (the
-discovery state in /clusters; a reload carrying a cluster's endpoints over
-to the new generation until its instance answers, sk_clusters_carry_over of
-branch core13, not called yet). strict: once the host does it, the test
-passes, and the mark must go.
-
 Run by hand with:
 
     SIDEKICK_BIN=build/sidekick SIDEKICK_BUILD_DIR=build \\
@@ -745,9 +739,9 @@ def test_unreachable_at_start_then_up(sidekick, upstream, etcd):
     e = etcd(start=False)
     a = named_upstream(upstream, "a")
     sk = sidekick(ini(e.addr))
-    assert wait_for(lambda: "no endpoints yet" in sk.stderr_text(), WAIT), sk.stderr_text()
+    assert wait_for(lambda: "no answer yet" in sk.stderr_text(), WAIT), sk.stderr_text()
     err = sk.stderr_text()
-    assert re.search(rf"cluster orders: etcd {re.escape(e.addr)}: range: connect failed: .*; no endpoints yet",
+    assert re.search(rf"cluster orders: etcd {re.escape(e.addr)}: range: connect failed: .*; no answer yet",
                      err), err
     assert_local_reply(http_request(sk.port("listen"), "GET", "/orders/1"), 503, "no_healthy_upstream")
     assert a.requests == []
@@ -822,10 +816,6 @@ def test_other_prefix_and_nested_names(sidekick, upstream, etcd):
     assert e.watchers() == 1
 
 
-def xfail_host(what):
-    return pytest.mark.xfail(strict=True, reason=f"needs host work not merged yet: {what}")
-
-
 def test_reload_cancels_the_old_watch(sidekick, upstream, etcd):
     """A reload starts the new generation's range and watch and cancels the
     old one's: etcd ends with one watcher, changes still apply, and the host
@@ -849,8 +839,6 @@ def test_reload_cancels_the_old_watch(sidekick, upstream, etcd):
     assert "still active after" not in sk.stderr_text()  # nothing left for the host to stop
 
 
-@xfail_host("the reload carry-over of discovery answers (sk_clusters_carry_over is not called yet): the new "
-            "generation's cluster starts empty until its own range answers")
 def test_reload_while_etcd_is_down_keeps_the_endpoints(sidekick, upstream, etcd, proxy):
     """A reload while etcd cannot be reached: the new generation serves the
     endpoints the old one had, instead of an empty cluster."""
@@ -864,7 +852,7 @@ def test_reload_while_etcd_is_down_keeps_the_endpoints(sidekick, upstream, etcd,
     assert wait_for(lambda: "keeping 1 endpoint(s)" in sk.stderr_text(), WAIT)
     sk.signal(signal.SIGHUP)
     assert wait_for(lambda: re.search(r"generation 1 released", sk.stderr_text()), WAIT), sk.stderr_text()[-3000:]
-    assert wait_for(lambda: log_count(sk, r"range: \S+.*(no endpoints yet|keeping 1 endpoint)") >= 1, WAIT)
+    assert wait_for(lambda: log_count(sk, r"range: \S+.*(no answer yet|keeping 1 endpoint)") >= 1, WAIT)
     r = http_request(sk.port("listen"), "GET", "/orders/after-reload")
     assert r.status == 200 and r.body == b"a", r
     p.unblock()
@@ -876,7 +864,7 @@ def test_shutdown_with_etcd_down(sidekick, etcd):
     """SIGTERM while the source waits to reconnect: a clean exit."""
     e = etcd(start=False)
     sk = sidekick(ini(e.addr))
-    assert wait_for(lambda: "no endpoints yet" in sk.stderr_text(), WAIT)
+    assert wait_for(lambda: "no answer yet" in sk.stderr_text(), WAIT)
     assert sk.stop() == 0
 
 
@@ -1060,12 +1048,11 @@ def test_range_error_keeps_trying(sidekick, upstream, fake_etcd):
     f = fake_etcd({}, 5, [], range_status=503)
     sk = sidekick(ini(f.addr))
     assert wait_for(lambda: len(f.ranges()) >= 3, WAIT), f.requests
-    assert "range: HTTP 503: etcd error: etcdserver: no leader; no endpoints yet" in sk.stderr_text()
+    assert "range: HTTP 503: etcd error: etcdserver: no leader; no answer yet" in sk.stderr_text()
     assert f.watch_starts() == []
     assert_local_reply(http_request(sk.port("listen"), "GET", "/orders/1"), 503, "no_healthy_upstream")
 
 
-@xfail_host("the discovery state (ok / stale, message) of a cluster in /clusters")
 def test_stale_state_in_clusters(sidekick, upstream, etcd):
     """etcd down: /clusters says the cluster is stale, with the message;
     back: ok again."""
