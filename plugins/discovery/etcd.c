@@ -112,6 +112,7 @@ typedef struct est {
     unsigned attempt; /* failures in a row */
     uint64_t last_compact_ms;
     int closing; /* destroy is near: start nothing */
+    const char *scheme; /* "http", or "https" with etcd_tls = on */
 } est;
 
 /* ---- small helpers ---- */
@@ -425,7 +426,7 @@ static void range_done(void *arg, int error, const char *message)
 static void start_range(est *s)
 {
     char url[400], srv[300];
-    snprintf(url, sizeof url, "http://%s/v3/kv/range", server_text(s, srv, sizeof srv));
+    snprintf(url, sizeof url, "%s://%s/v3/kv/range", s->scheme, server_text(s, srv, sizeof srv));
     char *body = etcd_range_request(s->wprefix, s->wprefix_len);
     if (!body) {
         failed(s, "out of memory");
@@ -643,7 +644,7 @@ static void watch_stuck(void *arg)
 static void start_watch(est *s)
 {
     char url[400], srv[300];
-    snprintf(url, sizeof url, "http://%s/v3/watch", server_text(s, srv, sizeof srv));
+    snprintf(url, sizeof url, "%s://%s/v3/watch", s->scheme, server_text(s, srv, sizeof srv));
     char *body = etcd_watch_request(s->wprefix, s->wprefix_len, s->rev + 1);
     if (!body) {
         failed(s, "out of memory");
@@ -742,6 +743,7 @@ static int etcd_create(dsc_inst *inst, const sk_kv *keys, size_t n, char *err, s
     s->timeout_ms = 5000;
     s->retry_min_ms = 500;
     s->retry_max_ms = 30000;
+    s->scheme = "http";
     const char *prefix = ETCD_DEFAULT_PREFIX;
     int have_etcd = 0, line_min = 0;
     for (size_t i = 0; i < n; i++) {
@@ -778,9 +780,20 @@ static int etcd_create(dsc_inst *inst, const sk_kv *keys, size_t n, char *err, s
                 snprintf(err, errsz, "etcd: line %d: reconnect_max: expected a duration 1ms..1h (30s)", line);
                 return -1;
             }
+        } else if (strcmp(k, "etcd_tls") == 0) {
+            if (strcmp(v, "on") != 0 && strcmp(v, "off") != 0) {
+                snprintf(err, errsz, "etcd: line %d: etcd_tls: expected on or off", line);
+                return -1;
+            }
+            if (strcmp(v, "on") == 0 && inst->host->abi_minor < 2) {
+                snprintf(err, errsz, "etcd: line %d: etcd_tls: this host's HTTP client has no https (ABI 1.2)",
+                         line);
+                return -1;
+            }
+            s->scheme = strcmp(v, "on") == 0 ? "https" : "http";
         } else {
             snprintf(err, errsz,
-                     "etcd: line %d: unknown key '%s' (source = etcd takes etcd, prefix, etcd_timeout, "
+                     "etcd: line %d: unknown key '%s' (source = etcd takes etcd, etcd_tls, prefix, etcd_timeout, "
                      "reconnect_min, reconnect_max)",
                      line, k);
             return -1;

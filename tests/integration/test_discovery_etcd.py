@@ -24,6 +24,7 @@ import re
 import select
 import shutil
 import signal
+import ssl
 import socket
 import subprocess
 import threading
@@ -65,8 +66,12 @@ class Etcd:
     """One etcd member on 127.0.0.1, its data in `root`. start() / stop()
     may be called again (same ports, same data: a restart)."""
 
-    def __init__(self, root: Path, progress_interval: str = None):
+    def __init__(self, root: Path, progress_interval: str = None, tls=None):
+        """tls: {"ca", "cert", "key"} of the server (clients must show a
+        certificate of that CA) and {"client_cert", "client_key"} for the
+        test's own calls."""
         self.root = Path(root)
+        self.tls = tls
         self.data = self.root / "data"
         self.client_port, self.peer_port = free_ports(2)
         self.progress_interval = progress_interval
@@ -79,7 +84,14 @@ class Etcd:
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}"
+        return f"{'https' if self.tls else 'http'}://{self.addr}"
+
+    def _open(self, req, timeout):
+        ctx = None
+        if self.tls:
+            ctx = ssl.create_default_context(cafile=str(self.tls["ca"]))
+            ctx.load_cert_chain(str(self.tls["client_cert"]), str(self.tls["client_key"]))
+        return urllib.request.urlopen(req, timeout=timeout, context=ctx)
 
     def start(self, timeout: float = WAIT):
         self.starts += 1
@@ -91,6 +103,9 @@ class Etcd:
                 "--initial-cluster", f"t={peer}", "--log-outputs", "stderr"]
         if self.progress_interval:
             args += ["--experimental-watch-progress-notify-interval", self.progress_interval]
+        if self.tls:
+            args += ["--cert-file", str(self.tls["cert"]), "--key-file", str(self.tls["key"]),
+                     "--client-cert-auth", "--trusted-ca-file", str(self.tls["ca"])]
         self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         log.close()
         ok = wait_for(self._healthy, timeout, 0.05)
@@ -102,7 +117,7 @@ class Etcd:
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"etcd exited: {self.log_text()[-3000:]}")
-        with urllib.request.urlopen(self.url + "/health", timeout=1) as r:
+        with self._open(self.url + "/health", 1) as r:
             return json.loads(r.read()).get("health") == "true"
 
     def stop(self):
@@ -122,7 +137,7 @@ class Etcd:
     def call(self, path: str, body: dict) -> dict:
         req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
-        with urllib.request.urlopen(req, timeout=10) as r:
+        with self._open(req, 10) as r:
             return json.loads(r.read())
 
     def put(self, key: str, value) -> int:
@@ -146,7 +161,7 @@ class Etcd:
         return res
 
     def metric(self, name: str) -> float:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
+        with self._open(self.url + "/metrics", 5) as r:
             return metric_value(parse_prometheus(r.read().decode()), name)
 
     def watchers(self) -> float:
@@ -1222,3 +1237,37 @@ def test_mesh_three_services(sidekick, upstream, etcd):
     assert all(q.path.startswith("/pay/orders/") and q.header("host") == "payments" for q in payments_app.requests)
     # one watch per sidecar that calls something
     assert wait_for(lambda: e.watchers() == 3, WAIT), e.watchers()
+
+
+def test_etcd_over_tls_with_a_client_certificate(sidekick, upstream, etcd, tmp_path):
+    """etcd_tls = on: range and watch over https, etcd's certificate checked
+    against [sidekick] http_client_ca, sidekick's client certificate
+    (http_client_cert/key) checked by etcd (--client-cert-auth); without the
+    client certificate etcd refuses and the cluster waits, saying why."""
+    from certs import PKI
+    pki = PKI(tmp_path / "pki")
+    ca = pki.ca("etcd-ca")
+    server = pki.leaf("etcd", ca, ips=["127.0.0.1"], own_key=True)
+    client = pki.leaf("sidecar", ca, cn="sidecar", own_key=True)
+    e = etcd(tls={"ca": ca.cert, "cert": server.cert, "key": server.key,
+                  "client_cert": client.cert, "client_key": client.key})
+    a, b = named_upstream(upstream, "a"), named_upstream(upstream, "b")
+    e.put(PREFIX + "orders/a", ep(a))
+    tls_keys = f"http_client_ca = {ca.cert}\n"
+    text = ini(e.addr, keys="etcd_tls = on\n").replace(
+        "[sidekick]\n", f"[sidekick]\n{tls_keys}http_client_cert = {client.cert}\n"
+        f"http_client_key = {client.key}\n", 1)
+    sk = sidekick(text)
+    wait_addrs(sk, {a.addr})
+    assert wait_for(lambda: e.watchers() == 1, WAIT)
+    e.put(PREFIX + "orders/b", ep(b))  # through the watch
+    wait_addrs(sk, {a.addr, b.addr})
+    r = http_request(sk.port("listen"), "GET", "/orders/1")
+    assert r.status == 200 and r.body in (b"a", b"b")
+    sk.stop()
+    # no client certificate: etcd refuses the handshake
+    sk = sidekick(ini(e.addr, keys="etcd_tls = on\n").replace("[sidekick]\n", f"[sidekick]\n{tls_keys}", 1))
+    assert wait_for(lambda: "no answer yet" in sk.stderr_text(), WAIT), sk.stderr_text()
+    assert re.search(r"range: (TLS handshake or certificate verification failed|bad or broken response)",
+                     sk.stderr_text()), sk.stderr_text()
+    assert_local_reply(http_request(sk.port("listen"), "GET", "/orders/2"), 503, "no_healthy_upstream")
