@@ -389,6 +389,8 @@ static void *new_object(ctx *x, int kind, const char *name)
         r->line = x->lineno;
         r->timeout_ms = 15000;
         r->lua_budget_ms = 50;
+        r->retry_on = SK_RETRY_ON_DEFAULT;
+        r->retry_backoff_ms = 25;
         if (!(r->prefix = sk__cfg_strdup(x, "/"))) return NULL;
     } else if (kind == SEC_TLS) {
         sk_tls *t = obj;
@@ -408,6 +410,9 @@ static void *new_object(ctx *x, int kind, const char *name)
         cl->connect_timeout_ms = 1000;
         cl->config = c;
         cl->max_connections = cl->max_pending = cl->max_requests = 1024;
+        cl->max_retries = 1024;
+        cl->retry_budget_ppm = 200000; /* 20% */
+        cl->retry_budget_min = 10;
     }
     return obj;
 }
@@ -566,6 +571,37 @@ static int on_key(void *user, const char *section, const char *name, const char 
 
 /* ---- pass 2: each section on its own ----------------------------------------------------- */
 
+/* The traffic management keys of a route, against each other: retry keys
+ * need `retries`, per_try_timeout must be below `timeout` (a per-try limit
+ * the route timeout cuts first would be silently ignored: envoy#10082), and
+ * a `respond` route sends nothing upstream to retry, mirror or fault. */
+static int check_route_traffic(ctx *x, sect *s, sk_route *r)
+{
+    static const char *const retry_keys[] = {"retry_on", "retry_backoff"};
+    for (size_t i = 0; i < SK_ARRAY_LEN(retry_keys); i++) {
+        int line = sk__cfg_key_line(s, retry_keys[i]);
+        if (line && r->retries == 0)
+            return sk__cfg_fail_at(x, line, s, retry_keys[i], "has no effect without 'retries' (at least 1)");
+    }
+    int pl = sk__cfg_key_line(s, "per_try_timeout");
+    if (pl && r->timeout_ms && r->per_try_timeout_ms >= r->timeout_ms)
+        return sk__cfg_fail_at(x, pl, s, "per_try_timeout",
+                               "%llums must be below the route's timeout (%llums%s), which covers every try",
+                               (unsigned long long)r->per_try_timeout_ms, (unsigned long long)r->timeout_ms,
+                               sk__cfg_key_line(s, "timeout") ? "" : ", the default");
+    static const char *const upstream_keys[] = {"retry_on",    "per_try_timeout", "retry_backoff", "mirror",
+                                                "fault_delay", "fault_abort",     "fault_headers"};
+    if (sk__cfg_key_line(s, "respond")) {
+        for (size_t i = 0; i < SK_ARRAY_LEN(upstream_keys); i++) {
+            int line = sk__cfg_key_line(s, upstream_keys[i]);
+            if (line)
+                return sk__cfg_fail_at(x, line, s, upstream_keys[i],
+                                       "a route with 'respond' sends nothing upstream");
+        }
+    }
+    return 0;
+}
+
 static int check_section(ctx *x, sect *s)
 {
     if (s->kind == SEC_LISTENER) {
@@ -606,6 +642,7 @@ static int check_section(ctx *x, sect *s)
         if (r->lua && rl)
             return sk__cfg_fail_at(x, sk__cfg_key_line(s, "lua"), s, "lua",
                                    "a route with 'respond' runs no filter");
+        if (check_route_traffic(x, s, r) < 0) return -1;
         if (r->lua && r->lua[0] != '/') { /* relative to lua_dir */
             char *dir = x->dir;
             x->dir = x->cfg->lua_dir;
@@ -713,6 +750,9 @@ static int link_section(ctx *x, sect *s)
             if (!(r->clusters[i].cluster = find_cluster(x, s->names[i])))
                 return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cluster"), s, "cluster",
                                        "unknown cluster '%s'", s->names[i]);
+        if (s->mirror_ref && !(r->mirror = find_cluster(x, s->mirror_ref)))
+            return sk__cfg_fail_at(x, sk__cfg_key_line(s, "mirror"), s, "mirror", "unknown cluster '%s'",
+                                   s->mirror_ref);
         r->listener = l;
         if (sk__cfg_push(x, &l->routes, &l->nroutes, r) < 0) return -1;
     }
@@ -1046,6 +1086,7 @@ sk_config *sk_config_parse(const char *path, const sk_config_ext *ext, char **er
     for (size_t i = 0; i < x.nsects; i++) {
         free(x.sects[i]->ref);
         free(x.sects[i]->tls_ref);
+        free(x.sects[i]->mirror_ref);
         for (size_t j = 0; j < x.sects[i]->nnames; j++) free(x.sects[i]->names[j]);
         free(x.sects[i]->names);
         for (size_t j = 0; j < x.sects[i]->npnames; j++) free(x.sects[i]->pnames[j]);

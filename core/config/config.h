@@ -39,6 +39,36 @@ enum sk_escaped_slashes {
 };
 enum sk_lb { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST, SK_LB_RANDOM };
 
+/* What makes a failed attempt retryable: the `retry_on` conditions of a
+ * route (a bit each, SK_RETRY_BIT), and the `retry_reason` of the access
+ * log and metrics. A try cut by per_try_timeout is retried under `504`. */
+enum sk_retry_cond {
+    SK_RETRY_NONE = 0,            /* no retry (yet) */
+    SK_RETRY_CONNECT_FAILURE = 1, /* connect-failure: refused, timed out, TLS or identity failure */
+    SK_RETRY_RESET,               /* reset: closed or reset before any response byte */
+    SK_RETRY_502,                 /* 502: a 502 answer */
+    SK_RETRY_503,                 /* 503 */
+    SK_RETRY_504,                 /* 504 */
+    SK_RETRY_409,                 /* retriable-4xx: a 409 answer */
+    SK_RETRY_PER_TRY_TIMEOUT,     /* per_try_timeout expired (enabled by `504`) */
+    SK_RETRY_CONDS                /* number of values */
+};
+#define SK_RETRY_BIT(c) (1u << (c))
+/* `retry_on` when the route does not set it: what `retries` always retried. */
+#define SK_RETRY_ON_DEFAULT                                                                               \
+    (SK_RETRY_BIT(SK_RETRY_CONNECT_FAILURE) | SK_RETRY_BIT(SK_RETRY_RESET) | SK_RETRY_BIT(SK_RETRY_502) | \
+     SK_RETRY_BIT(SK_RETRY_503) | SK_RETRY_BIT(SK_RETRY_504))
+/* A share (retry_budget, mirror and fault rates) in parts per million. */
+#define SK_PPM 1000000u
+/* `retry_budget = off` */
+#define SK_RETRY_BUDGET_OFF UINT32_MAX
+/* Longest fault delay (`fault_delay`, x-sidekick-fault-delay). */
+#define SK_FAULT_DELAY_MAX_MS 60000
+/* Seconds of the retry budget's sliding window (Linkerd's and Finagle's ttl). */
+#define SK_RETRY_BUDGET_WINDOW 10
+
+struct sk_traffic_counters;
+
 /* `verify` of a [tls] section; the values of net/tls.h's sk_tls_verify. */
 enum sk_verify { SK_VERIFY_NONE = 0, SK_VERIFY_OPTIONAL = 1, SK_VERIFY_REQUIRED = 2 };
 
@@ -147,6 +177,18 @@ struct sk_route {
     char *lua_src;                 /* the script as read at load (the generation's copy) */
     size_t lua_src_len;            /* its length */
     uint64_t lua_errors[3];        /* Lua failures by kind (error, budget, memory), atomic */
+    /* Traffic management (docs/traffic.md). */
+    unsigned retry_on;                    /* `retry_on`: SK_RETRY_BIT()s, default SK_RETRY_ON_DEFAULT */
+    uint64_t per_try_timeout_ms;          /* `per_try_timeout`, 0 = none; below `timeout` */
+    uint64_t retry_backoff_ms;            /* `retry_backoff` base, default 25ms; 0 = retry at once */
+    sk_cluster *mirror;                   /* `mirror` cluster, or NULL */
+    uint32_t mirror_ppm;                  /* its share of requests */
+    uint64_t fault_delay_ms;              /* `fault_delay` duration, 0 = none */
+    uint32_t fault_delay_ppm;             /* its share of requests */
+    int fault_abort_status;               /* `fault_abort` status, 0 = none */
+    uint32_t fault_abort_ppm;             /* its share of requests */
+    bool fault_headers;                   /* `fault_headers`: x-sidekick-fault-* headers force faults */
+    struct sk_traffic_counters *counters; /* obs/traffic_metrics.h, by name; NULL until assigned */
     size_t metrics_row;            /* row of its request counters (metrics.c), by name */
     int line;                      /* line of the section header */
 };
@@ -178,6 +220,9 @@ struct sk_cluster {
     unsigned max_connections;    /* `max_connections`, default 1024, across all workers */
     unsigned max_pending;        /* `max_pending`, default 1024 */
     unsigned max_requests;       /* `max_requests`, default 1024 */
+    unsigned max_retries;        /* `max_retries`, default 1024: requests in a retry at once */
+    uint32_t retry_budget_ppm;   /* `retry_budget` share of requests, default 20%; SK_RETRY_BUDGET_OFF */
+    unsigned retry_budget_min;   /* `retry_budget_min` retries per second on top, default 10 */
     sk_tls *tls;                 /* `tls`: originate TLS to the endpoints with this section, or NULL */
     int line;                    /* line of the section header */
     sk_config *config;           /* the generation it belongs to (not a reference) */
@@ -187,6 +232,13 @@ struct sk_cluster {
     unsigned active_connections; /* open upstream connections */
     unsigned active_pending;     /* requests waiting for a connection */
     unsigned active_requests;    /* requests in flight to this cluster */
+    unsigned active_retries;     /* requests in a retry attempt (or its backoff) */
+    /* The retry budget's sliding window (proxy/retry.c): per second of
+     * sk_now_ms() / 1000, (second << 32) | count, SK_RETRY_BUDGET_WINDOW slots. */
+    uint64_t budget_requests[SK_RETRY_BUDGET_WINDOW]; /* requests sent to the cluster */
+    uint64_t budget_retries[SK_RETRY_BUDGET_WINDOW];  /* retries taken from the ratio */
+    uint64_t budget_min_used;                         /* retries taken from retry_budget_min, this second */
+    struct sk_traffic_counters *counters; /* obs/traffic_metrics.h, by name; NULL until assigned */
     /* The upstream layer's state of the cluster (upstream/cluster.h: the
      * endpoint objects and the set in force), opaque here. NULL until the
      * upstream layer makes it after the load; the config frees it with

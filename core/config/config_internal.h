@@ -17,7 +17,7 @@ enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER, SEC_PLUGIN, SEC_T
 /* Section kind names, by SEC_* (config.c). */
 extern const char *const sk__cfg_kind_names[SEC_COUNT];
 
-#define MAX_KEYS   16
+#define MAX_KEYS   48
 #define KEY_REPEAT 1u /* the key may appear more than once in a section */
 
 /* One section of the file, with what pass 2 and 3 need to know about it. */
@@ -29,6 +29,7 @@ typedef struct sect {
     int key_line[MAX_KEYS]; /* line of each key of the kind's table, 0 = absent */
     char *ref;              /* listener: `cluster` name; route: `listener` name */
     char *tls_ref;          /* listener, cluster: `tls` name */
+    char *mirror_ref;       /* route: the cluster name of `mirror` */
     char **names;           /* route: the cluster names of `cluster`, parallel to clusters */
     size_t nnames;          /* number of names */
     char **pnames;          /* listener, route: the instance names of `plugins` */
@@ -104,6 +105,8 @@ int sk__cfg_key_line(const sect *s, const char *name);
 int sk__cfg_digits(const char **sp, uint64_t *out);
 /* A whole decimal number. 0 or -1. */
 int sk__cfg_parse_u64(const char *s, uint64_t *out);
+/* A percentage "N%" / "N.NNNN%" (0..100) in parts per million. 0 or -1. */
+int sk__cfg_parse_percent(const char *s, uint32_t *ppm);
 /* A `lua.NAME = value` key of a route (keys.c). 0, or -1 with an error. */
 int sk__cfg_lua_key(ctx *x, sect *s, const char *name, const char *value);
 

@@ -410,6 +410,131 @@ int sk__cfg_lua_key(ctx *x, sect *s, const char *name, const char *value)
     return 0;
 }
 
+/* ---- traffic management of a route (docs/traffic.md) ---- */
+
+/* `retry_on = connect-failure, reset, 502, 503, 504, retriable-4xx` */
+static int k_retry_on(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    static const struct {
+        const char *name;
+        int cond;
+    } conds[] = {
+        {"connect-failure", SK_RETRY_CONNECT_FAILURE},
+        {"reset", SK_RETRY_RESET},
+        {"502", SK_RETRY_502},
+        {"503", SK_RETRY_503},
+        {"504", SK_RETRY_504},
+        {"retriable-4xx", SK_RETRY_409},
+    };
+    sk_route *r = s->obj;
+    char *copy, **items;
+    int n = sk__cfg_split_list(x, v, &copy, &items);
+    if (n < 0) return -1;
+    unsigned bits = 0;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        size_t j = 0;
+        while (j < SK_ARRAY_LEN(conds) && strcmp(items[i], conds[j].name) != 0) j++;
+        if (j == SK_ARRAY_LEN(conds))
+            rc = sk__cfg_bad(x,
+                             "unknown condition '%s' (expected connect-failure, reset, 502, 503, 504 or "
+                             "retriable-4xx)",
+                             items[i]);
+        else if (bits & SK_RETRY_BIT(conds[j].cond))
+            rc = sk__cfg_bad(x, "'%s' is listed twice", items[i]);
+        else
+            bits |= SK_RETRY_BIT(conds[j].cond);
+    }
+    free(items);
+    free(copy);
+    if (rc == 0) r->retry_on = bits;
+    return rc;
+}
+
+/* Splits "WORD [PCT%]" in place: *word and *pct (NULL when absent). -1 on
+ * more than two words. */
+static int split_rate(char *v, char **word, char **pct)
+{
+    char *p = v;
+    while (*p && *p != ' ' && *p != '\t') p++;
+    *word = v;
+    *pct = NULL;
+    if (!*p) return 0;
+    *p++ = '\0';
+    p = sk__cfg_trim(p);
+    if (!*p) return 0;
+    for (const char *q = p; *q; q++)
+        if (*q == ' ' || *q == '\t') return -1;
+    *pct = p;
+    return 0;
+}
+
+/* Parses "WORD [PCT%]" (PCT defaults to 100%) into a copy the caller frees. */
+static int rate_value(ctx *x, const char *v, const char *what, char **copy, char **word, uint32_t *ppm)
+{
+    char *pct;
+    if (!(*copy = sk__cfg_strdup(x, v))) return -1;
+    if (split_rate(*copy, word, &pct) < 0)
+        return sk__cfg_bad(x, "bad value '%s' (expected '%s [PCT%%]')", v, what);
+    *ppm = SK_PPM;
+    if (pct && sk__cfg_parse_percent(pct, ppm) < 0)
+        return sk__cfg_bad(x, "bad share '%s' (expected a percentage 0%%..100%%, e.g. 10%% or 0.5%%)", pct);
+    return 0;
+}
+
+/* `mirror = CLUSTER [PCT%]`: the cluster is resolved in pass 3. */
+static int k_mirror(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    char *copy = NULL, *name;
+    int rc = rate_value(x, v, "CLUSTER", &copy, &name, &r->mirror_ppm);
+    if (rc == 0 && !sk__cfg_is_name(name)) rc = sk__cfg_bad(x, "bad cluster name '%s'", name);
+    if (rc == 0) rc = sk__cfg_set_str(x, &s->mirror_ref, sk__cfg_strdup(x, name));
+    free(copy);
+    return rc;
+}
+
+/* `fault_delay = DURATION [PCT%]` */
+static int k_fault_delay(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    char *copy = NULL, *d;
+    uint64_t ms = 0;
+    int rc = rate_value(x, v, "DURATION", &copy, &d, &r->fault_delay_ppm);
+    if (rc == 0 && (sk_parse_duration(d, &ms) < 0 || ms == 0 || ms > SK_FAULT_DELAY_MAX_MS))
+        rc = sk__cfg_bad(x, "bad duration '%s' (1ms..%us)", d, SK_FAULT_DELAY_MAX_MS / 1000);
+    if (rc == 0) r->fault_delay_ms = ms;
+    free(copy);
+    return rc;
+}
+
+/* `fault_abort = STATUS [PCT%]` */
+static int k_fault_abort(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    char *copy = NULL, *st;
+    uint64_t status = 0;
+    int rc = rate_value(x, v, "STATUS", &copy, &st, &r->fault_abort_ppm);
+    if (rc == 0 && (sk__cfg_parse_u64(st, &status) < 0 || status < 200 || status > 599))
+        rc = sk__cfg_bad(x, "bad status '%s' (200..599)", st);
+    if (rc == 0) r->fault_abort_status = (int)status;
+    free(copy);
+    return rc;
+}
+
+/* `fault_headers = on|off` */
+static int k_fault_headers(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_route *r = s->obj;
+    if (strcmp(v, "on") == 0)
+        r->fault_headers = true;
+    else if (strcmp(v, "off") == 0)
+        r->fault_headers = false;
+    else
+        return sk__cfg_bad(x, "bad value '%s' (expected on or off)", v);
+    return 0;
+}
+
 #define RT(f) offsetof(sk_route, f)
 
 static const keydef route_keys[] = {
@@ -427,6 +552,13 @@ static const keydef route_keys[] = {
     {"plugins", k_plugins, 0, 0, 0, 0},
     {"lua", k_lua, 0, 0, 0, 0},
     {"lua_budget", k_duration, 0, RT(lua_budget_ms), 1, 10000},
+    {"retry_on", k_retry_on, 0, 0, 0, 0},
+    {"per_try_timeout", k_duration, 0, RT(per_try_timeout_ms), 1, DUR_MAX},
+    {"retry_backoff", k_duration, 0, RT(retry_backoff_ms), 0, 10000},
+    {"mirror", k_mirror, 0, 0, 0, 0},
+    {"fault_delay", k_fault_delay, 0, 0, 0, 0},
+    {"fault_abort", k_fault_abort, 0, 0, 0, 0},
+    {"fault_headers", k_fault_headers, 0, 0, 0, 0},
     {NULL, NULL, 0, 0, 0, 0},
 };
 
@@ -475,6 +607,19 @@ static int k_discovery(ctx *x, sect *s, const keydef *k, const char *v)
     return 0;
 }
 
+/* `retry_budget = PCT%` or `off` */
+static int k_retry_budget(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_cluster *c = s->obj;
+    if (strcmp(v, "off") == 0) {
+        c->retry_budget_ppm = SK_RETRY_BUDGET_OFF;
+        return 0;
+    }
+    if (sk__cfg_parse_percent(v, &c->retry_budget_ppm) < 0)
+        return sk__cfg_bad(x, "bad value '%s' (expected a percentage 0%%..100%%, e.g. 20%%, or off)", v);
+    return 0;
+}
+
 static int k_lb(ctx *x, sect *s, const keydef *k, const char *v)
 {
     sk_cluster *c = s->obj;
@@ -503,6 +648,9 @@ static const keydef cluster_keys[] = {
     {"max_connections", k_uint, 0, CL(max_connections), 1, 10000000},
     {"max_pending", k_uint, 0, CL(max_pending), 1, 10000000},
     {"max_requests", k_uint, 0, CL(max_requests), 1, 10000000},
+    {"max_retries", k_uint, 0, CL(max_retries), 0, 10000000},
+    {"retry_budget", k_retry_budget, 0, 0, 0, 0},
+    {"retry_budget_min", k_uint, 0, CL(retry_budget_min), 0, 1000000},
     {"health_check", NULL, 0, 0, 0, 0},
     {"health_interval", NULL, 0, 0, 0, 0},
     {"outlier_failures", NULL, 0, 0, 0, 0},

@@ -156,3 +156,26 @@ unsigned sk__cfg_addr_port(const sk_addr *a)
     if (a->ss.ss_family == AF_INET6) return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
     return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
 }
+
+/*
+ * Parses a share written as a percentage: digits, an optional fraction of
+ * up to 4 digits, then '%' ("20%", "0.5%", "100%"), at most 100%. Returns 0
+ * with *ppm in parts per million (SK_PPM = 100%), or -1.
+ */
+int sk__cfg_parse_percent(const char *s, uint32_t *ppm)
+{
+    uint64_t whole, frac = 0;
+    if (!s || sk__cfg_digits(&s, &whole) < 0 || whole > 100) return -1;
+    if (*s == '.') {
+        s++;
+        int n = 0;
+        while (isdigit((unsigned char)*s) && n < 4) frac = frac * 10 + (uint64_t)(*s++ - '0'), n++;
+        if (n == 0 || isdigit((unsigned char)*s)) return -1;
+        while (n++ < 4) frac *= 10;
+    }
+    if (strcmp(s, "%") != 0) return -1;
+    uint64_t v = whole * 10000 + frac; /* 1% = 10000 ppm; frac is in 1/10000 of a percent */
+    if (v > SK_PPM) return -1;
+    *ppm = (uint32_t)v;
+    return 0;
+}

@@ -104,6 +104,7 @@ void sk_upconn_attach(sk_upconn *u, sk_msg *m, void *rq, const sk_client_cbs *cb
     u->retry_response = false;
     u->filter_reply = false;
     u->req_framing = SK_BODY_NONE;
+    m->upstream_bytes_sent = 0;
     u->requests++;
 }
 
@@ -221,11 +222,15 @@ static int op_send_end(void *h)
 static int op_flush(void *h)
 {
     sk_upconn *u = h;
+    size_t before = sk_out_pending(&u->out);
     if (sk_out_flush(&u->out, u->connected ? &u->tr : NULL) < 0) {
         up_fail(u, 502, "upstream_reset", !u->got_response_bytes);
         return -1;
     }
     size_t pending = sk_out_pending(&u->out);
+    /* what the upstream got of the request: the retry policy never sends a
+     * non-idempotent request again once a byte of it went out */
+    if (u->req && u->connected) u->req->upstream_bytes_sent += before - pending;
     if (u->connected) sk_transport_want_write(&u->tr, pending > 0);
     if (u->req && pending > SK_HIGH_WATER) u->cbs->congested(u->rq);
     return 0;

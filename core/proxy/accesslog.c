@@ -10,6 +10,7 @@
 
 #include "accesslog.h"
 #include "head.h"
+#include "traffic_metrics.h"
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
 static size_t utf8_len(const unsigned char *s, size_t n)
@@ -151,7 +152,12 @@ void sk_accesslog_write(sk_request *r)
         sk_buf_printf(b, "%.3f", updur);
     else
         sk_buf_append(b, "null", 4);
-    sk_buf_printf(b, ",\"attempts\":%u,\"request_id\":", r->attempts);
+    sk_buf_printf(b, ",\"attempts\":%u,\"retry_reason\":", r->attempts);
+    json_cstr(b, sk_retry_cond_name(r->retry_reason));
+    static const char *const faults[] = {NULL, "delay", "abort", "delay,abort"};
+    sk_buf_append(b, ",\"fault\":", 9);
+    json_cstr(b, faults[r->faults & 3]);
+    sk_buf_append(b, ",\"request_id\":", 14);
     json_cstr(b, r->request_id[0] ? r->request_id : NULL);
     sk_buf_append(b, ",\"trace_id\":", 12);
     const sk_header *tp =

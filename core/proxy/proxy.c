@@ -4,7 +4,10 @@
  * Lua filter), local replies, cluster and endpoint choice with circuit
  * breakers, the upstream request (hop-by-hop removal, x-forwarded-*,
  * x-request-id), body streaming both ways with back-pressure, the response
- * head back to the client, retries and upstream errors.
+ * head back to the client, retries and upstream errors, and the traffic
+ * management of a route (docs/traffic.md): the retry policy (retry_on,
+ * per_try_timeout, backoff, the cluster's retry budget and max_retries,
+ * body replay), fault injection and the trigger of mirroring (mirror.c).
  *
  * This file writes no wire format: it hears from the downstream codec
  * through sk_proxy_server_cbs, from upstream connections through
@@ -23,6 +26,8 @@
 #include "metrics.h"
 #include "pool.h"
 #include "request.h"
+#include "traffic.h"
+#include "traffic_metrics.h"
 
 /* Is this header hop-by-hop, or one the proxy sets itself? `conn` is the
  * Connection header's value (tokens named there are hop-by-hop too). */
@@ -116,11 +121,32 @@ static void release_cluster(sk_request *r)
         __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
         r->counted_request = false;
     }
+    if (r->counted_retry) {
+        __atomic_sub_fetch(&r->cluster->active_retries, 1, __ATOMIC_RELAXED);
+        r->counted_retry = false;
+    }
 }
 
 static void stop_timeout(sk_request *r)
 {
     if (ev_is_active(&r->timeout)) ev_timer_stop(r->worker->loop, &r->timeout);
+}
+
+/* Stops the per-try timer or the backoff; after a backoff, the client's
+ * body flows again when `resume` (not for a stream that is going away). */
+static void stop_try_timer(sk_request *r, bool resume)
+{
+    if (ev_is_active(&r->try_timer)) ev_timer_stop(r->worker->loop, &r->try_timer);
+    if (r->backing_off) {
+        r->backing_off = false;
+        if (resume && !r->body_done) r->down_ops->resume_body(r->down);
+    }
+}
+
+/* A draw of `ppm` parts per million. */
+static bool draw(sk_request *r, uint32_t ppm)
+{
+    return ppm >= SK_PPM || (ppm && sk_wctx_rand(r->worker) % SK_PPM < ppm);
 }
 
 /* Lets go of the upstream connection: back to its pool when reuse is
@@ -185,6 +211,15 @@ static int build_upstream_request(sk_request *r, sk_out_request *q)
 
     ssize_t k = collect_headers(h, true, &r->up_hdrs, &r->up_nhdrs_cap, 5);
     if (k < 0) return -1;
+    if (rt->fault_headers) { /* consumed here: x-sidekick-fault-* never reach the upstream */
+        ssize_t j = 0;
+        for (ssize_t i = 0; i < k; i++) {
+            const sk_header *v = &r->up_hdrs[i];
+            if (!(v->name_len > 17 && strncasecmp(v->name, "x-sidekick-fault-", 17) == 0))
+                r->up_hdrs[j++] = *v;
+        }
+        k = j;
+    }
     sk_buf *x = &r->xff;
     sk_buf_reset(x);
     int rc = 0;
@@ -220,6 +255,7 @@ static int build_upstream_request(sk_request *r, sk_out_request *q)
 }
 
 static void upstream_error(sk_request *r, int status, const char *reason, bool retryable);
+static void on_try_timer(struct ev_loop *loop, ev_timer *t, int revents);
 
 static void on_route_timeout(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -254,6 +290,7 @@ static void start_upstream(sk_request *r)
     memcpy(r->endpoint, pool->endpoint->address.text, sizeof(r->endpoint));
     r->attempts++;
     r->upstream_start_ns = sk_now_ns();
+    r->upstream_bytes_sent = 0;
     int got;
     sk_upconn *u = sk_pool_get(r->worker, pool, &got);
     if (got == SK_POOL_OVERLOADED) {
@@ -270,14 +307,43 @@ static void start_upstream(sk_request *r)
     r->up = u;
     r->up_ops = &sk_h1_client_ops;
     sk_upconn_attach(u, &r->msg, r, &sk_proxy_client_cbs);
+    if (r->route->per_try_timeout_ms) {
+        ev_timer_set(&r->try_timer, (double)r->route->per_try_timeout_ms / 1000.0, 0.);
+        ev_timer_start(r->worker->loop, &r->try_timer);
+    }
     sk_out_request q;
     if (build_upstream_request(r, &q) < 0 || r->up_ops->send_head(u, &q) < 0) {
         upstream_error(r, 500, "internal_error", false);
         return;
     }
+    /* A retry sends the body received so far again (the retry policy only
+     * retries when all of it is kept); the rest streams as it comes. */
+    bool replayed = r->body_received > 0;
+    if (replayed && (!sk__can_replay(r) || r->up_ops->send_body(u, r->replay.data, r->replay.len) < 0)) {
+        upstream_error(r, 500, "internal_error", false);
+        return;
+    }
+    if (r->up_body_done && r->up_ops->send_end(u) < 0) {
+        upstream_error(r, 500, "internal_error", false);
+        return;
+    }
     /* Inside the codec's parser, input_done flushes once the body pieces of
-     * this read are queued too: one write for head and body. */
-    if (!r->in_codec) r->up_ops->flush(u);
+     * this read are queued too: one write for head and body. A replayed
+     * body is written (or copied) at once: replay may grow under it. */
+    if (replayed || !r->in_codec) r->up_ops->flush(u);
+}
+
+/* Mirroring: a copy of r for the route's mirror cluster (mirror.c), once
+ * its body is complete. */
+static void mirror(sk_request *r)
+{
+    r->mirror_pending = false;
+    sk_out_request q;
+    if (build_upstream_request(r, &q) < 0) {
+        SK_TRAFFIC_COUNT(r->route, mirrors[SK_MIRROR_FAILED]);
+        return;
+    }
+    sk__mirror_send(r, &q);
 }
 
 /* The chain is done: pick the cluster and start the upstream exchange. */
@@ -288,17 +354,111 @@ static void go_upstream(sk_request *r)
         r->cluster_override ? r->cluster_override : sk_route_pick_cluster(rt, sk_wctx_rand(r->worker));
     if (__atomic_add_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED) > r->cluster->max_requests) {
         __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
+        SK_TRAFFIC_COUNT(r->cluster, overflows[SK_LIMIT_MAX_REQUESTS]);
         reply(r, 503, "overloaded", NULL, false);
         return;
     }
     r->counted_request = true;
+    sk__retry_budget_deposit(r->cluster);
     if (rt->timeout_ms) {
         ev_timer_init(&r->timeout, on_route_timeout, (double)rt->timeout_ms / 1000.0, 0.);
         r->timeout.data = r;
         ev_timer_start(r->worker->loop, &r->timeout);
     }
+    ev_init(&r->try_timer, on_try_timer);
+    r->try_timer.data = r;
+    /* The body is kept for a retry or the mirror while it fits the bound. */
+    r->replay_keep = (rt->retries || rt->mirror) && r->req_framing != SK_BODY_NONE &&
+                     !(r->req_framing == SK_BODY_LENGTH && r->req_content_length > SK_REPLAY_MAX);
+    if (rt->mirror && !r->worker->draining && draw(r, rt->mirror_ppm)) {
+        if (r->body_done)
+            mirror(r);
+        else
+            r->mirror_pending = true; /* sent with the whole body (down_body_end) */
+    }
     if (r->expect_continue) r->down_ops->send_continue(r->down);
     start_upstream(r);
+}
+
+/* ---- fault injection ---- */
+
+static void on_fault_delay(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* A status 200..599 of three digits. 0 or -1. */
+static int parse_status(const char *v, uint64_t *status)
+{
+    if (strlen(v) != 3 || v[0] < '2' || v[0] > '5' || v[1] < '0' || v[1] > '9' || v[2] < '0' || v[2] > '9')
+        return -1;
+    *status = (uint64_t)((v[0] - '0') * 100 + (v[1] - '0') * 10 + (v[2] - '0'));
+    return 0;
+}
+
+/* The value of request header `name` as a C string in buf, or NULL. */
+static const char *header_text(const sk_request *r, const char *name, char *buf, size_t size)
+{
+    const sk_header *h = sk_head_get(&r->head, name);
+    if (!h || h->value_len == 0 || h->value_len >= size) return NULL;
+    memcpy(buf, h->value, h->value_len);
+    buf[h->value_len] = 0;
+    return buf;
+}
+
+/*
+ * The route's faults, between the filter chain and the upstream: first a
+ * delay (fault_delay's share, or forced by x-sidekick-fault-delay with
+ * fault_headers = on), during which the codec holds the body, then an
+ * abort (fault_abort's share, or x-sidekick-fault-abort): a local reply
+ * with reason fault_injected. Header values out of range are ignored.
+ * Returns true when the request waits for its delay or was answered.
+ */
+static bool inject_faults(sk_request *r)
+{
+    const sk_route *rt = r->route;
+    char buf[32];
+    const char *v;
+    if (!r->fault_decided) {
+        r->fault_decided = true;
+        uint64_t ms = 0;
+        if (rt->fault_headers && (v = header_text(r, "x-sidekick-fault-delay", buf, sizeof(buf))) &&
+            (sk_parse_duration(v, &ms) < 0 || ms > SK_FAULT_DELAY_MAX_MS))
+            ms = 0;
+        if (!ms && rt->fault_delay_ms && draw(r, rt->fault_delay_ppm)) ms = rt->fault_delay_ms;
+        if (ms) {
+            r->faults |= 1;
+            SK_TRAFFIC_COUNT(rt, faults[SK_FAULT_DELAY]);
+            r->fault_wait = true;
+            ev_timer_init(&r->timeout, on_fault_delay, (double)ms / 1000.0, 0.);
+            r->timeout.data = r;
+            ev_timer_start(r->worker->loop, &r->timeout);
+            return true;
+        }
+    }
+    uint64_t status = 0;
+    if (rt->fault_headers && (v = header_text(r, "x-sidekick-fault-abort", buf, sizeof(buf))) &&
+        parse_status(v, &status) < 0)
+        status = 0;
+    if (!status && rt->fault_abort_status && draw(r, rt->fault_abort_ppm))
+        status = (uint64_t)rt->fault_abort_status;
+    if (!status) return false;
+    r->faults |= 2;
+    SK_TRAFFIC_COUNT(rt, faults[SK_FAULT_ABORT]);
+    reply(r, (int)status, "fault_injected", NULL, false);
+    return true;
+}
+
+/* The fault delay is over: the abort draw, then upstream; the codec
+ * delivers the body from here on. */
+static void on_fault_delay(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    sk_request *r = t->data;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
+    r->fault_wait = false;
+    if (!inject_faults(r)) go_upstream(r);
+    if (ops->gone(down)) return;
+    ops->chain_resumed(down);
+    if (!r->finished && r->up && r->up_ops->flush(r->up) < 0) return;
+    ops->flush(down);
 }
 
 /* Sends the local reply a plugin prepared with respond(). */
@@ -415,6 +575,7 @@ static void run_chain(sk_request *r)
         reply(r, r->route->respond_status, NULL, r->route->respond_body, false);
         return;
     }
+    if (inject_faults(r)) return;
     go_upstream(r);
 }
 
@@ -446,6 +607,7 @@ void sk_proxy_resume(sk_request *r, int status)
     /* A reply may have finished (and recycled) r by now: it is only touched
      * again while it is not finished. The stream outlives this call. */
     if (ops->gone(down)) return;
+    if (!r->finished && r->fault_wait) return; /* the fault delay holds the body: on_fault_delay goes on */
     ops->chain_resumed(down);
     if (!r->finished && r->up && r->up_ops->flush(r->up) < 0) return;
     ops->flush(down);
@@ -516,6 +678,7 @@ static void filter_reply(sk_request *r)
 {
     release_upstream(r, false);
     stop_timeout(r);
+    stop_try_timer(r, false);
     release_cluster(r);
     r->status = 0;
     const sk_server_ops *ops = r->down_ops;
@@ -529,6 +692,9 @@ static void filter_reply(sk_request *r)
 static void cancel(sk_request *r)
 {
     stop_timeout(r);
+    stop_try_timer(r, false);
+    r->fault_wait = false;
+    r->mirror_pending = false;
     if (r->filter_paused) {
         sk_instance *pi = r->paused_by;
         r->filter_paused = false;
@@ -541,21 +707,91 @@ static void cancel(sk_request *r)
 
 /* ---- retry policy ---- */
 
-/* May this request be sent (again) after a failed attempt? */
-static bool may_retry(const sk_request *r)
+/*
+ * May r be tried again after its attempt failed for `cond` (enum
+ * sk_retry_cond)? All of: the route's retry_on has it, retries are left,
+ * nothing of the response went to the client, the body so far can be
+ * replayed, the method is idempotent or no byte of the request reached the
+ * upstream, and — last, as they are taken — a max_retries slot of the
+ * cluster and its retry budget. Counts the retry (or why it was refused)
+ * and records it as the request's retry_reason.
+ */
+static bool retry_allowed(sk_request *r, int cond)
 {
-    return !r->response_started && r->route && r->attempts <= r->route->retries &&
-           sk_method_idempotent(r->method_id) && r->req_framing == SK_BODY_NONE;
+    const sk_route *rt = r->route;
+    sk_cluster *cl = r->cluster;
+    unsigned on = cond == SK_RETRY_PER_TRY_TIMEOUT ? SK_RETRY_BIT(SK_RETRY_504) : SK_RETRY_BIT(cond);
+    if (!rt || !cl || r->response_started || !(rt->retry_on & on) || r->attempts > rt->retries) return false;
+    if (!sk__can_replay(r)) return false;
+    if (!sk_method_idempotent(r->method_id) && r->upstream_bytes_sent > 0) return false;
+    if (!r->counted_retry) {
+        if (__atomic_add_fetch(&cl->active_retries, 1, __ATOMIC_RELAXED) > cl->max_retries) {
+            __atomic_sub_fetch(&cl->active_retries, 1, __ATOMIC_RELAXED);
+            SK_TRAFFIC_COUNT(cl, overflows[SK_LIMIT_MAX_RETRIES]);
+            return false;
+        }
+        r->counted_retry = true;
+    }
+    if (!sk__retry_budget_take(cl)) {
+        SK_TRAFFIC_COUNT(cl, budget_exhausted);
+        return false;
+    }
+    SK_TRAFFIC_COUNT(cl, retries[cond]);
+    r->retry_reason = cond;
+    return true;
 }
 
 /* A pooled connection the upstream closed while we picked it (the
  * keep-alive race) gets one free retry on a fresh connection, whatever
  * `retries` says, when nothing of the response arrived and the request is
- * safe to send again. */
+ * safe to send again (idempotent, its body so far kept or none yet). */
 static bool may_retry_stale(const sk_request *r)
 {
     return r->up_reused && !r->stale_retried && !r->response_started && sk_method_idempotent(r->method_id) &&
-           r->req_framing == SK_BODY_NONE;
+           sk__can_replay(r);
+}
+
+/* The next attempt after the route's backoff (or at once without one).
+ * status and reason: the answer if it cannot start after all. */
+static void schedule_retry(sk_request *r, int status, const char *reason)
+{
+    sk_debug("retrying %s %.*s after %s (attempt %u)", r->method, (int)r->path_len, r->path,
+             sk_retry_cond_name(r->retry_reason), r->attempts + 1);
+    uint64_t ms = sk__retry_backoff_ms(r->route, r->attempts, sk_wctx_rand(r->worker));
+    if (!ms) {
+        start_upstream(r);
+        return;
+    }
+    r->backing_off = true;
+    r->retry_fail_status = status;
+    r->retry_fail_reason = reason;
+    if (!r->body_done) r->down_ops->pause_body(r->down); /* what still comes is kept in replay */
+    ev_timer_set(&r->try_timer, (double)ms / 1000.0, 0.);
+    ev_timer_start(r->worker->loop, &r->try_timer);
+}
+
+/* The attempt is over for good: a local reply, or a cut stream when part
+ * of the response already went to the client. */
+static void final_error(sk_request *r, int status, const char *reason)
+{
+    stop_timeout(r);
+    stop_try_timer(r, true);
+    release_cluster(r);
+    if (r->response_started) {
+        r->reason = reason;
+        r->down_ops->abort(r->down);
+        return;
+    }
+    reply(r, status, reason, NULL, false);
+}
+
+/* What a failed attempt's reason is to retry_on. */
+static int failure_cond(const char *reason)
+{
+    if (strcmp(reason, "upstream_connect_failure") == 0 || strcmp(reason, "upstream_identity_mismatch") == 0)
+        return SK_RETRY_CONNECT_FAILURE;
+    if (strcmp(reason, "upstream_reset") == 0) return SK_RETRY_RESET;
+    return SK_RETRY_NONE;
 }
 
 /* An upstream attempt failed (connect failure, reset, garbage, timeout).
@@ -565,6 +801,7 @@ static void upstream_error(sk_request *r, int status, const char *reason, bool r
 {
     release_upstream(r, false);
     sk_request_pending_done(r);
+    stop_try_timer(r, true);
     if (strcmp(reason, "upstream_connect_failure") == 0)
         SK_INC(r->worker->metrics->upstream_connect_failures);
     if (retryable && may_retry_stale(r)) {
@@ -574,20 +811,38 @@ static void upstream_error(sk_request *r, int status, const char *reason, bool r
         start_upstream(r);
         return;
     }
-    if (retryable && may_retry(r)) {
-        sk_debug("retrying %s %.*s after %s (attempt %u)", r->method, (int)r->path_len, r->path, reason,
-                 r->attempts + 1);
-        start_upstream(r);
+    int cond = retryable ? failure_cond(reason) : SK_RETRY_NONE;
+    if (cond != SK_RETRY_NONE && retry_allowed(r, cond)) {
+        schedule_retry(r, status, reason);
         return;
     }
-    stop_timeout(r);
-    release_cluster(r);
-    if (r->response_started) {
-        r->reason = reason;
-        r->down_ops->abort(r->down);
+    final_error(r, status, reason);
+}
+
+/* try_timer: the backoff is over (start the next attempt), or the running
+ * attempt reached per_try_timeout (cut it; retried under `504`). */
+static void on_try_timer(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    sk_request *r = t->data;
+    const sk_server_ops *ops = r->down_ops;
+    void *down = r->down;
+    if (r->backing_off) {
+        stop_try_timer(r, true);
+        if (!sk__can_replay(r)) /* the body outgrew the bound while we waited */
+            final_error(r, r->retry_fail_status, r->retry_fail_reason);
+        else
+            start_upstream(r);
+        if (!ops->gone(down)) ops->flush(down);
         return;
     }
-    reply(r, status, reason, NULL, false);
+    sk_debug("%s %.*s: try %u cut after per_try_timeout", r->method, (int)r->path_len, r->path, r->attempts);
+    release_upstream(r, false);
+    sk_request_pending_done(r);
+    if (retry_allowed(r, SK_RETRY_PER_TRY_TIMEOUT))
+        schedule_retry(r, 504, "upstream_timeout");
+    else
+        final_error(r, 504, "upstream_timeout");
+    if (!ops->gone(down)) ops->flush(down);
 }
 
 /* ---- sk_client_cbs: what the upstream connection tells the request ---- */
@@ -599,10 +854,18 @@ static void up_connected(void *rq)
     sk_request_pending_done(r);
 }
 
-/* A 502/503/504 answer is retried (not forwarded) while retries are left. */
+/* An answer whose status is in retry_on is retried (read whole and
+ * dropped, not forwarded) while the retry policy allows; only once the
+ * request body is complete, as the next attempt replays all of it. */
 static bool up_retry_status(void *rq, int status)
 {
-    return (status == 502 || status == 503 || status == 504) && may_retry(rq);
+    sk_request *r = rq;
+    int cond = status == 502   ? SK_RETRY_502
+               : status == 503 ? SK_RETRY_503
+               : status == 504 ? SK_RETRY_504
+               : status == 409 ? SK_RETRY_409
+                               : SK_RETRY_NONE;
+    return cond != SK_RETRY_NONE && r->body_done && retry_allowed(r, cond);
 }
 
 /* Sends the response head to the client, after the on_response hooks. */
@@ -610,6 +873,7 @@ static int up_response_head(void *rq, int status, bool no_body, bool has_length,
 {
     sk_request *r = rq;
     sk_head *h = &r->rhead;
+    stop_try_timer(r, false); /* the answer is here: per_try_timeout is over, the route timeout goes on */
     if (sk_head_finish(h) < 0) return -1;
     if (r->chain_pos || r->lua_ran) {
         r->status = status;
@@ -646,6 +910,7 @@ static void up_response_end(void *rq, bool reusable)
     sk_request *r = rq;
     const sk_server_ops *ops = r->down_ops;
     void *down = r->down;
+    stop_try_timer(r, false);
     ops->send_end(down);
     r->upstream_end_ns = sk_now_ns();
     stop_timeout(r);
@@ -665,9 +930,8 @@ static void up_retry(void *rq, bool reusable)
     void *down = r->down;
     release_upstream(r, reusable && r->up_body_done);
     sk_head_reset(&r->rhead);
-    sk_debug("retrying %s %.*s after an upstream %s (attempt %u)", r->method, (int)r->path_len, r->path,
-             "5xx", r->attempts + 1);
-    start_upstream(r);
+    stop_try_timer(r, false);
+    schedule_retry(r, 502, "upstream_reset");
     ops->flush(down);
 }
 
@@ -757,14 +1021,18 @@ static int down_head(void *rq)
     }
     if (gone(r)) return -1;
     r->in_codec = false;
-    return r->filter_paused ? 1 : 0;
+    return r->filter_paused || r->fault_wait ? 1 : 0;
 }
 
 /* Forwards a piece of decoded request body. */
 static int down_body(void *rq, const char *p, size_t n)
 {
     sk_request *r = rq;
-    if (!r->up) return 0; /* the exchange failed; a reply is on its way */
+    if (r->replay_keep && (r->replay.len + n > SK_REPLAY_MAX || sk_buf_append(&r->replay, p, n) < 0)) {
+        r->replay_keep = false; /* past the bound: not replayed, not mirrored */
+        sk_buf_reset(&r->replay);
+    }
+    if (!r->up) return 0; /* the exchange failed (a reply is on its way), or a retry waits: kept above */
     if (r->up_ops->send_body(r->up, p, n) < 0) {
         upstream_error(r, 500, "internal_error", false);
         return -1;
@@ -777,6 +1045,7 @@ static int down_body_end(void *rq)
 {
     sk_request *r = rq;
     r->up_body_done = true;
+    if (r->mirror_pending) mirror(r);
     if (r->up && r->up_ops->send_end(r->up) < 0) {
         upstream_error(r, 500, "internal_error", false);
         return -1;
@@ -807,7 +1076,7 @@ static void down_drained(void *rq)
 static void down_cancel(void *rq)
 {
     sk_request *r = rq;
-    if (r->up || r->counted_request || r->filter_paused) cancel(r);
+    if (r->up || r->counted_request || r->filter_paused || r->fault_wait) cancel(r);
 }
 
 /* The exchange is over. A cut one is cancelled (a paused filter gets

@@ -42,7 +42,7 @@ sk_request *sk_request_new(const sk_conn_info *ci, const sk_server_ops *ops, voi
     sk_arena arena = r->arena;
     sk_header *up_hdrs = r->up_hdrs, *down_hdrs = r->down_hdrs;
     size_t up_cap = r->up_nhdrs_cap, down_cap = r->down_hdrs_cap;
-    sk_buf xff = r->xff;
+    sk_buf xff = r->xff, replay = r->replay;
     memset(r, 0, sizeof(*r));
     sk_list_init(&r->link);
     r->head = head;
@@ -53,9 +53,11 @@ sk_request *sk_request_new(const sk_conn_info *ci, const sk_server_ops *ops, voi
     r->down_hdrs = down_hdrs;
     r->down_hdrs_cap = down_cap;
     r->xff = xff;
+    r->replay = replay;
     sk_head_reset(&r->head);
     sk_head_reset(&r->rhead);
     sk_buf_reset(&r->xff);
+    sk_buf_reset(&r->replay);
     r->worker = w;
     r->config = ci->config;
     sk_config_ref(r->config);
@@ -83,6 +85,7 @@ void sk_request_free(sk_request *r)
 {
     sk_wctx *w = r->worker;
     if (ev_is_active(&r->timeout)) ev_timer_stop(w->loop, &r->timeout);
+    if (ev_is_active(&r->try_timer)) ev_timer_stop(w->loop, &r->try_timer);
     if (r->lua_co) sk_filters->lua_done(r);
     sk_config_unref(r->config);
     r->config = NULL;
@@ -99,6 +102,7 @@ void sk_request_free(sk_request *r)
         r->down_hdrs_cap = 0;
     }
     if (r->xff.cap > 65536) sk_buf_free(&r->xff);
+    if (r->replay.cap > 16384) sk_buf_free(&r->replay); /* a big replay buffer is not kept per idle request */
     sk_arena_reset(&r->arena);
     r->finished = true;
     sk_list_insert(&w->free_reqs, &r->link);

@@ -77,7 +77,22 @@ struct sk_request {
     bool up_body_done;           /* request body fully queued upstream */
     bool finished;               /* finished (and recycled): nothing may touch it but a new begin */
     bool in_codec;               /* inside the codec's head callback: it flushes upstream after the read */
-    ev_timer timeout;            /* route timeout (or a paused filter's limit) */
+    ev_timer timeout;            /* route timeout (or a paused filter's limit, or a fault delay) */
+
+    /* Retries, faults and mirroring (proxy.c, retry.c, mirror.c; docs/traffic.md). */
+    ev_timer try_timer;    /* per_try_timeout of the running attempt, or the backoff before the next */
+    bool backing_off;      /* try_timer is a backoff: the next attempt starts when it fires */
+    bool counted_retry;    /* holds a cluster active_retries slot (max_retries) */
+    int retry_reason;      /* enum sk_retry_cond of the last retry, SK_RETRY_NONE = none */
+    int retry_fail_status; /* what a retry waiting in backoff answers if it cannot start after all */
+    const char *retry_fail_reason; /* (its body outgrew the replay bound meanwhile) */
+    sk_buf replay;                 /* the request body so far, kept for a retry or the mirror (reused) */
+    bool replay_keep;              /* the body goes into replay (the route retries or mirrors; the body
+                                    * fits SK_REPLAY_MAX so far) */
+    bool mirror_pending;           /* a copy goes to the route's mirror once the body is complete */
+    bool fault_decided;            /* the route's fault delay was drawn */
+    bool fault_wait;               /* a fault delay runs (on `timeout`); the codec holds the body */
+    unsigned faults;               /* faults injected: 1 = delay, 2 = abort */
 
     /* The filter chain (plugin_host.c, proxy.c). */
     unsigned chain_pos;            /* filters entered so far: listener plugins, then the route's */
@@ -127,6 +142,10 @@ static inline void sk_request_pending_done(sk_request *r)
         r->counted_pending = false;
     }
 }
+
+/* --- mirror.c --- */
+/* Ends every mirrored copy still in flight on the calling worker (its exit). */
+void sk_mirror_abort_all(void);
 
 /* --- proxy.c --- */
 /* host->resume(): continues the chain of a paused request. */

@@ -19,6 +19,7 @@
 #include "metrics.h"
 #include "pool.h"
 #include "tcp.h"
+#include "traffic_metrics.h"
 
 typedef struct side {
     sk_transport tr; /* the socket and its watchers */
@@ -278,6 +279,7 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     t->has_endpoint = true;
     if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
         __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+        SK_TRAFFIC_COUNT(cl, overflows[SK_LIMIT_MAX_CONNECTIONS]);
         t->reason = "overloaded";
         tcp_close(t);
         return;

@@ -46,6 +46,7 @@
 #include "generation.h"
 #include "lua_filter.h"
 #include "metrics.h"
+#include "traffic_metrics.h"
 #include "plugin_host.h"
 #include "server.h"
 #include "sk.h"
@@ -293,6 +294,48 @@ static json_t *plugin_json(const sk_instance *pi, bool *ok)
     return o;
 }
 
+/* A share in parts per million as the percentage text it was written as. */
+static json_t *ppm_json(uint32_t ppm)
+{
+    char t[24];
+    snprintf(t, sizeof(t), "%u.%04u%%", ppm / 10000, ppm % 10000);
+    char *p = strchr(t, '.'), *e = t + strlen(t) - 1; /* "20.0000%" -> "20%" */
+    while (e > p && e[-1] == '0') e--;
+    if (e - 1 == p) e = p;
+    memmove(e, "%", 2);
+    return json_string(t);
+}
+
+/* The traffic management keys of a route (docs/traffic.md). */
+static void route_traffic_json(json_t *o, const sk_route *r, bool *ok)
+{
+    json_t *on = json_array();
+    for (int c = SK_RETRY_NONE + 1; on && c < SK_RETRY_PER_TRY_TIMEOUT; c++)
+        if (r->retry_on & SK_RETRY_BIT(c))
+            jpush(on, json_string(c == SK_RETRY_409 ? "retriable-4xx" : sk_retry_cond_name(c)), ok);
+    jset(o, "retry_on", on, ok);
+    jset(o, "per_try_timeout_ms", r->per_try_timeout_ms ? jint(r->per_try_timeout_ms) : json_null(), ok);
+    jset(o, "retry_backoff_ms", jint(r->retry_backoff_ms), ok);
+    json_t *m = json_null();
+    if (r->mirror && (m = json_object())) {
+        jset_str(m, "cluster", r->mirror->name, ok);
+        jset(m, "share", ppm_json(r->mirror_ppm), ok);
+    }
+    jset(o, "mirror", m, ok);
+    json_t *d = json_null(), *a = json_null();
+    if (r->fault_delay_ms && (d = json_object())) {
+        jset(d, "delay_ms", jint(r->fault_delay_ms), ok);
+        jset(d, "share", ppm_json(r->fault_delay_ppm), ok);
+    }
+    if (r->fault_abort_status && (a = json_object())) {
+        jset(a, "status", json_integer(r->fault_abort_status), ok);
+        jset(a, "share", ppm_json(r->fault_abort_ppm), ok);
+    }
+    jset(o, "fault_delay", d, ok);
+    jset(o, "fault_abort", a, ok);
+    jset(o, "fault_headers", json_boolean(r->fault_headers), ok);
+}
+
 static json_t *listener_json(const sk_listener *l, bool *ok)
 {
     json_t *o = json_object();
@@ -367,6 +410,7 @@ static json_t *route_json(const sk_route *r, bool *ok)
     jset_str(o, "rewrite_prefix", r->rewrite_prefix, ok);
     jset(o, "timeout_ms", jint(r->timeout_ms), ok);
     jset(o, "retries", jint(r->retries), ok);
+    route_traffic_json(o, r, ok);
     if (r->respond_status) {
         json_t *resp = json_object();
         if (resp) {
@@ -449,6 +493,10 @@ static json_t *cluster_json(const sk_cluster *c, bool *ok)
     jset(o, "max_connections", jint(c->max_connections), ok);
     jset(o, "max_pending", jint(c->max_pending), ok);
     jset(o, "max_requests", jint(c->max_requests), ok);
+    jset(o, "max_retries", jint(c->max_retries), ok);
+    jset(o, "retry_budget",
+         c->retry_budget_ppm == SK_RETRY_BUDGET_OFF ? json_string("off") : ppm_json(c->retry_budget_ppm), ok);
+    jset(o, "retry_budget_min", jint(c->retry_budget_min), ok);
     return o;
 }
 
@@ -659,7 +707,8 @@ static void handle_request(conn *c)
         if (rc == 0 && cfg)
             rc = sk_clusters_render_prometheus(&admin.body, cfg) |
                  sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg) |
-                 sk_certs_render_prometheus(&admin.body, cfg);
+                 sk_certs_render_prometheus(&admin.body, cfg) |
+                 sk_traffic_render_prometheus(&admin.body, cfg);
         respond_body(c, rc, "text/plain; version=0.0.4; charset=utf-8");
     } else if (strcmp(p, "/stats") == 0) {
         int rc = sk_metrics_render_json(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);

@@ -470,6 +470,7 @@ static void *worker_main(void *arg)
     ev_run(w->loop, 0);
     /* Drained: release what is left. */
     reap(w->loop, &w->reap, 0);
+    sk_mirror_abort_all(); /* mirrored copies still waiting for their answer */
     sk_worker_close_idle_upstreams(w);
     while (w->retired) {
         sk_wgen *g = w->retired;

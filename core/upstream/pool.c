@@ -11,6 +11,7 @@
 #include "metrics.h"
 #include "pool.h"
 #include "tls.h"
+#include "traffic_metrics.h"
 
 static void pool_free(sk_pool *p)
 {
@@ -189,6 +190,7 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
     } else {
         if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+            SK_TRAFFIC_COUNT(cl, overflows[SK_LIMIT_MAX_CONNECTIONS]);
             *got = SK_POOL_OVERLOADED;
             return NULL;
         }
@@ -196,6 +198,7 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
         if (__atomic_add_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED) > cl->max_pending) {
             __atomic_sub_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED);
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+            SK_TRAFFIC_COUNT(cl, overflows[SK_LIMIT_MAX_PENDING]);
             *got = SK_POOL_OVERLOADED;
             return NULL;
         }
