@@ -80,7 +80,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
              "[sidekick]\nadmin = off\naccess_log = off\n\n"
              "[listener fuzz]\naddress = 127.0.0.1:39998\nmax_body_bytes = 64k\n\n"
              "[route up]\nlistener = fuzz\nprefix = /up/\nrewrite_prefix = /\ncluster = live\n"
-             "timeout = 5s\nretries = 1\n\n"
+             "timeout = 5s\nretries = 1\nper_try_timeout = 2s\n"
+             "retry_on = connect-failure, reset, 502, 503, 504, retriable-4xx\n\n"
              "[cluster live]\nendpoints = 127.0.0.1:%u\nconnect_timeout = 1s\n",
              (unsigned)ntohs(a.sin_port));
     fuzz_setup(cfg);

@@ -187,8 +187,9 @@ static void fuzz_write_sliced(int fd, uint8_t mode, const uint8_t *p, size_t n)
     }
 }
 
-/* Fires the pending timeout of every open connection (route timeout
- * first, else header / idle / body timeout), as if the time had passed. */
+/* Fires the pending timeout of every open connection (a retry's backoff or
+ * per-try timeout first, else the route timeout, else header / idle / body
+ * timeout), as if the time had passed. */
 static void fuzz_fire_timers(void)
 {
     sk_link *l = fuzz_worker.conns.next;
@@ -196,7 +197,9 @@ static void fuzz_fire_timers(void)
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
         sk_request *r = c->rq;
-        if (r && ev_is_active(&r->timeout))
+        if (r && ev_is_active(&r->try_timer))
+            ev_feed_event(fuzz_worker.loop, &r->try_timer, EV_TIMER);
+        else if (r && ev_is_active(&r->timeout))
             ev_feed_event(fuzz_worker.loop, &r->timeout, EV_TIMER);
         else if (ev_is_active(&c->timer))
             ev_feed_event(fuzz_worker.loop, &c->timer, EV_TIMER);

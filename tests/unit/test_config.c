@@ -472,27 +472,34 @@ static const struct {
     {BASE "[]\n", "t.ini:5: [] unknown section"},
     {BASE "[tls mesh]\ncert = a.pem\n", "t.ini:6: [tls mesh] cert: needs 'key'"},
     {BASE "[tls mesh]\nkey = a.key\n", "t.ini:6: [tls mesh] key: needs 'cert'"},
-    {BASE "[tls m]\nverify = sometimes\n", "t.ini:6: [tls m] verify: bad value 'sometimes' (expected none, optional or required)"},
+    {BASE "[tls m]\nverify = sometimes\n",
+     "t.ini:6: [tls m] verify: bad value 'sometimes' (expected none, optional or required)"},
     {BASE "[tls m]\nverify = required\n", "t.ini:6: [tls m] verify: needs 'ca'"},
-    {BASE "[tls m]\nmin_version = 1.1\n", "t.ini:6: [tls m] min_version: bad value '1.1' (expected 1.2 or 1.3)"},
+    {BASE "[tls m]\nmin_version = 1.1\n",
+     "t.ini:6: [tls m] min_version: bad value '1.1' (expected 1.2 or 1.3)"},
     {BASE "[tls m]\nalpn = h2, http/1.1\n",
      "t.ini:6: [tls m] alpn: 'h2' needs HTTP/2, which this version does not speak yet"},
     {BASE "[tls m]\nalpn = spdy/3\n", "t.ini:6: [tls m] alpn: unknown protocol 'spdy/3' (expected http/1.1)"},
     {BASE "[tls m]\npeer_identity = spiffe://td/a, http://x/y\n",
-     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'http://x/y' (spiffe://trust-domain/path, or a prefix ending in /*)"},
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'http://x/y' (spiffe://trust-domain/path, or a prefix "
+     "ending in /*)"},
     {BASE "[tls m]\npeer_identity = spiffe://TD/a\n",
-     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://TD/a' (spiffe://trust-domain/path, or a prefix ending in /*)"},
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://TD/a' (spiffe://trust-domain/path, or a prefix "
+     "ending in /*)"},
     {BASE "[tls m]\npeer_identity = spiffe://td/a/../b\n",
-     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://td/a/../b' (spiffe://trust-domain/path, or a prefix ending in /*)"},
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://td/a/../b' (spiffe://trust-domain/path, or a "
+     "prefix ending in /*)"},
     {BASE "[tls m]\nsni = a b\n", "t.ini:6: [tls m] sni: bad server name 'a b' (a DNS name)"},
-    {BASE "[tls m]\nsession_tickets = maybe\n", "t.ini:6: [tls m] session_tickets: bad value 'maybe' (expected on or off)"},
+    {BASE "[tls m]\nsession_tickets = maybe\n",
+     "t.ini:6: [tls m] session_tickets: bad value 'maybe' (expected on or off)"},
     {BASE "[tls m]\nciphers = A B\n", "t.ini:6: [tls m] ciphers: bad cipher list 'A B'"},
     {BASE "[tls m]\nbogus = 1\n", "t.ini:6: [tls m] bogus: unknown key"},
     {BASE "[tls m]\n[tls m]\n", "t.ini:6: [tls m] duplicate section (first at line 5)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\n",
      "t.ini:8: [tls m] [listener l] terminates TLS with it: needs 'cert' and 'key'"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\ncert = a\nkey = b\nsni = x.internal\n",
-     "t.ini:11: [tls m] sni: client-side key, but [listener l] terminates TLS with this section (use a separate "
+     "t.ini:11: [tls m] sni: client-side key, but [listener l] terminates TLS with this section (use a "
+     "separate "
      "[tls] section for the cluster side)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\ncert = a\nkey = b\nverify = optional\n",
      "t.ini:11: [tls m] verify: verifying client certificates needs 'ca'"},
@@ -500,14 +507,17 @@ static const struct {
           "peer_identity = spiffe://td/x\n",
      "t.ini:11: [tls m] peer_identity: needs client certificates verified (verify = none)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\nsession_tickets = off\n",
-     "t.ini:10: [tls m] session_tickets: listener-side key, but [cluster d] originates TLS with this section (use "
+     "t.ini:10: [tls m] session_tickets: listener-side key, but [cluster d] originates TLS with this section "
+     "(use "
      "a separate [tls] section for the listener side)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\nverify = optional\n",
-     "t.ini:10: [tls m] verify: 'optional' is for listeners; [cluster d] verifies its upstream (required) or not "
+     "t.ini:10: [tls m] verify: 'optional' is for listeners; [cluster d] verifies its upstream (required) or "
+     "not "
      "(none)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\n",
      "t.ini:8: [tls m] [cluster d] verifies its upstream's certificate: needs 'ca' (or verify = none)"},
-    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nverify = none\npeer_identity = spiffe://td/x\n",
+    {BASE
+     "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nverify = none\npeer_identity = spiffe://td/x\n",
      "t.ini:10: [tls m] peer_identity: needs the upstream verified (verify = none is set)"},
     {BASE "[plugin]\nload = rl.so\n", "t.ini:5: [plugin] missing name (write [plugin NAME])"},
     {BASE "[plugin rl]\n[plugin rl]\n", "t.ini:6: [plugin rl] duplicate section (first at line 5)"},
@@ -546,7 +556,8 @@ static const struct {
      "t.ini:7: [listener l] endpoints: unknown key"},
 
     /* not supported yet */
-    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = mesh\n", "t.ini:7: [listener l] tls: unknown tls section 'mesh' (no [tls mesh])"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = mesh\n",
+     "t.ini:7: [listener l] tls: unknown tls section 'mesh' (no [tls mesh])"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = a b\n", "t.ini:7: [listener l] tls: bad name 'a b'"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nplugins = a\n",
      "t.ini:7: [listener l] plugins: unknown plugin 'a' (no [plugin a] section)"},
@@ -579,7 +590,8 @@ static const struct {
      "t.ini:6: [cluster d] outlier_failures: not supported yet in this version"},
     {BASE "[cluster d]\noutlier_ejection = 30s\n",
      "t.ini:6: [cluster d] outlier_ejection: not supported yet in this version"},
-    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = client\n", "t.ini:7: [cluster d] tls: unknown tls section 'client' (no [tls client])"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = client\n",
+     "t.ini:7: [cluster d] tls: unknown tls section 'client' (no [tls client])"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = ring_hash\n",
      "t.ini:7: [cluster d] lb: ring_hash is not supported yet in this version"},
 
@@ -777,6 +789,31 @@ static const struct {
      "t.ini:7: [cluster d] max_pending: 0 out of range (1..10000000)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nmax_requests = x\n",
      "t.ini:7: [cluster d] max_requests: bad number 'x'"},
+
+    /* traffic management (docs/traffic.md) */
+    {BASE "[route r]\nlistener = in\ncluster = c\nretry_on = reset\n",
+     "t.ini:8: [route r] retry_on: has no effect without 'retries' (at least 1)"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nretries = 1\nretry_on = reset, 500\n",
+     "t.ini:9: [route r] retry_on: unknown condition '500' (expected connect-failure, reset, 502, 503, 504 "
+     "or "
+     "retriable-4xx)"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nper_try_timeout = 15s\n",
+     "t.ini:8: [route r] per_try_timeout: 15000ms must be below the route's timeout (15000ms, the default), "
+     "which covers every try"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nper_try_timeout = 2s\ntimeout = 1s\n",
+     "t.ini:8: [route r] per_try_timeout: 2000ms must be below the route's timeout (1000ms), which covers "
+     "every try"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nmirror = d 5%\n",
+     "t.ini:8: [route r] mirror: unknown cluster 'd'"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nmirror = c 5% x\n",
+     "t.ini:8: [route r] mirror: bad value 'c 5% x' (expected 'CLUSTER [PCT%]')"},
+    {BASE "[route r]\nlistener = in\ncluster = c\nfault_abort = 503 0.00001%\n",
+     "t.ini:8: [route r] fault_abort: bad share '0.00001%' (expected a percentage 0%..100%, e.g. 10% or "
+     "0.5%)"},
+    {BASE "[route r]\nlistener = in\nrespond = 200 ok\nfault_delay = 1s\n",
+     "t.ini:8: [route r] fault_delay: a route with 'respond' sends nothing upstream"},
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nretry_budget = 20\n",
+     "t.ini:7: [cluster d] retry_budget: bad value '20' (expected a percentage 0%..100%, e.g. 20%, or off)"},
 };
 
 static int check_error(const char *text, size_t len, const char *want, int line)
@@ -817,6 +854,48 @@ static void test_normalisation_keys(void)
     CHECK(c->listeners[0]->merge_slashes && c->listeners[0]->escaped_slashes == SK_ESCAPED_SLASHES_DECODE);
     CHECK(!c->listeners[1]->merge_slashes && c->listeners[1]->escaped_slashes == SK_ESCAPED_SLASHES_KEEP);
     CHECK(!c->listeners[2]->merge_slashes && c->listeners[2]->escaped_slashes == SK_ESCAPED_SLASHES_REJECT);
+    sk_config_unref(c);
+}
+
+/* The traffic management keys of routes and clusters, their defaults and shares. */
+static void test_traffic_keys(void)
+{
+    char *err = NULL;
+    sk_config *c =
+        load_text("[listener in]\naddress = 127.0.0.1:0\n"
+                  "[route r]\nlistener = in\ncluster = c\ntimeout = 2s\nretries = 2\n"
+                  "retry_on = 503, retriable-4xx\nper_try_timeout = 1999ms\nretry_backoff = 0\n"
+                  "mirror = m 0.0001%\nfault_delay = 50ms 12.5%\nfault_abort = 418\nfault_headers = on\n"
+                  "[route d]\nlistener = in\ncluster = c\n"
+                  "[cluster c]\nendpoints = 127.0.0.1:1\nmax_retries = 0\nretry_budget = 100%\n"
+                  "retry_budget_min = 0\n"
+                  "[cluster m]\nendpoints = 127.0.0.1:2\nretry_budget = off\n",
+                  &err);
+    if (!c) fprintf(stderr, "load: %s\n", err ? err : "?");
+    ASSERT(c && c->nroutes == 2 && c->nclusters == 2);
+    sk_route *r = c->routes[0], *d = c->routes[1];
+    CHECK(r->retry_on == (SK_RETRY_BIT(SK_RETRY_503) | SK_RETRY_BIT(SK_RETRY_409)));
+    CHECK(r->per_try_timeout_ms == 1999 && r->retry_backoff_ms == 0);
+    CHECK(r->mirror == c->clusters[1] && r->mirror_ppm == 1);
+    CHECK(r->fault_delay_ms == 50 && r->fault_delay_ppm == 125000);
+    CHECK(r->fault_abort_status == 418 && r->fault_abort_ppm == SK_PPM && r->fault_headers);
+    CHECK(d->retry_on == SK_RETRY_ON_DEFAULT && d->per_try_timeout_ms == 0 && d->retry_backoff_ms == 25);
+    CHECK(!d->mirror && !d->fault_delay_ms && !d->fault_abort_status && !d->fault_headers);
+    CHECK(c->clusters[0]->max_retries == 0 && c->clusters[0]->retry_budget_ppm == SK_PPM &&
+          c->clusters[0]->retry_budget_min == 0);
+    CHECK(c->clusters[1]->max_retries == 1024 && c->clusters[1]->retry_budget_ppm == SK_RETRY_BUDGET_OFF &&
+          c->clusters[1]->retry_budget_min == 10);
+    sk_config_unref(c);
+    /* the default cluster budget: 20% + 10/s */
+    c = load_text("[listener in]\naddress = 127.0.0.1:0\n[cluster c]\nendpoints = 127.0.0.1:1\n", &err);
+    ASSERT(c && c->nclusters == 1);
+    CHECK(c->clusters[0]->retry_budget_ppm == 200000 && c->clusters[0]->retry_budget_min == 10);
+    sk_config_unref(c);
+    /* without a route timeout, any per-try limit */
+    c = load_text("[listener in]\naddress = 127.0.0.1:0\n[route r]\nlistener = in\ncluster = c\ntimeout = 0\n"
+                  "per_try_timeout = 1m\n[cluster c]\nendpoints = 127.0.0.1:1\n",
+                  &err);
+    CHECK(c && c->routes[0]->per_try_timeout_ms == 60000);
     sk_config_unref(c);
 }
 
@@ -957,6 +1036,7 @@ int main(void)
     test_defaults();
     test_normalisation_keys();
     test_identity_patterns();
+    test_traffic_keys();
     test_errors();
     test_subdir();
     test_layout();
