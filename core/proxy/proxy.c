@@ -429,6 +429,7 @@ static bool inject_faults(sk_request *r)
             r->fault_wait = true;
             ev_timer_init(&r->timeout, on_fault_delay, (double)ms / 1000.0, 0.);
             r->timeout.data = r;
+            ev_now_update(r->worker->loop); /* from now, not from the loop's cached time */
             ev_timer_start(r->worker->loop, &r->timeout);
             return true;
         }
@@ -767,6 +768,7 @@ static void schedule_retry(sk_request *r, int status, const char *reason)
     r->retry_fail_reason = reason;
     if (!r->body_done) r->down_ops->pause_body(r->down); /* what still comes is kept in replay */
     ev_timer_set(&r->try_timer, (double)ms / 1000.0, 0.);
+    ev_now_update(r->worker->loop);
     ev_timer_start(r->worker->loop, &r->try_timer);
 }
 

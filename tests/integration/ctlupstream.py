@@ -120,11 +120,17 @@ class CtlUpstream(Upstream):
     # -- inspection
     @property
     def app_requests(self) -> List[UpRequest]:
-        """Requests other than health checks."""
+        """Requests other than health checks (a request is listed from its
+        head on: its body may still be arriving, see `complete`)."""
         return [r for r in self.requests if r.path != self.health_path]
 
     def count(self, path: Optional[str] = None) -> int:
-        return len([r for r in self.app_requests if path is None or r.path == path])
+        """Requests (other than health checks) received whole, of `path` if given."""
+        return len([r for r in self.app_requests if r.complete and (path is None or r.path == path)])
+
+    def seen(self) -> int:
+        """Requests (other than health checks) whose head arrived, whole or not."""
+        return len(self.app_requests)
 
     # -- the handler
     def _handle(self, req: UpRequest) -> Reply:

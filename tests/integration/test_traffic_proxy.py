@@ -135,12 +135,12 @@ def test_breaker_max_requests_overflow_without_touching_the_upstream(sidekick, c
     early = [r for _, r in done]
     for r in early:
         assert_local_reply(r, 503, "overloaded")
-    assert up.count() == 3  # the overflowing requests never reached it
+    assert up.seen() == 3  # the overflowing requests never reached it
     up.release()
     for t in threads:
         t.join(20)
     assert sorted(r.status for _, r in done) == [200] * 3 + [503] * 7
-    assert up.max_in_flight == 3 and up.count() == 3
+    assert up.max_in_flight == 3 and up.seen() == 3
     assert metric(sk, "sidekick_circuit_breaker_overflows_total", cluster="up", limit="max_requests") == 7
     assert metric(sk, "sidekick_circuit_breaker_overflows_total", cluster="up", limit="max_connections") == 0
     lines = log_lines(sk, 10)
@@ -659,7 +659,7 @@ endpoints = 127.0.0.1:{up.port}
     port = sk.port("listen")
     r = http_request(port, "GET", "/chaos/a", headers={"x-sidekick-fault-abort": "418"})
     assert_local_reply(r, 418, "fault_injected")
-    assert up.count() == 0
+    assert up.seen() == 0
     t0 = time.monotonic()
     r = http_request(port, "POST", "/chaos/d", headers={"x-sidekick-fault-delay": "300ms", "x-keep": "1"},
                      body=b"held body" * 1000)
@@ -697,7 +697,7 @@ def test_client_gone_during_fault_delay(sidekick, ctl):
     line = log_of(sk, "/gone", timeout=5)
     assert line["status"] == 499 and line["reason"] == "client_closed", line
     time.sleep(1.2)
-    assert up.count() == 0
+    assert up.seen() == 0
     assert http_request(sk.port("listen"), "GET", "/after").status == 200
 
 
@@ -740,3 +740,57 @@ def test_traffic_keys_in_config_endpoint(sidekick, ctl):
     assert rt["fault_headers"] is True
     c = [c for c in cfg["clusters"] if c["name"] == "up"][0]
     assert (c["max_retries"], c["retry_budget"], c["retry_budget_min"]) == (7, "12.5%", 3)
+
+
+def test_mirror_copies_outlive_a_reload_and_end_at_exit(sidekick, ctl):
+    """Copies still held by the shadow when a reload removes the mirror, and
+    others still held when sidekick stops: the generation they hold stays
+    valid until they end, and an exit cuts them (no leak, no crash: the
+    sanitizer build checks)."""
+    primary, shadow = ctl("primary"), ctl("shadow")
+    shadow.set_mode("stall")
+    ini = config([primary.port], route="mirror = shadow", shadow=[shadow.port])
+    sk = sidekick(ini)
+    for i in range(3):
+        assert http_request(sk.port("listen"), "GET", f"/a{i}").status == 200
+    assert wait_for(lambda: shadow.in_flight == 3, 5)
+    # reload without the mirror (and without the shadow cluster)
+    sk.config.write_text(sk.ini_text.replace("mirror = shadow\n", "").split("[cluster shadow]")[0])
+    r = http_request(sk.admin_port, "POST", "/reload")
+    assert r.status == 200, r
+    assert http_request(sk.port("listen"), "GET", "/after").status == 200
+    shadow.release()  # the old generation's copies get their answers now
+    assert wait_for(lambda: shadow.in_flight == 0, 5)
+    assert shadow.count() == 3
+    # copies in flight at exit: back to mirroring, then stop while they are held
+    shadow.hold()
+    sk.config.write_text(sk.ini_text)
+    assert http_request(sk.admin_port, "POST", "/reload").status == 200
+    for i in range(2):
+        assert http_request(sk.port("listen"), "GET", f"/b{i}").status == 200
+    assert wait_for(lambda: shadow.in_flight == 2, 5)
+    assert sk.stop(timeout=10) == 0
+
+
+def test_metrics_pass_promtool(sidekick, ctl):
+    """The traffic families are valid Prometheus text (promtool check metrics)."""
+    import shutil
+    import subprocess
+    up, shadow = ctl("up"), ctl("shadow")
+    up.set_mode("status", 503)
+    sk = sidekick(config([up.port], route="retries = 1\nretry_backoff = 0\nmirror = shadow\nfault_abort = 500 1%",
+                         shadow=[shadow.port]))
+    for i in range(5):
+        http_request(sk.port("listen"), "GET", f"/p{i}")
+    text = sk.admin_get("/metrics").body.decode()
+    for fam in ["sidekick_upstream_retries_total", "sidekick_retry_budget_exhausted_total",
+                "sidekick_circuit_breaker_overflows_total", "sidekick_mirror_requests_total",
+                "sidekick_faults_injected_total"]:
+        assert f"# TYPE {fam} counter" in text, fam
+    assert metric(sk, "sidekick_upstream_retries_total", cluster="up", reason="503") >= 1
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package prometheus) is needed"
+    p = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    problems = [l for l in (p.stdout + p.stderr).splitlines() if "sidekick_upstream_retries" in l or
+                "retry_budget" in l or "circuit_breaker" in l or "mirror_requests" in l or "faults_injected" in l]
+    assert not problems, problems
