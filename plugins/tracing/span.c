@@ -187,14 +187,22 @@ static int method_known(const char *m, size_t n)
 /* See span.h. */
 size_t span_name(const span_rec *r, char *out, size_t cap)
 {
-    size_t mn, rn;
+    size_t mn, rn, n = 0;
     const char *m = span_get(r, S_METHOD, &mn);
     const char *rt = span_get(r, S_ROUTE, &rn);
-    int known = method_known(m, mn);
-    int n = rn ? snprintf(out, cap, "%.*s %.*s", known ? (int)mn : 4, known ? m : "HTTP", (int)rn, rt)
-               : snprintf(out, cap, "%.*s", known ? (int)mn : 4, known ? m : "HTTP");
-    if (n < 0) n = 0;
-    return (size_t)n < cap ? (size_t)n : cap - 1;
+    if (!method_known(m, mn)) m = "HTTP", mn = 4;
+    if (cap == 0) return 0;
+    if (mn > cap - 1) mn = cap - 1;
+    memcpy(out, m, mn);
+    n = mn;
+    if (rn && n + 1 < cap) {
+        out[n++] = ' ';
+        if (rn > cap - 1 - n) rn = cap - 1 - n;
+        memcpy(out + n, rt, rn);
+        n += rn;
+    }
+    out[n] = 0;
+    return n;
 }
 
 /* See span.h. */
