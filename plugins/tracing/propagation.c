@@ -9,13 +9,12 @@
 
 static const char HEX[] = "0123456789abcdef";
 
-/* The value of a lowercase hex digit, or -1 (uppercase is not hex here). */
-static int hexval(char ch)
-{
-    if (ch >= '0' && ch <= '9') return ch - '0';
-    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
-    return -1;
-}
+/* 1 + the value of each lowercase hex digit; 0 for every other byte
+ * (uppercase is not hex here). */
+static const uint8_t HEXVAL1[256] = {
+    ['0'] = 1, ['1'] = 2,  ['2'] = 3,  ['3'] = 4,  ['4'] = 5,  ['5'] = 6,  ['6'] = 7,  ['7'] = 8,
+    ['8'] = 9, ['9'] = 10, ['a'] = 11, ['b'] = 12, ['c'] = 13, ['d'] = 14, ['e'] = 15, ['f'] = 16,
+};
 
 /* Lowercase hex of n bytes into out (2n + 1 bytes, NUL-terminated). */
 void tp_hex(char *out, const uint8_t *b, size_t n)
@@ -30,12 +29,13 @@ void tp_hex(char *out, const uint8_t *b, size_t n)
 /* Reads 2n lowercase hex characters into b. 0, or -1. */
 int tp_unhex(uint8_t *b, const char *s, size_t n)
 {
+    unsigned bad = 0;
     for (size_t i = 0; i < n; i++) {
-        int hi = hexval(s[2 * i]), lo = hexval(s[2 * i + 1]);
-        if (hi < 0 || lo < 0) return -1;
-        b[i] = (uint8_t)(hi << 4 | lo);
+        unsigned hi = HEXVAL1[(unsigned char)s[2 * i]], lo = HEXVAL1[(unsigned char)s[2 * i + 1]];
+        bad |= (hi == 0) | (lo == 0);
+        b[i] = (uint8_t)((hi - 1) << 4 | ((lo - 1) & 15));
     }
-    return 0;
+    return bad ? -1 : 0;
 }
 
 /* 1 when every one of the n bytes is zero. */

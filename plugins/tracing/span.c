@@ -83,9 +83,9 @@ static int reserve(jbuf *b, size_t n)
     return 0;
 }
 
-static void put(jbuf *b, const char *s, size_t n)
+static inline void put(jbuf *b, const char *s, size_t n)
 {
-    if (reserve(b, n) != 0) return;
+    if (b->len + n > b->cap && reserve(b, n) != 0) return;
     memcpy(b->p + b->len, s, n);
     b->len += n;
 }
@@ -94,9 +94,13 @@ static void put(jbuf *b, const char *s, size_t n)
 
 static void put_u64(jbuf *b, uint64_t v)
 {
-    char tmp[24];
-    int n = snprintf(tmp, sizeof(tmp), "%llu", (unsigned long long)v);
-    put(b, tmp, (size_t)n);
+    char tmp[20];
+    size_t i = sizeof(tmp);
+    do {
+        tmp[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(b, tmp + i, sizeof(tmp) - i);
 }
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
@@ -250,7 +254,8 @@ static unsigned split_hostport(const char *s, size_t n, const char **a, size_t *
 /* One attribute: a name and a string or an integer value. The two formats
  * walk the same list (OTLP attributes, Zipkin tags). */
 typedef struct attr {
-    const char *key;
+    const char *key; /* a constant name: needs no escaping */
+    size_t klen;
     const char *s; /* string value, or NULL for an integer */
     size_t n;
     uint64_t i;
@@ -262,11 +267,11 @@ static size_t attributes(const span_rec *r, attr *a, char *errbuf, size_t errcap
 {
     size_t k = 0, n;
     const char *s;
-#define ADD_S(name, ptr, len) a[k++] = (attr){(name), (ptr), (len), 0}
-#define ADD_I(name, val)       \
-    a[k++] = (attr)            \
-    {                          \
-        (name), NULL, 0, (val) \
+#define ADD_S(name, ptr, len) a[k++] = (attr){(name), sizeof(name) - 1, (ptr), (len), 0}
+#define ADD_I(name, val)                         \
+    a[k++] = (attr)                              \
+    {                                            \
+        (name), sizeof(name) - 1, NULL, 0, (val) \
     }
     s = span_get(r, S_METHOD, &n);
     if (method_known(s, n)) {
@@ -354,14 +359,14 @@ static void otlp_span(jbuf *b, const span_rec *r)
     size_t na = attributes(r, a, err, sizeof(err));
     for (size_t i = 0; i < na; i++) {
         if (i) LIT(b, ",");
-        LIT(b, "{\"key\":");
-        put_cstr(b, a[i].key);
+        LIT(b, "{\"key\":\"");
+        put(b, a[i].key, a[i].klen);
         if (a[i].s) {
-            LIT(b, ",\"value\":{\"stringValue\":");
+            LIT(b, "\",\"value\":{\"stringValue\":");
             put_str(b, a[i].s, a[i].n);
             LIT(b, "}}");
         } else {
-            LIT(b, ",\"value\":{\"intValue\":\"");
+            LIT(b, "\",\"value\":{\"intValue\":\"");
             put_u64(b, a[i].i);
             LIT(b, "\"}}");
         }
@@ -467,8 +472,9 @@ static void zipkin_span(jbuf *b, const span_rec *r, const char *service)
     size_t na = attributes(r, a, err, sizeof(err));
     for (size_t i = 0; i < na; i++) {
         if (i) LIT(b, ",");
-        put_cstr(b, a[i].key);
-        LIT(b, ":");
+        LIT(b, "\"");
+        put(b, a[i].key, a[i].klen);
+        LIT(b, "\":");
         if (a[i].s) {
             put_str(b, a[i].s, a[i].n);
         } else {
