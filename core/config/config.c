@@ -116,6 +116,9 @@ static void config_free(sk_config *c)
     free(c->clusters);
     free(c->file);
     free(c->plugin_dir);
+    free(c->http_client_ca);
+    free(c->http_client_cert);
+    free(c->http_client_key);
     free(c->lua_dir);
     free(c->access_log);
     free(c);
@@ -614,6 +617,10 @@ static int check_section(ctx *x, sect *s)
         sk_cluster *cl = s->obj;
         if (!sk__cfg_key_line(s, "endpoints") && !cl->discovery)
             return sk__cfg_fail_at(x, s->line, s, NULL, "missing 'endpoints' (or 'discovery')");
+        int wl = sk__cfg_key_line(s, "wait_for_endpoints");
+        if (wl && !cl->discovery)
+            return sk__cfg_fail_at(x, wl, s, "wait_for_endpoints",
+                                   "needs 'discovery' (only a discovery instance's first answer is waited for)");
     } else if (s->kind == SEC_TLS) {
         sk_tls *t = s->obj;
         if (t->cert && !t->key) return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cert"), s, "cert", "needs 'key'");
@@ -816,6 +823,26 @@ bool sk_tls_identity_allowed(const sk_tls *t, const char *id)
 }
 
 /* The admin endpoint must not take a listener's address. */
+/* The files of the plugins' HTTP client: readable, cert and key together. */
+static int check_http_client(ctx *x)
+{
+    sk_config *c = x->cfg;
+    sect *s = sk__cfg_find_sect(x, SEC_SIDEKICK, "");
+    const char *keys[] = {"http_client_ca", "http_client_cert", "http_client_key"};
+    const char *files[] = {c->http_client_ca, c->http_client_cert, c->http_client_key};
+    for (int i = 0; i < 3; i++) {
+        if (files[i] && access(files[i], R_OK) != 0)
+            return sk__cfg_fail_at(x, s ? sk__cfg_key_line(s, keys[i]) : 0, s, keys[i], "cannot read %s: %s",
+                                   files[i], strerror(errno));
+    }
+    if (!c->http_client_cert != !c->http_client_key) {
+        const char *k = c->http_client_cert ? keys[1] : keys[2];
+        return sk__cfg_fail_at(x, s ? sk__cfg_key_line(s, k) : 0, s, k,
+                               "http_client_cert and http_client_key go together");
+    }
+    return 0;
+}
+
 static int check_admin(ctx *x)
 {
     sk_config *c = x->cfg;
@@ -944,6 +971,7 @@ static int load(ctx *x)
     for (size_t i = 0; i < x->nsects; i++)
         if (x->sects[i]->kind == SEC_TLS && check_tls(x, x->sects[i]) < 0) return -1;
     if (check_admin(x) < 0) return -1;
+    if (check_http_client(x) < 0) return -1;
     /* The certificates and keys are read once the sections agree. */
     for (size_t i = 0; i < x->nsects; i++) {
         sect *s = x->sects[i];

@@ -171,6 +171,8 @@ struct sk_cluster {
     char *discovery;             /* `discovery = NAME [ARG]`: the instance name, or NULL */
     char *discovery_arg;         /* ARG (the rest of the line, trimmed), or NULL */
     sk_instance *discovery_inst; /* the [plugin NAME] instance it names (owned by the config) */
+    uint64_t wait_for_endpoints_ms; /* `wait_for_endpoints` (discovery only): how long /ready waits for
+                                     * the first answer; 0 = no wait (default) */
     int lb;                      /* `lb`, enum sk_lb, default round_robin */
     uint64_t connect_timeout_ms; /* `connect_timeout`, default 1s */
     unsigned max_connections;    /* `max_connections`, default 1024, across all workers */
@@ -199,6 +201,7 @@ struct sk_config {
     uint64_t generation; /* generation number, 1 for the first load */
     char *file;          /* absolute path of the INI file */
     time_t loaded_at;    /* wall-clock load time */
+    uint64_t started_ms; /* sk_now_ms() when the runtime published it (start-up or reload), 0 before */
 
     /* [sidekick] */
     int workers;               /* `workers`, resolved: auto = number of CPUs */
@@ -210,6 +213,9 @@ struct sk_config {
     int log_level;             /* `log_level`, SK_LOG_*, default info */
     char *access_log;          /* "stdout", "stderr", "off" or an absolute path; default stdout */
     uint64_t drain_timeout_ms; /* `drain_timeout`, default 15s */
+    char *http_client_ca;      /* `http_client_ca`: CA bundle for plugins' https:// calls, NULL = system's */
+    char *http_client_cert;    /* `http_client_cert` / `http_client_key`: client certificate, or NULL */
+    char *http_client_key;
 
     sk_listener **listeners; /* in file order */
     size_t nlisteners;

@@ -131,6 +131,9 @@ static const keydef sidekick_keys[] = {
     {"access_log", k_access_log, 0, 0, 0, 0},
     {"drain_timeout", k_duration, 0, CFG(drain_timeout_ms), 0, DUR_MAX},
     {"lua_memory", k_size, 0, CFG(lua_memory), 1024 * 1024, 1ull << 40},
+    {"http_client_ca", k_dir, 0, CFG(http_client_ca), 0, 0},
+    {"http_client_cert", k_dir, 0, CFG(http_client_cert), 0, 0},
+    {"http_client_key", k_dir, 0, CFG(http_client_key), 0, 0},
     {NULL, NULL, 0, 0, 0, 0},
 };
 
@@ -493,6 +496,7 @@ static int k_lb(ctx *x, sect *s, const keydef *k, const char *v)
 static const keydef cluster_keys[] = {
     {"endpoints", k_endpoints, 0, 0, 0, 0},
     {"discovery", k_discovery, 0, 0, 0, 0},
+    {"wait_for_endpoints", k_duration, 0, CL(wait_for_endpoints_ms), 0, DUR_MAX},
     {"lb", k_lb, 0, 0, 0, 0},
     {"hash_key", NULL, 0, 0, 0, 0},
     {"connect_timeout", k_duration, 0, CL(connect_timeout_ms), 1, DUR_MAX},

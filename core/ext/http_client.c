@@ -34,6 +34,7 @@
 
 #include "head.h"
 #include "http_client.h"
+#include "config.h"
 #include "plugin_host.h"
 
 /*
@@ -179,7 +180,7 @@ struct sk_http_call {
     void (*on_body)(void *arg, const char *data, size_t len);
     void (*on_done)(void *arg, int error, const char *message);
     void *arg;
-    size_t max_body; /* response body limit */
+    size_t max_body; /* response body limit, SK_HTTP_UNLIMITED = none */
     size_t received; /* response body bytes so far */
     int status;      /* final status once the head was delivered, else 0 */
     bool added;      /* in the multi handle (false while queued) */
@@ -220,6 +221,7 @@ static const char *const errors[] = {
     "unsupported URL scheme",
     "not on the main thread",
     "too many calls in flight",
+    "TLS handshake or certificate verification failed",
 };
 
 /* Strings for sk_host_api.http_strerror. */
@@ -380,6 +382,16 @@ static int map_result(sk_http_call *c, CURLcode rc, char *msg, size_t n)
     case CURLE_FILESIZE_EXCEEDED: err = SK_HTTP_ETOOLARGE; break;
     case CURLE_OUT_OF_MEMORY: err = SK_HTTP_ENOMEM; break;
     case CURLE_UNSUPPORTED_PROTOCOL: err = SK_HTTP_EUNSUPPORTED; break;
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_USE_SSL_FAILED: err = SK_HTTP_ETLS; break;
     default: err = c->too_large ? SK_HTTP_ETOOLARGE : SK_HTTP_EPROTO; break;
     }
     if (err == SK_HTTP_OK)
@@ -495,7 +507,7 @@ static size_t on_body_piece(char *ptr, size_t size, size_t nmemb, void *userdata
     sk_http_call *c = userdata;
     size_t len = size * nmemb;
     if (c->cancelled) return 0;
-    if (len > c->max_body - c->received) {
+    if (c->max_body != SK_HTTP_UNLIMITED && len > c->max_body - c->received) {
         c->too_large = true;
         return 0;
     }
@@ -538,7 +550,7 @@ static int refuse(sk_instance *self, int err, const char *fmt, ...)
     return err;
 }
 
-/* Checks the URL: http:// with a host. 0 or an SK_HTTP_E* code (logged). */
+/* Checks the URL: http:// or https:// with a host. 0 or an SK_HTTP_E* code (logged). */
 static int check_url(sk_instance *self, const char *url)
 {
     CURLU *u = curl_url();
@@ -549,12 +561,8 @@ static int check_url(sk_instance *self, const char *url)
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !*host)
         err = refuse(self, SK_HTTP_EINVAL, "not a valid absolute URL: '%.200s'", url);
-    else if (strcasecmp(scheme, "https") == 0)
-        err = refuse(self, SK_HTTP_EUNSUPPORTED,
-                     "https:// is not supported yet (TLS for the client comes with the TLS work): '%.200s'",
-                     url);
-    else if (strcasecmp(scheme, "http") != 0)
-        err = refuse(self, SK_HTTP_EUNSUPPORTED, "only http:// URLs are supported: '%.200s'", url);
+    else if (strcasecmp(scheme, "http") != 0 && strcasecmp(scheme, "https") != 0)
+        err = refuse(self, SK_HTTP_EUNSUPPORTED, "only http:// and https:// URLs are supported: '%.200s'", url);
     curl_free(scheme);
     curl_free(host);
     curl_url_cleanup(u);
@@ -599,8 +607,20 @@ static int setup_easy(sk_http_call *c, const sk_http_request *rq, const char *me
 #define SET(opt, val) \
     if (rc == CURLE_OK) rc = curl_easy_setopt(e, opt, val)
     SET(CURLOPT_URL, rq->url);
-    SET(CURLOPT_PROTOCOLS_STR, "http");
-    SET(CURLOPT_REDIR_PROTOCOLS_STR, "http");
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    /* https://: the peer's certificate and name are always verified (curl's
+     * defaults, never turned off), against [sidekick] http_client_ca or the
+     * system's CA bundle; http_client_cert/key are the client certificate
+     * for servers that want one (an etcd with client authentication). */
+    const sk_config *cfg = c->owner ? c->owner->config : NULL;
+    SET(CURLOPT_SSL_VERIFYPEER, 1L);
+    SET(CURLOPT_SSL_VERIFYHOST, 2L);
+    if (cfg && cfg->http_client_ca) SET(CURLOPT_CAINFO, cfg->http_client_ca);
+    if (cfg && cfg->http_client_cert) {
+        SET(CURLOPT_SSLCERT, cfg->http_client_cert);
+        SET(CURLOPT_SSLKEY, cfg->http_client_key);
+    }
     SET(CURLOPT_FOLLOWLOCATION, 0L);
     SET(CURLOPT_PROXY, ""); /* never http_proxy & co. from the environment */
     SET(CURLOPT_NOSIGNAL, 1L);
@@ -610,7 +630,9 @@ static int setup_easy(sk_http_call *c, const sk_http_request *rq, const char *me
     SET(CURLOPT_CONNECTTIMEOUT_MS,
         (long)(rq->connect_timeout_ms ? rq->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS));
     if (rq->timeout_ms) SET(CURLOPT_TIMEOUT_MS, (long)rq->timeout_ms);
-    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_body);
+    /* a stream without limit: nothing for curl to check either */
+    if (c->max_body != SK_HTTP_UNLIMITED)
+        SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)SK_MIN(c->max_body, (size_t)INT64_MAX));
     SET(CURLOPT_HTTPHEADER, c->hdrs);
     SET(CURLOPT_HEADERFUNCTION, on_header_line);
     SET(CURLOPT_HEADERDATA, c);

@@ -813,19 +813,47 @@ static int h_post_to_workers(sk_callback cb, void *arg)
     return 0;
 }
 
-/* set_endpoints and set_endpoints_weighted: n addresses (and weights, or
- * NULL for 1) for a cluster of self's generation. 0, or -1 logged. */
-static int set_endpoints(sk_instance *self, const char *fn, const char *cluster, const char *const *endpoints,
-                         const sk_weighted_endpoint *weighted, size_t n)
+/* The cluster `cluster` of self's generation, or NULL with an error
+ * logged (unknown cluster, or not on the main thread). */
+static sk_cluster *main_cluster(sk_instance *self, const char *fn, const char *cluster)
 {
+    if (this_worker_id >= 0) {
+        sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): refused on a worker thread (main thread only)",
+               self ? self->name : "?", fn, cluster ? cluster : "(null)");
+        return NULL;
+    }
     sk_cluster *c = self && self->config && cluster ? sk_config_cluster(self->config, cluster) : NULL;
-    if (!c) {
+    if (!c)
         sk_log(SK_LOG_ERROR, "plugin %s: %s: unknown cluster '%s'", self ? self->name : "?", fn,
                cluster ? cluster : "(null)");
-        return -1;
-    }
+    return c;
+}
+
+/* Is s a source name set_endpoints_from takes: 1..16 of [a-z0-9_-]? */
+static bool source_ok(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++)
+        if (!((s[n] >= 'a' && s[n] <= 'z') || (s[n] >= '0' && s[n] <= '9') || s[n] == '_' || s[n] == '-'))
+            return false;
+    return n >= 1 && n < SK_SOURCE_MAX;
+}
+
+/* set_endpoints, set_endpoints_weighted and set_endpoints_from: n
+ * addresses (and weights, or NULL for 1) for a cluster of self's
+ * generation, from `source`. 0, or -1 logged. */
+static int set_endpoints(sk_instance *self, const char *fn, const char *cluster, const char *const *endpoints,
+                         const sk_weighted_endpoint *weighted, size_t n, const char *source)
+{
+    sk_cluster *c = main_cluster(self, fn, cluster);
+    if (!c) return -1;
     if (n > 65536 || (n && !endpoints && !weighted)) {
         sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): bad arguments (n = %zu)", self->name, fn, cluster, n);
+        return -1;
+    }
+    if (!source_ok(source)) {
+        sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): bad source '%.32s' (1..16 of a-z, 0-9, '_', '-')",
+               self->name, fn, cluster, source);
         return -1;
     }
     sk_addr *addrs = calloc(n ? n : 1, sizeof(*addrs));
@@ -851,7 +879,7 @@ static int set_endpoints(sk_instance *self, const char *fn, const char *cluster,
             weights[i] = weighted[i].weight;
         }
     }
-    if (rc == 0 && (rc = sk_cluster_set_endpoints(c, addrs, weights, n, self->name)) < 0)
+    if (rc == 0 && (rc = sk_cluster_set_endpoints(c, addrs, weights, n, source)) < 0)
         sk_log(SK_LOG_ERROR, "plugin %s: %s(%s): out of memory", self->name, fn, cluster);
     free(addrs);
     free(weights);
@@ -861,13 +889,37 @@ static int set_endpoints(sk_instance *self, const char *fn, const char *cluster,
 
 static int h_set_endpoints(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n)
 {
-    return set_endpoints(self, "set_endpoints", cluster, endpoints, NULL, n);
+    return set_endpoints(self, "set_endpoints", cluster, endpoints, NULL, n, "plugin");
 }
 
 static int h_set_endpoints_weighted(sk_instance *self, const char *cluster,
                                     const sk_weighted_endpoint *endpoints, size_t n)
 {
-    return set_endpoints(self, "set_endpoints_weighted", cluster, NULL, endpoints, n);
+    return set_endpoints(self, "set_endpoints_weighted", cluster, NULL, endpoints, n, "plugin");
+}
+
+static int h_set_endpoints_from(sk_instance *self, const char *cluster, const sk_weighted_endpoint *endpoints,
+                                size_t n, const char *source)
+{
+    return set_endpoints(self, "set_endpoints_from", cluster, NULL, endpoints, n, source ? source : "plugin");
+}
+
+/* cluster_state: only for a cluster whose `discovery` names self. */
+static int h_cluster_state(sk_instance *self, const char *cluster, int ok, const char *message)
+{
+    sk_cluster *c = main_cluster(self, "cluster_state", cluster);
+    if (!c) return -1;
+    if (c->discovery_inst != self) {
+        sk_log(SK_LOG_ERROR,
+               "plugin %s: cluster_state(%s): the cluster's discovery does not name this instance",
+               self->name, cluster);
+        return -1;
+    }
+    if (sk_cluster_set_state(c, ok != 0, message) < 0) {
+        sk_log(SK_LOG_ERROR, "plugin %s: cluster_state(%s): out of memory", self->name, cluster);
+        return -1;
+    }
+    return 0;
 }
 
 /* ---- metrics ---- */
@@ -877,34 +929,67 @@ static bool name_char(char c, bool first)
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (!first && c >= '0' && c <= '9');
 }
 
-/* Why a label and its values cannot be used, or NULL when they can. */
-static const char *label_problem(const char *label, const char *const *values, size_t n)
+/* Why a label name cannot be used, or NULL when it can. */
+static const char *label_name_problem(const char *label)
 {
     if (!label || !*label) return "no label name";
     for (const char *p = label; *p; p++)
         if (!name_char(*p, p == label)) return "the label name is not [A-Za-z_][A-Za-z0-9_]*";
     if (strcmp(label, "instance") == 0 || strcmp(label, "le") == 0 || strncmp(label, "__", 2) == 0)
         return "the label name is reserved (instance, le, __*)";
-    if (n == 0 || !values) return "no label values";
-    if (n > SK_METRIC_MAX_LABEL_VALUES) return "more than 32 label values";
-    for (size_t i = 0; i < n; i++) {
-        size_t len = values[i] ? strlen(values[i]) : 0;
-        if (len == 0 || len > 128) return "a label value is empty or longer than 128 bytes";
-        for (const char *p = values[i]; *p; p++)
-            if (*p < 0x20 || *p > 0x7e || *p == '"' || *p == '\\')
-                return "a label value has a control character, a quote or a backslash";
-        for (size_t j = 0; j < i; j++)
-            if (strcmp(values[i], values[j]) == 0) return "a label value is repeated";
-    }
     return NULL;
 }
 
-/* Does m have exactly this label and these values? */
-static bool same_labels(const sk_metric *m, const char *label, const char *const *values, size_t n)
+/* Why a label value cannot be used, or NULL when it can. */
+static const char *label_value_problem(const char *v)
 {
-    if (m->nvalues != n || (!label) != (!m->label)) return false;
-    if (label && strcmp(m->label, label) != 0) return false;
-    for (size_t i = 0; i < n; i++)
+    size_t len = v ? strlen(v) : 0;
+    if (len == 0 || len > 128) return "a label value is empty or longer than 128 bytes";
+    for (const char *p = v; *p; p++)
+        if (*p < 0x20 || *p > 0x7e || *p == '"' || *p == '\\')
+            return "a label value has a control character, a quote or a backslash";
+    return NULL;
+}
+
+/* Why nlabels labels and nseries series of values cannot be used, or NULL
+ * when they can. `vec`: counter_vec's limits and words, else
+ * counter_labelled's (one label, up to SK_METRIC_MAX_LABEL_VALUES values). */
+static const char *labels_problem(const char *const *labels, size_t nlabels, const char *const *values,
+                                  size_t nseries, bool vec)
+{
+    if (vec && (nlabels == 0 || !labels)) return "no labels";
+    if (vec && nlabels > SK_METRIC_MAX_LABELS) return "more than 4 labels";
+    for (size_t j = 0; j < nlabels; j++) {
+        const char *p = label_name_problem(labels[j]);
+        if (p) return p;
+        for (size_t k = 0; k < j; k++)
+            if (strcmp(labels[j], labels[k]) == 0) return "a label name is repeated";
+    }
+    if (nseries == 0 || !values) return vec ? "no series" : "no label values";
+    if (!vec && nseries > SK_METRIC_MAX_LABEL_VALUES) return "more than 32 label values";
+    if (vec && nseries > SK_METRIC_MAX_SERIES) return "more than 256 series";
+    for (size_t i = 0; i < nseries * nlabels; i++) {
+        const char *p = label_value_problem(values[i]);
+        if (p) return p;
+    }
+    for (size_t i = 0; i < nseries; i++)
+        for (size_t k = 0; k < i; k++) {
+            bool same = true;
+            for (size_t j = 0; j < nlabels && same; j++)
+                same = strcmp(values[i * nlabels + j], values[k * nlabels + j]) == 0;
+            if (same) return vec ? "a series is repeated" : "a label value is repeated";
+        }
+    return NULL;
+}
+
+/* Does m have exactly these labels and series? */
+static bool same_labels(const sk_metric *m, const char *const *labels, size_t nlabels,
+                        const char *const *values, size_t nseries)
+{
+    if (m->nlabels != nlabels || m->nseries != nseries) return false;
+    for (size_t j = 0; j < nlabels; j++)
+        if (strcmp(m->labels[j], labels[j]) != 0) return false;
+    for (size_t i = 0; i < nseries * nlabels; i++)
         if (strcmp(m->values[i], values[i]) != 0) return false;
     return true;
 }
@@ -913,26 +998,29 @@ static void metric_free(sk_metric *m)
 {
     free(m->name);
     free(m->help);
-    free(m->label);
-    for (size_t i = 0; m->values && i < m->nvalues; i++) free(m->values[i]);
+    for (size_t j = 0; m->labels && j < m->nlabels; j++) free(m->labels[j]);
+    free(m->labels);
+    for (size_t i = 0; m->values && i < m->nseries * m->nlabels; i++) free(m->values[i]);
     free(m->values);
     free(m->lvalues);
     free(m);
 }
 
-/* Registers a metric (label NULL: unlabelled). NULL, logged, when refused. */
+/* Registers a metric (nlabels 0: unlabelled). NULL, logged, when refused. */
 static sk_metric *add_metric(sk_instance *self, int type, const char *name, const char *help,
-                             const char *label, const char *const *values, size_t nvalues)
+                             const char *const *labels, size_t nlabels, const char *const *values,
+                             size_t nseries, bool vec)
 {
     if (!self) return NULL;
     const char *problem = NULL;
     if (!name || !*name) problem = "no name";
     for (const char *p = name; !problem && *p; p++)
         if (!name_char(*p, false)) problem = "the name is not [A-Za-z0-9_]+";
-    if (!problem && label) problem = label_problem(label, values, nvalues);
+    if (!problem && (nlabels || vec)) problem = labels_problem(labels, nlabels, values, nseries, vec);
+    if (!nlabels) nseries = 0;
     for (sk_metric *m = self->metrics; !problem && m; m = m->next) {
         if (strcmp(m->name + 16, name) != 0) continue;
-        if (m->type == type && same_labels(m, label, values, label ? nvalues : 0)) return m;
+        if (m->type == type && same_labels(m, labels, nlabels, values, nseries)) return m;
         problem = "the name is registered already with another type or labels";
     }
     if (problem) {
@@ -942,13 +1030,17 @@ static sk_metric *add_metric(sk_instance *self, int type, const char *name, cons
     }
     sk_metric *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
-    if (label) {
-        m->label = strdup(label);
-        m->values = calloc(nvalues, sizeof(*m->values));
-        m->lvalues = calloc(nvalues, sizeof(*m->lvalues));
-        bool ok = m->label && m->values && m->lvalues;
-        if (m->values) m->nvalues = nvalues;
-        for (size_t i = 0; ok && i < nvalues; i++) ok = (m->values[i] = strdup(values[i])) != NULL;
+    if (nlabels) {
+        m->labels = calloc(nlabels, sizeof(*m->labels));
+        m->values = calloc(nseries * nlabels, sizeof(*m->values));
+        m->lvalues = calloc(nseries, sizeof(*m->lvalues));
+        bool ok = m->labels && m->values && m->lvalues;
+        if (ok) {
+            m->nlabels = nlabels;
+            m->nseries = nseries;
+        }
+        for (size_t j = 0; ok && j < nlabels; j++) ok = (m->labels[j] = strdup(labels[j])) != NULL;
+        for (size_t i = 0; ok && i < nseries * nlabels; i++) ok = (m->values[i] = strdup(values[i])) != NULL;
         if (!ok) {
             metric_free(m);
             return NULL;
@@ -972,44 +1064,56 @@ static sk_metric *add_metric(sk_instance *self, int type, const char *name, cons
 
 static sk_metric *h_counter(sk_instance *self, const char *name, const char *help)
 {
-    return add_metric(self, 0, name, help, NULL, NULL, 0);
+    return add_metric(self, 0, name, help, NULL, 0, NULL, 0, false);
 }
 static sk_metric *h_gauge(sk_instance *self, const char *name, const char *help)
 {
-    return add_metric(self, 1, name, help, NULL, NULL, 0);
+    return add_metric(self, 1, name, help, NULL, 0, NULL, 0, false);
 }
 static sk_metric *h_histogram(sk_instance *self, const char *name, const char *help)
 {
-    return add_metric(self, 2, name, help, NULL, NULL, 0);
+    return add_metric(self, 2, name, help, NULL, 0, NULL, 0, false);
 }
 static sk_metric *h_counter_labelled(sk_instance *self, const char *name, const char *help, const char *label,
                                      const char *const *values, size_t nvalues)
 {
-    return add_metric(self, 0, name, help, label ? label : "", values, nvalues);
+    return add_metric(self, 0, name, help, &label, 1, values, nvalues, false);
 }
 static sk_metric *h_gauge_labelled(sk_instance *self, const char *name, const char *help, const char *label,
                                    const char *const *values, size_t nvalues)
 {
-    return add_metric(self, 1, name, help, label ? label : "", values, nvalues);
+    return add_metric(self, 1, name, help, &label, 1, values, nvalues, false);
+}
+static sk_metric *h_counter_vec(sk_instance *self, const char *name, const char *help,
+                                const char *const *labels, size_t nlabels, const char *const *values,
+                                size_t nseries)
+{
+    return add_metric(self, 0, name, help, labels, nlabels, values, nseries, true);
+}
+static sk_metric *h_gauge_vec(sk_instance *self, const char *name, const char *help,
+                              const char *const *labels, size_t nlabels, const char *const *values,
+                              size_t nseries)
+{
+    return add_metric(self, 1, name, help, labels, nlabels, values, nseries, true);
 }
 
 static void h_metric_add(sk_metric *m, int64_t delta)
 {
-    if (m && !m->nvalues && m->type != 2 && (m->type == 1 || delta >= 0))
+    if (m && !m->nseries && m->type != 2 && (m->type == 1 || delta >= 0))
         __atomic_add_fetch(&m->value, delta, __ATOMIC_RELAXED);
 }
 static void h_metric_set(sk_metric *m, int64_t v)
 {
-    if (m && !m->nvalues && m->type == 1) __atomic_store_n(&m->value, v, __ATOMIC_RELAXED);
+    if (m && !m->nseries && m->type == 1) __atomic_store_n(&m->value, v, __ATOMIC_RELAXED);
 }
 static void h_metric_add_at(sk_metric *m, size_t i, int64_t delta)
 {
-    if (m && i < m->nvalues && (m->type == 1 || delta >= 0))
+    if (m && i < m->nseries && (m->type == 1 || delta >= 0))
         __atomic_add_fetch(&m->lvalues[i], delta, __ATOMIC_RELAXED);
 }
 static void h_metric_set_at(sk_metric *m, size_t i, int64_t v)
 {
-    if (m && i < m->nvalues && m->type == 1) __atomic_store_n(&m->lvalues[i], v, __ATOMIC_RELAXED);
+    if (m && i < m->nseries && m->type == 1) __atomic_store_n(&m->lvalues[i], v, __ATOMIC_RELAXED);
 }
 static void h_metric_observe(sk_metric *m, double seconds)
 {
@@ -1052,11 +1156,15 @@ int sk_plugins_render_prometheus(sk_buf *out, const sk_config *cfg)
                 const char *inst = cfg->plugins[j]->name;
                 for (sk_metric *o = cfg->plugins[j]->metrics; o; o = o->next) {
                     if (strcmp(o->name, m->name) != 0 || o->type != m->type) continue;
-                    if (o->type != 2 && o->nvalues) {
-                        for (size_t v = 0; v < o->nvalues; v++)
-                            rc |= sk_buf_printf(out, "%s{instance=\"%s\",%s=\"%s\"} %lld\n", o->name, inst,
-                                                o->label, o->values[v],
+                    if (o->type != 2 && o->nseries) {
+                        for (size_t v = 0; v < o->nseries; v++) {
+                            rc |= sk_buf_printf(out, "%s{instance=\"%s\"", o->name, inst);
+                            for (size_t l = 0; l < o->nlabels; l++)
+                                rc |= sk_buf_printf(out, ",%s=\"%s\"", o->labels[l],
+                                                    o->values[v * o->nlabels + l]);
+                            rc |= sk_buf_printf(out, "} %lld\n",
                                                 (long long)__atomic_load_n(&o->lvalues[v], __ATOMIC_RELAXED));
+                        }
                         continue;
                     }
                     if (o->type != 2) {
@@ -1142,4 +1250,10 @@ const sk_host_api sk_host = {
     .http_start = sk_http_start,
     .http_cancel = sk_http_cancel,
     .http_strerror = sk_http_strerror,
+    /* --- end of ABI 1.1 --- */
+    /* --- ABI 1.2 --- */
+    .set_endpoints_from = h_set_endpoints_from,
+    .cluster_state = h_cluster_state,
+    .counter_vec = h_counter_vec,
+    .gauge_vec = h_gauge_vec,
 };

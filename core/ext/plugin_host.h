@@ -22,13 +22,16 @@ typedef struct sk_metric {
     char *name;             /* full name, "sidekick_plugin_..." */
     char *help;             /* help text */
     int64_t value;          /* counter / gauge (atomic) */
-    char *label;            /* ABI 1.1 labelled counter / gauge: the label name, else NULL */
-    char **values;          /* its values, [nvalues] */
-    size_t nvalues;         /* 1..SK_METRIC_MAX_LABEL_VALUES, 0 when unlabelled */
-    int64_t *lvalues;       /* the value of each series, [nvalues] (atomic) */
-    uint64_t buckets[15];   /* histogram: non-cumulative counts by SK_HIST_BOUNDS_US (atomic) */
-    uint64_t sum_us;        /* histogram sum in microseconds (atomic) */
-    uint64_t count;         /* histogram observations (atomic) */
+    /* Labelled counters and gauges: counter_labelled (ABI 1.1, one label)
+     * and counter_vec (ABI 1.2, up to SK_METRIC_MAX_LABELS). */
+    char **labels;        /* the label names, [nlabels], or NULL when unlabelled */
+    size_t nlabels;       /* 1..SK_METRIC_MAX_LABELS, 0 when unlabelled */
+    char **values;        /* series i has values[i * nlabels + j] for labels[j], [nseries * nlabels] */
+    size_t nseries;       /* 1..SK_METRIC_MAX_SERIES, 0 when unlabelled */
+    int64_t *lvalues;     /* the value of each series, [nseries] (atomic) */
+    uint64_t buckets[15]; /* histogram: non-cumulative counts by SK_HIST_BOUNDS_US (atomic) */
+    uint64_t sum_us;      /* histogram sum in microseconds (atomic) */
+    uint64_t count;       /* histogram observations (atomic) */
 } sk_metric;
 
 /* Links the timers and fd watchers a plugin instance started on one loop

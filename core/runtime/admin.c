@@ -43,6 +43,7 @@
 #include "certs.h"
 #include "cluster.h"
 #include "config.h"
+#include "generation.h"
 #include "lua_filter.h"
 #include "metrics.h"
 #include "plugin_host.h"
@@ -410,12 +411,12 @@ static json_t *endpoints_json(const sk_cluster *c, bool with_health, bool *ok)
         json_t *e = json_object();
         if (e) {
             jset(e, "address", json_string(ep->address.text), ok);
-            jset(e, "weight", jint(SK_LOAD(ep->weight)), ok);
+            jset(e, "weight", jint(set->weights[i]), ok);
             /* no health checking or outlier ejection yet: every endpoint
              * is healthy */
             jset(e, "healthy", json_boolean(sk_endpoint_healthy(ep)), ok);
             jset(e, "active_requests", jint(SK_LOAD(ep->active)), ok);
-            jset(e, "source", json_string(ep->source), ok); /* main thread, like its writer */
+            jset(e, "source", json_string(set->source), ok);
         }
         jpush(a, e, ok);
     }
@@ -440,6 +441,7 @@ static json_t *cluster_json(const sk_cluster *c, bool *ok)
             jset(d, "arg", c->discovery_arg ? json_string(c->discovery_arg) : json_null(), ok);
         }
         jset(o, "discovery", d, ok);
+        jset(o, "wait_for_endpoints_ms", jint(c->wait_for_endpoints_ms), ok);
     }
     jset(o, "lb", json_string(lb_name(c->lb)), ok);
     jset(o, "tls", c->tls ? json_string(c->tls->name) : json_null(), ok);
@@ -487,6 +489,35 @@ static json_t *config_json(const sk_config *cfg, bool *ok)
     return o;
 }
 
+/* What /clusters shows of a discovery cluster: its instance and ARG, the
+ * state of its answers, and its wait (see docs/operations.md). */
+static json_t *discovery_json(const sk_config *cfg, const sk_cluster *c, bool *ok)
+{
+    json_t *d = json_object();
+    if (!d) {
+        *ok = false;
+        return NULL;
+    }
+    const sk_discovery_state *st = sk_cluster_discovery(c);
+    bool answered = st && st->answered;
+    const char *state = !answered ? "waiting" : st->stale ? "stale" : "ok";
+    jset_str(d, "instance", c->discovery, ok);
+    jset(d, "arg", c->discovery_arg ? json_string(c->discovery_arg) : json_null(), ok);
+    jset(d, "state", json_string(state), ok);
+    jset(d, "message", st && st->message[0] ? json_string(st->message) : json_null(), ok);
+    jset(d, "last_update", answered ? json_integer((json_int_t)st->last_update) : json_null(), ok);
+    if (answered) {
+        uint64_t now = sk_now_ms(), age = now > st->last_update_ms ? now - st->last_update_ms : 0;
+        jset(d, "age_seconds", json_real((double)age / 1e3), ok);
+    } else {
+        jset(d, "age_seconds", json_null(), ok);
+    }
+    jset(d, "carried_over", json_boolean(answered && st->carried), ok);
+    jset(d, "wait_for_endpoints_ms", jint(c->wait_for_endpoints_ms), ok);
+    jset(d, "holds_ready", json_boolean(sk_generation_cluster_waits(cfg, c, NULL)), ok);
+    return d;
+}
+
 static json_t *clusters_json(const sk_config *cfg, bool *ok)
 {
     json_t *o = json_object();
@@ -506,6 +537,7 @@ static json_t *clusters_json(const sk_config *cfg, bool *ok)
             jset(e, "active_requests", jint(SK_LOAD(c->active_requests)), ok);
             jset(e, "active_connections", jint(SK_LOAD(c->active_connections)), ok);
             jset(e, "active_pending", jint(SK_LOAD(c->active_pending)), ok);
+            if (c->discovery) jset(e, "discovery", discovery_json(cfg, c, ok), ok);
         }
         jpush(cs, e, ok);
     }
@@ -522,7 +554,8 @@ static int dump_cb(const char *buffer, size_t size, void *data)
 static int render_json(json_t *j, bool ok)
 {
     int rc = -1;
-    if (j && ok && json_dump_callback(j, dump_cb, &admin.body, JSON_INDENT(2)) == 0 &&
+    if (j && ok &&
+        json_dump_callback(j, dump_cb, &admin.body, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) == 0 &&
         sk_buf_append(&admin.body, "\n", 1) == 0)
         rc = 0;
     json_decref(j);
@@ -600,6 +633,8 @@ static void handle_request(conn *c)
 
     sk_buf_reset(&admin.body);
     const sk_config *cfg = sk_srv.config;
+    const sk_cluster *waiting;
+    uint64_t left_ms = 0;
     const char *p = ep->path;
     if (strcmp(p, "/") == 0) {
         bool ok = true;
@@ -611,13 +646,19 @@ static void handle_request(conn *c)
             respond_text(c, 503, "draining\n");
         else if (!SK_LOAD(sk_srv.ready))
             respond_text(c, 503, "not ready\n");
-        else
+        else if ((waiting = sk_generation_waiting(cfg, &left_ms)) != NULL) {
+            char t[512];
+            snprintf(t, sizeof(t), "waiting for endpoints: cluster %s ([plugin %s]), at most %llums more\n",
+                     waiting->name, waiting->discovery, (unsigned long long)left_ms);
+            respond_text(c, 503, t);
+        } else
             respond_text(c, 200, "ready\n");
     } else if (strcmp(p, "/metrics") == 0) {
         int rc = sk_metrics_render_prometheus(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);
         /* then what the extensions count: plugin metrics, Lua errors */
         if (rc == 0 && cfg)
-            rc = sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg) |
+            rc = sk_clusters_render_prometheus(&admin.body, cfg) |
+                 sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg) |
                  sk_certs_render_prometheus(&admin.body, cfg);
         respond_body(c, rc, "text/plain; version=0.0.4; charset=utf-8");
     } else if (strcmp(p, "/stats") == 0) {

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "certs.h"
+#include "cluster.h"
 #include "generation.h"
 #include "plugin_host.h"
 #include "lua_filter.h"
@@ -140,6 +141,10 @@ int sk_server_reload(char **errp)
         if (needs_restart(cur, next, msg, sizeof(msg))) {
             err = strdup(msg);
         } else {
+            /* discovery clusters asked the same question keep the answers
+             * until the new instances give theirs */
+            if (sk_clusters_carry_over(next, cur) < 0)
+                sk_warn("reload: out of memory keeping the discovered endpoints; clusters start afresh");
             sk_metrics_assign_rows(next);
             char *berr = NULL;
             if (sk_workers_reload(cur, next, sk_metrics_rows_needed(), &berr) < 0) {
@@ -164,6 +169,7 @@ int sk_server_reload(char **errp)
         ev_timer_start(sk_srv.loop, &retire_poll);
     }
     sk_srv.config = next;
+    sk_generation_started(next, sk_srv.loop);
     sk_certs_watch(sk_srv.loop, next);
     __atomic_add_fetch(&sk_config_reloads, 1, __ATOMIC_RELAXED);
     /* Answer once the workers are on it (normally well under a millisecond);
@@ -277,6 +283,7 @@ int main(int argc, char **argv)
     }
 
     sk_srv.config = cfg;
+    sk_generation_started(cfg, sk_srv.loop);
     sk_srv.started_at = time(NULL);
     sk_srv.nworkers = (size_t)cfg->workers;
     sk_plugins_set_process(sk_srv.loop, cfg->workers, sk_workers_post, sk_workers_running);

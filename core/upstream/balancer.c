@@ -22,14 +22,44 @@ bool sk_balance_avoided(const sk_balance_ctx *ctx, const sk_endpoint *e)
     return false;
 }
 
-/* Draws among the endpoints not avoided (one random number). */
+/* A point of [0, total) from one 32-bit random number (total < 2^32:
+ * at most 65536 endpoints of weight 10000). */
+static uint64_t scale(uint32_t r, uint64_t total)
+{
+    return ((uint64_t)r * total) >> 32;
+}
+
+/* Draws by weight: the first endpoint whose running sum passes the point
+ * (binary search over set->cum). */
+size_t sk_balance_random(const sk_endpoint_set *set, sk_balance_ctx *ctx)
+{
+    uint32_t r = sk_wctx_rand(ctx->w);
+    if (set->uniform) return r % set->n;
+    uint64_t x = scale(r, set->total_weight);
+    size_t lo = 0, hi = set->n - 1;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (set->cum[mid] > x)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* Draws by weight among the endpoints not avoided (one random number). */
 size_t sk_balance_random_allowed(const sk_endpoint_set *set, sk_balance_ctx *ctx)
 {
-    size_t k = 0;
-    for (size_t i = 0; i < set->n; i++) k += !sk_balance_avoided(ctx, set->eps[i]);
-    if (k == 0) return SIZE_MAX;
-    size_t r = sk_wctx_rand(ctx->w) % k;
+    uint64_t total = 0;
     for (size_t i = 0; i < set->n; i++)
-        if (!sk_balance_avoided(ctx, set->eps[i]) && r-- == 0) return i;
+        if (!sk_balance_avoided(ctx, set->eps[i])) total += set->weights[i];
+    if (total == 0) return SIZE_MAX;
+    uint32_t r = sk_wctx_rand(ctx->w);
+    uint64_t x = set->uniform ? (r % (total / set->weights[0])) * set->weights[0] : scale(r, total);
+    for (size_t i = 0; i < set->n; i++) {
+        if (sk_balance_avoided(ctx, set->eps[i])) continue;
+        if (x < set->weights[i]) return i;
+        x -= set->weights[i];
+    }
     return SIZE_MAX; /* not reached */
 }

@@ -3,10 +3,12 @@
  * an endpoint set (upstream/cluster.h) for one attempt of a request.
  *
  * A balancer sees the immutable set a worker holds, so it runs without any
- * lock; what it keeps per worker (the round-robin cursor, the random number
- * source) comes in the context. Today's policies: round_robin.c,
- * least_request.c, random.c. They do not use weights or health yet (the
- * data is in the set); ring_hash and ewma come behind the same interface.
+ * lock; what it keeps per worker (the round-robin cursor and smooth
+ * weighted round-robin state, the random number source) comes in the
+ * context. Today's policies: round_robin.c, least_request.c, random.c, all
+ * weight-aware (the weights are the set's, so a set swapped while requests
+ * are in flight never mixes with the next one's). They do not use health
+ * yet; ring_hash and ewma come behind the same interface.
  */
 #ifndef SK_BALANCER_H
 #define SK_BALANCER_H
@@ -27,6 +29,9 @@ typedef struct sk_balance_ctx {
     size_t navoid;             /* their number */
     sk_wctx *w;                /* the thread: sk_wctx_rand(w) is the random number source */
     uint32_t *cursor;          /* the thread's round-robin cursor of this cluster */
+    int64_t *rr_current;       /* the thread's smooth weighted round-robin state of this set: one
+                                * value per endpoint of the set, 0 when the thread adopted it; NULL =
+                                * none (round_robin then walks the weights with the cursor) */
     size_t picked;             /* out: position in the set of the endpoint returned */
 } sk_balance_ctx;
 
@@ -39,9 +44,11 @@ typedef struct sk_balancer {
     sk_endpoint *(*pick)(const sk_endpoint_set *set, sk_balance_ctx *ctx);
 } sk_balancer;
 
-extern const sk_balancer sk_balancer_round_robin;   /* the thread's cursor over the set */
-extern const sk_balancer sk_balancer_least_request; /* power of two choices over active requests */
-extern const sk_balancer sk_balancer_random;        /* uniform */
+extern const sk_balancer sk_balancer_round_robin;   /* equal weights: the thread's cursor over the set;
+                                                       else smooth weighted round robin (nginx) */
+extern const sk_balancer sk_balancer_least_request; /* power of two choices drawn by weight, compared on
+                                                       active requests / weight */
+extern const sk_balancer sk_balancer_random;        /* weighted random */
 
 /* The balancer of an `lb` value (enum sk_lb); round_robin for unknown ones. */
 const sk_balancer *sk_balancer_get(int lb);
@@ -49,8 +56,13 @@ const sk_balancer *sk_balancer_get(int lb);
 /* Whether e is one of ctx's endpoints to avoid. */
 bool sk_balance_avoided(const sk_balance_ctx *ctx, const sk_endpoint *e);
 
-/* A uniformly random position of an endpoint of set that ctx does not
- * avoid, or SIZE_MAX when every endpoint is avoided. For the policies. */
+/* A random position of set (not empty) drawn by weight: one random number
+ * of ctx; a uniform set draws exactly as `rand % n`. For the policies. */
+size_t sk_balance_random(const sk_endpoint_set *set, sk_balance_ctx *ctx);
+
+/* A random position, drawn by weight, of an endpoint of set that ctx does
+ * not avoid, or SIZE_MAX when every endpoint is avoided. Linear in the set
+ * (the retry path). For the policies. */
 size_t sk_balance_random_allowed(const sk_endpoint_set *set, sk_balance_ctx *ctx);
 
 #endif

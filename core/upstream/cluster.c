@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cluster.h"
 
@@ -83,20 +84,31 @@ static sk_endpoint *find_endpoint(sk_endpoint **sorted, size_t n, const char *te
 
 /*
  * Makes the set that replaces `old` (NULL for the first): endpoints of old
- * with an address of addrs are taken over (weight and source updated), the
- * others are new objects; repeated addresses count once. Main thread, with
- * old held. Returns the set (refcnt 1) or NULL on OOM.
+ * with an address of addrs are taken over, the others are new objects;
+ * repeated addresses count once (the first, with its weight). The weights
+ * and their running sums live in the same allocation as the set. Main
+ * thread, with old held. Returns the set (refcnt 1) or NULL on OOM.
  */
 static sk_endpoint_set *make_set(const sk_endpoint_set *old, const sk_addr *addrs, const uint32_t *weights,
                                  size_t n, const char *source)
 {
     size_t nold = old ? old->n : 0;
-    sk_endpoint_set *s = calloc(1, sizeof(*s) + n * sizeof(s->eps[0]));
+    /* eps[n], then cum[n] (8-byte aligned after pointers), then weights[n] */
+    sk_endpoint_set *s =
+        calloc(1, sizeof(*s) + n * (sizeof(s->eps[0]) + sizeof(uint64_t) + sizeof(uint32_t)));
     sk_endpoint **sorted = calloc(nold ? nold : 1, sizeof(*sorted));
     size_t *order = calloc(n ? n : 1, sizeof(*order));
     bool *dup = calloc(n ? n : 1, sizeof(*dup));
     bool ok = s && sorted && order && dup;
+    uint64_t *cum = NULL;
+    uint32_t *w = NULL;
     if (ok) {
+        cum = (uint64_t *)(void *)(s->eps + n);
+        w = (uint32_t *)(void *)(cum + n);
+        s->cum = cum;
+        s->weights = w;
+        s->uniform = true;
+        snprintf(s->source, sizeof(s->source), "%s", source ? source : "static");
         if (nold) memcpy(sorted, old->eps, nold * sizeof(*sorted));
         qsort(sorted, nold, sizeof(*sorted), cmp_endpoint);
         for (size_t i = 0; i < n; i++) order[i] = i;
@@ -108,7 +120,7 @@ static sk_endpoint_set *make_set(const sk_endpoint_set *old, const sk_addr *addr
     }
     for (size_t i = 0; ok && i < n; i++) {
         if (dup[i]) continue;
-        uint32_t w = weights ? weights[i] : 1;
+        uint32_t wi = weights ? weights[i] : 1;
         sk_endpoint *e = find_endpoint(sorted, nold, addrs[i].text);
         if (e) {
             sk_endpoint_ref(e);
@@ -119,19 +131,13 @@ static sk_endpoint_set *make_set(const sk_endpoint_set *old, const sk_addr *addr
             ok = false;
             break;
         }
+        if (s->n && wi != w[0]) s->uniform = false;
+        w[s->n] = wi;
+        s->total_weight += wi;
+        cum[s->n] = s->total_weight;
         s->eps[s->n++] = e;
-        s->total_weight += w;
     }
-    if (ok) {
-        /* Only now that nothing can fail: the objects that stay take the
-         * new weights and source. */
-        for (size_t i = 0, k = 0; i < n; i++) {
-            if (dup[i]) continue;
-            sk_endpoint *e = s->eps[k++];
-            __atomic_store_n(&e->weight, weights ? weights[i] : 1, __ATOMIC_RELAXED);
-            snprintf(e->source, sizeof(e->source), "%s", source ? source : "static");
-        }
-    } else if (s) {
+    if (!ok && s) {
         s->refcnt = 1;
         sk_endpoint_set_unref(s);
         s = NULL;
@@ -196,7 +202,124 @@ int sk_cluster_set_endpoints(sk_cluster *cl, const sk_addr *addrs, const uint32_
     sk_endpoint_set *set = make_set(st->set, addrs, weights, n, source);
     if (!set) return -1;
     publish(st, set);
+    sk_discovery_state *d = &st->discovery;
+    d->answered = true;
+    d->carried = false;
+    d->stale = false;
+    d->message[0] = 0;
+    d->last_update = (int64_t)time(NULL);
+    d->last_update_ms = sk_now_ms();
     return 0;
+}
+
+/* Records discovery's word on cl's set (see cluster.h). */
+int sk_cluster_set_state(sk_cluster *cl, bool ok, const char *message)
+{
+    sk_cluster_state *st = state_of(cl);
+    if (!st) return -1;
+    sk_discovery_state *d = &st->discovery;
+    d->stale = !ok;
+    if (ok && d->answered && !d->carried) {
+        /* "still current": the instance's refresh found its set unchanged,
+         * which is a good answer as fresh as a new set (the age counts from
+         * here) */
+        d->last_update = (int64_t)time(NULL);
+        d->last_update_ms = sk_now_ms();
+    }
+    size_t k = 0;
+    for (; message && message[k] && k < SK_STATE_MESSAGE_MAX; k++) {
+        unsigned char c = (unsigned char)message[k];
+        d->message[k] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+    }
+    d->message[k] = 0;
+    return 0;
+}
+
+/* cl's discovery state (see cluster.h). */
+const sk_discovery_state *sk_cluster_discovery(const sk_cluster *cl)
+{
+    const sk_cluster_state *st = cl->upstream;
+    return st ? &st->discovery : NULL;
+}
+
+static bool same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* Carries discovery's answers over a reload (see cluster.h). */
+int sk_clusters_carry_over(sk_config *next, const sk_config *prev)
+{
+    int carried = 0;
+    for (size_t i = 0; prev && i < next->nclusters; i++) {
+        sk_cluster *cl = next->clusters[i];
+        if (!cl->discovery) continue;
+        const sk_cluster *old = NULL;
+        for (size_t k = 0; k < prev->nclusters && !old; k++)
+            if (strcmp(prev->clusters[k]->name, cl->name) == 0) old = prev->clusters[k];
+        if (!old || !same_str(old->discovery, cl->discovery) ||
+            !same_str(old->discovery_arg, cl->discovery_arg))
+            continue;
+        const sk_discovery_state *od = sk_cluster_discovery(old);
+        sk_cluster_state *st = state_of(cl);
+        if (!st) return -1;
+        if (!od || !od->answered || st->discovery.answered)
+            continue; /* nothing to carry, or answered at load */
+        sk_endpoint_set *from = sk_cluster_endpoints(old);
+        if (!from) continue;
+        sk_addr *addrs = calloc(from->n ? from->n : 1, sizeof(*addrs));
+        sk_endpoint_set *set = NULL;
+        if (addrs) {
+            for (size_t k = 0; k < from->n; k++) addrs[k] = from->eps[k]->address;
+            set = make_set(st->set, addrs, from->weights, from->n, from->source);
+        }
+        free(addrs);
+        sk_endpoint_set_unref(from);
+        if (!set) return -1;
+        publish(st, set);
+        st->discovery = *od;
+        st->discovery.carried = true;
+        sk_info("cluster %s: keeping its %zu endpoint(s) from the previous generation until [plugin %s] sets "
+                "them",
+                cl->name, set->n, cl->discovery);
+        carried++;
+    }
+    return carried;
+}
+
+/* Prometheus text of the clusters' endpoint counts and discovery ages (see cluster.h). */
+int sk_clusters_render_prometheus(sk_buf *out, const sk_config *cfg)
+{
+    int rc = 0;
+    if (!cfg || cfg->nclusters == 0) return 0;
+    rc |=
+        sk_buf_printf(out, "# HELP sidekick_cluster_endpoints Endpoints in the set in force of each cluster, "
+                           "by where the set came from (static, plugin, or the discovery source).\n"
+                           "# TYPE sidekick_cluster_endpoints gauge\n");
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        sk_endpoint_set *s = sk_cluster_endpoints(cfg->clusters[i]);
+        if (!s) continue;
+        rc |= sk_buf_printf(out, "sidekick_cluster_endpoints{cluster=\"%s\",source=\"%s\"} %zu\n",
+                            cfg->clusters[i]->name, s->source, s->n);
+        sk_endpoint_set_unref(s);
+    }
+    bool any = false;
+    uint64_t now = sk_now_ms();
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        const sk_cluster *cl = cfg->clusters[i];
+        const sk_discovery_state *d = sk_cluster_discovery(cl);
+        if (!cl->discovery || !d || !d->answered) continue;
+        if (!any)
+            rc |= sk_buf_printf(out,
+                                "# HELP sidekick_cluster_discovery_age_seconds Seconds since the discovery "
+                                "instance of each cluster last set its endpoints.\n"
+                                "# TYPE sidekick_cluster_discovery_age_seconds gauge\n");
+        any = true;
+        uint64_t age = now >= d->last_update_ms ? now - d->last_update_ms : 0;
+        rc |= sk_buf_printf(out, "sidekick_cluster_discovery_age_seconds{cluster=\"%s\"} %llu.%03llu\n",
+                            cl->name, (unsigned long long)(age / 1000), (unsigned long long)(age % 1000));
+    }
+    return rc ? -1 : 0;
 }
 
 /* The set in force of cl, with a reference (see cluster.h). */

@@ -1,13 +1,30 @@
 /*
- * least_request.c — power of two choices: two endpoints drawn at random,
- * the one with fewer requests in flight (across all workers) wins; a retry
- * draws among the endpoints it has not tried.
+ * least_request.c — power of two choices: two endpoints drawn at random by
+ * weight, the one with fewer requests in flight (across all workers) per
+ * unit of weight wins, the first drawn on a tie (so idle endpoints get
+ * their weight's share); a retry draws among the endpoints it has not
+ * tried. With equal weights this is the classic P2C over two distinct
+ * endpoints.
  */
 #include "balancer.h"
 
 static unsigned active(const sk_endpoint *e)
 {
     return __atomic_load_n(&e->active, __ATOMIC_RELAXED);
+}
+
+/* The second candidate: another draw by weight, redrawn a few times while
+ * it is the first (a heavy endpoint is drawn twice often); equal weights
+ * take the next endpoint instead, as the classic P2C does. */
+static size_t second(const sk_endpoint_set *set, sk_balance_ctx *ctx, size_t a)
+{
+    if (set->uniform) {
+        size_t b = sk_wctx_rand(ctx->w) % set->n;
+        return b == a ? (a + 1) % set->n : b;
+    }
+    size_t b = a;
+    for (int k = 0; k < 3 && b == a; k++) b = sk_balance_random(set, ctx);
+    return b;
 }
 
 static sk_endpoint *lr_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
@@ -18,8 +35,7 @@ static sk_endpoint *lr_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
         ctx->picked = 0;
         return set->eps[0];
     }
-    size_t a = sk_wctx_rand(ctx->w) % n, b = sk_wctx_rand(ctx->w) % n;
-    if (a == b) b = (a + 1) % n;
+    size_t a = sk_balance_random(set, ctx), b = second(set, ctx, a);
     if (ctx->navoid) {
         bool ta = sk_balance_avoided(ctx, set->eps[a]), tb = sk_balance_avoided(ctx, set->eps[b]);
         if (ta && tb) {
@@ -31,7 +47,10 @@ static sk_endpoint *lr_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
             b = a;
         }
     }
-    ctx->picked = active(set->eps[a]) <= active(set->eps[b]) ? a : b;
+    /* active(a) / w(a) <= active(b) / w(b), without division */
+    uint64_t la = (uint64_t)active(set->eps[a]) * set->weights[b];
+    uint64_t lb = (uint64_t)active(set->eps[b]) * set->weights[a];
+    ctx->picked = la <= lb ? a : b;
     return set->eps[ctx->picked];
 }
 

@@ -90,7 +90,9 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
     size_t n = set->n;
     sk_pool **pools = calloc(n ? n : 1, sizeof(*pools));
     sk_pool **sorted = calloc(wc->npools ? wc->npools : 1, sizeof(*sorted));
-    bool ok = pools && sorted;
+    /* the weights may have changed with the set: smooth round robin starts over */
+    int64_t *current = calloc(n ? n : 1, sizeof(*current));
+    bool ok = pools && sorted && current;
     if (ok) {
         if (wc->npools) memcpy(sorted, wc->pools, wc->npools * sizeof(*sorted));
         qsort(sorted, wc->npools, sizeof(*sorted), cmp_pool);
@@ -120,6 +122,7 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
                 pool_free(pools[i]);
         }
         free(pools);
+        free(current);
         sk_endpoint_set_unref(set);
         return -1;
     }
@@ -139,6 +142,8 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
     free(wc->pools);
     wc->pools = pools;
     wc->npools = n;
+    free(wc->rr_current);
+    wc->rr_current = current;
     sk_endpoint_set_unref(wc->set);
     wc->set = set;
     sk_debug("worker %d: cluster %s now has %zu endpoint(s)", w->id, cl->name, n);
@@ -163,6 +168,7 @@ sk_pool *sk_cluster_pick(sk_wctx *w, sk_cluster *cl, sk_balance_ctx *ctx)
     if (!wc->set) return NULL;
     ctx->w = w;
     ctx->cursor = &wc->rr;
+    ctx->rr_current = wc->rr_current;
     if (!sk_balancer_get(cl->lb)->pick(wc->set, ctx)) return NULL;
     return wc->pools[ctx->picked];
 }
@@ -197,9 +203,10 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
         const sk_addr *a = &p->endpoint->address;
         void *tls = NULL;
         if (cl->tls && !(tls = sk_tls_slot_conn(cl->tls->state, false, -1, w->metrics))) errno = ENOMEM;
-        u = !cl->tls || tls ? sk_upconn_open(w, (const struct sockaddr *)&a->ss, a->len, a->text,
-                                             cl->connect_timeout_ms, tls ? &sk_tls_ops : NULL, tls, &pool_owner, p)
-                            : NULL;
+        u = !cl->tls || tls
+                ? sk_upconn_open(w, (const struct sockaddr *)&a->ss, a->len, a->text, cl->connect_timeout_ms,
+                                 tls ? &sk_tls_ops : NULL, tls, &pool_owner, p)
+                : NULL;
         if (!u) {
             sk_debug("connect to %s: %s", a->text, strerror(errno));
             __atomic_sub_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED);
@@ -253,6 +260,8 @@ void sk_pools_free(sk_wcluster *wcs, size_t n)
         free(wc->pools);
         wc->pools = NULL;
         wc->npools = 0;
+        free(wc->rr_current);
+        wc->rr_current = NULL;
         sk_endpoint_set_unref(wc->set);
         wc->set = NULL;
     }

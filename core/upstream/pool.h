@@ -37,6 +37,7 @@ typedef struct sk_wcluster {
     sk_pool **pools;      /* pools[i] serves set->eps[i] */
     size_t npools;        /* number of pools (= set->n) */
     uint32_t rr;          /* round-robin cursor */
+    int64_t *rr_current;  /* smooth weighted round-robin state, [npools], zeroed with each adopted set */
 } sk_wcluster;
 
 /* Initialises a thread's state of a cluster (no pools until first use). */

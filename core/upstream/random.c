@@ -1,6 +1,6 @@
 /*
- * random.c — a uniformly random endpoint; a retry draws among the
- * endpoints it has not tried.
+ * random.c — a random endpoint drawn by weight (uniform when the weights
+ * are equal); a retry draws among the endpoints it has not tried.
  */
 #include "balancer.h"
 
@@ -8,7 +8,7 @@ static sk_endpoint *random_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
 {
     size_t n = set->n;
     if (n == 0) return NULL;
-    size_t i = n == 1 ? 0 : sk_wctx_rand(ctx->w) % n;
+    size_t i = n == 1 ? 0 : sk_balance_random(set, ctx);
     if (n > 1 && ctx->navoid && sk_balance_avoided(ctx, set->eps[i])) {
         size_t c = sk_balance_random_allowed(set, ctx);
         if (c != SIZE_MAX) i = c;

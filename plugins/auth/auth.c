@@ -623,8 +623,10 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
         } else if (!strcmp(k, "jwks_url")) {
             if (have_keysrc)
                 snprintf(msg, sizeof(msg), "one of jwt_key, jwks_file, jwks_url");
-            else if (strncmp(v, "http://", 7) != 0)
-                snprintf(msg, sizeof(msg), "an http:// URL (the host's HTTP client has no https yet)");
+            else if (strncmp(v, "http://", 7) != 0 && strncmp(v, "https://", 8) != 0)
+                snprintf(msg, sizeof(msg), "an http:// or https:// URL");
+            else if (strncmp(v, "https://", 8) == 0 && host->abi_minor < 2)
+                snprintf(msg, sizeof(msg), "an http:// URL (this host's HTTP client has no https)");
             else if (!(a->jwks_url = strdup(v)))
                 snprintf(msg, sizeof(msg), "out of memory");
             else

@@ -473,7 +473,7 @@ class Upstream:
 
     def __init__(self, handler=None, name: str = "up", port: int = 0, store_limit: int = 1 << 20,
                  raw_limit: int = 1 << 20, send_continue: bool = True,
-                 keepalive_timeout: Optional[float] = None, head_handler=None):
+                 keepalive_timeout: Optional[float] = None, head_handler=None, host: str = "127.0.0.1"):
         self.handler = handler
         self.name = name
         self.store_limit = store_limit
@@ -491,11 +491,12 @@ class Upstream:
         self.errors: List[str] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", port))
+        self.sock.bind((host, port))  # host: another loopback address (127.0.0.2) for DNS tests
         self.sock.listen(256)
         self.sock.settimeout(0.1)
+        self.host = host
         self.port = self.sock.getsockname()[1]
-        self.addr = f"127.0.0.1:{self.port}"
+        self.addr = f"{host}:{self.port}"
         self._thread = threading.Thread(target=self._accept_loop, daemon=True,
                                         name=f"upstream-{name}")
         self._thread.start()

@@ -521,7 +521,7 @@ def test_config_errors(sidekick_bin, tmp_path, keys):
     cases = [
         ("jwt_algorithms = none\njwt_key = {s}\n", "unknown algorithm"),
         ("jwt_key = /nonexistent/key\n", "cannot read"),
-        ("jwks_url = https://127.0.0.1:1/jwks\n", "http:// URL"),
+        ("jwks_url = ftp://127.0.0.1:1/jwks\n", "an http:// or https:// URL"),
         ("jwks_url = http://127.0.0.1:1/jwks\njwks_refresh = 0s\n", "at least 1s"),
         ("jwks_url = http://127.0.0.1:1/jwks\njwt_key = {s}\n", "one of"),
         ("frobnicate = 1\njwt_key = {s}\n", "unknown key"),
@@ -539,9 +539,10 @@ def test_config_errors(sidekick_bin, tmp_path, keys):
 
 class JwksServer:
     """A JWK set over HTTP on 127.0.0.1 (free port), its document replaceable,
-    its GETs counted."""
+    its GETs counted. tls = (chain, key[, client CA]): https, and with a
+    client CA, a client certificate signed by it is required."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.doc = b"{}"
         self.status = 200
         self.hits = 0
@@ -563,6 +564,13 @@ class JwksServer:
                 pass
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            if len(tls) > 2:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(str(tls[2]))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -695,3 +703,98 @@ def test_two_workers_share_the_key_set_while_it_refreshes(sidekick, upstream, ke
     wait(lambda: fetches(sk, "ok") > n0, "a refresh during the run")
     assert bad == []
     assert len(up.requests) == 2 * len(toks)
+
+
+def with_sidekick_keys(text: str, lines: str) -> str:
+    return text.replace("[sidekick]\n", "[sidekick]\n" + lines, 1)
+
+
+def test_jwks_url_https(sidekick, upstream, keys, tmp_path):
+    """jwks_url over https: the server's certificate is verified against
+    [sidekick] http_client_ca (and its name against the URL's host); an
+    untrusted or misnamed server keeps the key set away (401 unknown_key,
+    the fetch counted as failed, the reason logged)."""
+    pki = PKI(tmp_path / "pki")
+    ca, other = pki.ca("idp-ca"), pki.ca("other-ca")
+    good = pki.leaf("idp", ca, dns=["localhost"], ips=["127.0.0.1"])
+    misnamed = pki.leaf("idp-elsewhere", ca, dns=["idp.example"])
+    srv, bad_name = JwksServer(tls=(good.chain, good.key)), JwksServer(tls=(misnamed.chain, misnamed.key))
+    try:
+        for s in (srv, bad_name):
+            s.set([keys.jwk("rsa", "k1")])
+        tok = keys.token("RS256", header={"kid": "k1"})
+        up = upstream()
+        sk = sidekick(with_sidekick_keys(ini(f"jwks_url = https://127.0.0.1:{srv.port}/jwks.json\n"),
+                                         f"http_client_ca = {ca.cert}\n"), up=up.port)
+        wait(lambda: fetches(sk, "ok") == 1, "the https fetch")
+        assert get(sk, token=tok).status == 200
+        assert srv.count() == 1
+        assert len(up.requests) == 1
+        sk.stop()
+        # trusting another CA, or the system's bundle: the handshake fails
+        for extra in (f"http_client_ca = {other.cert}\n", ""):
+            sk = sidekick(with_sidekick_keys(ini(f"jwks_url = https://127.0.0.1:{srv.port}/jwks.json\n"),
+                                             extra), up=up.port)
+            wait(lambda: fetches(sk, "failed") >= 1, "the refused fetch")
+            r = get(sk, token=tok)
+            assert_401(r)
+            assert "unknown_key" in r.header("www-authenticate")
+            sk.stop()
+            assert "TLS handshake or certificate verification failed" in sk.stderr_text()
+        # the right CA, but the certificate names another host
+        sk = sidekick(with_sidekick_keys(ini(f"jwks_url = https://127.0.0.1:{bad_name.port}/jwks.json\n"),
+                                         f"http_client_ca = {ca.cert}\n"), up=up.port)
+        wait(lambda: fetches(sk, "failed") >= 1, "the misnamed fetch")
+        assert_401(get(sk, token=tok))
+        sk.stop()
+        assert "TLS handshake or certificate verification failed" in sk.stderr_text()
+        assert srv.count() == 1
+        assert len(up.requests) == 1
+    finally:
+        srv.close()
+        bad_name.close()
+
+
+def test_jwks_url_https_client_certificate(sidekick, upstream, keys, tmp_path):
+    """A JWKS server that wants a client certificate gets
+    http_client_cert/http_client_key; without them it refuses the fetch."""
+    pki = PKI(tmp_path / "pki")
+    ca = pki.ca("cp-ca")
+    server = pki.leaf("cp", ca, ips=["127.0.0.1"])
+    client = pki.leaf("sidecar", ca, uris=["spiffe://test/sidecar"], own_key=True)
+    srv = JwksServer(tls=(server.chain, server.key, ca.cert))
+    try:
+        srv.set([keys.jwk("rsa", "k1")])
+        tok = keys.token("RS256", header={"kid": "k1"})
+        up = upstream()
+        url = f"jwks_url = https://127.0.0.1:{srv.port}/jwks.json\n"
+        sk = sidekick(with_sidekick_keys(ini(url), f"http_client_ca = {ca.cert}\n"
+                                         f"http_client_cert = {client.cert}\nhttp_client_key = {client.key}\n"),
+                      up=up.port)
+        wait(lambda: fetches(sk, "ok") == 1, "the fetch with a client certificate")
+        assert get(sk, token=tok).status == 200
+        sk.stop()
+        sk = sidekick(with_sidekick_keys(ini(url), f"http_client_ca = {ca.cert}\n"), up=up.port)
+        wait(lambda: fetches(sk, "failed") >= 1, "the fetch without one")
+        assert_401(get(sk, token=tok))
+        assert srv.count() == 1
+        assert len(up.requests) == 1
+    finally:
+        srv.close()
+
+
+def test_http_client_tls_config_errors(tmp_path, sidekick_bin, keys):
+    pki = PKI(tmp_path / "pki")
+    ca = pki.ca("ca")
+    leaf = pki.leaf("c", ca, own_key=True)
+    cases = [
+        (f"http_client_ca = {tmp_path}/missing.pem\n", "cannot read"),
+        (f"http_client_cert = {leaf.cert}\n", "http_client_cert and http_client_key go together"),
+        (f"http_client_key = {leaf.key}\n", "http_client_cert and http_client_key go together"),
+    ]
+    for lines, msg in cases:
+        p = tmp_path / "c.ini"
+        p.write_text(with_sidekick_keys(ini(f"jwt_key = {keys.d / 'secret'}\n"), lines)
+                     .replace("{listen}", "1").replace("{up}", "2").replace("{admin}", "3"))
+        r = subprocess.run([sidekick_bin, "-t", "-c", str(p)], capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0 and msg in r.stderr + r.stdout, (lines, r.stderr)

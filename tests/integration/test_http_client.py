@@ -368,6 +368,66 @@ fetch = w GET http://{{ms}}/v3/watch?key=a
     assert kinds.count("body") >= 3
 
 
+def body_bytes(path, fetch):
+    return sum(r["len"] for r in events(path, fetch, "body"))
+
+
+def test_unlimited_body_streams_past_one_mib(sidekick, upstream, manual, tmp_path):
+    """max_body = SK_HTTP_UNLIMITED (ABI 1.2): a chunked watch stream of
+    1.25 MiB, more than the 1 MiB default, sent 64 KiB at a time, each
+    piece only once the plugin got the one before: on_body sees every piece
+    as it arrives (nothing is held back until the end, nothing is kept), the
+    call never fails with ETOOLARGE, and it ends OK with every byte."""
+    ms = manual()
+    up = upstream()
+    rec = tmp_path / "r.jsonl"
+    sk = sidekick(ini(f"""
+[plugin watch]
+load = fx_http.so
+file = {rec}
+fetch = w GET http://{{ms}}/v3/watch?key=a
+max_body = unlimited
+""" + serve_body()), ms=ms.addr, up=up.addr)
+    ms.wait_request()
+    ms.send(CHUNKED_HEAD)
+    piece = 64 * 1024
+    total = 0
+    for i in range(20):
+        ms.send(chunk(bytes([97 + i % 26]) * piece))
+        total += piece
+        assert wait_for(lambda: body_bytes(rec, "w") >= total, WAIT), (i, body_bytes(rec, "w"))
+        assert body_bytes(rec, "w") == total
+        assert not events(rec, "w", "done"), events(rec, "w", "done")
+    assert total > 1024 * 1024
+    still_serves(sk, up)
+    ms.send(b"0\r\n\r\n")
+    done = wait_event(rec, "w", "done")
+    assert [r["error"] for r in done] == [SK_HTTP_OK], done
+    assert f"{total} body bytes" in done[0]["message"], done
+    # every recorded piece starts with the letter of the chunk it belongs to, in order
+    offset = 0
+    for r in events(rec, "w", "body"):
+        assert r["data"][0] == chr(97 + (offset // piece) % 26), (offset, r["data"][:8])
+        offset += r["len"]
+    assert offset == total
+
+
+def test_default_max_body_still_stops_a_long_stream(sidekick, upstream, tmp_path):
+    """Without SK_HTTP_UNLIMITED the 1 MiB default holds for a stream too."""
+    big = b"z" * (1024 * 1024 + 1)
+    up = upstream(lambda req: Reply(body=big, chunked=True, chunk_size=65536))
+    rec = tmp_path / "r.jsonl"
+    sidekick(ini(f"""
+[plugin h]
+load = fx_http.so
+file = {rec}
+fetch = big GET http://{{up}}/big
+""" + serve_body()), up=up.addr)
+    done = wait_event(rec, "big", "done")
+    assert [r["error"] for r in done] == [SK_HTTP_ETOOLARGE]
+    assert body_bytes(rec, "big") <= 1024 * 1024
+
+
 def test_cancel_from_inside_on_body(sidekick, upstream, manual, tmp_path):
     ms = manual()
     up = upstream()
@@ -397,7 +457,11 @@ cancel_on_body = 1
 
 def test_connection_refused_and_sidekick_keeps_serving(sidekick, upstream, tmp_path):
     up = upstream()
-    closed = free_port()  # nothing listens there
+    # a port bound but not listening: connects are refused, and no other
+    # process can take it meanwhile (a free_port() could be reused)
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", 0))
+    closed = holder.getsockname()[1]
     rec = tmp_path / "r.jsonl"
     sk = sidekick(ini(f"""
 [plugin h]
@@ -406,6 +470,7 @@ file = {rec}
 fetch = r GET http://127.0.0.1:{closed}/x
 """ + serve_body()), up=up.addr)
     done = wait_event(rec, "r", "done")
+    holder.close()
     assert [r["error"] for r in done] == [SK_HTTP_ECONNECT]
     assert done[0]["text"] == "connect failed"
     assert str(closed) in done[0]["message"]
@@ -493,7 +558,7 @@ max_body = 1000
     still_serves(sk, up)
 
 
-def test_refused_starts_https_other_schemes_bad_urls(sidekick, upstream, tmp_path):
+def test_refused_starts_other_schemes_bad_urls(sidekick, upstream, tmp_path):
     up = upstream()
     rec = tmp_path / "r.jsonl"
     sk = sidekick(ini(f"""
@@ -507,12 +572,15 @@ fetch = method GE(T http://127.0.0.1:1/
 """ + serve_body()), up=up.addr)
     assert wait_for(lambda: len(events(rec, None, "start")) == 4, WAIT)
     rc = {r["fetch"]: r["rc"] for r in events(rec, None, "start")}
-    assert rc == {"tls": SK_HTTP_EUNSUPPORTED, "ftp": SK_HTTP_EUNSUPPORTED, "bad": SK_HTTP_EINVAL,
+    # https:// starts (ABI 1.2) and fails to connect; the others are refused
+    assert rc == {"tls": SK_HTTP_OK, "ftp": SK_HTTP_EUNSUPPORTED, "bad": SK_HTTP_EINVAL,
                   "method": SK_HTTP_EINVAL}
     err = sk.stderr_text()
-    assert "plugin h: http_start refused (unsupported URL scheme): https:// is not supported yet" in err
+    assert "plugin h: http_start refused (unsupported URL scheme): only http:// and https:// URLs" in err
+    assert [r["error"] for r in wait_event(rec, "tls", "done")] == [SK_HTTP_ECONNECT]
     still_serves(sk, up)
-    assert not events(rec, None, "done")  # a refused start never calls back
+    # a refused start never calls back
+    assert [r["fetch"] for r in events(rec, None, "done")] == ["tls"]
 
 
 def test_http_start_on_a_worker_is_refused(sidekick, upstream, tmp_path):

@@ -1533,9 +1533,10 @@ def test_discovery_arg_reaches_plugin_and_weights_show(sidekick, upstream, tmp_p
     events = read_events(out, "cluster")
     assert events == [{"event": "cluster", "cluster": "api", "arg": "api.shop.svc:8080  extra words"},
                       {"event": "cluster", "cluster": "plain", "arg": None}], events
-    bodies = sorted(get(sk, f"/a{i}").body for i in range(4))
-    assert bodies == [b"one", b"one", b"two", b"two"]  # balancers ignore weights for now
-    assert get(sk, "/b").body in (b"one", b"two")
+    # smooth weighted round robin: weight 10000 against 5 takes the first picks
+    bodies = [get(sk, f"/a{i}").body for i in range(4)]
+    assert bodies == [b"two"] * 4, bodies
+    assert get(sk, "/b").body == b"two"
     clusters = {c["name"]: c for c in json.loads(sk.admin_get("/clusters").body)["clusters"]}
     for name in ("api", "plain"):
         eps = {e["address"]: e["weight"] for e in clusters[name]["endpoints"]}
@@ -1547,8 +1548,8 @@ def test_discovery_arg_reaches_plugin_and_weights_show(sidekick, upstream, tmp_p
 
 
 def test_discovered_endpoints_show_their_source(sidekick, upstream, tmp_path):
-    """/clusters names the instance that set an endpoint as its source; an
-    endpoint that stays in a new set keeps its object (same counters)."""
+    """/clusters shows "plugin" as the source of endpoints set with
+    set_endpoints_weighted (ABI 1.2's set_endpoints_from names its own)."""
     import json
     out = tmp_path / "events.jsonl"
     up1 = upstream(lambda req: Reply(body=b"one"))
@@ -1556,14 +1557,51 @@ def test_discovered_endpoints_show_their_source(sidekick, upstream, tmp_path):
     sk = sidekick(abi11_ini(out, DISCOVERY11,
                             extra_keys=f"weights = 127.0.0.1:{up1.port} 5, 127.0.0.1:{up2.port} 10000"),
                   dead=free_port())
-    assert sorted(get(sk, f"/s{i}").body for i in range(2)) == [b"one", b"two"]
+    assert [get(sk, f"/s{i}").body for i in range(2)] == [b"two", b"two"]
     clusters = {c["name"]: c for c in json.loads(sk.admin_get("/clusters").body)["clusters"]}
     for name in ("api", "plain"):
         eps = clusters[name]["endpoints"]
-        assert [e["source"] for e in eps] == ["x11", "x11"], eps
+        assert [e["source"] for e in eps] == ["plugin", "plugin"], eps
         assert [e["active_requests"] for e in eps] == [0, 0], eps
         assert [e["healthy"] for e in eps] == [True, True], eps
-    assert len(up1.requests) == 1 and len(up2.requests) == 1
+    assert len(up1.requests) == 0 and len(up2.requests) == 2
+
+
+@pytest.mark.parametrize("lb", ["round_robin", "random", "least_request"])
+def test_balancers_honour_weights(sidekick, upstream, tmp_path, lb):
+    """Two upstreams of weights 1 and 3 (set_endpoints_weighted from
+    on_cluster): of 400 requests one after the other, round_robin sends
+    exactly 100 and 300 (smooth weighted round robin, one worker), random
+    and least_request (every endpoint idle, so the weighted draw decides)
+    about that; counted by what each upstream received."""
+    out = tmp_path / "events.jsonl"
+    light = upstream(lambda req: Reply(body=b"light"))
+    heavy = upstream(lambda req: Reply(body=b"heavy"))
+    sk = sidekick(abi11_ini(out, f"""
+[route all]
+listener = main
+cluster = api
+
+[cluster api]
+discovery = x11
+lb = {lb}
+""", extra_keys=f"weights = 127.0.0.1:{light.port} 1, 127.0.0.1:{heavy.port} 3"))
+    n = 400
+    for i in range(n):
+        r = http_request(sk.port("listen"), "GET", f"/w{i}")
+        assert r.status == 200, r
+    got = {"light": len(light.requests), "heavy": len(heavy.requests)}
+    assert got["light"] + got["heavy"] == n
+    if lb == "round_robin":
+        assert got == {"light": 100, "heavy": 300}, got
+        # smooth: never the light one twice in a row, the heavy one at most 3 in a row
+        order = sorted([(q.path, "l") for q in light.requests] + [(q.path, "h") for q in heavy.requests],
+                       key=lambda x: int(x[0][2:]))
+        seq = "".join(x[1] for x in order)
+        assert "ll" not in seq and "hhhh" not in seq, seq[:40]
+    else:
+        # 400 draws of p = 3/4: a standard deviation is 8.7 requests; 45 is over 5 of them
+        assert abs(got["heavy"] - 300) <= 45, got
 
 
 def test_static_endpoints_have_weight_one(sidekick, upstream):

@@ -10,7 +10,8 @@
  *     header = NAME: VALUE        request header of every fetch (repeatable, up to 16)
  *     body = TEXT                 request body of every fetch but GET and HEAD
  *     timeout = MS                timeout_ms;   connect_timeout = MS   connect_timeout_ms
- *     max_body = BYTES            max_body
+ *     max_body = BYTES            max_body; "unlimited": SK_HTTP_UNLIMITED (needs a 1.2 host:
+ *                                 the fixture stays a 1.1 plugin and checks host->abi_minor)
  *     delay = MS                  0 (default): start from create; else from a main-loop timer
  *     repeat = N                  each fetch runs N times (default 1), the next one started
  *                                 from the on_done of the one before
@@ -317,6 +318,12 @@ static int add_key(fx *f, const sk_kv *kv, char *err, size_t err_size)
             snprintf(err, err_size, "fx_http: out of memory");
             return -1;
         }
+    } else if (strcmp(k, "max_body") == 0 && strcmp(kv->value, "unlimited") == 0) {
+        if (f->host->abi_minor < 2) {
+            snprintf(err, err_size, "fx_http: max_body = unlimited needs a host with plugin ABI 1.2");
+            return -1;
+        }
+        f->max_body = SK_HTTP_UNLIMITED;
     } else if (strcmp(k, "from_head") == 0) {
         snprintf(f->from_head, sizeof f->from_head, "%s", kv->value);
     } else if (strcmp(k, "worker_fetch") == 0) {

@@ -5,7 +5,8 @@
  * refcounts, repeated addresses, and the endpoint set under concurrent
  * updates (one thread replacing sets in a bounded loop while two threads
  * take sets, pick through a balancer and hold and release endpoint
- * references and in-flight counts, as worker pools do). Meant to run under
+ * references and in-flight counts, as worker pools do); discovery's state
+ * of a cluster and its carry-over by a reload. Meant to run under
  * the ASan build, and built with -fsanitize=thread too (unit_cluster_tsan).
  */
 #include <arpa/inet.h>
@@ -41,6 +42,15 @@ static int refs(const sk_endpoint *e)
     return __atomic_load_n(&e->refcnt, __ATOMIC_ACQUIRE);
 }
 
+/* The weight of the endpoint of s at address port, 0 when absent. */
+static uint32_t weight_of(const sk_endpoint_set *s, unsigned port)
+{
+    sk_addr a = addr(port);
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->eps[i]->address.text, a.text) == 0) return s->weights[i];
+    return 0;
+}
+
 /* The endpoint of s at address port, or NULL. */
 static sk_endpoint *find(const sk_endpoint_set *s, unsigned port)
 {
@@ -67,7 +77,8 @@ static void test_first_set(void)
     CHECK(s->n == 2 && s->total_weight == 2);
     CHECK(strcmp(s->eps[0]->address.text, "127.0.0.1:8001") == 0);
     CHECK(strcmp(s->eps[1]->address.text, "127.0.0.1:8002") == 0);
-    CHECK(s->eps[0]->weight == 1 && strcmp(s->eps[0]->source, "static") == 0);
+    CHECK(s->weights[0] == 1 && s->weights[1] == 1 && s->uniform && strcmp(s->source, "static") == 0);
+    CHECK(s->cum[0] == 1 && s->cum[1] == 2);
     CHECK(sk_endpoint_healthy(s->eps[0]) && s->eps[0]->active == 0);
     CHECK(refs(s->eps[0]) == 1 && s->refcnt == 2); /* the cluster's and ours */
     sk_endpoint_set_unref(s);
@@ -87,7 +98,8 @@ static void test_replacement(void)
     CHECK(s1->version == 2 && s1->total_weight == 18);
     sk_endpoint *e1 = find(s1, 1), *e2 = find(s1, 2), *e3 = find(s1, 3);
     ASSERT(e1 && e2 && e3);
-    CHECK(e1->weight == 5 && strcmp(e1->source, "disc") == 0);
+    CHECK(weight_of(s1, 1) == 5 && weight_of(s1, 3) == 7 && strcmp(s1->source, "disc") == 0 && !s1->uniform);
+    CHECK(s1->cum[0] == 5 && s1->cum[1] == 11 && s1->cum[2] == 18);
     e2->active = 4;
     e2->health = SK_HEALTH_HEALTHY;
     sk_endpoint_ref(e1); /* as a pool serving e1 does */
@@ -103,11 +115,12 @@ static void test_replacement(void)
     CHECK(s2->total_weight == 16);
     CHECK(s2->eps[0] == e3 && s2->eps[2] == e2); /* same address, same object, in the given order */
     CHECK(find(s2, 1) == NULL && find(s2, 4) && find(s2, 4) != e1);
-    CHECK(e3->weight == 9 && strcmp(e3->source, "other") == 0);
-    CHECK(e2->active == 4 && e2->health == SK_HEALTH_HEALTHY); /* its state survived */
-    CHECK(refs(e2) == 2 && refs(e3) == 2);                     /* in s1 and s2 */
-    CHECK(refs(e1) == 2);                                      /* s1 and the "pool" */
-    CHECK(s1->refcnt == 1);                                    /* only ours: the cluster dropped it */
+    CHECK(weight_of(s2, 3) == 9 && strcmp(s2->source, "other") == 0);
+    CHECK(weight_of(s1, 3) == 7 && strcmp(s1->source, "disc") == 0); /* the old set did not change */
+    CHECK(e2->active == 4 && e2->health == SK_HEALTH_HEALTHY);       /* its state survived */
+    CHECK(refs(e2) == 2 && refs(e3) == 2);                           /* in s1 and s2 */
+    CHECK(refs(e1) == 2);                                            /* s1 and the "pool" */
+    CHECK(s1->refcnt == 1);                                          /* only ours: the cluster dropped it */
     e2->active = 0;
 
     sk_endpoint_set_unref(s1); /* e1 lives on in the pool */
@@ -124,6 +137,126 @@ static void test_replacement(void)
     sk_endpoint_set_unref(s3);
     sk_endpoint_set_unref(s2); /* e2, e3 and 4 go */
     cl.upstream_free(cl.upstream);
+}
+
+/* Discovery's answers and words: the state a set and sk_cluster_set_state
+ * leave, the message's bounds, the Prometheus series. */
+static void test_discovery_state(void)
+{
+    sk_endpoint_conf eps[1] = {{.address = addr(8101), .index = 0}};
+    sk_cluster cl = {
+        .name = "api", .endpoints = eps, .nendpoints = 1, .discovery = "dns", .discovery_arg = "a:80"};
+    sk_cluster plain = {.name = "plain", .endpoints = eps, .nendpoints = 1};
+    sk_cluster *cls[2] = {&cl, &plain};
+    sk_config cfg = {.clusters = cls, .nclusters = 2};
+    CHECK(sk_cluster_discovery(&cl) == NULL);
+    ASSERT(sk_clusters_init(&cfg) == 0);
+    const sk_discovery_state *d = sk_cluster_discovery(&cl);
+    ASSERT(d);
+    CHECK(!d->answered && !d->stale && !d->carried && d->last_update == 0 && d->message[0] == 0);
+
+    sk_buf out = {0};
+    ASSERT(sk_clusters_render_prometheus(&out, &cfg) == 0 && sk_buf_append(&out, "", 1) == 0);
+    CHECK(strstr(out.data, "sidekick_cluster_endpoints{cluster=\"api\",source=\"static\"} 1\n") != NULL);
+    CHECK(strstr(out.data, "sidekick_cluster_endpoints{cluster=\"plain\",source=\"static\"} 1\n") != NULL);
+    CHECK(strstr(out.data, "discovery_age") == NULL); /* no answer yet */
+    sk_buf_reset(&out);
+
+    /* a word before any answer is kept, but the state has no answer yet */
+    char longer[400];
+    memset(longer, 'x', sizeof(longer) - 1);
+    longer[sizeof(longer) - 1] = 0;
+    longer[3] = '\n';
+    longer[4] = (char)0xc3;
+    ASSERT(sk_cluster_set_state(&cl, false, longer) == 0);
+    CHECK(!d->answered && d->stale);
+    CHECK(strlen(d->message) == SK_STATE_MESSAGE_MAX && d->message[3] == '?' && d->message[4] == '?');
+
+    sk_addr a[2] = {addr(8102), addr(8103)};
+    uint32_t w[2] = {1, 3};
+    uint64_t before = sk_now_ms();
+    ASSERT(sk_cluster_set_endpoints(&cl, a, w, 2, "dns") == 0);
+    CHECK(d->answered && !d->stale && d->message[0] == 0);
+    CHECK(d->last_update > 0 && d->last_update_ms >= before);
+    ASSERT(sk_cluster_set_state(&cl, false, "dns: timeout") == 0);
+    CHECK(d->stale && strcmp(d->message, "dns: timeout") == 0);
+    int64_t first = d->last_update;
+    uint64_t first_ms = d->last_update_ms;
+    while (sk_now_ms() == first_ms) {
+    }
+    ASSERT(sk_cluster_set_state(&cl, true, NULL) == 0);
+    CHECK(!d->stale && d->message[0] == 0);
+    /* ok on an answered cluster: a fresh good answer (the age restarts) */
+    CHECK(d->last_update_ms > first_ms && d->last_update >= first);
+
+    ASSERT(sk_clusters_render_prometheus(&out, &cfg) == 0 && sk_buf_append(&out, "", 1) == 0);
+    CHECK(strstr(out.data, "sidekick_cluster_endpoints{cluster=\"api\",source=\"dns\"} 2\n") != NULL);
+    CHECK(strstr(out.data, "# TYPE sidekick_cluster_discovery_age_seconds gauge\n") != NULL);
+    CHECK(strstr(out.data, "sidekick_cluster_discovery_age_seconds{cluster=\"api\"} ") != NULL);
+    CHECK(strstr(out.data, "discovery_age_seconds{cluster=\"plain\"}") == NULL);
+    sk_buf_free(&out);
+    cl.upstream_free(cl.upstream);
+    plain.upstream_free(plain.upstream);
+}
+
+/* A reload: clusters with the same name and `discovery` line start with
+ * the previous generation's set and state; others do not; one the new
+ * instance answered at load keeps its own. */
+static void test_carry_over(void)
+{
+    sk_cluster p1 = {.name = "same", .discovery = "dns", .discovery_arg = "a:80"};
+    sk_cluster p2 = {.name = "otherarg", .discovery = "dns", .discovery_arg = "a:80"};
+    sk_cluster p3 = {.name = "unanswered", .discovery = "dns"};
+    sk_cluster p4 = {.name = "answered_at_load", .discovery = "dns"};
+    sk_cluster *pc[4] = {&p1, &p2, &p3, &p4};
+    sk_config prev = {.clusters = pc, .nclusters = 4};
+    ASSERT(sk_clusters_init(&prev) == 0);
+    sk_addr a[3] = {addr(8201), addr(8202), addr(8203)};
+    uint32_t w[3] = {2, 1, 7};
+    ASSERT(sk_cluster_set_endpoints(&p1, a, w, 3, "dns") == 0);
+    ASSERT(sk_cluster_set_state(&p1, false, "dns: SERVFAIL") == 0);
+    ASSERT(sk_cluster_set_endpoints(&p2, a, w, 1, "dns") == 0);
+    ASSERT(sk_cluster_set_endpoints(&p4, a, w, 2, "dns") == 0);
+
+    sk_endpoint_conf st[1] = {{.address = addr(8299), .index = 0}};
+    sk_cluster n1 = {
+        .name = "same", .discovery = "dns", .discovery_arg = "a:80", .endpoints = st, .nendpoints = 1};
+    sk_cluster n2 = {.name = "otherarg", .discovery = "dns", .discovery_arg = "b:80"};
+    sk_cluster n3 = {.name = "unanswered", .discovery = "dns"};
+    sk_cluster n4 = {.name = "answered_at_load", .discovery = "dns"};
+    sk_cluster n5 = {.name = "new", .discovery = "dns"};
+    sk_cluster *nc[5] = {&n1, &n2, &n3, &n4, &n5};
+    sk_config next = {.clusters = nc, .nclusters = 5};
+    ASSERT(sk_cluster_set_endpoints(&n4, a + 2, w + 2, 1, "file") == 0); /* the new instance, in on_cluster */
+    ASSERT(sk_clusters_init(&next) == 0);
+    CHECK(sk_clusters_carry_over(&next, &prev) == 1);
+
+    sk_endpoint_set *s = sk_cluster_endpoints(&n1), *old = sk_cluster_endpoints(&p1);
+    ASSERT(s && old);
+    CHECK(s->n == 3 && strcmp(s->source, "dns") == 0 && s->total_weight == 10 && !s->uniform);
+    CHECK(weight_of(s, 8201) == 2 && weight_of(s, 8202) == 1 && weight_of(s, 8203) == 7);
+    CHECK(s->eps[0] != old->eps[0]); /* objects of the new generation's own */
+    const sk_discovery_state *d = sk_cluster_discovery(&n1), *od = sk_cluster_discovery(&p1);
+    CHECK(d->answered && d->carried && d->stale && strcmp(d->message, "dns: SERVFAIL") == 0);
+    CHECK(d->last_update == od->last_update && d->last_update_ms == od->last_update_ms);
+    sk_endpoint_set_unref(s);
+    sk_endpoint_set_unref(old);
+
+    s = sk_cluster_endpoints(&n2);
+    CHECK(s && s->n == 0 && !sk_cluster_discovery(&n2)->answered); /* another ARG: a new question */
+    sk_endpoint_set_unref(s);
+    CHECK(!sk_cluster_discovery(&n3)->answered && !sk_cluster_discovery(&n5)->answered);
+    s = sk_cluster_endpoints(&n4);
+    CHECK(s && s->n == 1 && strcmp(s->source, "file") == 0 && !sk_cluster_discovery(&n4)->carried);
+    sk_endpoint_set_unref(s);
+
+    /* the new instance answers: no longer carried */
+    ASSERT(sk_cluster_set_endpoints(&n1, a, NULL, 1, "dns") == 0);
+    CHECK(!d->carried && !d->stale && d->message[0] == 0);
+    CHECK(sk_clusters_carry_over(&next, NULL) == 0);
+
+    for (size_t i = 0; i < 4; i++) pc[i]->upstream_free(pc[i]->upstream);
+    for (size_t i = 0; i < 5; i++) nc[i]->upstream_free(nc[i]->upstream);
 }
 
 /* ---- the endpoint set under concurrent updates -------------------------------------------- */
@@ -173,6 +306,7 @@ static void *reader(void *arg)
     reader_result *res = arg;
     sk_wctx w = {.rng = (uint64_t)(uintptr_t)arg | 1};
     uint32_t cursor = 0;
+    int64_t current[16];
     sk_endpoint_set *set = NULL;
     sk_endpoint *held[HELD] = {0};
     unsigned nheld = 0;
@@ -183,13 +317,19 @@ static void *reader(void *arg)
             sk_endpoint_set_unref(set);
             set = next;
             res->adopted++;
+            /* the smooth round-robin state of this set, as sk_wcluster keeps it */
+            memset(current, 0, sizeof(current));
+            if (set->n > 16) res->bad++;
         }
         sk_endpoint *avoid = held[(nheld + HELD - 1) % HELD];
-        sk_balance_ctx ctx = {.avoid = &avoid, .navoid = avoid ? 1 : 0, .w = &w, .cursor = &cursor};
+        sk_balance_ctx ctx = {.avoid = &avoid,
+                              .navoid = avoid ? 1 : 0,
+                              .w = &w,
+                              .cursor = &cursor,
+                              .rr_current = k % 2 ? current : NULL};
         sk_endpoint *e = sk_balancer_round_robin.pick(set, &ctx);
-        if (!e || ctx.picked >= set->n || set->eps[ctx.picked] != e ||
-            __atomic_load_n(&e->weight, __ATOMIC_RELAXED) < 1 ||
-            __atomic_load_n(&e->weight, __ATOMIC_RELAXED) > 6) {
+        if (!e || ctx.picked >= set->n || set->eps[ctx.picked] != e || set->weights[ctx.picked] < 1 ||
+            set->weights[ctx.picked] > 6) {
             res->bad++;
             continue;
         }
@@ -244,6 +384,8 @@ int main(void)
 {
     test_first_set();
     test_replacement();
+    test_discovery_state();
+    test_carry_over();
     test_concurrent_updates();
     printf("test_cluster: %d checks, %d failed\n", checks, failures);
     return failures != 0;

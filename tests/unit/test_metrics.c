@@ -1,8 +1,11 @@
 /*
  * test_metrics.c — unit test of core/obs/metrics.c: counting, summing across
  * workers, the Prometheus and JSON renderings, cumulative histogram buckets
- * and the omission of zero series. The config is built by hand (only the
- * fields metrics.c reads), so the test does not depend on the INI loader.
+ * and the omission of zero series; and the rendering of the metrics plugins
+ * register through the host table (ext/plugin_host.c), counter_vec and
+ * gauge_vec (ABI 1.2) with the labelled and plain ones, and the
+ * registrations refused. The config is built by hand (only the fields the
+ * renderers read), so the test does not depend on the INI loader.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -13,6 +16,7 @@
 
 #include "config.h"
 #include "metrics.h"
+#include "plugin_host.h"
 #include "sk.h"
 
 #include "check.h"
@@ -263,12 +267,125 @@ static void test_rows(void)
     sk_metrics_free(m);
 }
 
+/* The series lines of `name` in text, in order, joined by '\n'. */
+static void series_of(const char *text, const char *name, char *out, size_t size)
+{
+    size_t n = strlen(name), k = 0;
+    out[0] = 0;
+    for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+        if (strncmp(p, name, n) != 0 || (p[n] != '{' && p[n] != ' ')) continue;
+        const char *end = strchr(p, '\n');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (k + len + 2 > size) break;
+        memcpy(out + k, p, len);
+        k += len;
+        out[k++] = '\n';
+        out[k] = 0;
+    }
+}
+
+/* counter_vec / gauge_vec of two instances: HELP and TYPE once per family,
+ * one line per series with instance first and the labels in their order,
+ * updates by series index; the same registration again gives the same
+ * metric; bad ones are refused. */
+static void test_plugin_vec(void)
+{
+    sk_instance *a = sk_instance_new("dns", 0, 1), *b = sk_instance_new("etcd", 1, 5);
+    ASSERT(a && b);
+    static const char *const labels[] = {"cluster", "result"};
+    static const char *const values[] = {"api", "ok", "api", "error", "web", "ok"};
+    sk_metric *ra =
+        sk_host.counter_vec(a, "lookups_total", "Lookups by cluster\nand result.", labels, 2, values, 3);
+    sk_metric *rb =
+        sk_host.counter_vec(b, "lookups_total", "Lookups by cluster and result.", labels, 2, values, 2);
+    static const char *const one[] = {"cluster"};
+    static const char *const clusters[] = {"api", "web"};
+    sk_metric *g = sk_host.gauge_vec(a, "endpoints", "Endpoints per cluster.", one, 1, clusters, 2);
+    static const char *const codes[] = {"2xx", "5xx"};
+    sk_metric *l = sk_host.counter_labelled(a, "answers_total", "Answers.", "class", codes, 2);
+    sk_metric *plain = sk_host.counter(a, "reloads_total", "Reloads.");
+    ASSERT(ra && rb && g && l && plain && ra != rb);
+    CHECK(ra->nlabels == 2 && ra->nseries == 3 && rb->nseries == 2);
+    CHECK(sk_host.counter_vec(a, "lookups_total", "", labels, 2, values, 3) == ra);
+    sk_host.metric_add_at(ra, 0, 5);
+    sk_host.metric_add_at(ra, 1, 2);
+    sk_host.metric_add_at(ra, 1, -1); /* a counter never goes down */
+    sk_host.metric_add_at(ra, 3, 1);  /* no such series */
+    sk_host.metric_set_at(ra, 2, 9);  /* set is for gauges */
+    sk_host.metric_add(ra, 4);        /* unlabelled update of a labelled metric */
+    sk_host.metric_add_at(rb, 1, 7);
+    sk_host.metric_set_at(g, 0, 3);
+    sk_host.metric_add_at(g, 1, 2);
+    sk_host.metric_add_at(g, 1, -1);
+    sk_host.metric_add_at(l, 1, 1);
+    sk_host.metric_add(plain, 1);
+
+    /* refused, each with its reason in the log */
+    static const char *const dup_labels[] = {"cluster", "cluster"};
+    static const char *const bad_label[] = {"le"};
+    static const char *const dup_series[] = {"api", "ok", "api", "ok"};
+    static const char *const quote[] = {"a\"b"};
+    const char *five[5] = {"a", "b", "c", "d", "e"};
+    const char *many[SK_METRIC_MAX_SERIES + 1];
+    char names[SK_METRIC_MAX_SERIES + 1][8];
+    for (int i = 0; i <= SK_METRIC_MAX_SERIES; i++) {
+        snprintf(names[i], sizeof names[i], "v%d", i);
+        many[i] = names[i];
+    }
+    CHECK(sk_host.counter_vec(a, "x_total", "", NULL, 0, values, 1) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", five, 5, five, 1) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", dup_labels, 2, values, 1) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", bad_label, 1, values, 1) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", labels, 2, dup_series, 2) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", one, 1, quote, 1) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", one, 1, many, 0) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", one, 1, many, SK_METRIC_MAX_SERIES + 1) == NULL);
+    CHECK(sk_host.counter_vec(a, "x_total", "", one, 1, many, SK_METRIC_MAX_SERIES) != NULL); /* the limit */
+    CHECK(sk_host.gauge_vec(a, "lookups_total", "", labels, 2, values, 3) == NULL);   /* another type */
+    CHECK(sk_host.counter_vec(a, "lookups_total", "", labels, 2, values, 2) == NULL); /* other series */
+    CHECK(sk_host.counter_vec(a, "bad-name", "", one, 1, clusters, 1) == NULL);
+
+    sk_instance *plugins[] = {a, b};
+    sk_config pc = {.refcnt = 1, .plugins = plugins, .nplugins = 2};
+    sk_buf out = {0};
+    ASSERT(sk_plugins_render_prometheus(&out, &pc) == 0);
+    ASSERT(sk_buf_append(&out, "", 1) == 0);
+    const char *t = out.data;
+    CHECK_LINE(t, "# HELP sidekick_plugin_lookups_total Lookups by cluster and result.");
+    CHECK_LINE(t, "# TYPE sidekick_plugin_lookups_total counter");
+    const char *first = strstr(t, "# TYPE sidekick_plugin_lookups_total");
+    CHECK(first && !strstr(first + 1, "# TYPE sidekick_plugin_lookups_total")); /* one family for both */
+    char got[2048];
+    series_of(t, "sidekick_plugin_lookups_total", got, sizeof got);
+    CHECK(strcmp(got,
+                 "sidekick_plugin_lookups_total{instance=\"dns\",cluster=\"api\",result=\"ok\"} 5\n"
+                 "sidekick_plugin_lookups_total{instance=\"dns\",cluster=\"api\",result=\"error\"} 2\n"
+                 "sidekick_plugin_lookups_total{instance=\"dns\",cluster=\"web\",result=\"ok\"} 0\n"
+                 "sidekick_plugin_lookups_total{instance=\"etcd\",cluster=\"api\",result=\"ok\"} 0\n"
+                 "sidekick_plugin_lookups_total{instance=\"etcd\",cluster=\"api\",result=\"error\"} 7\n") ==
+          0);
+    if (failures) fprintf(stderr, "%s", got);
+    CHECK_LINE(t, "# TYPE sidekick_plugin_endpoints gauge");
+    series_of(t, "sidekick_plugin_endpoints", got, sizeof got);
+    CHECK(strcmp(got, "sidekick_plugin_endpoints{instance=\"dns\",cluster=\"api\"} 3\n"
+                      "sidekick_plugin_endpoints{instance=\"dns\",cluster=\"web\"} 1\n") == 0);
+    CHECK_LINE(t, "sidekick_plugin_answers_total{instance=\"dns\",class=\"2xx\"} 0");
+    CHECK_LINE(t, "sidekick_plugin_answers_total{instance=\"dns\",class=\"5xx\"} 1");
+    CHECK_LINE(t, "sidekick_plugin_reloads_total{instance=\"dns\"} 1");
+    CHECK_LINE(t, "sidekick_plugin_x_total{instance=\"dns\",cluster=\"v255\"} 0");
+    CHECK(strstr(t, "bad-name") == NULL && strstr(t, "v256") == NULL);
+    sk_buf_free(&out);
+    sk_instance_free(a);
+    sk_instance_free(b);
+}
+
 int main(void)
 {
     sk_metrics_assign_rows(&cfg);
     test_empty();
     test_sums();
     test_rows();
+    test_plugin_vec();
     printf("test_metrics: %d checks, %d failed\n", checks, failures);
     return failures ? 1 : 0;
 }

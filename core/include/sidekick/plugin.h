@@ -42,7 +42,10 @@
  * weight and a source), cluster_state (a discovery instance says whether a
  * cluster's endpoints are current), counter_vec and gauge_vec (metrics with
  * up to SK_METRIC_MAX_LABELS labels); and SK_HTTP_UNLIMITED for the body
- * of streamed HTTP client responses. Nothing was appended to sk_plugin.
+ * of streamed HTTP client responses; the HTTP client speaks https:// (the
+ * server's certificate always verified, against [sidekick] http_client_ca
+ * or the system's CA bundle) and reports SK_HTTP_ETLS. Nothing was appended
+ * to sk_plugin.
  *
  * Lifetimes the host guarantees:
  *  - `self` (sk_instance) and the string instance_name(self) returns: from
@@ -172,14 +175,16 @@ enum sk_http_error {
     SK_HTTP_EPROTO = -5,       /* the connection broke or the response was not valid HTTP/1.x */
     SK_HTTP_EINVAL = -6,       /* http_start: bad method, URL, header, or a limit exceeded */
     SK_HTTP_ENOMEM = -7,       /* out of memory */
-    SK_HTTP_EUNSUPPORTED = -8, /* http_start: https:// (not yet: comes with TLS) or another scheme */
+    SK_HTTP_EUNSUPPORTED = -8, /* http_start: a scheme other than http:// and https:// (1.1: https too) */
     SK_HTTP_ETHREAD = -9,      /* http_start: not called on the main thread */
     SK_HTTP_EBUSY = -10,       /* http_start: too many calls in flight (SK_HTTP_MAX_CALLS) */
+    SK_HTTP_ETLS = -11,        /* ABI 1.2: https:// handshake failed or the server's certificate was not trusted */
 };
 
 /* ABI 1.2: sk_http_request.max_body = SK_HTTP_UNLIMITED reads a response
  * body of any size (a watch stream that never ends): the plugin consumes it
- * in on_body and keeps no more of it than it needs. */
+ * in on_body and keeps no more of it than it needs; the call never fails
+ * with SK_HTTP_ETOOLARGE. */
 #define SK_HTTP_UNLIMITED SIZE_MAX
 
 /* ABI 1.2: limits of counter_vec / gauge_vec. */
@@ -195,13 +200,14 @@ enum sk_http_error {
  * needs: the struct and all it points to may be freed when it returns). */
 typedef struct sk_http_request {
     const char *method;          /* "GET", "POST", ... (an HTTP token); NULL = "GET" */
-    const char *url;             /* "http://host[:port]/path?query"; required */
+    const char *url;             /* "http[s]://host[:port]/path?query"; required (https: ABI 1.2) */
     const char *const *headers;  /* NULL-terminated name, value pairs, or NULL */
     const char *body;            /* request body (sent with content-length), or NULL */
     size_t body_len;             /* bytes of body */
     uint64_t timeout_ms;         /* the whole call, connect to last byte; 0 = no limit (streams) */
     uint64_t connect_timeout_ms; /* the TCP connect; 0 = 10000 */
-    size_t max_body;             /* response body bytes allowed; 0 = 1 MiB; more fails the call */
+    size_t max_body;             /* response body bytes allowed; 0 = 1 MiB; more fails the call;
+                                  * SK_HTTP_UNLIMITED (ABI 1.2) = no limit */
 
     /* Callbacks, all on the main thread from the main loop, never from
      * inside http_start; each may be NULL. Pointers handed to them are owned
@@ -340,7 +346,8 @@ typedef struct sk_host_api {
      * worker adopts the new set at its next request to that cluster: pooled
      * connections to endpoints that stay are kept, those to endpoints that
      * left close once idle; in-flight requests finish where they are. Main
-     * thread. 0, or -1 with an error logged (unknown cluster, bad address). */
+     * thread. 0, or -1 with an error logged (unknown cluster, bad address,
+     * called on a worker thread). */
     int (*set_endpoints)(sk_instance *self, const char *cluster, const char *const *endpoints, size_t n);
 
     /* ---- metrics (create only; the metric lives as long as the instance) ---- */
@@ -369,12 +376,12 @@ typedef struct sk_host_api {
      * live as long as the request. 0, or -1 (info NULL or info->size below
      * sizeof(size_t)). */
     int (*request_info)(sk_req *r, sk_req_info *info);
-    /* set_endpoints with a weight per endpoint (1..10000; 0 or more is
-     * refused: leave an endpoint out instead of giving it weight 0). The
-     * weights are kept in the cluster's endpoint set and shown in
-     * /clusters; the balancers do not use them yet (every endpoint gets an
-     * equal share, as with set_endpoints, whose endpoints have weight 1).
-     * Same rules and results as set_endpoints otherwise. */
+    /* set_endpoints with a weight per endpoint (1..10000; 0 and more than
+     * 10000 are refused: leave an endpoint out instead of giving it weight
+     * 0). The weights are kept in the cluster's endpoint set, shown in
+     * /clusters, and honoured by every `lb` policy (set_endpoints gives
+     * every endpoint weight 1). Same rules and results as set_endpoints
+     * otherwise. */
     int (*set_endpoints_weighted)(sk_instance *self, const char *cluster,
                                   const sk_weighted_endpoint *endpoints, size_t n);
     /* A counter / gauge with one label: `label` ([A-Za-z_][A-Za-z0-9_]*, not
@@ -424,30 +431,44 @@ typedef struct sk_host_api {
     /* set_endpoints_weighted, saying where the endpoints come from:
      * `source` (1..16 bytes of [a-z0-9_-], e.g. "dns", "file", "etcd";
      * NULL = "plugin") is shown with each endpoint in /clusters, next to
-     * the "static" endpoints of `endpoints =`. The call is the cluster's
-     * answer: it makes the cluster current (cluster_state ok), ends its
-     * wait_for_endpoints, and its time is the cluster's last update
-     * (/clusters, sidekick_cluster_discovery_age_seconds). Same rules and
-     * results as set_endpoints_weighted otherwise (n may be 0). */
+     * the "static" endpoints of `endpoints =` (set_endpoints and
+     * set_endpoints_weighted give "plugin"). Every set_endpoints* call is
+     * the cluster's answer: it makes the cluster current (cluster_state
+     * ok, message cleared), ends its wait_for_endpoints, and its time is
+     * the cluster's last update (/clusters,
+     * sidekick_cluster_discovery_age_seconds). Same rules and results as
+     * set_endpoints_weighted otherwise (n may be 0; -1 logged for a bad
+     * source too). */
     int (*set_endpoints_from)(sk_instance *self, const char *cluster, const sk_weighted_endpoint *endpoints,
                               size_t n, const char *source);
     /* The discovery state of `cluster`, shown in /clusters: ok = 1 (its
      * endpoints are current) or 0 (stale: the last refresh failed and the
      * endpoints are the last good ones), with a one-line message (copied,
-     * at most 256 bytes kept; NULL = none), e.g. "dns: timeout, keeping 3
-     * endpoints from 12:00:01". Does not change the endpoints. Main thread.
-     * 0, or -1 (unknown cluster, or a cluster that does not name this
-     * instance in `discovery`). */
+     * at most 256 bytes kept, bytes outside printable ASCII shown as '?';
+     * NULL = none), e.g. "dns: timeout, keeping 3 endpoints from
+     * 12:00:01". Does not change the endpoints, and is not an answer:
+     * before the first set_endpoints* the cluster stays "waiting" (the
+     * message shows). The next set_endpoints* makes it ok again. ok = 1
+     * on a cluster this instance answered is a good answer as well (a
+     * refresh that found the set unchanged): the cluster's last update,
+     * and so its age, is now. Main
+     * thread. 0, or -1 with an error logged (unknown cluster, a cluster
+     * whose `discovery` does not name this instance, a worker thread). */
     int (*cluster_state)(sk_instance *self, const char *cluster, int ok, const char *message);
     /* A counter / gauge with 1..SK_METRIC_MAX_LABELS labels (names as for
-     * counter_labelled) and 1..SK_METRIC_MAX_SERIES series: series i has the
-     * values values[i * nlabels + j] for labels[j] (rules as for
-     * counter_labelled's values; no two series alike). Rendered as
-     * sidekick_plugin_NAME{instance="...",L1="V1",L2="V2"}; updated with
-     * metric_add_at / metric_set_at (index = series). create only. NULL (and
-     * an error logged) for bad names or values. */
-    sk_metric *(*counter_vec)(sk_instance *self, const char *name, const char *help, const char *const *labels,
-                              size_t nlabels, const char *const *values, size_t nseries);
+     * counter_labelled, distinct) and 1..SK_METRIC_MAX_SERIES series:
+     * series i has the values values[i * nlabels + j] for labels[j] (rules
+     * as for counter_labelled's values; no two series alike). Every series
+     * exists from the start (at 0). Rendered as
+     * sidekick_plugin_NAME{instance="...",L1="V1",L2="V2"}, the labels in
+     * the given order; updated with metric_add_at / metric_set_at (index =
+     * series). create only. NULL (and an error logged) for bad names or
+     * values, or a name this instance registered already in another shape;
+     * the same name, type, labels and series again return the existing
+     * metric. */
+    sk_metric *(*counter_vec)(sk_instance *self, const char *name, const char *help,
+                              const char *const *labels, size_t nlabels, const char *const *values,
+                              size_t nseries);
     sk_metric *(*gauge_vec)(sk_instance *self, const char *name, const char *help, const char *const *labels,
                             size_t nlabels, const char *const *values, size_t nseries);
     /* --- end of ABI 1.2 --- */
