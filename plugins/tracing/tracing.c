@@ -59,6 +59,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,9 +84,9 @@ enum prop { P_W3C = 0, P_B3 = 1, P_B3MULTI = 2 };
 enum { DROP_QUEUE_FULL, DROP_EXPORT_FAILED, DROP_SHUTDOWN, DROP_N };
 static const char *const drop_names[DROP_N] = {"queue_full", "export_failed", "shutdown"};
 /* sidekick_plugin_tracing_export_requests_total{result} */
-enum { RES_OK, RES_HTTP_4XX, RES_HTTP_5XX, RES_CONNECT, RES_TIMEOUT, RES_ERROR, RES_N };
-static const char *const res_names[RES_N] = {"ok",      "http_4xx", "http_5xx", "connect_error",
-                                             "timeout", "error"};
+enum { RES_OK, RES_HTTP_4XX, RES_HTTP_5XX, RES_CONNECT, RES_TIMEOUT, RES_TLS, RES_ERROR, RES_N };
+static const char *const res_names[RES_N] = {"ok",      "http_4xx",  "http_5xx", "connect_error",
+                                             "timeout", "tls_error", "error"};
 
 typedef struct tracing {
     const sk_host_api *host;
@@ -133,6 +134,8 @@ typedef struct tracing {
     int status;        /* status of the call in flight */
     int in_retry;      /* waiting for retry_timer */
     int final_flush;   /* no worker left: export without waiting */
+    int in_send;       /* send_body is handling a refused http_start */
+    int draining;      /* on_drain ran (ABI 1.2): the host waits for our calls, not our timers */
     int closing;       /* destroy is running */
     int failing;       /* the last batch failed: log the recovery */
     uint64_t last_flush_ms, last_fail_log_ms;
@@ -356,7 +359,9 @@ static void attempt_failed(tracing *t, int result, int retryable, const char *wh
     t->host->metric_add_at(t->m_requests, (size_t)result, 1);
     uint64_t now = mono_ms();
     int log = !t->failing || now - t->last_fail_log_ms >= FAIL_LOG_MS;
-    if (retryable && t->attempt < t->max_retries && !t->closing) {
+    /* After on_drain the host waits for calls in flight, not for timers: a
+     * failed batch is dropped and the next one tried at once. */
+    if (retryable && t->attempt < t->max_retries && !t->closing && !t->draining) {
         uint64_t d = t->backoff_ms;
         for (unsigned i = 0; i < t->attempt && d < BACKOFF_MAX_MS; i++) d *= 2;
         if (d > BACKOFF_MAX_MS) d = BACKOFF_MAX_MS;
@@ -381,6 +386,7 @@ static void attempt_failed(tracing *t, int result, int retryable, const char *wh
     }
     t->failing = 1;
     drop_batch(t, DROP_EXPORT_FAILED);
+    if (t->draining && !t->in_send) export_next(t); /* not from a refused http_start: no loop */
 }
 
 static void on_head(void *arg, int status, const sk_str *names, const sk_str *values, size_t n)
@@ -424,6 +430,7 @@ static void on_done(void *arg, int error, const char *message)
     case SK_HTTP_ECONNECT: attempt_failed(t, RES_CONNECT, 1, why); break;
     case SK_HTTP_ETIMEOUT: attempt_failed(t, RES_TIMEOUT, 1, why); break;
     case SK_HTTP_EPROTO: attempt_failed(t, RES_ERROR, 1, why); break;
+    case -11 /* SK_HTTP_ETLS, ABI 1.2 */: attempt_failed(t, RES_TLS, 1, why); break;
     default: attempt_failed(t, RES_ERROR, 0, why); break;
     }
 }
@@ -451,8 +458,10 @@ static void send_body(tracing *t)
         t->call = NULL;
         char why[120];
         snprintf(why, sizeof(why), "http_start: %s", t->host->http_strerror(rc));
+        t->in_send = 1;
         attempt_failed(t, rc == SK_HTTP_EBUSY ? RES_CONNECT : RES_ERROR,
                        rc == SK_HTTP_EBUSY || rc == SK_HTTP_ENOMEM, why);
+        t->in_send = 0;
     }
 }
 
@@ -475,6 +484,25 @@ static void tick(void *arg)
     uint64_t every = t->flush_ms < TICK_MAX_MS ? t->flush_ms : TICK_MAX_MS;
     t->tick = t->host->timer_start(t->host->main_loop(), every, tick, t);
     if (!t->tick) t->host->log(t->self, SK_LOG_ERROR, "cannot re-arm the export timer (out of memory)");
+}
+
+/* ABI 1.2: no request will come any more; the host keeps the instance
+ * while its HTTP calls are in flight (bounded by drain_timeout). Export
+ * everything now, batch after batch. */
+static void on_drain(void *inst)
+{
+    tracing *t = inst;
+    t->final_flush = 1;
+    t->draining = 1;
+    size_t q = queued(t) + t->body_spans;
+    if (q) t->host->log(t->self, SK_LOG_INFO, "draining: exporting the %zu span(s) still queued", q);
+    if (t->in_retry) { /* a batch waits for its retry: now or never */
+        t->host->timer_stop(t->retry_timer);
+        t->retry_timer = NULL;
+        t->in_retry = 0;
+        send_body(t);
+    }
+    export_next(t);
 }
 
 /* ---- lifecycle ---- */
@@ -544,12 +572,13 @@ static int parse_propagation(tracing *t, const char *v, char *msg, size_t ms)
 /* endpoint = http://HOST[:PORT][/PATH]; no path → the exporter's default */
 static int parse_endpoint(tracing *t, const char *v, char *msg, size_t ms)
 {
-    if (!strncmp(v, "https://", 8))
+    size_t sl = !strncmp(v, "https://", 8) ? 8 : 7;
+    if (sl == 8 && t->host->abi_minor < 2)
         return snprintf(msg, ms,
-                        "https is not supported yet (the host's HTTP client has no TLS): use http://"),
+                        "https needs a sidekick with plugin ABI 1.2 (TLS in its HTTP client): use http://"),
                -1;
-    if (strncmp(v, "http://", 7) != 0 || !v[7] || v[7] == '/')
-        return snprintf(msg, ms, "an http:// URL (http://127.0.0.1:4318/v1/traces)"), -1;
+    if ((sl == 7 && strncmp(v, "http://", 7) != 0) || !v[sl] || v[sl] == '/')
+        return snprintf(msg, ms, "an http:// or https:// URL (http://127.0.0.1:4318/v1/traces)"), -1;
     for (const char *p = v; *p; p++)
         if ((unsigned char)*p <= 0x20 || *p == 0x7f) return snprintf(msg, ms, "a URL without spaces"), -1;
     free(t->endpoint);
@@ -683,7 +712,7 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             if (parse_endpoint(t, v, msg, sizeof(msg)) == 0) endpoint_set = 1;
         } else if (!strcmp(k, "flush_interval")) {
             if (parse_ms(v, 10, 3600000, &t->flush_ms) != 0)
-                snprintf(msg, sizeof(msg), "a duration from 10ms to 1h (1s, 500ms)");
+                snprintf(msg, sizeof(msg), "a duration from 10ms to 60m (1s, 500ms)");
         } else if (!strcmp(k, "export_timeout")) {
             if (parse_ms(v, 10, 300000, &t->timeout_ms) != 0)
                 snprintf(msg, sizeof(msg), "a duration from 10ms to 5m (5s)");
@@ -721,7 +750,7 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
         !(t->endpoint = strdup(t->fmt == FMT_ZIPKIN ? "http://127.0.0.1:9411/api/v2/spans"
                                                     : "http://127.0.0.1:4318/v1/traces")))
         problem = "out of memory";
-    if (!problem && endpoint_set && !strchr(t->endpoint + 7, '/')) {
+    if (!problem && endpoint_set && !strchr(strstr(t->endpoint, "://") + 3, '/')) {
         /* no path: the exporter's own */
         const char *path = t->fmt == FMT_ZIPKIN ? "/api/v2/spans" : "/v1/traces";
         char *e = malloc(strlen(t->endpoint) + strlen(path) + 1);
@@ -1003,13 +1032,6 @@ static sk_status on_request(void *inst, void *wdata, sk_req *r)
     return SK_CONTINUE;
 }
 
-static int scheme_is_https(const tracing *t, sk_req *r)
-{
-    /* The ABI does not say whether the listener is TLS; a verified peer
-     * identity proves it. */
-    return t->host->identity(r).ptr != NULL;
-}
-
 static void on_log(void *inst, void *wdata, sk_req *r)
 {
     tracing *t = inst;
@@ -1048,7 +1070,15 @@ static void on_log(void *inst, void *wdata, sk_req *r)
     rec->bytes_out = info.bytes_sent;
     rec->attempts = info.attempts;
     rec->status = (uint16_t)(info.status > 0 && info.status < 1000 ? info.status : h->status(r));
-    int https = scheme_is_https(t, r);
+    /* ABI 1.2 hosts say whether the request came over TLS and its
+     * generation; on older ones a verified peer identity proves TLS */
+    int https;
+    if (info.size >= offsetof(sk_req_info, tls) + sizeof(info.tls)) {
+        https = info.tls != 0;
+        rec->generation = info.generation;
+    } else {
+        https = h->identity(r).ptr != NULL;
+    }
 
     sk_str s = h->method(r);
     span_put(rec, S_METHOD, s.ptr, s.len);
@@ -1095,4 +1125,5 @@ SK_PLUGIN_EXPORT const sk_plugin sidekick_plugin = {
     .worker_fini = worker_fini,
     .on_request = on_request,
     .on_log = on_log,
+    .on_drain = on_drain,
 };

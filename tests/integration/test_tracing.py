@@ -594,6 +594,48 @@ def test_upstream_failure_span(sidekick, upstream, collector):
     assert "upstream_connect" not in json.dumps(s["raw"].get("events", []))
 
 
+def tls_request(port, ca, leaf=None):
+    import socket
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(ca.cert))
+    if leaf:
+        ctx.load_cert_chain(str(leaf.cert), str(leaf.key))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    c = RawClient.__new__(RawClient)
+    c.sock = ctx.wrap_socket(raw, server_hostname="app.test")
+    c.buf = bytearray()
+    c.eof = False
+    try:
+        return c.request("GET", "/tls", host="app.test")
+    finally:
+        c.sock.close()
+
+
+def test_tls_listener_scheme_and_peer_identity(sidekick, upstream, collector, tmp_path):
+    from certs import PKI
+    pki = PKI(tmp_path / "pki")
+    ca = pki.ca("ca")
+    server = pki.leaf("server", ca, dns=["app.test"])
+    client = pki.leaf("client", ca, uris=["spiffe://td.test/ns/shop/sa/frontend"])
+    up = upstream()
+    coll = collector()
+    ini = sidecar("s", "server", up.addr, coll.port)
+    ini = ini.replace("plugins = tracing", "plugins = tracing\ntls = srv")
+    ini += f"\n[tls srv]\ncert = {server.cert}\nkey = {server.key}\nca = {ca.cert}\nverify = optional\n"
+    sk = sidekick(ini)
+    assert tls_request(sk.port("listen"), ca).status == 200
+    assert tls_request(sk.port("listen"), ca, client).status == 200
+    wait(lambda: len(coll.spans()) == 2, "both spans")
+    plain, mtls = sorted(coll.spans(), key=lambda s: "sidekick.peer.identity" in s["attrs"])
+    for s in (plain, mtls):
+        assert s["attrs"]["url.scheme"] == "https"        # sk_req_info.tls (ABI 1.2)
+        assert s["attrs"]["server.port"] == "443"         # Host without a port: the scheme's
+        assert s["attrs"]["sidekick.generation"] == "1"
+    assert "sidekick.peer.identity" not in plain["attrs"]
+    assert mtls["attrs"]["sidekick.peer.identity"] == "spiffe://td.test/ns/shop/sa/frontend"
+
+
 # ---- export failures ----
 
 def test_collector_down_requests_succeed_spans_dropped(sidekick, upstream):
@@ -703,6 +745,64 @@ def test_export_headers_and_default_path(sidekick, upstream, collector):
     assert hdrs["authorization"] == "Bearer t0k" and hdrs["x-tenant"] == "a"
 
 
+# ---- drain and reload (on_drain, plugin ABI 1.2) ----
+
+def test_flushed_on_drain(sidekick, upstream, collector):
+    up = upstream()
+    coll = collector()
+    coll.delay = 0.2                                      # the host waits for the calls
+    sk = sidekick(sidecar("s", "server", up.addr, coll.port, keys="flush_interval = 60m"))
+    n = 5
+    for _ in range(n):
+        assert get(sk).status == 200
+    wait(lambda: m(sk, "spans_sampled_total") == n, "the spans recorded")
+    assert coll.count() == 0                              # nothing due before the drain
+    assert sk.stop(timeout=30) == 0
+    assert len(coll.spans()) == n
+    assert coll.count() == 1
+    err = sk.stderr_text()
+    assert "draining: exporting the 5 span(s) still queued" in err
+    assert "not exported" not in err
+
+
+def test_flushed_when_a_reload_retires_the_instance(sidekick, upstream, collector):
+    up = upstream()
+    coll = collector()
+    sk = sidekick(sidecar("s", "server", up.addr, coll.port, keys="flush_interval = 60m"))
+    for _ in range(3):
+        get(sk)
+    wait(lambda: m(sk, "spans_sampled_total") == 3, "the spans recorded")
+    assert http_request(sk.admin_port, "POST", "/reload").status == 200
+    wait(lambda: len(coll.spans()) == 3, "the old instance's spans")
+    wait(lambda: "generation 1 released" in sk.stderr_text(), "the old generation's release")
+    get(sk)                                               # the new instance traces on
+    assert sk.stop(timeout=30) == 0
+    assert len(coll.spans()) == 4
+    assert {s["attrs"]["sidekick.generation"] for s in coll.spans()} == {"1", "2"}
+
+
+def test_drain_with_the_collector_down_or_stalled(sidekick, upstream, collector):
+    up = upstream()
+    dead = free_port()
+    sk = sidekick(sidecar("s", "server", up.addr, dead, keys="flush_interval = 60m\nretry_backoff = 10s"),
+                  name="down.ini")
+    get(sk)
+    wait(lambda: m(sk, "spans_sampled_total") == 1, "the span recorded")
+    assert sk.stop(timeout=30) == 0                       # no retry waited for
+    assert "failed" in sk.stderr_text()
+    coll = collector()
+    coll.gate.clear()
+    ini = sidecar("s", "server", up.addr, coll.port, keys="flush_interval = 60m")
+    sk2 = sidekick(ini.replace("drain_timeout = 3s", "drain_timeout = 1s"), name="stalled.ini")
+    get(sk2)
+    wait(lambda: m(sk2, "spans_sampled_total") == 1, "the span recorded")
+    assert sk2.stop(timeout=30) == 0                      # bounded by drain_timeout
+    err = sk2.stderr_text()
+    assert "drain_timeout reached with 1 plugin HTTP call(s) in flight" in err
+    assert "1 span(s) not exported when the instance ended: dropped" in err
+    assert coll.count() == 1
+
+
 # ---- golden payloads ----
 
 def normalise(doc, ports):
@@ -764,14 +864,16 @@ def test_config_errors(sidekick_bin, tmp_path):
         ("sampling = 1.5", "a ratio from 0 to 1"),
         ("sampling = nan", "a ratio from 0 to 1"),
         ("exporter = jaeger", "otlp or zipkin"),
-        ("endpoint = https://127.0.0.1:4318/v1/traces", "https is not supported yet"),
-        ("endpoint = 127.0.0.1:4318", "an http:// URL"),
-        ("flush_interval = 1ms", "10ms to 1h"),
+        ("endpoint = ftp://127.0.0.1:4318/v1/traces", "an http:// or https:// URL"),
+        ("endpoint = 127.0.0.1:4318", "an http:// or https:// URL"),
+        ("endpoint = https:///v1/traces", "an http:// or https:// URL"),
+        ("flush_interval = 1ms", "10ms to 60m"),
         ("batch_size = 0", "1 to 10000"),
         ("queue_size = lots", "1 to 1000000"),
         ("max_retries = -1", "0 to 100"),
         ("retry_backoff = 0ms", "1ms to 60s"),
         ("export_timeout = 1h", "10ms to 5m"),
+        ("flush_interval = 61m", "10ms to 60m"),
         ("force_header = x y", "a header name, or off"),
         ("export_header = content-type: text/plain", "set by the plugin"),
         ("export_header = novalue", "NAME: VALUE"),
@@ -787,7 +889,8 @@ def test_config_errors(sidekick_bin, tmp_path):
         assert "tracing: line" in r.stderr, r.stderr
     p = tmp_path / "ok.ini"
     p.write_text(sidecar("s", "server", "127.0.0.1:2", 3, propagation="w3c, b3, b3multi",
-                         keys="sampling = 0.25\nforce_header = off\nqueue_size = 10\nbatch_size = 10")
+                         keys="sampling = 0.25\nforce_header = off\nqueue_size = 10\nbatch_size = 10\n"
+                              "endpoint = https://collector.example:4318")
                  .replace("{listen}", "1").replace("{admin}", "4"))
     r = subprocess.run([sidekick_bin, "-t", "-c", str(p)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
