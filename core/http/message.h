@@ -62,7 +62,9 @@ enum sk_req_state {
     bool keep_alive;                 /* the client wants the connection kept */                     \
     sk_head rhead;                   /* response head as the upstream sent it */                    \
     uint64_t upstream_first_byte_ns; /* first upstream response byte, last attempt */               \
-    uint64_t upstream_bytes_sent;    /* request bytes written to the upstream, last attempt */      \
+    uint64_t upstream_bytes_sent;    /* request bytes written to the upstream, last attempt: every  \
+                                      * client codec keeps it (reset at attach); the retry policy   \
+                                      * reads 0 as "nothing reached the upstream" */                \
     int status;                      /* response status sent to the client, 0 = none yet */         \
     const char *reason;              /* x-sidekick-reason of a local reply (static), or NULL */     \
     uint64_t bytes_sent;             /* bytes written towards the client, framing included */       \

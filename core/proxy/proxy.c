@@ -359,7 +359,7 @@ static void go_upstream(sk_request *r)
         return;
     }
     r->counted_request = true;
-    sk__retry_budget_deposit(r->cluster);
+    if (rt->retries) sk__retry_budget_deposit(r->cluster); /* the requests that may retry earn the budget */
     if (rt->timeout_ms) {
         ev_timer_init(&r->timeout, on_route_timeout, (double)rt->timeout_ms / 1000.0, 0.);
         r->timeout.data = r;

@@ -21,7 +21,8 @@ static inline bool sk__can_replay(const sk_request *r)
 }
 
 /* --- retry.c --- */
-/* A request goes to cl: a deposit in its retry budget. Any worker. */
+/* A request that may be retried (its route has `retries`) goes to cl: a
+ * deposit in its retry budget. Any worker. */
 void sk__retry_budget_deposit(sk_cluster *cl);
 /* A retry wants to go to cl: true (and counted) when its budget allows it —
  * retries over the last SK_RETRY_BUDGET_WINDOW seconds within
