@@ -81,7 +81,7 @@ static void shadow_done(sk_shadow *s, bool reuse)
     sk_list_remove(&s->link);
     sk_config_unref(s->config);
     s->config = NULL;
-    if (nspare >= SK_SHADOW_SPARE || s->msg.rhead.raw.cap > 65536) {
+    if (nspare >= SK_SHADOW_SPARE || s->msg.rhead.raw.cap > 65536 || s->msg.rhead.cap > 256) {
         sk_head_free(&s->msg.rhead);
         sk_arena_free(&s->msg.arena);
         free(s);

@@ -12,6 +12,7 @@ method calls (the side channel: the test and the server share the process):
     up.set_mode("close")         # read the request, then close without an answer
     up.set_mode("stall")         # hold the request until release() (or `stall_limit`), then 200
     up.set_mode("slow", 0.3)     # wait this many seconds, then 200
+    up.set_mode("truncate")      # a 200 head promising 100 bytes, 10 of them, then close
     up.refuse() / up.listen()    # stop listening (connections are refused) / listen again
     up.set_health(False)         # GET health_path answers 503 instead of 200
 
@@ -168,6 +169,9 @@ class CtlUpstream(Upstream):
         if kind == "stall":
             self.released.wait(self.stall_limit)
             return ok
+        if kind == "truncate":
+            head = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\nx-upstream: " + self.name.encode() + b"\r\n\r\n"
+            return Reply(raw_parts=[(0, head + b"0123456789")])
         if kind == "slow":
             time.sleep(float(action[1]))
             return ok

@@ -340,6 +340,23 @@ def test_retry_budget_holds_when_every_endpoint_fails(sidekick, ctl):
     assert sum(l["attempts"] for l in lines) == attempts
 
 
+def test_never_retried_once_the_response_started(sidekick, ctl):
+    """The upstream sends a response head and part of the body, then closes:
+    the response has started towards the client, so no retry (retry_on has
+    reset): the client's connection is cut, the upstream saw one attempt."""
+    plan = Plan()
+    a, b = ctl("a", plan=plan), ctl("b", plan=plan)
+    sk = sidekick(config([a.port, b.port], route="retries = 2\nretry_backoff = 0", cluster="retry_budget = off"))
+    plan.set("cut", [("truncate",)])
+    with RawClient(sk.port("listen"), timeout=10) as c:
+        c.send(b"GET /cut HTTP/1.1\r\nHost: x\r\nx-test-id: cut\r\n\r\n")
+        assert c.wait_closed(10)
+        assert c.buf.startswith(b"HTTP/1.1 200"), bytes(c.buf)
+    assert len(plan.attempts("cut")) == 1
+    line = log_of(sk, "/cut")
+    assert (line["attempts"], line["retry_reason"], line["reason"]) == (1, None, "upstream_reset"), line
+
+
 def test_post_not_retried_once_bytes_reached_the_upstream(sidekick, ctl):
     """A POST whose connection is reset after the upstream read it is not
     sent again (not idempotent), whatever retry_on says; a PUT is."""
