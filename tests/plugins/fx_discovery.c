@@ -49,8 +49,8 @@ typedef struct fx {
     char source[32];
     char answer_file[512];
     char endpoints_file[512];
-    char last[1024]; /* endpoints_file: the content published last */
-    int published;   /* endpoints_file: something was published */
+    char last[1024];                  /* endpoints_file: the content published last */
+    int published;                    /* endpoints_file: something was published */
     char clusters[MAX_CLUSTERS][128]; /* told by on_cluster */
     size_t nclusters;
     unsigned delay_ms;
