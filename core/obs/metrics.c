@@ -100,11 +100,12 @@ static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
     }
 }
 
-/* Sums row `row` of every worker into *acc (gauges: as signed values). */
+/* Sums row `row` of every worker into *acc (gauges: as signed values).
+ * Row 0, the sink of what got no row, reads as zeros. */
 static void sum_row(sk_mrow *acc, sk_metrics *const *m, size_t n, size_t row)
 {
     memset(acc, 0, sizeof(*acc));
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; row && i < n; i++) {
         sk_mrow *w = sk_metrics_row(m[i], row);
         if (!w) continue;
         for (size_t s = 0; s < SK_STATUS_SLOTS; s++) acc->codes[s] += SK_LOAD(w->codes[s]);

@@ -74,9 +74,10 @@ typedef struct sk_mrow {
     uint64_t g[SK_MG_COUNT];           /* enum sk_mgauge; this worker's part, may wrap below 0 */
 } sk_mrow;
 
-/* Rows are allocated in chunks; a table has at most SK_MROW_CHUNKS of them. */
+/* Rows are allocated in chunks; a table has at most SK_MROW_CHUNKS of them
+ * (16,384 rows: at about 4.2 KiB a row, some 70 MiB a worker at most). */
 #define SK_MROW_CHUNK  16
-#define SK_MROW_CHUNKS 4096
+#define SK_MROW_CHUNKS 1024
 #define SK_MROW_MAX    (SK_MROW_CHUNK * SK_MROW_CHUNKS)
 
 typedef struct sk_metrics {

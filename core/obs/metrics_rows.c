@@ -48,6 +48,7 @@ static struct {
     size_t nbuckets;  /* a power of two, or 0 */
     size_t free_head; /* first free row, 0 = none */
     size_t in_use;    /* rows with a name */
+    bool warned;      /* the warning of a row that could not be had was logged */
     sk_metrics *tables;
 } reg = {.lock = PTHREAD_MUTEX_INITIALIZER, .nslots = 1};
 
@@ -165,6 +166,13 @@ size_t sk_metrics_row_acquire(char kind, const char *a, const char *b)
     pthread_mutex_unlock(&reg.lock);
     return row;
 fail:
+    if (!reg.warned) {
+        reg.warned = true;
+        for (char *p = key; *p; p++)
+            if (*p == '\x1f') *p = ' ';
+        sk_warn("metrics: no row for %s (%zu rows in use, or out of memory): its figures are not counted",
+                key + 1, reg.in_use);
+    }
     pthread_mutex_unlock(&reg.lock);
     free(key);
     return 0;
