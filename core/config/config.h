@@ -115,6 +115,7 @@ struct sk_listener {
     sk_route **routes;          /* routes naming this listener, in file order */
     size_t nroutes;             /* number of routes */
     unsigned active_conns;      /* open connections of this generation's listener (atomic) */
+    size_t metrics_row;         /* row of its requests that matched no route (obs/metrics.h) */
     int line;                   /* line of the section header, for messages */
 };
 
@@ -146,8 +147,7 @@ struct sk_route {
     size_t nlua_keys;              /* number of them */
     char *lua_src;                 /* the script as read at load (the generation's copy) */
     size_t lua_src_len;            /* its length */
-    uint64_t lua_errors[3];        /* Lua failures by kind (error, budget, memory), atomic */
-    size_t metrics_row;            /* row of its request counters (metrics.c), by name */
+    size_t metrics_row;            /* row of its request and Lua counters (obs/metrics.h) */
     int line;                      /* line of the section header */
 };
 
@@ -181,6 +181,7 @@ struct sk_cluster {
     sk_tls *tls;                 /* `tls`: originate TLS to the endpoints with this section, or NULL */
     int line;                    /* line of the section header */
     sk_config *config;           /* the generation it belongs to (not a reference) */
+    size_t metrics_row;          /* row of its upstream counters (obs/metrics.h), by name */
 
     /* Runtime circuit-breaker counters, shared by all workers (atomics).
      * With `upstream`, the only mutable part of a config. */

@@ -324,7 +324,6 @@ static void on_retire_check(struct ev_loop *loop, ev_timer *t, int revents)
 typedef struct reload_msg {
     sk_config *config; /* reference, dropped by the last worker */
     int *fds;          /* [worker][listener] new sockets, -1 = keep the old one */
-    size_t rows;       /* metrics rows needed */
     int remaining;     /* workers that have not switched yet (atomic) */
 } reload_msg;
 
@@ -386,7 +385,6 @@ static void apply_reload(void *arg)
     if (sk_plugins_worker_init(nc, w->id, w->loop) < 0)
         sk_error("worker %d: a plugin failed to initialise; its hooks may misbehave", w->id);
     sk_lua_worker_prepare(nc, w->id);
-    sk_metrics_reserve(w->metrics, m->rows);
     sk_wgen *old = w->gen;
     sk_pools_retire(old->clusters, old->config->nclusters);
     old->retired_ms = sk_now_ms();
@@ -424,7 +422,7 @@ bool sk_workers_wait_switched(uint64_t timeout_ms)
     return true;
 }
 
-int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
+int sk_workers_reload(sk_config *cur, sk_config *next, char **err)
 {
     size_t n = next->nlisteners;
     reload_msg *m = calloc(1, sizeof(*m));
@@ -438,7 +436,6 @@ int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
     for (size_t i = 0; i < (size_t)nworkers * n; i++) fds[i] = -1;
     m->fds = fds;
     m->config = next;
-    m->rows = rows;
     m->remaining = nworkers;
     sk_config_ref(next);
     for (size_t i = 0; i < n; i++) {

@@ -1146,7 +1146,7 @@ def test_pooled_tls_connections_concurrent_clients(sidekick, upstream, pki):
     assert errors == []
     assert up.wait_requests(1000, timeout=WAIT)
     server_hs = hs_done(ssk, "server")
-    opened = metric(csk, "sidekick_upstream_connections_opened_total")
+    opened = metric(csk, "sidekick_upstream_connections_created_total")
     assert 1 <= server_hs <= 4, tls_metrics_text(ssk)
     assert server_hs == opened == hs_done(csk, "client"), (server_hs, opened)
 
@@ -1206,7 +1206,7 @@ def test_resumption_towards_the_upstream(sidekick, upstream, pki, mode):
     assert http_request(csk.port("outbound"), "GET", "/one").status == 200
 
     def pool_empty():
-        return (metric(csk, "sidekick_upstream_connections_active") or 0) == 0
+        return (metric(csk, "sidekick_upstream_connections") or 0) == 0
     assert wait_for(pool_empty, WAIT), "the server sidecar did not close the idle connection"
     assert http_request(csk.port("outbound"), "GET", "/two").status == 200
     if mode == "mtls":
