@@ -142,6 +142,10 @@ const char *const sk_tls_result_names[SK_TLS_RESULTS] = {
     "ok",      "resumed",     "no_client_cert", "unknown_ca", "expired", "not_yet_valid", "bad_certificate",
     "identity_mismatch", "not_tls", "timeout", "closed", "error"};
 static const char *const tls_sides[2] = {"server", "client"};
+const char *const sk_h2_error_names[SK_H2_ERRORS] = {
+    "rapid_reset",        "ping_flood",        "settings_flood",    "empty_frames",
+    "continuation_flood", "headers_too_large", "compression_error", "outbound_flood",
+    "protocol_error",     "stream_error",      "refused_stream"};
 
 /* The sums of every worker's scalar counters and histogram. */
 typedef struct totals {
@@ -157,6 +161,9 @@ typedef struct totals {
     uint64_t sum_us;
     uint64_t count;
     uint64_t tls[2][SK_TLS_RESULTS];
+    int64_t h2_active;
+    uint64_t h2_total, h2_streams;
+    uint64_t h2_errors[SK_H2_ERRORS];
 } totals;
 
 static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
@@ -180,6 +187,10 @@ static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
         t->count += SK_LOAD(w->duration_count);
         for (int side = 0; side < 2; side++)
             for (int r = 0; r < SK_TLS_RESULTS; r++) t->tls[side][r] += SK_LOAD(w->tls_handshakes[side][r]);
+        t->h2_active += (int64_t)SK_LOAD(w->h2_active);
+        t->h2_total += SK_LOAD(w->h2_total);
+        t->h2_streams += SK_LOAD(w->h2_streams);
+        for (int e = 0; e < SK_H2_ERRORS; e++) t->h2_errors[e] += SK_LOAD(w->h2_errors[e]);
     }
 }
 
@@ -329,6 +340,22 @@ int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, sk_metrics *
             if (sk_buf_printf(out, "%s{side=\"%s\",result=\"%s\"} %" PRIu64 "\n", hs, tls_sides[side],
                               sk_tls_result_names[r], t.tls[side][r]) < 0)
                 return -1;
+    if (prom_i64(out, "sidekick_http2_connections_active", "gauge",
+                 "Open client connections speaking HTTP/2.", t.h2_active) < 0 ||
+        prom_u64(out, "sidekick_http2_connections_total", "counter", "Client connections that spoke HTTP/2.",
+                 t.h2_total) < 0 ||
+        prom_u64(out, "sidekick_http2_streams_total", "counter", "HTTP/2 request streams opened by clients.",
+                 t.h2_streams) < 0)
+        return -1;
+    const char *he = "sidekick_http2_protocol_errors_total";
+    if (prom_family(out, he, "counter",
+                    "HTTP/2 protocol errors and floods by reason, each answered with GOAWAY or RST_STREAM.") <
+        0)
+        return -1;
+    for (int e = 0; e < SK_H2_ERRORS; e++)
+        if (sk_buf_printf(out, "%s{reason=\"%s\"} %" PRIu64 "\n", he, sk_h2_error_names[e], t.h2_errors[e]) <
+            0)
+            return -1;
     return 0;
 }
 
@@ -453,6 +480,13 @@ int sk_metrics_render_json(sk_buf *out, const sk_config *cfg, sk_metrics *const 
         jset(tls, tls_sides[side], o, &ok);
     }
     jset(root, "tls_handshakes", tls, &ok);
+    jset(root, "http2_connections_active", json_integer(t.h2_active), &ok);
+    jset(root, "http2_connections_total", json_integer((json_int_t)t.h2_total), &ok);
+    jset(root, "http2_streams_total", json_integer((json_int_t)t.h2_streams), &ok);
+    json_t *h2e = json_object();
+    for (int e = 0; e < SK_H2_ERRORS && h2e; e++)
+        jset(h2e, sk_h2_error_names[e], json_integer((json_int_t)t.h2_errors[e]), &ok);
+    jset(root, "http2_protocol_errors", h2e, &ok);
 
     if (ok && json_dump_callback(root, dump_cb, out, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) < 0)
         ok = false;
