@@ -364,3 +364,435 @@ def test_max_concurrent_streams(sidekick, upstream):
     wait_err(sk, "refused_stream")
     wait_err(sk, "protocol_error")
     assert_healthy(sk)
+
+
+# --------------------------------------------------------------------------
+# plugins and Lua on HTTP/2 streams
+
+LUA = """\
+local M = {}
+function M.on_request(r)
+  if r:path() == "/lua/deny" then
+    return r:respond(403, "no\\n", { ["content-type"] = "text/x-lua" })
+  end
+  r:set_header("x-lua", r:method() .. " " .. r:host())
+end
+function M.on_response(r)
+  r:set_response_header("x-lua-resp", tostring(r:status()))
+end
+return M
+"""
+
+PLUGINS = """\
+[plugin a]
+load = fx_headers.so
+tag = a
+
+[plugin p]
+load = fx_pause.so
+delay_ms = 50
+
+[listener h]
+address = 127.0.0.1:{h}
+plugins = a
+
+[route lua]
+listener = h
+prefix = /lua/
+cluster = up
+plugins = p
+lua = f.lua
+
+[cluster up]
+endpoints = 127.0.0.1:{up}
+"""
+
+
+def test_plugins_and_lua_on_h2(sidekick, upstream, tmp_path):
+    """A listener plugin, a pausing route plugin (the request body waits for
+    it) and a Lua filter run on HTTP/2 requests as on HTTP/1 ones."""
+    missing = missing_fixtures(["fx_headers", "fx_pause"])
+    assert not missing, f"fixture plugins not built in {PLUGIN_DIR}: {missing}"
+    lua_dir = tmp_path / "lua"
+    lua_dir.mkdir()
+    (lua_dir / "f.lua").write_text(LUA)
+    up = upstream(lambda req: Reply(body=b"got " + (req.body or b"")))
+    sk = sidekick(sk_ini(PLUGINS, extra=f"plugin_dir = {PLUGIN_DIR}\nlua_dir = {lua_dir}"), up=up.port)
+    body = b"b" * 50000  # arrives while fx_pause holds the request: held by the codec
+    with H2Client(sk.port("h")) as c:
+        a = c.request("POST", "/lua/x", authority="svc.test", headers=[("content-length", str(len(body)))],
+                      body=body)
+        d = c.request("GET", "/lua/deny")
+        ra, rd = c.response(a, WAIT), c.response(d, WAIT)
+    assert ra.status == 200 and bytes(ra.body) == b"got " + body, ra
+    assert ra.header("x-chain-resp") == "a" and ra.header("x-lua-resp") == "200", ra
+    assert rd.status == 403 and bytes(rd.body) == b"no\n" and rd.header("content-type") == "text/x-lua", rd
+    [q] = up.requests
+    assert q.header("x-chain") == "a" and q.header("x-paused") == "50"
+    assert q.header("x-lua") == "POST svc.test"
+    assert q.body == body
+
+
+# --------------------------------------------------------------------------
+# the request head: pseudo-headers, normalisation, malformed requests
+
+
+def raw_request(c, fields, end_stream=True, sid=None):
+    """HEADERS with exactly these fields (hpack-encoded as given)."""
+    sid = sid or c.new_id()
+    c.raw_headers(sid, c.headers_block(fields), end_stream=end_stream)
+    return sid
+
+
+def test_authority_host_and_path(sidekick, upstream):
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(), up=up.port)
+    with H2Client(sk.port("h")) as c:
+        both = c.request("GET", "/both", authority="auth.test", headers=[("host", "other.test")])
+        hostonly = raw_request(c, [(":method", "GET"), (":scheme", "http"), (":path", "/hostonly"),
+                                   ("host", "h.test:81")])
+        # an http URI needs an authority (RFC 9113 8.3.1): malformed
+        none = raw_request(c, [(":method", "GET"), (":scheme", "http"), (":path", "/none")])
+        two = raw_request(c, [(":method", "GET"), (":scheme", "http"), (":path", "/two"),
+                              ("host", "a.test"), ("host", "b.test")])
+        bad = c.request("GET", "/bad", authority="a b")
+        userinfo = c.request("GET", "/u", authority="u@x.test")
+        dots = c.request("GET", "/a/%2e%2e/b/./c")
+        slash = c.request("GET", "/a%2Fb")
+        above = c.request("GET", "/../x")
+        connect = raw_request(c, [(":method", "CONNECT"), (":authority", "x.test:443")])
+        rs = {sid: c.response(sid) for sid in (both, hostonly, none, two, bad, userinfo, dots, slash, above,
+                                               connect)}
+    assert rs[both].status == 200 and rs[hostonly].status == 200
+    assert rs[none].reset == h2client.PROTOCOL_ERROR, rs[none]
+    # nghttp2 finds some of these malformed itself (a stream error), the
+    # codec the others (400 bad_request, as HTTP/1 does)
+    for sid in (two, bad, userinfo, slash, above):
+        r = rs[sid]
+        assert (r.status == 400 and r.header("x-sidekick-reason") == "bad_request") or \
+            r.reset == h2client.PROTOCOL_ERROR, r
+    assert rs[dots].status == 200 and bytes(rs[dots].body) == b"app GET /b/c", rs[dots]
+    assert rs[connect].status == 501, rs[connect]
+    reqs = {q.path: q for q in up.requests}
+    assert reqs["/both"].header_all("host") == ["auth.test"]   # :authority wins over host
+    assert reqs["/hostonly"].header_all("host") == ["h.test:81"]
+    assert set(reqs) == {"/both", "/hostonly", "/b/c"}
+
+
+@pytest.mark.parametrize("case", ["no_path", "no_method", "no_scheme", "uppercase", "connection", "keep_alive",
+                                  "transfer_encoding", "te_gzip", "pseudo_after_regular", "unknown_pseudo",
+                                  "duplicate_path", "response_pseudo", "empty_path", "cl_mismatch",
+                                  "cl_too_long", "newline_in_value"])
+def test_malformed_request_is_a_stream_error(sidekick, upstream, case):
+    """RFC 9113 8.1.1: a malformed request is a stream error (RST_STREAM
+    PROTOCOL_ERROR); nothing reaches the upstream, the connection goes on,
+    and it is counted."""
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(), up=up.port)
+    base = [(":method", "GET"), (":scheme", "http"), (":authority", "t.test"), (":path", "/m")]
+    with H2Client(sk.port("h")) as c:
+        sid = c.new_id()
+        body = None
+        if case == "no_path":
+            block = c.headers_block(base[:3])
+        elif case == "no_method":
+            block = c.headers_block(base[1:])
+        elif case == "no_scheme":
+            block = c.headers_block([base[0], base[2], base[3]])
+        elif case == "uppercase":
+            block = c.headers_block(base) + literal(b"X-Upper", b"1")
+        elif case == "connection":
+            block = c.headers_block(base + [("connection", "keep-alive")])
+        elif case == "keep_alive":
+            block = c.headers_block(base + [("keep-alive", "timeout=5")])
+        elif case == "transfer_encoding":
+            block = c.headers_block(base + [("transfer-encoding", "chunked")])
+        elif case == "te_gzip":
+            block = c.headers_block(base + [("te", "gzip")])
+        elif case == "pseudo_after_regular":
+            block = c.headers_block(base[:3] + [("x-a", "1"), (":path", "/m")])
+        elif case == "unknown_pseudo":
+            block = c.headers_block(base + [(":foo", "bar")])
+        elif case == "duplicate_path":
+            block = c.headers_block(base + [(":path", "/n")])
+        elif case == "response_pseudo":
+            block = c.headers_block(base + [(":status", "200")])
+        elif case == "empty_path":
+            block = c.headers_block(base[:3] + [(":path", "")])
+        elif case == "newline_in_value":
+            block = c.headers_block(base) + literal(b"x-nl", b"a\r\nb")
+        else:  # content-length against the DATA that follows
+            block = c.headers_block([(":method", "POST")] + base[1:] + [("content-length", "10")])
+            body = b"12345" if case == "cl_mismatch" else b"x" * 20
+        c.raw_headers(sid, block, end_stream=body is None)
+        if body is not None:
+            c.send_body(sid, body)
+        r = c.response(sid, WAIT)
+        assert r.reset == h2client.PROTOCOL_ERROR, r
+        assert not c.goaways, c.goaways
+        ok = c.response(c.request("GET", "/after"))  # the connection goes on
+        assert ok.status == 200, ok
+    assert [q.path for q in up.requests if q.path != "/after"] in ([], ["/m"]), up.requests
+    if body is None:
+        assert [q.path for q in up.requests] == ["/after"]
+    wait_err(sk, "stream_error")
+
+
+def test_connection_errors(sidekick, upstream):
+    """Frames that break the connection (RFC 9113 5.4.1): GOAWAY
+    PROTOCOL_ERROR (or FRAME_SIZE_ERROR), counted; others carry on."""
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(), up=up.port)
+    port = sk.port("h")
+    cases = [
+        ("data_on_stream_0", lambda c: c.send_raw(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x"),
+         h2client.PROTOCOL_ERROR),
+        ("even_stream", lambda c: c.raw_headers(2, c.headers_block([(":method", "GET"), (":scheme", "http"),
+                                                                     (":path", "/")])),
+         h2client.PROTOCOL_ERROR),
+        ("oversized_frame", lambda c: c.send_raw(struct_frame(0, 1, 0x4, 1, b"\x00" * 20000)),
+         h2client.FRAME_SIZE_ERROR),
+        ("bad_settings", lambda c: c.send_raw(struct_frame(0x4, 0, 0, 0, b"\x00\x04\xff\xff\xff\xff")),
+         h2client.FLOW_CONTROL_ERROR),
+        ("window_overflow", lambda c: (c.window_update(0, 0x7fffffff), c.window_update(0, 0x7fffffff)),
+         h2client.FLOW_CONTROL_ERROR),
+    ]
+    for name, send, code in cases:
+        with H2Client(port) as c:
+            assert c.wait(lambda: c.settings_acked >= 1, WAIT)
+            send(c)
+            assert c.wait(lambda: c.goaways, WAIT), name
+            assert c.goaways[0].error_code == code, (name, c.goaways)
+            assert c.wait_closed(WAIT), name
+    wait_err(sk, "protocol_error", len(cases))
+    assert_healthy(sk)
+
+
+def struct_frame(ftype, flags, sid, length_override, payload):
+    """A raw frame; length_override 1 = the payload's real length."""
+    import struct
+    n = len(payload)
+    return struct.pack(">I", n)[1:] + bytes([ftype, flags]) + struct.pack(">I", sid) + payload
+
+
+def test_zero_window_update_on_a_stream(sidekick, upstream):
+    """A zero WINDOW_UPDATE on a stream is a stream error (RFC 9113 6.9),
+    which nghttp2 makes a connection error (allowed by RFC 9113 5.4.1): the
+    open stream is cut, the connection ends with GOAWAY PROTOCOL_ERROR."""
+    release = threading.Event()
+    up = upstream(lambda req: (release.wait(WAIT), Reply(body=b"ok"))[1])
+    sk = sidekick(ini(), up=up.port)
+    with H2Client(sk.port("h")) as c:
+        sid = c.request("GET", "/w")
+        assert up.wait_requests(1, WAIT)
+        c.window_update(sid, 0)
+        assert c.wait(lambda: c.goaways, WAIT)
+        assert c.goaways[0].error_code == h2client.PROTOCOL_ERROR, c.goaways
+        assert c.wait_closed(WAIT)
+    release.set()
+    wait_err(sk, "protocol_error")
+    assert_healthy(sk)
+
+
+# --------------------------------------------------------------------------
+# limits
+
+
+def test_header_limits(sidekick, upstream):
+    """max_header_bytes / max_headers as for HTTP/1 (431), a long :path
+    (414), max_body_bytes (413, by content-length and by DATA)."""
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(listener="max_header_bytes = 4k\nmax_headers = 10\nmax_body_bytes = 1k"), up=up.port)
+    with H2Client(sk.port("h")) as c:
+        big = c.request("GET", "/big", headers=[("x-big", "v" * 5000)])
+        many = c.request("GET", "/many", headers=[(f"x-h{i}", "1") for i in range(12)])
+        longpath = c.request("GET", "/" + "p" * 5000)
+        cl = c.request("POST", "/cl", headers=[("content-length", "2000")], end=False)
+        data = c.request("POST", "/data", end=False)
+        c.send_body(data, b"d" * 1500)
+        ok = c.request("GET", "/ok", headers=[(f"x-h{i}", "1") for i in range(8)])
+        rs = {sid: c.response(sid, WAIT) for sid in (big, many, longpath, cl, data, ok)}
+    assert rs[big].status == 431 and rs[big].header("x-sidekick-reason") == "headers_too_large", rs[big]
+    assert rs[many].status == 431, rs[many]
+    assert rs[longpath].status == 414 and rs[longpath].header("x-sidekick-reason") == "uri_too_long"
+    assert rs[cl].status == 413 and rs[cl].header("x-sidekick-reason") == "body_too_large", rs[cl]
+    assert rs[data].status == 413, rs[data]
+    assert rs[ok].status == 200, rs[ok]
+    assert [q.path for q in up.requests] in (["/ok"], ["/data", "/ok"], ["/ok", "/data"])
+    assert err_count(sk, "headers_too_large") == 2
+
+
+def test_hpack_bomb_is_bounded(sidekick, upstream):
+    """HPACK table abuse: one 4000-byte field put into the dynamic table,
+    then referenced 100 times in one header block (a few hundred bytes on
+    the wire, 400 kB decoded): 431 on that stream, counted, the connection
+    (and its HPACK state) goes on."""
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(), up=up.port)
+    with H2Client(sk.port("h")) as c:
+        first = c.request("GET", "/seed", headers=[("x-bomb", "B" * 4000)])  # indexed by the encoder
+        r = c.response(first, WAIT)
+        assert r.status == 200, r
+        # the field is now the newest entry of the dynamic table (62: index
+        # byte 0xbe); the other fields go as literals so that it stays there
+        block = (literal(b":method", b"GET") + literal(b":scheme", b"http") + literal(b":authority", b"t.test")
+                 + literal(b":path", b"/bomb") + b"\xbe" * 100)
+        sid = c.new_id()
+        c.raw_headers(sid, block)
+        r = c.response(sid, WAIT)
+        assert r.status == 431, r
+        after = c.response(c.request("GET", "/after", headers=[("x-bomb", "B" * 4000)]), WAIT)
+        assert after.status == 200, after
+    assert [q.path for q in up.requests] == ["/seed", "/after"]
+    wait_err(sk, "headers_too_large")
+
+
+def test_hpack_table_size_abuse(sidekick, upstream):
+    """A dynamic table size update above the SETTINGS_HEADER_TABLE_SIZE we
+    allow (4096) is a COMPRESSION_ERROR for the connection."""
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(), up=up.port)
+    with H2Client(sk.port("h")) as c:
+        sid = c.new_id()
+        block = table_size_update(1 << 20) + c.headers_block([(":method", "GET"), (":scheme", "http"),
+                                                              (":path", "/")])
+        c.raw_headers(sid, block)
+        assert c.wait(lambda: c.goaways, WAIT)
+        assert c.goaways[0].error_code == h2client.COMPRESSION_ERROR, c.goaways
+    wait_err(sk, "compression_error")
+    assert_healthy(sk)
+    assert not up.requests
+
+
+# --------------------------------------------------------------------------
+# bodies: streaming with flow control tied to back-pressure
+
+HWM_LIMIT_KB = 30 * 1024  # as test_large.py; sanitizer builds use far more memory: not checked there
+
+
+def check_hwm(sk):
+    hwm = sk.vmhwm_kb()
+    print(f"sidekick VmHWM = {hwm} kB")
+    if not SANITIZED:
+        assert hwm < HWM_LIMIT_KB, f"VmHWM {hwm} kB >= {HWM_LIMIT_KB} kB"
+
+
+BIG = 50 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def big_sha():
+    return pattern_sha256(BIG)
+
+
+def test_slow_reading_client_of_50mb(sidekick, upstream, big_sha):
+    """A 50 MB response to a client that stops reading for a while (a wide
+    window: the socket pushes back), then reads it all: sidekick's memory
+    stays bounded, the body arrives whole."""
+    up = upstream(lambda req: Reply(stream_size=BIG))
+    sk = sidekick(ini(route="timeout = 120s"), up=up.port)
+    with H2Client(sk.port("h"), settings={h2client.INITIAL_WINDOW_SIZE: 0x7fffffff}, timeout=60) as c:
+        c.window_update(0, 0x7fffffff - 65535)
+        sid = c.request("GET", "/big")
+        c.streams[sid].keep_body = False
+        assert c.wait(lambda: c.streams[sid].status is not None, WAIT)
+        time.sleep(1.5)  # not reading: the proxy must stop reading the upstream
+        mid = sk.vmhwm_kb()
+        assert up.wait_requests(1)
+        r = c.response(sid, 120)
+    assert r.status == 200 and r.ended, r
+    assert r.body_len == BIG and r.sha.hexdigest() == big_sha
+    print(f"VmHWM after the pause: {mid} kB")
+    check_hwm(sk)
+
+
+def test_flow_controlled_client_of_50mb(sidekick, upstream, big_sha):
+    """The same with the default 64 KiB windows given back only as the
+    client consumes (WINDOW_UPDATE by hand), slowly at first."""
+    up = upstream(lambda req: Reply(stream_size=BIG))
+    sk = sidekick(ini(route="timeout = 120s"), up=up.port)
+    with H2Client(sk.port("h"), auto_window=False, timeout=60) as c:
+        sid = c.request("GET", "/big")
+        st = c.streams[sid]
+        st.keep_body = False
+        assert c.wait(lambda: st.body_len >= 65535 or st.done, WAIT)
+        assert st.body_len == 65535  # the initial window, not a byte more
+        time.sleep(1.0)
+        assert c.wait(lambda: st.body_len >= 65535, 0.5) and st.body_len == 65535
+        mid = sk.vmhwm_kb()
+        deadline = time.monotonic() + 120
+        while not st.done and time.monotonic() < deadline:
+            c.consume(sid)
+            c.wait(lambda: c.unconsumed.get(sid, 0) > 0 or st.done, 5)
+    assert st.status == 200 and st.ended, st
+    assert st.body_len == BIG and st.sha.hexdigest() == big_sha
+    print(f"VmHWM after the pause: {mid} kB")
+    check_hwm(sk)
+
+
+class SlowSink:
+    """An HTTP/1.1 upstream that reads a request body slowly: 1 MB, then a
+    pause, then the rest; answers with the body's length and SHA-256."""
+
+    def __init__(self, pause: float = 1.5):
+        self.pause = pause
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.received = None
+        self.paused = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        s, _ = self.sock.accept()
+        with s:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += s.recv(65536)
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            m = re.search(rb"(?i)content-length: *(\d+)", head)
+            left = int(m.group(1)) - len(rest)
+            h = hashlib.sha256(rest)
+            n = len(rest)
+            slept = False
+            while left > 0:
+                if n >= (1 << 20) and not slept:
+                    self.paused.set()
+                    time.sleep(self.pause)
+                    slept = True
+                d = s.recv(min(left, 65536))
+                if not d:
+                    break
+                h.update(d)
+                n += len(d)
+                left -= len(d)
+            self.received = (n, h.hexdigest())
+            body = f"{n} {h.hexdigest()}".encode()
+            s.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_large_post_streamed_to_a_slow_upstream(sidekick, tmp_path):
+    """A 40 MB POST (curl) to an upstream that stops reading for a while:
+    the client's window closes, sidekick buffers a bounded amount, all of
+    it arrives."""
+    size = 40 * 1024 * 1024
+    f = tmp_path / "body"
+    with open(f, "wb") as out:
+        for piece in iter_pattern(size):
+            out.write(piece)
+    sink = SlowSink()
+    try:
+        sk = sidekick(ini(route="timeout = 120s"), up=sink.port)
+        res, head, body = h2curl(sk.port("h"), "/upload", "--data-binary", f"@{f}", "-H",
+                                 "content-type: application/octet-stream")
+        assert head.startswith("HTTP/2 200"), (head, res.stderr)
+        assert body == f"{size} {pattern_sha256(size)}".encode(), body
+        assert sink.paused.is_set()
+        check_hwm(sk)
+    finally:
+        sink.close()
