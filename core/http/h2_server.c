@@ -294,17 +294,25 @@ static void maybe_release(h2_stream *s)
     sk_wctx_defer(h->c->worker, stream_free, s);
 }
 
-/* Hands the exchange back to the request layer (count, log, recycle). */
+/* Hands the exchange back to the request layer (count, log, recycle).
+ * When nghttp2 has nothing more to do (GOAWAY), the connection may close
+ * now: that is checked at the next safe point, never inside the request
+ * layer's call. */
 static void finish(h2_stream *s, bool complete)
 {
+    sk_h2_conn *h = s->h;
     void *rq = s->rq;
     if (!rq) return;
     s->rq = NULL;
     s->req = NULL;
     s->finish_due = false;
     if (!complete) s->cut = true;
-    s->h->c->cbs->finish(rq, complete);
+    h->c->cbs->finish(rq, complete);
     maybe_release(s);
+    if (!h->c->dead && !h->ng_broken && !h->in_recv && !h->feed_due && !nghttp2_session_want_read(h->ng)) {
+        h->feed_due = true;
+        sk_transport_feed_read(&h->c->tr);
+    }
 }
 
 /* Resets s (our decision: the request is cut or answered) with `code`. */
@@ -1044,7 +1052,12 @@ static void maybe_close(sk_h2_conn *h)
      * open; between the two GOAWAYs of a graceful shutdown the client may
      * still open streams: wait for the second. */
     if (h->notice_sent && !h->goaway_sent && !h->failing) return;
-    if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng)) sk_conn_close(c);
+    if (nghttp2_session_want_read(h->ng) || nghttp2_session_want_write(h->ng)) return;
+    /* A response written whole waits for the request layer's
+     * response_done (its upstream connection goes back to the pool then). */
+    for (sk_link *l = h->streams.next; l != &h->streams; l = l->next)
+        if (SK_CONTAINER(l, h2_stream, link)->rq && !h->failing) return;
+    sk_conn_close(c);
 }
 
 /* Has nghttp2 write what it has (the write queue permitting), writes the

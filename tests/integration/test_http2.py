@@ -796,3 +796,277 @@ def test_large_post_streamed_to_a_slow_upstream(sidekick, tmp_path):
         check_hwm(sk)
     finally:
         sink.close()
+
+
+# --------------------------------------------------------------------------
+# floods: each answered, counted, and never starving a well-behaved client
+
+
+class Bystander(threading.Thread):
+    """A well-behaved client: requests on an HTTP/2 connection of its own
+    and on HTTP/1.1, one after the other, while a test floods another
+    connection. Records what it got."""
+
+    def __init__(self, port):
+        super().__init__(daemon=True)
+        self.port = port
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failures = []
+
+    def run(self):
+        try:
+            with H2Client(self.port, timeout=WAIT) as c:
+                while not self.stop.is_set():
+                    r = c.response(c.request("GET", "/ping"), WAIT)
+                    if r.status == 200 and bytes(r.body) == b"pong":
+                        self.ok += 1
+                    else:
+                        self.failures.append(repr(r))
+                        return
+                    r1 = http_request(self.port, "GET", "/ping", timeout=WAIT)
+                    if r1.status != 200:
+                        self.failures.append(repr(r1))
+                        return
+        except Exception as e:  # noqa: BLE001 - reported by finish()
+            self.failures.append(repr(e))
+
+    def wait_more(self, n=3):
+        """Waits until n more answers came (bounded)."""
+        start = self.ok
+        return wait_for(lambda: self.ok >= start + n or self.failures, WAIT)
+
+    def finish(self):
+        self.stop.set()
+        self.join(WAIT)
+        assert not self.failures, self.failures
+        assert self.ok > 0
+
+
+def flood(sk, attack, expect_code=h2client.ENHANCE_YOUR_CALM, reason=None):
+    """Runs attack(client) on a connection of its own while a Bystander
+    works; the attacker gets a GOAWAY with expect_code and is closed; the
+    bystander kept getting answers; `reason` is counted."""
+    port = sk.port("h")
+    by = Bystander(port)
+    by.start()
+    assert wait_for(lambda: by.ok >= 1, WAIT), by.failures
+    with H2Client(port, timeout=WAIT) as c:
+        assert c.wait(lambda: c.settings_acked >= 1, WAIT)
+        try:
+            attack(c)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed while we were still sending
+        assert by.wait_more(), by.failures
+        assert c.wait(lambda: c.goaways or c.closed, WAIT)
+        assert c.goaways, "closed without GOAWAY"
+        assert c.goaways[-1].error_code == expect_code, c.goaways
+        assert c.wait_closed(WAIT)
+    assert by.wait_more(), by.failures
+    by.finish()
+    if reason:
+        wait_err(sk, reason)
+    return c
+
+
+def burst(c, frames, chunk=200, pause=0.0):
+    for i in range(0, len(frames), chunk):
+        c.send(*frames[i:i + chunk])
+        if pause:
+            time.sleep(pause)
+
+
+def get_block(c, path="/ping"):
+    return c.headers_block([(":method", "GET"), (":scheme", "http"), (":authority", "t.test"), (":path", path)])
+
+
+@pytest.fixture
+def flood_sk(sidekick, upstream):
+    up = upstream(lambda req: Reply(body=b"ok"))
+    return sidekick(ini(), up=up.port)
+
+
+def test_rapid_reset(flood_sk):
+    """CVE-2023-44487: streams opened and reset at once, thousands of them."""
+    def attack(c):
+        frames = []
+        for i in range(2000):
+            sid = c.new_id()
+            frames.append(HeadersFrame(sid, data=get_block(c, "/up"), flags=["END_HEADERS", "END_STREAM"]))
+            frames.append(RstStreamFrame(sid, error_code=h2client.CANCEL))
+        burst(c, frames)
+    flood(flood_sk, attack, reason="rapid_reset")
+    assert err_count(flood_sk, "rapid_reset") == 1
+
+
+def test_made_you_reset(flood_sk):
+    """The same with streams the server must reset itself (malformed
+    requests: an upper-case header name)."""
+    def attack(c):
+        frames = []
+        for i in range(2000):
+            sid = c.new_id()
+            frames.append(HeadersFrame(sid, data=get_block(c) + literal(b"X-Bad", b"1"),
+                                       flags=["END_HEADERS", "END_STREAM"]))
+        # in small writes: a reset stream counts as open until its RST_STREAM
+        # is written, and more than max_concurrent_streams at once is a
+        # connection error of its own
+        burst(c, frames, 50, 0.002)
+    flood(flood_sk, attack, reason="rapid_reset")
+    assert err_count(flood_sk, "stream_error") >= 100
+
+
+def test_ping_flood(flood_sk):
+    flood(flood_sk, lambda c: burst(c, [PingFrame(0, opaque_data=b"%08d" % i) for i in range(5000)]),
+          reason="ping_flood")
+
+
+def test_settings_flood(flood_sk):
+    flood(flood_sk, lambda c: burst(c, [SettingsFrame(0, settings={h2client.ENABLE_PUSH: 0})
+                                        for _ in range(5000)]),
+          reason="settings_flood")
+
+
+def test_empty_data_flood(flood_sk):
+    def attack(c):
+        sid = c.request("POST", "/up", end=False)
+        burst(c, [DataFrame(sid, data=b"") for _ in range(5000)])
+    flood(flood_sk, attack, reason="empty_frames")
+
+
+def test_continuation_flood_frames(flood_sk):
+    """HEADERS without END_HEADERS, then CONTINUATION frames that never end
+    the block (CVE-2024-27316 and relatives)."""
+    def attack(c):
+        sid = c.new_id()
+        c.send(HeadersFrame(sid, data=get_block(c), flags=["END_STREAM"]))
+        burst(c, [ContinuationFrame(sid, data=b"") for _ in range(5000)])
+    flood(flood_sk, attack, reason="continuation_flood")
+
+
+def test_continuation_flood_bytes(flood_sk):
+    """The same with full CONTINUATION frames: the header block grows past
+    the header limit (64k) without ending."""
+    def attack(c):
+        sid = c.new_id()
+        c.send(HeadersFrame(sid, data=get_block(c), flags=["END_STREAM"]))
+        block = b"".join(literal(b"x-pad-%d" % i, b"p" * 200) for i in range(2000))  # ~420 kB
+        burst(c, [ContinuationFrame(sid, data=block[i:i + 16384]) for i in range(0, len(block), 16384)], 4)
+    flood(flood_sk, attack, reason="continuation_flood")
+
+
+# --------------------------------------------------------------------------
+# reload, drain, timeouts
+
+
+def held_upstream(upstream):
+    """An upstream that holds /slow* until release is set."""
+    release = threading.Event()
+
+    def h(req):
+        if req.path.startswith("/slow"):
+            release.wait(WAIT * 2)
+        return Reply(body=req.path.encode())
+    return upstream(h), release
+
+
+def test_reload_with_open_streams(sidekick, upstream, tmp_path):
+    """SIGHUP: the graceful GOAWAY (last stream 2^31-1, a PING, then the
+    last stream processed); a stream the client opened between the two is
+    served; open streams finish on their generation; the client reconnects
+    to the new one."""
+    up, release = held_upstream(upstream)
+    log = tmp_path / "access.log"
+    sk = sidekick(ini(access_log=str(log)), up=up.port)
+    with H2Client(sk.port("h"), ack_ping=False) as c:
+        a = c.request("GET", "/slow/a")
+        assert up.wait_requests(1, WAIT)
+        sk.signal(signal.SIGHUP)
+        assert c.wait(lambda: c.goaways and c.pings_received, WAIT)
+        g1 = c.goaways[0]
+        assert g1.last_stream_id == 2 ** 31 - 1 and g1.error_code == h2client.NO_ERROR, g1
+        b = c.request("GET", "/slow/b")  # in flight when the notice came: still served
+        assert up.wait_requests(2, WAIT)
+        c.send(PingFrame(0, opaque_data=c.pings_received[0], flags=["ACK"]))
+        assert c.wait(lambda: len(c.goaways) >= 2, WAIT)
+        g2 = c.goaways[1]
+        assert g2.last_stream_id == b and g2.error_code == h2client.NO_ERROR, g2
+        assert not c.streams[a].done and not c.streams[b].done
+        release.set()
+        ra, rb = c.response(a, WAIT), c.response(b, WAIT)
+        assert ra.status == 200 and bytes(ra.body) == b"/slow/a", ra
+        assert rb.status == 200 and bytes(rb.body) == b"/slow/b", rb
+        assert c.wait_closed(WAIT)  # nothing open any more: the connection ends
+    assert_healthy(sk)
+    assert wait_for(lambda: len(log_lines(log)) >= 4, WAIT)
+    lines = log_lines(log)
+    slow = [l for l in lines if l["path"].startswith("/slow")]
+    assert [l["generation"] for l in slow] == [1, 1] and all(l["reason"] is None for l in slow), slow
+    assert [l["generation"] for l in lines if l["path"] == "/ping"][0] == 2
+
+
+def test_reload_streams_cut_at_drain_timeout(sidekick, upstream, tmp_path):
+    up, release = held_upstream(upstream)
+    log = tmp_path / "access.log"
+    sk = sidekick(ini(access_log=str(log), drain_timeout="1s"), up=up.port)
+    try:
+        with H2Client(sk.port("h")) as c:
+            a = c.request("GET", "/slow/a")
+            assert up.wait_requests(1, WAIT)
+            sk.signal(signal.SIGHUP)
+            assert c.wait(lambda: len(c.goaways) >= 2, WAIT)
+            assert c.wait_closed(WAIT)
+            assert not c.streams[a].ended
+        assert wait_for(lambda: any(l["reason"] == "drain_timeout" for l in log_lines(log)), WAIT)
+    finally:
+        release.set()
+    assert_healthy(sk)
+
+
+def test_drain_sends_goaway_and_lets_streams_finish(sidekick, upstream):
+    """SIGTERM: GOAWAY to HTTP/2 clients, open streams finish, then exit 0."""
+    up, release = held_upstream(upstream)
+    sk = sidekick(ini(drain_timeout="10s"), up=up.port)
+    with H2Client(sk.port("h")) as c:
+        a = c.request("GET", "/slow/a")
+        assert up.wait_requests(1, WAIT)
+        sk.signal(signal.SIGTERM)
+        assert c.wait(lambda: len(c.goaways) >= 2, WAIT)
+        assert c.goaways[0].last_stream_id == 2 ** 31 - 1 and c.goaways[1].last_stream_id == a
+        assert sk.running()
+        release.set()
+        r = c.response(a, WAIT)
+        assert r.status == 200 and bytes(r.body) == b"/slow/a", r
+        assert c.wait_closed(WAIT)
+    assert sk.proc.wait(WAIT) == 0
+
+
+def test_idle_connection_and_stalled_header_block(sidekick, upstream):
+    """idle_timeout between requests and header_timeout before the first and
+    for a header block that does not end: GOAWAY, then the close."""
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(listener="idle_timeout = 1s\nheader_timeout = 1s"), up=up.port)
+    port = sk.port("h")
+    with H2Client(port) as c:
+        assert c.response(c.request("GET", "/x")).status == 200
+        assert c.wait_closed(WAIT)
+        assert c.goaways and c.goaways[0].error_code == h2client.NO_ERROR
+    with H2Client(port) as c:  # never a request
+        assert c.wait_closed(WAIT)
+    with H2Client(port) as c:
+        c.send(HeadersFrame(c.new_id(), data=get_block(c), flags=["END_STREAM"]))  # no END_HEADERS
+        assert c.wait_closed(WAIT)
+        assert c.goaways, c.frames
+    assert_healthy(sk)
+
+
+def test_stalled_request_body(sidekick, upstream):
+    """A request body that stops arriving for idle_timeout: 408."""
+    up = upstream(echo_handler("app"))
+    sk = sidekick(ini(listener="idle_timeout = 1s"), up=up.port)
+    with H2Client(sk.port("h")) as c:
+        sid = c.request("POST", "/post", end=False)
+        c.send_body(sid, b"part", end=False)
+        r = c.response(sid, WAIT)
+        assert r.status == 408 and r.header("x-sidekick-reason") == "idle_timeout", r
+        assert c.response(c.request("GET", "/ping")).status == 200
