@@ -32,6 +32,7 @@
  * at the loop's safe point (sk_wctx_defer), never inside a callback.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1276,26 +1277,36 @@ static int submit_settings(sk_h2_conn *h)
     return 0;
 }
 
-/* The callbacks every session uses (made once per thread). */
+/* The callbacks every session uses (sessions copy them): made once for
+ * the process, on the first connection of any worker. */
+static nghttp2_session_callbacks *ng_cbs;
+static pthread_once_t cbs_once = PTHREAD_ONCE_INIT;
+
+static void make_callbacks(void)
+{
+    if (nghttp2_session_callbacks_new(&ng_cbs) != 0) {
+        ng_cbs = NULL;
+        return;
+    }
+    nghttp2_session_callbacks_set_send_callback(ng_cbs, ng_send);
+    nghttp2_session_callbacks_set_send_data_callback(ng_cbs, ng_send_data);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(ng_cbs, ng_on_begin_frame);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(ng_cbs, ng_on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(ng_cbs, ng_on_header);
+    nghttp2_session_callbacks_set_on_invalid_header_callback(ng_cbs, ng_on_invalid_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(ng_cbs, ng_on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(ng_cbs, ng_on_frame_recv);
+    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(ng_cbs, ng_on_invalid_frame);
+    nghttp2_session_callbacks_set_on_stream_close_callback(ng_cbs, ng_on_stream_close);
+    nghttp2_session_callbacks_set_on_frame_send_callback(ng_cbs, ng_on_frame_send);
+    nghttp2_session_callbacks_set_error_callback2(ng_cbs, ng_on_error);
+    nghttp2_session_callbacks_set_data_source_read_length_callback(ng_cbs, ng_read_length);
+}
+
 static nghttp2_session_callbacks *session_callbacks(void)
 {
-    static __thread nghttp2_session_callbacks *cbs;
-    if (cbs) return cbs;
-    if (nghttp2_session_callbacks_new(&cbs) != 0) return NULL;
-    nghttp2_session_callbacks_set_send_callback(cbs, ng_send);
-    nghttp2_session_callbacks_set_send_data_callback(cbs, ng_send_data);
-    nghttp2_session_callbacks_set_on_begin_frame_callback(cbs, ng_on_begin_frame);
-    nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, ng_on_begin_headers);
-    nghttp2_session_callbacks_set_on_header_callback(cbs, ng_on_header);
-    nghttp2_session_callbacks_set_on_invalid_header_callback(cbs, ng_on_invalid_header);
-    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, ng_on_data_chunk);
-    nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, ng_on_frame_recv);
-    nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, ng_on_invalid_frame);
-    nghttp2_session_callbacks_set_on_stream_close_callback(cbs, ng_on_stream_close);
-    nghttp2_session_callbacks_set_on_frame_send_callback(cbs, ng_on_frame_send);
-    nghttp2_session_callbacks_set_error_callback2(cbs, ng_on_error);
-    nghttp2_session_callbacks_set_data_source_read_length_callback(cbs, ng_read_length);
-    return cbs;
+    pthread_once(&cbs_once, make_callbacks);
+    return ng_cbs;
 }
 
 /* Makes c an HTTP/2 connection (see h2_server.h). */
