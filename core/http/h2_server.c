@@ -74,7 +74,14 @@ typedef struct bucket {
 typedef struct h2_stream h2_stream;
 
 /* What the connection timer (c->timer) waits for. */
-enum { T_NONE = 0, T_HEADER, T_IDLE, T_BODY, T_FAIL };
+enum {
+    T_NONE = 0, /* requests wait for their upstreams (their route timeouts run) */
+    T_HEADER,   /* a header block that has not ended: header_timeout */
+    T_IDLE,     /* no stream: header_timeout before the first request, idle_timeout after */
+    T_BODY,     /* a request body arrives: idle_timeout from the last read */
+    T_OUT,      /* only answered streams, waiting for the client's window: idle_timeout from the last read */
+    T_FAIL,     /* closing after a connection error */
+};
 
 struct sk_h2_conn {
     sk_conn *c;            /* the connection (h1_server.h) */
@@ -155,6 +162,7 @@ static const sk_transport_cbs h2_transport_cbs;
 static void h2_flush(sk_h2_conn *h);
 static void after_input(sk_h2_conn *h);
 static void h2_fail(sk_h2_conn *h, int reason, uint32_t code);
+static void arm_timer(sk_h2_conn *h, bool read);
 static void failing_mode(sk_h2_conn *h);
 static void stream_local_reply(h2_stream *s, int status, const char *reason, const char *body, size_t len,
                                const char *const *headers);
@@ -293,6 +301,7 @@ static void maybe_release(h2_stream *s)
     h->nstreams--;
     if (!s->closed && !h->ng_broken) nghttp2_session_set_stream_user_data(h->ng, s->id, NULL);
     sk_wctx_defer(h->c->worker, stream_free, s);
+    if (!h->in_recv) arm_timer(h, false);
 }
 
 /* Hands the exchange back to the request layer (count, log, recycle).
@@ -310,6 +319,7 @@ static void finish(h2_stream *s, bool complete)
     if (!complete) s->cut = true;
     h->c->cbs->finish(rq, complete);
     maybe_release(s);
+    if (!h->in_recv) arm_timer(h, false); /* what the connection waits for changed */
     if (!h->c->dead && !h->ng_broken && !h->in_recv && !h->feed_due && !nghttp2_session_want_read(h->ng)) {
         h->feed_due = true;
         sk_transport_feed_read(&h->c->tr);
@@ -457,25 +467,44 @@ static void head_complete(h2_stream *s)
     sk_h2_conn *h = s->h;
     const sk_listener *l = h->c->listener;
     sk_msg *r = s->req;
-    if (s->limit_status == 414) return stream_local_reply(s, 414, "uri_too_long", NULL, 0, NULL);
+    if (s->limit_status == 414) {
+        stream_local_reply(s, 414, "uri_too_long", NULL, 0, NULL);
+        return;
+    }
     if (s->limit_status == 431) {
         count(h, SK_H2_HEADERS_TOO_LARGE);
-        return stream_local_reply(s, 431, "headers_too_large", NULL, 0, NULL);
+        {
+            stream_local_reply(s, 431, "headers_too_large", NULL, 0, NULL);
+            return;
+        }
     }
-    if (s->limit_status || sk_head_finish(&r->head) < 0)
-        return stream_local_reply(s, 500, "internal_error", NULL, 0, NULL);
+    if (s->limit_status || sk_head_finish(&r->head) < 0) {
+        stream_local_reply(s, 500, "internal_error", NULL, 0, NULL);
+        return;
+    }
     r->version = 20;
     r->keep_alive = true;
-    if (!r->method) return stream_local_reply(s, 400, "bad_request", NULL, 0, NULL);
-    if (r->method_id == SK_METHOD_CONNECT)
-        return stream_local_reply(s, 501, "bad_request", "CONNECT is not supported\n", 25, NULL);
+    if (!r->method) {
+        stream_local_reply(s, 400, "bad_request", NULL, 0, NULL);
+        return;
+    }
+    if (r->method_id == SK_METHOD_CONNECT) {
+        stream_local_reply(s, 501, "bad_request", "CONNECT is not supported\n", 25, NULL);
+        return;
+    }
     int rc =
         sk_msg_origin_target(r, r->head.raw.data + r->head.url, r->head.url_len, sk_listener_path_flags(l));
-    if (rc == -2) return stream_local_reply(s, 500, "internal_error", NULL, 0, NULL);
+    if (rc == -2) {
+        stream_local_reply(s, 500, "internal_error", NULL, 0, NULL);
+        return;
+    }
     if (rc < 0) {
         char pb[64];
         sk_debug("bad request from %s: %s", peer(h, pb), rc == -1 ? "malformed :path" : sk_path_strerror(rc));
-        return stream_local_reply(s, 400, "bad_request", NULL, 0, NULL);
+        {
+            stream_local_reply(s, 400, "bad_request", NULL, 0, NULL);
+            return;
+        }
     }
     /* Authority: :authority (now the first field, "host"), else exactly
      * one host header, else none (allowed in HTTP/2: the proxy names the
@@ -491,7 +520,10 @@ static void head_complete(h2_stream *s)
     if (nhost > 1 || (host && sk_authority_parse(host->value, host->value_len, &r->host, &r->host_len) < 0)) {
         char pb[64];
         sk_debug("bad request from %s: invalid :authority or host", peer(h, pb));
-        return stream_local_reply(s, 400, "bad_request", NULL, 0, NULL);
+        {
+            stream_local_reply(s, 400, "bad_request", NULL, 0, NULL);
+            return;
+        }
     }
     if (host) {
         r->authority = host->value;
@@ -499,8 +531,10 @@ static void head_complete(h2_stream *s)
     } else {
         r->host = r->authority = "";
     }
-    if (s->ncookies > 1 && join_cookies(r) < 0)
-        return stream_local_reply(s, 500, "internal_error", NULL, 0, NULL);
+    if (s->ncookies > 1 && join_cookies(r) < 0) {
+        stream_local_reply(s, 500, "internal_error", NULL, 0, NULL);
+        return;
+    }
     /* Framing: END_STREAM on HEADERS means no body; else content-length,
      * or a body of unknown length (chunked towards an HTTP/1 upstream). */
     if (s->req_end) {
@@ -512,11 +546,15 @@ static void head_complete(h2_stream *s)
     } else {
         r->req_framing = SK_BODY_CHUNKED;
     }
-    if (l->max_body_bytes && s->has_cl && s->content_length > l->max_body_bytes)
-        return stream_local_reply(s, 413, "body_too_large", NULL, 0, NULL);
+    if (l->max_body_bytes && s->has_cl && s->content_length > l->max_body_bytes) {
+        stream_local_reply(s, 413, "body_too_large", NULL, 0, NULL);
+        return;
+    }
     if (expect) {
-        if (!sk_streq_nocase(expect->value, expect->value_len, "100-continue"))
-            return stream_local_reply(s, 417, "bad_request", "unsupported expectation\n", 24, NULL);
+        if (!sk_streq_nocase(expect->value, expect->value_len, "100-continue")) {
+            stream_local_reply(s, 417, "bad_request", "unsupported expectation\n", 24, NULL);
+            return;
+        }
         r->expect_continue = !s->req_end;
     }
     s->head_done = true;
@@ -912,16 +950,22 @@ static void arm_timer(sk_h2_conn *h, bool read)
         kind = T_IDLE;
         ms = h->any_request ? l->idle_timeout_ms : l->header_timeout_ms;
     } else {
+        bool requests = false;
         for (sk_link *p = h->streams.next; p != &h->streams; p = p->next) {
             h2_stream *s = SK_CONTAINER(p, h2_stream, link);
+            if (s->rq) requests = true;
             if (s->rq && s->head_done && !s->req_end && !s->paused && !s->filter_wait && !s->discard) {
                 kind = T_BODY;
                 ms = l->idle_timeout_ms;
                 break;
             }
         }
+        if (!requests) { /* what is left are answers the client does not take */
+            kind = T_OUT;
+            ms = l->idle_timeout_ms;
+        }
     }
-    if (kind == h->timer_kind && !(kind == T_BODY && read)) return;
+    if (kind == h->timer_kind && !((kind == T_BODY || kind == T_OUT) && read)) return;
     h->timer_kind = kind;
     if (kind == T_NONE) {
         ev_timer_stop(c->worker->loop, &c->timer);
@@ -1220,11 +1264,16 @@ static void h2_on_timer(struct ev_loop *loop, ev_timer *t, int revents)
         sk_conn_close(c);
         return;
     }
-    if (kind == T_HEADER || kind == T_IDLE) {
-        /* A header block that does not end, or no request for too long:
-         * a GOAWAY and the close. */
+    if (kind == T_HEADER || kind == T_IDLE || kind == T_OUT) {
+        /* A header block that does not end, no request for too long, or
+         * answers the client does not read: a GOAWAY and the close. */
         char pb[64];
-        sk_debug("client %s: HTTP/2 %s, closing", peer(h, pb), kind == T_HEADER ? "header timeout" : "idle");
+        sk_debug("client %s: HTTP/2 %s, closing", peer(h, pb),
+                 kind == T_HEADER ? "header timeout"
+                 : kind == T_IDLE ? "idle"
+                                  : "client not reading");
+        h2_stream *s = kind == T_HEADER ? stream_of(h, h->hb_stream) : NULL;
+        if (s && s->rq && !s->req->reason) s->req->reason = "header_timeout";
         h->failing = true;
         if (!h->ng_broken) nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
         h->timer_kind = T_FAIL;

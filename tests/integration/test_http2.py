@@ -1070,3 +1070,16 @@ def test_stalled_request_body(sidekick, upstream):
         r = c.response(sid, WAIT)
         assert r.status == 408 and r.header("x-sidekick-reason") == "idle_timeout", r
         assert c.response(c.request("GET", "/ping")).status == 200
+
+
+def test_client_that_never_opens_its_window(sidekick, upstream):
+    """A response queued whole for a client that gives no window back: the
+    connection ends after idle_timeout instead of holding it forever."""
+    up = upstream(lambda req: Reply(body=b"z" * 200000))
+    sk = sidekick(ini(listener="idle_timeout = 1s"), up=up.port)
+    with H2Client(sk.port("h"), auto_window=False) as c:
+        sid = c.request("GET", "/big")
+        assert c.wait(lambda: c.streams[sid].body_len >= 65535, WAIT)
+        assert c.wait_closed(WAIT)
+        assert c.streams[sid].body_len == 65535
+    assert_healthy(sk)
