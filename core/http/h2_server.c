@@ -64,6 +64,10 @@
 #define DRAIN_PING_MS  1000       /* the final GOAWAY goes out after this even without its answer */
 #define FAIL_LINGER_MS 2000       /* a failed connection closes after this even if its GOAWAY waits */
 #define REFS           8          /* body pieces a stream queues by reference before copying */
+/* A flush of the request layer's that leaves less than this queued waits
+ * for the end of the loop iteration, so that the answers of many streams
+ * go out in one write. */
+#define COALESCE_MAX 16384
 
 /* A token bucket: `level` in thousandths of a token. */
 typedef struct bucket {
@@ -93,6 +97,7 @@ struct sk_h2_conn {
     h2_stream **snap;      /* snapshot of the streams, for callbacks that may change the list */
     size_t snap_cap;       /* its capacity */
     ev_timer goaway_timer; /* the final GOAWAY of a drain, if the PING answer does not come */
+    ev_prepare prep;       /* a write held for the end of the loop iteration (soft_flush) */
     bucket pings, settings, empty, resets;
     uint64_t reset_burst, reset_rate; /* the reset bucket's bounds (from max_concurrent_streams) */
     int32_t hb_stream;                /* stream of a header block not ended yet (END_HEADERS), 0 = none */
@@ -164,6 +169,7 @@ static void after_input(sk_h2_conn *h);
 static void h2_fail(sk_h2_conn *h, int reason, uint32_t code);
 static void arm_timer(sk_h2_conn *h, bool read);
 static void failing_mode(sk_h2_conn *h);
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents);
 static void stream_local_reply(h2_stream *s, int status, const char *reason, const char *body, size_t len,
                                const char *const *headers);
 
@@ -584,6 +590,8 @@ static void request_end(h2_stream *s)
     if (!s->head_done || s->filter_wait || s->discard || s->end_delivered) return;
     s->end_delivered = true;
     s->h->c->cbs->body_end(s->rq);
+    /* the end goes upstream after this read, with what came before it */
+    if (s->rq && sk_list_empty(&s->tlink)) sk_list_insert(&s->h->touched, &s->tlink);
 }
 
 /* ---- nghttp2 receive callbacks ---- */
@@ -1392,6 +1400,8 @@ int sk_h2_start(sk_conn *c)
     bucket_init(&h->resets, h->reset_burst, now);
     ev_init(&h->goaway_timer, on_goaway_timer);
     h->goaway_timer.data = h;
+    ev_prepare_init(&h->prep, on_prepare);
+    h->prep.data = h;
     if (submit_settings(h) < 0) goto oom;
     c->h2 = h;
     c->tr.cbs = &h2_transport_cbs;
@@ -1425,6 +1435,7 @@ void sk_h2_close(sk_conn *c, const char *reason)
     sk_h2_conn *h = c->h2;
     if (!h) return;
     ev_timer_stop(c->worker->loop, &h->goaway_timer);
+    ev_prepare_stop(c->worker->loop, &h->prep);
     /* c is dead: each stream leaves the list as it is finished */
     while (!sk_list_empty(&h->streams)) {
         h2_stream *s = SK_CONTAINER(h->streams.next, h2_stream, link);
@@ -1708,10 +1719,42 @@ static void op_local_reply(void *p, int status, const char *reason, const char *
     stream_local_reply(p, status, reason, body, len, headers); /* `close` is HTTP/1's: streams end alone */
 }
 
+/* The request layer's flush: nghttp2 makes its frames now; when they are
+ * few, what they reference is copied and the write waits for the end of
+ * this loop iteration (an ev_prepare), where the frames of every stream
+ * answered meanwhile go out in one writev. Otherwise, a flush. */
+static void soft_flush(sk_h2_conn *h)
+{
+    sk_conn *c = h->c;
+    if (c->dead || h->in_recv || h->in_send || h->ng_broken || h->failing) {
+        h2_flush(h);
+        return;
+    }
+    h->blocked = false;
+    h->in_send = true;
+    int rv = nghttp2_session_send(h->ng);
+    h->in_send = false;
+    if (rv < 0 || h->blocked || h->flush_due || sk_out_pending(&c->out) >= COALESCE_MAX ||
+        sk_out_detach(&c->out) < 0) {
+        h2_flush(h);
+        return;
+    }
+    detach_all(h);
+    if (!ev_is_active(&h->prep)) ev_prepare_start(c->worker->loop, &h->prep);
+}
+
+static void on_prepare(struct ev_loop *loop, ev_prepare *w, int revents)
+{
+    sk_h2_conn *h = w->data;
+    ev_prepare_stop(loop, w);
+    h2_flush(h);
+    if (!h->c->dead) run_todo(h);
+}
+
 static void op_flush(void *p)
 {
     h2_stream *s = p;
-    h2_flush(s->h);
+    soft_flush(s->h);
 }
 
 static size_t op_pending(void *p)

@@ -251,7 +251,9 @@ def test_request_bodies(sidekick, upstream):
         a = c.request("POST", "/a", headers=[("content-length", "11")], body=b"hello world")
         b = c.request("POST", "/b", end=False)
         c.send_body(b, b"abc", end=False)
+        time.sleep(0.1)  # each piece in a read of its own: the end alone too
         c.send_body(b, b"defgh", end=False)
+        time.sleep(0.1)
         c.send_body(b, b"", end=True)
         ra, rb = c.response(a), c.response(b)
     assert ra.status == 200 and bytes(ra.body) == b"11 False", ra
