@@ -79,19 +79,20 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     memset(big_answer + k, 'b', 70000);
     big_answer_len = (size_t)k + 70000;
     char cfg[2048];
-    snprintf(cfg, sizeof(cfg),
-             "[sidekick]\nworkers = 1\nadmin = off\nlog_level = error\naccess_log = off\n\n"
-             "[listener fuzz]\naddress = 127.0.0.1:39997\nmax_header_bytes = 4k\nmax_headers = 20\n"
-             "max_body_bytes = 1k\nmax_concurrent_streams = 8\nhttp2_initial_window_size = 4k\n"
-             "http2_connection_window_size = 64k\n\n"
-             "[route ok]\nlistener = fuzz\npath = /ok\nrespond = 200 ok\n\n"
-             "[route up]\nlistener = fuzz\nprefix = /up/\nrewrite_prefix = /\ncluster = live\ntimeout = 5s\n\n"
-             "[route dead]\nlistener = fuzz\nprefix = /dead\ncluster = dead\ntimeout = 5s\nretries = 1\n\n"
-             "[route hdr]\nlistener = fuzz\nprefix = /h\nheader = x-fuzz: yes\nmethod = GET, POST\n"
-             "host = *.example.com\nrespond = 204\n\n"
-             "[cluster live]\nendpoints = 127.0.0.1:%u\nconnect_timeout = 1s\n\n"
-             "[cluster dead]\nendpoints = 127.0.0.1:1\nconnect_timeout = 1s\n",
-             (unsigned)ntohs(a.sin_port));
+    snprintf(
+        cfg, sizeof(cfg),
+        "[sidekick]\nworkers = 1\nadmin = off\nlog_level = error\naccess_log = off\n\n"
+        "[listener fuzz]\naddress = 127.0.0.1:39997\nmax_header_bytes = 4k\nmax_headers = 20\n"
+        "max_body_bytes = 1k\nmax_concurrent_streams = 8\nhttp2_initial_window_size = 4k\n"
+        "http2_connection_window_size = 64k\n\n"
+        "[route ok]\nlistener = fuzz\npath = /ok\nrespond = 200 ok\n\n"
+        "[route up]\nlistener = fuzz\nprefix = /up/\nrewrite_prefix = /\ncluster = live\ntimeout = 5s\n\n"
+        "[route dead]\nlistener = fuzz\nprefix = /dead\ncluster = dead\ntimeout = 5s\nretries = 1\n\n"
+        "[route hdr]\nlistener = fuzz\nprefix = /h\nheader = x-fuzz: yes\nmethod = GET, POST\n"
+        "host = *.example.com\nrespond = 204\n\n"
+        "[cluster live]\nendpoints = 127.0.0.1:%u\nconnect_timeout = 1s\n\n"
+        "[cluster dead]\nendpoints = 127.0.0.1:1\nconnect_timeout = 1s\n",
+        (unsigned)ntohs(a.sin_port));
     fuzz_setup(cfg);
     fuzz_on_pass = accept_upstreams;
     return 0;
