@@ -96,7 +96,10 @@ typedef struct sk_server_cbs {
      * the request waits for a filter (hold the body until chain_resumed), -1
      * when the stream must stop (a reply was queued, or it is gone). */
     int (*head)(void *req);
-    /* A piece of request body (decoded) / its end. 0, or -1 to stop. */
+    /* A piece of request body (decoded) / its end. 0, or -1 to stop.
+     * body_end comes for a request without a body too (right after head,
+     * or after chain_resumed when a filter held it): the upstream
+     * connection is reused only once the request has ended. */
     int (*body)(void *req, const char *p, size_t n);
     int (*body_end)(void *req);
     /* Everything one read brought was delivered (body pieces may wait to be
