@@ -71,6 +71,10 @@ static const char *const tls_sides[2] = {"server", "client"};
 static const char *const lua_kinds[3] = {"error", "budget", "memory"};
 static const char *const overflow_limits[3] = {"max_connections", "max_pending", "max_requests"};
 static const char *const cx_states[SK_MG_COUNT] = {"active", "idle"};
+const char *const sk_h2_error_names[SK_H2_ERRORS] = {
+    "rapid_reset",        "ping_flood",        "settings_flood",    "empty_frames",
+    "continuation_flood", "headers_too_large", "compression_error", "outbound_flood",
+    "protocol_error",     "stream_error",      "refused_stream"};
 
 /* ---- summing ----------------------------------------------------------- */
 
@@ -81,6 +85,9 @@ typedef struct totals {
     uint64_t bytes_received;
     uint64_t bytes_sent;
     uint64_t tls[2][SK_TLS_RESULTS];
+    int64_t h2_active;
+    uint64_t h2_total, h2_streams;
+    uint64_t h2_errors[SK_H2_ERRORS];
 } totals;
 
 static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
@@ -97,6 +104,10 @@ static void sum_totals(totals *t, sk_metrics *const *m, size_t n)
         t->bytes_sent += SK_LOAD(w->bytes_sent);
         for (int side = 0; side < 2; side++)
             for (int r = 0; r < SK_TLS_RESULTS; r++) t->tls[side][r] += SK_LOAD(w->tls_handshakes[side][r]);
+        t->h2_active += (int64_t)SK_LOAD(w->h2_active);
+        t->h2_total += SK_LOAD(w->h2_total);
+        t->h2_streams += SK_LOAD(w->h2_streams);
+        for (int e = 0; e < SK_H2_ERRORS; e++) t->h2_errors[e] += SK_LOAD(w->h2_errors[e]);
     }
 }
 
@@ -545,6 +556,22 @@ int sk_metrics_render_prometheus(sk_buf *out, const sk_config *cfg, const sk_met
             lbl l[] = {{"side", tls_sides[side]}, {"result", sk_tls_result_names[r]}};
             if (prom_sample(out, hs, l, 2, (int64_t)t.tls[side][r]) < 0) return -1;
         }
+    if (prom_i64(out, "sidekick_http2_connections_active", "gauge",
+                 "Open client connections speaking HTTP/2.", t.h2_active) < 0 ||
+        prom_u64(out, "sidekick_http2_connections_total", "counter", "Client connections that spoke HTTP/2.",
+                 t.h2_total) < 0 ||
+        prom_u64(out, "sidekick_http2_streams_total", "counter", "HTTP/2 request streams opened by clients.",
+                 t.h2_streams) < 0)
+        return -1;
+    const char *he = "sidekick_http2_protocol_errors_total";
+    if (prom_family(out, he, "counter",
+                    "HTTP/2 protocol errors and floods by reason, each answered with GOAWAY or RST_STREAM.") <
+        0)
+        return -1;
+    for (int e = 0; e < SK_H2_ERRORS; e++)
+        if (sk_buf_printf(out, "%s{reason=\"%s\"} %" PRIu64 "\n", he, sk_h2_error_names[e], t.h2_errors[e]) <
+            0)
+            return -1;
     return prom_process(out);
 }
 
@@ -748,6 +775,17 @@ json_t *sk_metrics_json(const sk_config *cfg, const sk_metrics_endpoint *eps, si
         if (ps.have_fds) jset(p, "open_fds", jint(ps.open_fds), &ok);
         if (ps.have_max_fds) jset(p, "max_fds", jint(ps.max_fds), &ok);
         if (ps.have_start) jset(p, "start_time_seconds", json_real(ps.start_time), &ok);
+    }
+    if (ok) {
+        json_t *h2 = jobject(root, "http2", &ok);
+        if (h2) {
+            jset(h2, "connections_active", json_integer(t.h2_active), &ok);
+            jset(h2, "connections_total", json_integer((json_int_t)t.h2_total), &ok);
+            jset(h2, "streams_total", json_integer((json_int_t)t.h2_streams), &ok);
+            json_t *h2e = ok ? jobject(h2, "protocol_errors", &ok) : NULL;
+            for (int e = 0; e < SK_H2_ERRORS && h2e; e++)
+                jset(h2e, sk_h2_error_names[e], json_integer((json_int_t)t.h2_errors[e]), &ok);
+        }
     }
     if (!ok) {
         json_decref(root);

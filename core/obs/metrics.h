@@ -80,6 +80,24 @@ typedef struct sk_mrow {
 #define SK_MROW_CHUNKS 1024
 #define SK_MROW_MAX    (SK_MROW_CHUNK * SK_MROW_CHUNKS)
 
+/* What went wrong on an HTTP/2 connection (the `reason` label of
+ * sidekick_http2_protocol_errors_total; h2_server.c counts them). */
+enum sk_h2_error {
+    SK_H2_RAPID_RESET = 0,    /* streams reset early faster than the bound: GOAWAY ENHANCE_YOUR_CALM */
+    SK_H2_PING_FLOOD,         /* PING frames faster than the bound: GOAWAY ENHANCE_YOUR_CALM */
+    SK_H2_SETTINGS_FLOOD,     /* SETTINGS frames faster than the bound: GOAWAY ENHANCE_YOUR_CALM */
+    SK_H2_EMPTY_FRAMES,       /* empty DATA frames faster than the bound: GOAWAY ENHANCE_YOUR_CALM */
+    SK_H2_CONTINUATION_FLOOD, /* a header block beyond the header limit: GOAWAY ENHANCE_YOUR_CALM */
+    SK_H2_HEADERS_TOO_LARGE,  /* a header list beyond max_header_bytes / max_headers: 431 on the stream */
+    SK_H2_COMPRESSION_ERROR,  /* HPACK that does not decode (table size abuse): GOAWAY COMPRESSION_ERROR */
+    SK_H2_OUTBOUND_FLOOD,     /* frames we must answer pile up unread: connection closed */
+    SK_H2_PROTOCOL_ERROR,     /* any other connection error: GOAWAY (PROTOCOL_ERROR, FRAME_SIZE_ERROR, ...) */
+    SK_H2_STREAM_ERROR,       /* a malformed request: RST_STREAM PROTOCOL_ERROR */
+    SK_H2_REFUSED_STREAM,     /* a stream over max_concurrent_streams: RST_STREAM REFUSED_STREAM */
+    SK_H2_ERRORS
+};
+extern const char *const sk_h2_error_names[SK_H2_ERRORS];
+
 typedef struct sk_metrics {
     /* rows by index: chunks[i / SK_MROW_CHUNK][i % SK_MROW_CHUNK]. Chunks
      * are allocated by the main thread (metrics_rows.c) and published with
@@ -92,6 +110,10 @@ typedef struct sk_metrics {
     uint64_t bytes_received;                    /* bytes read from clients */
     uint64_t bytes_sent;                        /* bytes written to clients */
     uint64_t tls_handshakes[2][SK_TLS_RESULTS]; /* TLS handshakes by side and outcome */
+    uint64_t h2_active;                         /* open HTTP/2 client connections (gauge) */
+    uint64_t h2_total;                          /* client connections that spoke HTTP/2 */
+    uint64_t h2_streams;                        /* HTTP/2 request streams opened by clients */
+    uint64_t h2_errors[SK_H2_ERRORS];           /* HTTP/2 protocol errors and floods, by reason */
 } sk_metrics;
 
 /* Reloads that published a generation / that were refused (main thread writes). */

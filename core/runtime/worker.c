@@ -290,11 +290,12 @@ static bool generation_used(sk_worker *w, const sk_config *cfg, bool cut)
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
         if (c->dead) continue;
-        /* a connection moves only between requests: its request runs on its generation */
+        /* a connection moves only between requests: its request runs on its
+         * generation (an HTTP/2 connection never moves: its streams finish
+         * after a GOAWAY) */
         if (c->config == cfg) {
             used = true;
-            if (cut && c->req && !c->req->reason) c->req->reason = "drain_timeout";
-            if (cut) sk_conn_close(c);
+            if (cut) sk_conn_cut(c, "drain_timeout");
         }
     }
     return sk_tcp_uses_generation(&w->tcp_conns, cfg, cut) || used;
@@ -392,12 +393,17 @@ static void apply_reload(void *arg)
     w->retired = old;
     w->gen = g;
     w->config = nc;
-    /* Idle keep-alive connections move now; busy ones after their request. */
+    /* Idle keep-alive connections move now; busy ones after their request.
+     * HTTP/2 connections get a graceful GOAWAY: their open streams finish
+     * on this generation, and the clients reconnect to the new one (as
+     * nginx and HAProxy reloads do). */
     sk_link *l = w->conns.next;
     while (l != &w->conns) {
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
-        if (!c->req) {
+        if (sk_conn_is_h2(c)) {
+            sk_conn_drain(c);
+        } else if (!c->req) {
             adopt_generation(c);
         } else {
             /* busy: moves after its request, or ends then if its listener is gone */
