@@ -66,8 +66,10 @@ enum sk_retry_cond {
 #define SK_FAULT_DELAY_MAX_MS 60000
 /* Seconds of the retry budget's sliding window (Linkerd's and Finagle's ttl). */
 #define SK_RETRY_BUDGET_WINDOW 10
-
-struct sk_traffic_counters;
+/* The text of a retry cause, as retry_on writes it and the access log's
+ * retry_reason shows it ("connect-failure", ..., "409", "per-try-timeout");
+ * NULL for SK_RETRY_NONE. */
+const char *sk_retry_cond_name(int cond);
 
 /* `verify` of a [tls] section; the values of net/tls.h's sk_tls_verify. */
 enum sk_verify { SK_VERIFY_NONE = 0, SK_VERIFY_OPTIONAL = 1, SK_VERIFY_REQUIRED = 2 };
@@ -86,7 +88,7 @@ struct sk_tls {
     char **peer_ids;         /* `peer_identity`: exact SPIFFE IDs or prefix/-star patterns */
     size_t npeer_ids;        /* number of them (0 = anyone verified) */
     char *sni;               /* `sni` (cluster side), or NULL */
-    char *alpn;              /* `alpn`, comma-separated, default "http/1.1" */
+    char *alpn;              /* `alpn`, comma-separated, default "h2,http/1.1" (listener side) */
     int min_version;         /* `min_version`: 12 or 13, default 12 */
     char *ciphers;           /* `ciphers` (wolfSSL list), or NULL for the defaults */
     bool session_tickets;    /* `session_tickets` (listener side), default on */
@@ -139,12 +141,17 @@ struct sk_listener {
     uint64_t max_body_bytes;    /* `max_body_bytes`, default 0 = unlimited */
     bool merge_slashes;         /* `merge_slashes`, default off: "//" in paths → "/" */
     int escaped_slashes;        /* `escaped_slashes`, enum sk_escaped_slashes, default reject */
+    unsigned h2_max_streams;    /* `max_concurrent_streams` of an HTTP/2 connection, default 100 */
+    uint64_t h2_frame_size;     /* `http2_max_frame_size` accepted, default 16k (16k..16m-1) */
+    uint64_t h2_stream_window;  /* `http2_initial_window_size` of a stream, default 64k */
+    uint64_t h2_conn_window;    /* `http2_connection_window_size`, default 1m */
     sk_tls *tls;                /* `tls`: terminate TLS with this section, or NULL */
     sk_instance **plugins;      /* `plugins`, in order (owned by the config) */
     size_t nplugins;            /* number of plugins */
     sk_route **routes;          /* routes naming this listener, in file order */
     size_t nroutes;             /* number of routes */
     unsigned active_conns;      /* open connections of this generation's listener (atomic) */
+    size_t metrics_row;         /* row of its requests that matched no route (obs/metrics.h) */
     int line;                   /* line of the section header, for messages */
 };
 
@@ -176,20 +183,18 @@ struct sk_route {
     size_t nlua_keys;              /* number of them */
     char *lua_src;                 /* the script as read at load (the generation's copy) */
     size_t lua_src_len;            /* its length */
-    uint64_t lua_errors[3];        /* Lua failures by kind (error, budget, memory), atomic */
     /* Traffic management (docs/traffic.md). */
-    unsigned retry_on;                    /* `retry_on`: SK_RETRY_BIT()s, default SK_RETRY_ON_DEFAULT */
-    uint64_t per_try_timeout_ms;          /* `per_try_timeout`, 0 = none; below `timeout` */
-    uint64_t retry_backoff_ms;            /* `retry_backoff` base, default 25ms; 0 = retry at once */
-    sk_cluster *mirror;                   /* `mirror` cluster, or NULL */
-    uint32_t mirror_ppm;                  /* its share of requests */
-    uint64_t fault_delay_ms;              /* `fault_delay` duration, 0 = none */
-    uint32_t fault_delay_ppm;             /* its share of requests */
-    int fault_abort_status;               /* `fault_abort` status, 0 = none */
-    uint32_t fault_abort_ppm;             /* its share of requests */
-    bool fault_headers;                   /* `fault_headers`: x-sidekick-fault-* headers force faults */
-    struct sk_traffic_counters *counters; /* obs/traffic_metrics.h, by name; NULL until assigned */
-    size_t metrics_row;            /* row of its request counters (metrics.c), by name */
+    unsigned retry_on;             /* `retry_on`: SK_RETRY_BIT()s, default SK_RETRY_ON_DEFAULT */
+    uint64_t per_try_timeout_ms;   /* `per_try_timeout`, 0 = none; below `timeout` */
+    uint64_t retry_backoff_ms;     /* `retry_backoff` base, default 25ms; 0 = retry at once */
+    sk_cluster *mirror;            /* `mirror` cluster, or NULL */
+    uint32_t mirror_ppm;           /* its share of requests */
+    uint64_t fault_delay_ms;       /* `fault_delay` duration, 0 = none */
+    uint32_t fault_delay_ppm;      /* its share of requests */
+    int fault_abort_status;        /* `fault_abort` status, 0 = none */
+    uint32_t fault_abort_ppm;      /* its share of requests */
+    bool fault_headers;            /* `fault_headers`: x-sidekick-fault-* headers force faults */
+    size_t metrics_row;            /* row of its request and Lua counters (obs/metrics.h) */
     int line;                      /* line of the section header */
 };
 
@@ -226,6 +231,7 @@ struct sk_cluster {
     sk_tls *tls;                 /* `tls`: originate TLS to the endpoints with this section, or NULL */
     int line;                    /* line of the section header */
     sk_config *config;           /* the generation it belongs to (not a reference) */
+    size_t metrics_row;          /* row of its upstream counters (obs/metrics.h), by name */
 
     /* Runtime circuit-breaker counters, shared by all workers (atomics).
      * With `upstream`, the only mutable part of a config. */
@@ -238,7 +244,6 @@ struct sk_cluster {
     uint64_t budget_requests[SK_RETRY_BUDGET_WINDOW]; /* requests sent to the cluster */
     uint64_t budget_retries[SK_RETRY_BUDGET_WINDOW];  /* retries taken from the ratio */
     uint64_t budget_min_used;                         /* retries taken from retry_budget_min, this second */
-    struct sk_traffic_counters *counters; /* obs/traffic_metrics.h, by name; NULL until assigned */
     /* The upstream layer's state of the cluster (upstream/cluster.h: the
      * endpoint objects and the set in force), opaque here. NULL until the
      * upstream layer makes it after the load; the config frees it with

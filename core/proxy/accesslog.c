@@ -10,7 +10,6 @@
 
 #include "accesslog.h"
 #include "head.h"
-#include "traffic_metrics.h"
 
 /* Length of the valid UTF-8 sequence at s (n bytes left), or 0. */
 static size_t utf8_len(const unsigned char *s, size_t n)

@@ -24,7 +24,7 @@
 #include "h1_client.h"
 #include "pool.h"
 #include "traffic.h"
-#include "traffic_metrics.h"
+#include "metrics.h"
 
 #define SK_SHADOW_SPARE      64    /* copies kept for reuse per thread */
 #define SK_SHADOW_DEFAULT_MS 15000 /* life of a copy when the route has no timeout */
@@ -54,6 +54,12 @@ static void lists_init(void)
     sk_list_init(&live);
     sk_list_init(&spare);
     lists_ready = true;
+}
+
+/* Counts an event (enum sk_mcounter) in row `row` of the thread's metrics. */
+static void count(sk_wctx *w, size_t row, int which)
+{
+    sk_metrics_count(w->metrics, row, which);
 }
 
 static void pending_done(sk_shadow *s)
@@ -96,7 +102,7 @@ static void shadow_done(sk_shadow *s, bool reuse)
 /* The copy got no complete answer. */
 static void shadow_failed(sk_shadow *s)
 {
-    SK_TRAFFIC_COUNT(s->route, mirrors[SK_MIRROR_FAILED]);
+    count(s->worker, s->route->metrics_row, SK_MC_MIRROR_FAILED);
     shadow_done(s, false);
 }
 
@@ -244,19 +250,19 @@ void sk__mirror_send(sk_request *r, const sk_out_request *q)
     sk_cluster *cl = rt->mirror;
     sk_wctx *w = r->worker;
     if (w->draining || !sk__can_replay(r)) { /* a body past the bound is not copied */
-        SK_TRAFFIC_COUNT(rt, mirrors[SK_MIRROR_DROPPED]);
+        count(w, rt->metrics_row, SK_MC_MIRROR_DROPPED);
         return;
     }
     if (__atomic_add_fetch(&cl->active_requests, 1, __ATOMIC_RELAXED) > cl->max_requests) {
         __atomic_sub_fetch(&cl->active_requests, 1, __ATOMIC_RELAXED);
-        SK_TRAFFIC_COUNT(cl, overflows[SK_LIMIT_MAX_REQUESTS]);
-        SK_TRAFFIC_COUNT(rt, mirrors[SK_MIRROR_DROPPED]);
+        count(w, cl->metrics_row, SK_MC_OVERFLOW_REQUESTS);
+        count(w, rt->metrics_row, SK_MC_MIRROR_DROPPED);
         return;
     }
     sk_shadow *s = shadow_new(r);
     if (!s) {
         __atomic_sub_fetch(&cl->active_requests, 1, __ATOMIC_RELAXED);
-        SK_TRAFFIC_COUNT(rt, mirrors[SK_MIRROR_DROPPED]);
+        count(w, rt->metrics_row, SK_MC_MIRROR_DROPPED);
         return;
     }
     s->counted_request = true;
@@ -265,7 +271,7 @@ void sk__mirror_send(sk_request *r, const sk_out_request *q)
     int got = SK_POOL_FAILED;
     sk_upconn *u = pool ? sk_pool_get(w, pool, &got) : NULL;
     if (got == SK_POOL_OVERLOADED) {
-        SK_TRAFFIC_COUNT(rt, mirrors[SK_MIRROR_DROPPED]);
+        count(w, rt->metrics_row, SK_MC_MIRROR_DROPPED);
         shadow_done(s, false);
         return;
     }
@@ -289,7 +295,7 @@ void sk__mirror_send(sk_request *r, const sk_out_request *q)
         shadow_failed(s);
         return;
     }
-    SK_TRAFFIC_COUNT(rt, mirrors[SK_MIRROR_SENT]);
+    count(w, rt->metrics_row, SK_MC_MIRROR_SENT);
     uint64_t ms = rt->timeout_ms ? rt->timeout_ms : SK_SHADOW_DEFAULT_MS;
     ev_timer_set(&s->timer, (double)ms / 1000.0, 0.);
     ev_timer_start(w->loop, &s->timer);

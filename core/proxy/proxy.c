@@ -27,7 +27,6 @@
 #include "pool.h"
 #include "request.h"
 #include "traffic.h"
-#include "traffic_metrics.h"
 
 /* Is this header hop-by-hop, or one the proxy sets itself? `conn` is the
  * Connection header's value (tokens named there are hop-by-hop too). */
@@ -125,6 +124,32 @@ static void release_cluster(sk_request *r)
         __atomic_sub_fetch(&r->cluster->active_retries, 1, __ATOMIC_RELAXED);
         r->counted_retry = false;
     }
+}
+
+/* Counts an event of the request's cluster (enum sk_mcounter). */
+static void count_cluster(sk_request *r, int which)
+{
+    sk_metrics_count(r->worker->metrics, r->cluster->metrics_row, which);
+}
+
+/* Counts an event of the request's route (enum sk_mcounter: mirrors, faults). */
+static void count_route(sk_request *r, int which)
+{
+    sk_metrics_count(r->worker->metrics, r->route->metrics_row, which);
+}
+
+/* Counts the status of an upstream response head in the endpoint's row. */
+static void count_upstream_code(sk_request *r, int status)
+{
+    sk_mrow *row = r->pool ? sk_metrics_row(r->worker->metrics, r->pool->endpoint->metrics_row) : NULL;
+    if (row) sk_metrics_code(row, status);
+}
+
+/* Observes the duration of the attempt that just ended in the cluster's histogram. */
+static void observe_upstream(sk_request *r)
+{
+    sk_mrow *row = sk_metrics_row(r->worker->metrics, r->cluster->metrics_row);
+    if (row) sk_metrics_observe(row, (sk_now_ns() - r->upstream_start_ns) / 1000);
 }
 
 static void stop_timeout(sk_request *r)
@@ -340,7 +365,7 @@ static void mirror(sk_request *r)
     r->mirror_pending = false;
     sk_out_request q;
     if (build_upstream_request(r, &q) < 0) {
-        SK_TRAFFIC_COUNT(r->route, mirrors[SK_MIRROR_FAILED]);
+        count_route(r, SK_MC_MIRROR_FAILED);
         return;
     }
     sk__mirror_send(r, &q);
@@ -354,7 +379,7 @@ static void go_upstream(sk_request *r)
         r->cluster_override ? r->cluster_override : sk_route_pick_cluster(rt, sk_wctx_rand(r->worker));
     if (__atomic_add_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED) > r->cluster->max_requests) {
         __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
-        SK_TRAFFIC_COUNT(r->cluster, overflows[SK_LIMIT_MAX_REQUESTS]);
+        count_cluster(r, SK_MC_OVERFLOW_REQUESTS);
         reply(r, 503, "overloaded", NULL, false);
         return;
     }
@@ -425,7 +450,7 @@ static bool inject_faults(sk_request *r)
         if (!ms && rt->fault_delay_ms && draw(r, rt->fault_delay_ppm)) ms = rt->fault_delay_ms;
         if (ms) {
             r->faults |= 1;
-            SK_TRAFFIC_COUNT(rt, faults[SK_FAULT_DELAY]);
+            count_route(r, SK_MC_FAULT_DELAY);
             r->fault_wait = true;
             ev_timer_init(&r->timeout, on_fault_delay, (double)ms / 1000.0, 0.);
             r->timeout.data = r;
@@ -442,7 +467,7 @@ static bool inject_faults(sk_request *r)
         status = (uint64_t)rt->fault_abort_status;
     if (!status) return false;
     r->faults |= 2;
-    SK_TRAFFIC_COUNT(rt, faults[SK_FAULT_ABORT]);
+    count_route(r, SK_MC_FAULT_ABORT);
     reply(r, (int)status, "fault_injected", NULL, false);
     return true;
 }
@@ -728,16 +753,16 @@ static bool retry_allowed(sk_request *r, int cond)
     if (!r->counted_retry) {
         if (__atomic_add_fetch(&cl->active_retries, 1, __ATOMIC_RELAXED) > cl->max_retries) {
             __atomic_sub_fetch(&cl->active_retries, 1, __ATOMIC_RELAXED);
-            SK_TRAFFIC_COUNT(cl, overflows[SK_LIMIT_MAX_RETRIES]);
+            count_cluster(r, SK_MC_OVERFLOW_RETRIES);
             return false;
         }
         r->counted_retry = true;
     }
     if (!sk__retry_budget_take(cl)) {
-        SK_TRAFFIC_COUNT(cl, budget_exhausted);
+        count_cluster(r, SK_MC_RETRY_BUDGET_EXHAUSTED);
         return false;
     }
-    SK_TRAFFIC_COUNT(cl, retries[cond]);
+    count_cluster(r, SK_MC_RETRIES + cond);
     r->retry_reason = cond;
     return true;
 }
@@ -804,12 +829,22 @@ static void upstream_error(sk_request *r, int status, const char *reason, bool r
     release_upstream(r, false);
     sk_request_pending_done(r);
     stop_try_timer(r, true);
-    if (strcmp(reason, "upstream_connect_failure") == 0)
-        SK_INC(r->worker->metrics->upstream_connect_failures);
+    /* what went wrong with the attempt, by cluster (not the local refusals:
+     * no endpoint, a circuit breaker, an internal error) */
+    if (r->cluster) {
+        if (strcmp(reason, "upstream_connect_failure") == 0 ||
+            strcmp(reason, "upstream_identity_mismatch") == 0)
+            count_cluster(r, SK_MC_CONNECT_FAILURES);
+        else if (strcmp(reason, "upstream_reset") == 0 || strcmp(reason, "upstream_protocol_error") == 0)
+            count_cluster(r, SK_MC_RESETS);
+        else if (strcmp(reason, "upstream_timeout") == 0)
+            count_cluster(r, SK_MC_TIMEOUTS);
+    }
     if (retryable && may_retry_stale(r)) {
         r->stale_retried = true;
         r->attempts--;
         sk_debug("pooled upstream connection was stale, retrying on a new one");
+        count_cluster(r, SK_MC_RETRIES + SK_RETRY_NONE); /* reason stale-connection */
         start_upstream(r);
         return;
     }
@@ -858,7 +893,8 @@ static void up_connected(void *rq)
 
 /* An answer whose status is in retry_on is retried (read whole and
  * dropped, not forwarded) while the retry policy allows; only once the
- * request body is complete, as the next attempt replays all of it. */
+ * request body is complete, as the next attempt replays all of it. Asked
+ * once per final response head: a retried one is counted here. */
 static bool up_retry_status(void *rq, int status)
 {
     sk_request *r = rq;
@@ -867,7 +903,9 @@ static bool up_retry_status(void *rq, int status)
                : status == 504 ? SK_RETRY_504
                : status == 409 ? SK_RETRY_409
                                : SK_RETRY_NONE;
-    return cond != SK_RETRY_NONE && r->body_done && retry_allowed(r, cond);
+    bool retry = cond != SK_RETRY_NONE && r->body_done && retry_allowed(r, cond);
+    if (retry) count_upstream_code(r, status);
+    return retry;
 }
 
 /* Sends the response head to the client, after the on_response hooks. */
@@ -876,6 +914,7 @@ static int up_response_head(void *rq, int status, bool no_body, bool has_length,
     sk_request *r = rq;
     sk_head *h = &r->rhead;
     stop_try_timer(r, false); /* the answer is here: per_try_timeout is over, the route timeout goes on */
+    count_upstream_code(r, status);
     if (sk_head_finish(h) < 0) return -1;
     if (r->chain_pos || r->lua_ran) {
         r->status = status;
@@ -915,6 +954,7 @@ static void up_response_end(void *rq, bool reusable)
     stop_try_timer(r, false);
     ops->send_end(down);
     r->upstream_end_ns = sk_now_ns();
+    observe_upstream(r);
     stop_timeout(r);
     /* Flush while the body still points into the upstream read buffer. */
     ops->flush(down);
@@ -930,9 +970,10 @@ static void up_retry(void *rq, bool reusable)
     sk_request *r = rq;
     const sk_server_ops *ops = r->down_ops;
     void *down = r->down;
+    observe_upstream(r);
     release_upstream(r, reusable && r->up_body_done);
     sk_head_reset(&r->rhead);
-    stop_try_timer(r, false);
+    stop_try_timer(r, false); /* the retry was counted when it was decided (retry_allowed) */
     schedule_retry(r, 502, "upstream_reset");
     ops->flush(down);
 }

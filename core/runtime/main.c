@@ -23,7 +23,6 @@
 #include "lua_filter.h"
 #include "server.h"
 #include "tls.h"
-#include "traffic_metrics.h"
 #include "worker.h"
 
 sk_server sk_srv;
@@ -188,9 +187,8 @@ int sk_server_reload(char **errp)
             if (sk_clusters_carry_over(next, cur) < 0)
                 sk_warn("reload: out of memory keeping the discovered endpoints; clusters start afresh");
             sk_metrics_assign_rows(next);
-            sk_traffic_assign(next);
             char *berr = NULL;
-            if (sk_workers_reload(cur, next, sk_metrics_rows_needed(), &berr) < 0) {
+            if (sk_workers_reload(cur, next, &berr) < 0) {
                 snprintf(msg, sizeof(msg), "%s: %s", next->file, berr ? berr : "out of memory");
                 err = strdup(msg);
             }
@@ -332,7 +330,6 @@ int main(int argc, char **argv)
     sk_srv.nworkers = (size_t)cfg->workers;
     sk_plugins_set_process(sk_srv.loop, cfg->workers, sk_workers_post, sk_workers_running);
     sk_metrics_assign_rows(cfg);
-    sk_traffic_assign(cfg);
     sk_srv.metrics = calloc(sk_srv.nworkers, sizeof(*sk_srv.metrics));
     if (!sk_srv.metrics) return 1;
     for (size_t i = 0; i < sk_srv.nworkers; i++) {

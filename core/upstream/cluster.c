@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "cluster.h"
+#include "metrics.h"
 
 /* Takes a reference on e. */
 void sk_endpoint_ref(sk_endpoint *e)
@@ -20,7 +21,10 @@ void sk_endpoint_ref(sk_endpoint *e)
 /* Drops a reference on e; the last one frees it. */
 void sk_endpoint_unref(sk_endpoint *e)
 {
-    if (e && __atomic_sub_fetch(&e->refcnt, 1, __ATOMIC_ACQ_REL) == 0) free(e);
+    if (e && __atomic_sub_fetch(&e->refcnt, 1, __ATOMIC_ACQ_REL) == 0) {
+        sk_metrics_row_release(e->metrics_row);
+        free(e);
+    }
 }
 
 /* Healthy for the balancers: not failing its checks and not ejected. */
@@ -83,14 +87,15 @@ static sk_endpoint *find_endpoint(sk_endpoint **sorted, size_t n, const char *te
 }
 
 /*
- * Makes the set that replaces `old` (NULL for the first): endpoints of old
- * with an address of addrs are taken over, the others are new objects;
+ * Makes the set of cluster `cluster` that replaces `old` (NULL for the
+ * first): endpoints of old with an address of addrs are taken over, the
+ * others are new objects (each with its metrics row);
  * repeated addresses count once (the first, with its weight). The weights
  * and their running sums live in the same allocation as the set. Main
  * thread, with old held. Returns the set (refcnt 1) or NULL on OOM.
  */
-static sk_endpoint_set *make_set(const sk_endpoint_set *old, const sk_addr *addrs, const uint32_t *weights,
-                                 size_t n, const char *source)
+static sk_endpoint_set *make_set(const char *cluster, const sk_endpoint_set *old, const sk_addr *addrs,
+                                 const uint32_t *weights, size_t n, const char *source)
 {
     size_t nold = old ? old->n : 0;
     /* eps[n], then cum[n] (8-byte aligned after pointers), then weights[n] */
@@ -127,6 +132,7 @@ static sk_endpoint_set *make_set(const sk_endpoint_set *old, const sk_addr *addr
         } else if ((e = calloc(1, sizeof(*e))) != NULL) {
             e->address = addrs[i];
             e->refcnt = 1;
+            e->metrics_row = sk_metrics_row_acquire('e', cluster, e->address.text);
         } else {
             ok = false;
             break;
@@ -169,7 +175,7 @@ static sk_cluster_state *state_of(sk_cluster *cl)
     sk_endpoint_set *set = NULL;
     if (st && addrs) {
         for (size_t i = 0; i < cl->nendpoints; i++) addrs[i] = cl->endpoints[i].address;
-        set = make_set(NULL, addrs, NULL, cl->nendpoints, "static");
+        set = make_set(cl->name, NULL, addrs, NULL, cl->nendpoints, "static");
     }
     free(addrs);
     if (!set) {
@@ -199,7 +205,7 @@ int sk_cluster_set_endpoints(sk_cluster *cl, const sk_addr *addrs, const uint32_
     sk_cluster_state *st = state_of(cl);
     if (!st) return -1;
     /* The main thread is the only writer: st->set cannot change under us. */
-    sk_endpoint_set *set = make_set(st->set, addrs, weights, n, source);
+    sk_endpoint_set *set = make_set(cl->name, st->set, addrs, weights, n, source);
     if (!set) return -1;
     publish(st, set);
     sk_discovery_state *d = &st->discovery;
@@ -271,7 +277,7 @@ int sk_clusters_carry_over(sk_config *next, const sk_config *prev)
         sk_endpoint_set *set = NULL;
         if (addrs) {
             for (size_t k = 0; k < from->n; k++) addrs[k] = from->eps[k]->address;
-            set = make_set(st->set, addrs, from->weights, from->n, from->source);
+            set = make_set(cl->name, st->set, addrs, from->weights, from->n, from->source);
         }
         free(addrs);
         sk_endpoint_set_unref(from);

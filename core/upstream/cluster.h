@@ -46,6 +46,8 @@ typedef struct sk_endpoint {
     unsigned ejections;        /* times ejected so far (atomic) */
     unsigned active;           /* requests in flight to it, across workers (atomic) */
     int refcnt;                /* references (atomic); freed at 0 */
+    size_t metrics_row;        /* its (cluster, address) row of upstream counters (obs/metrics.h),
+                                * held while the object lives (immutable) */
 } sk_endpoint;
 
 /* An immutable endpoint set: what the cluster balances over at one

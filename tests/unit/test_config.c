@@ -477,9 +477,8 @@ static const struct {
     {BASE "[tls m]\nverify = required\n", "t.ini:6: [tls m] verify: needs 'ca'"},
     {BASE "[tls m]\nmin_version = 1.1\n",
      "t.ini:6: [tls m] min_version: bad value '1.1' (expected 1.2 or 1.3)"},
-    {BASE "[tls m]\nalpn = h2, http/1.1\n",
-     "t.ini:6: [tls m] alpn: 'h2' needs HTTP/2, which this version does not speak yet"},
-    {BASE "[tls m]\nalpn = spdy/3\n", "t.ini:6: [tls m] alpn: unknown protocol 'spdy/3' (expected http/1.1)"},
+    {BASE "[tls m]\nalpn = spdy/3\n",
+     "t.ini:6: [tls m] alpn: unknown protocol 'spdy/3' (expected h2 or http/1.1)"},
     {BASE "[tls m]\npeer_identity = spiffe://td/a, http://x/y\n",
      "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'http://x/y' (spiffe://trust-domain/path, or a prefix "
      "ending in /*)"},
