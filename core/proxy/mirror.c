@@ -286,11 +286,11 @@ void sk__mirror_send(sk_request *r, const sk_out_request *q)
     c.hdrs = shadow_headers(s, q);
     /* the body is whole now: sent with its length, whatever its framing was */
     c.framing = r->req_framing == SK_BODY_NONE ? SK_BODY_NONE : SK_BODY_LENGTH;
-    c.length = r->body_received;
+    c.length = r->body_seen;
     char *body = NULL;
-    if (r->body_received && (body = sk_arena_alloc(&s->msg.arena, r->replay.len)) != NULL)
+    if (r->body_seen && (body = sk_arena_alloc(&s->msg.arena, r->replay.len)) != NULL)
         memcpy(body, r->replay.data, r->replay.len);
-    if (!c.hdrs || (r->body_received && !body) || sk_h1_client_ops.send_head(u, &c) < 0 ||
+    if (!c.hdrs || (r->body_seen && !body) || sk_h1_client_ops.send_head(u, &c) < 0 ||
         (body && sk_h1_client_ops.send_body(u, body, r->replay.len) < 0)) {
         shadow_failed(s);
         return;

@@ -164,7 +164,7 @@ static void stop_try_timer(sk_request *r, bool resume)
     if (ev_is_active(&r->try_timer)) ev_timer_stop(r->worker->loop, &r->try_timer);
     if (r->backing_off) {
         r->backing_off = false;
-        if (resume && !r->body_done) r->down_ops->resume_body(r->down);
+        if (resume && !r->up_body_done) r->down_ops->resume_body(r->down);
     }
 }
 
@@ -343,7 +343,7 @@ static void start_upstream(sk_request *r)
     }
     /* A retry sends the body received so far again (the retry policy only
      * retries when all of it is kept); the rest streams as it comes. */
-    bool replayed = r->body_received > 0;
+    bool replayed = r->body_seen > 0;
     if (replayed && (!sk__can_replay(r) || r->up_ops->send_body(u, r->replay.data, r->replay.len) < 0)) {
         upstream_error(r, 500, "internal_error", false);
         return;
@@ -396,7 +396,7 @@ static void go_upstream(sk_request *r)
     r->replay_keep = (rt->retries || rt->mirror) && r->req_framing != SK_BODY_NONE &&
                      !(r->req_framing == SK_BODY_LENGTH && r->req_content_length > SK_REPLAY_MAX);
     if (rt->mirror && !r->worker->draining && draw(r, rt->mirror_ppm)) {
-        if (r->body_done)
+        if (r->req_framing == SK_BODY_NONE)
             mirror(r);
         else
             r->mirror_pending = true; /* sent with the whole body (down_body_end) */
@@ -791,7 +791,7 @@ static void schedule_retry(sk_request *r, int status, const char *reason)
     r->backing_off = true;
     r->retry_fail_status = status;
     r->retry_fail_reason = reason;
-    if (!r->body_done) r->down_ops->pause_body(r->down); /* what still comes is kept in replay */
+    if (!r->up_body_done) r->down_ops->pause_body(r->down); /* what still comes is kept in replay */
     ev_timer_set(&r->try_timer, (double)ms / 1000.0, 0.);
     ev_now_update(r->worker->loop);
     ev_timer_start(r->worker->loop, &r->try_timer);
@@ -903,7 +903,7 @@ static bool up_retry_status(void *rq, int status)
                : status == 504 ? SK_RETRY_504
                : status == 409 ? SK_RETRY_409
                                : SK_RETRY_NONE;
-    bool retry = cond != SK_RETRY_NONE && r->body_done && retry_allowed(r, cond);
+    bool retry = cond != SK_RETRY_NONE && r->up_body_done && retry_allowed(r, cond);
     if (retry) count_upstream_code(r, status);
     return retry;
 }
@@ -1071,6 +1071,7 @@ static int down_head(void *rq)
 static int down_body(void *rq, const char *p, size_t n)
 {
     sk_request *r = rq;
+    r->body_seen += n;
     if (r->replay_keep && (r->replay.len + n > SK_REPLAY_MAX || sk_buf_append(&r->replay, p, n) < 0)) {
         r->replay_keep = false; /* past the bound: not replayed, not mirrored */
         sk_buf_reset(&r->replay);

@@ -86,6 +86,8 @@ struct sk_request {
     int retry_reason;      /* enum sk_retry_cond of the last retry, SK_RETRY_NONE = none */
     int retry_fail_status; /* what a retry waiting in backoff answers if it cannot start after all */
     const char *retry_fail_reason; /* (its body outgrew the replay bound meanwhile) */
+    uint64_t body_seen;            /* request body bytes the codec handed over (down_body): what
+                                    * went upstream; body_received may also count bytes a codec holds */
     sk_buf replay;                 /* the request body so far, kept for a retry or the mirror (reused) */
     bool replay_keep;              /* the body goes into replay (the route retries or mirrors; the body
                                     * fits SK_REPLAY_MAX so far) */

@@ -13,11 +13,11 @@
  * past this is not replayed (and not mirrored). */
 #define SK_REPLAY_MAX (64 * 1024)
 
-/* Can r's body so far be sent again? Nothing of it arrived yet, or all of
- * it is kept in r->replay. */
+/* Can r's body so far be sent again? Nothing of it was handed over yet, or
+ * all of it is kept in r->replay. */
 static inline bool sk__can_replay(const sk_request *r)
 {
-    return r->body_received == 0 || (r->replay_keep && r->replay.len == r->body_received);
+    return r->body_seen == 0 || (r->replay_keep && r->replay.len == r->body_seen);
 }
 
 /* --- retry.c --- */

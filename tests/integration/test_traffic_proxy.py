@@ -197,7 +197,7 @@ def test_breaker_max_pending(sidekick):
             http_request(sk.port("listen"), "GET", "/waits", timeout=15)), daemon=True)
         t.start()
         # the first one holds the only pending slot: the others overflow at once
-        assert wait_for(lambda: metric(sk, "sidekick_upstream_connections_opened_total") >= 1, 5)
+        assert wait_for(lambda: metric(sk, "sidekick_upstream_connections_created_total", cluster="up") >= 1, 5)
         for i in range(3):
             r = http_request(sk.port("listen"), "GET", f"/over{i}", timeout=15)
             assert_local_reply(r, 503, "overloaded")
@@ -811,3 +811,32 @@ def test_metrics_pass_promtool(sidekick, ctl):
     problems = [l for l in (p.stdout + p.stderr).splitlines() if "sidekick_upstream_retries" in l or
                 "retry_budget" in l or "circuit_breaker" in l or "mirror_requests" in l or "faults_injected" in l]
     assert not problems, problems
+
+
+def test_over_http2_body_held_by_a_fault_delay_and_replayed_by_a_retry(sidekick, ctl, tmp_path):
+    """An HTTP/2 client (h2c): a fault delay holds the stream's body and then
+    sends it whole; a PUT whose first attempt is reset is replayed whole on
+    the other endpoint; a forced abort answers on the stream."""
+    from harness import curl
+    plan = Plan()
+    a, b = ctl("a", plan=plan), ctl("b", plan=plan)
+    sk = sidekick(config([a.port, b.port], route="retries = 1\nretry_backoff = 0\nfault_headers = on",
+                         cluster="retry_budget = off"))
+    body = tmp_path / "body"
+    body.write_bytes(b"h2 body " * 4000)
+    url = f"http://127.0.0.1:{sk.port('listen')}"
+    plan.set("h2put", [("reset",)])
+    res = curl("--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}",
+               "-X", "PUT", "--data-binary", f"@{body}", "-H", "x-test-id: h2put",
+               "-H", "x-sidekick-fault-delay: 200ms", f"{url}/h2put")
+    assert res.stdout.decode() == "200 2", (res.stdout, res.stderr)
+    got = [q for q in a.app_requests + b.app_requests if q.path == "/h2put"]
+    assert len(got) == 2 and all(q.body == b"h2 body " * 4000 for q in got)
+    assert not [n for n, _ in got[1].headers if n.lower().startswith("x-sidekick-fault")]
+    line = log_of(sk, "/h2put")
+    assert (line["protocol"], line["attempts"], line["retry_reason"], line["fault"]) == \
+        ("HTTP/2", 2, "reset", "delay"), line
+    res = curl("--http2-prior-knowledge", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+               "-H", "x-sidekick-fault-abort: 429", f"{url}/h2abort")
+    assert res.stdout.decode() == "429", res.stdout
+    assert not [q for q in a.app_requests + b.app_requests if q.path == "/h2abort"]
