@@ -19,6 +19,7 @@
 #include "certs.h"
 #include "cluster.h"
 #include "generation.h"
+#include "health.h"
 #include "plugin_host.h"
 #include "lua_filter.h"
 #include "server.h"
@@ -333,6 +334,7 @@ int main(int argc, char **argv)
 
     ev_run(sk_srv.loop, 0);
 
+    sk_clusters_health_stop(sk_srv.config);
     sk_admin_stop();
     sk_certs_stop();
     /* After a clean drain every worker released the generation: drop ours so
