@@ -146,6 +146,7 @@ int sk_server_reload(char **errp)
              * until the new instances give theirs */
             if (sk_clusters_carry_over(next, cur) < 0)
                 sk_warn("reload: out of memory keeping the discovered endpoints; clusters start afresh");
+            sk_clusters_inherit(next, cur); /* health, ejections, ewma of endpoints that stay */
             sk_metrics_assign_rows(next);
             char *berr = NULL;
             if (sk_workers_reload(cur, next, sk_metrics_rows_needed(), &berr) < 0) {

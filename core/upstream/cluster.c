@@ -385,6 +385,59 @@ int sk_clusters_carry_over(sk_config *next, const sk_config *prev)
     return carried;
 }
 
+/* What an endpoint of the next generation takes over from its
+ * predecessor (see sk_clusters_inherit). */
+static void inherit_endpoint(const sk_cluster *cl, sk_endpoint *e, const sk_cluster *old,
+                             const sk_endpoint *o)
+{
+    if (cl->health_check && old->health_check && strcmp(cl->health_check, old->health_check) == 0) {
+        __atomic_store_n(&e->health, __atomic_load_n(&o->health, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+        __atomic_store_n(&e->hc_passes, __atomic_load_n(&o->hc_passes, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+        __atomic_store_n(&e->hc_failures, __atomic_load_n(&o->hc_failures, __ATOMIC_RELAXED),
+                         __ATOMIC_RELAXED);
+    }
+    if (cl->outlier_failures && old->outlier_failures) {
+        __atomic_store_n(&e->ejected_until_ms, __atomic_load_n(&o->ejected_until_ms, __ATOMIC_ACQUIRE),
+                         __ATOMIC_RELEASE);
+        __atomic_store_n(&e->ejection_ms, __atomic_load_n(&o->ejection_ms, __ATOMIC_RELAXED),
+                         __ATOMIC_RELAXED);
+        __atomic_store_n(&e->ejections, __atomic_load_n(&o->ejections, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+        __atomic_store_n(&e->failures, __atomic_load_n(&o->failures, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+        e->eject_level = o->eject_level; /* read without prev's eject_lock: at worst one level off */
+    }
+    if (cl->lb == SK_LB_EWMA && old->lb == SK_LB_EWMA) {
+        __atomic_store_n(&e->ewma_ns, __atomic_load_n(&o->ewma_ns, __ATOMIC_RELAXED), __ATOMIC_RELAXED);
+        __atomic_store_n(&e->ewma_stamp_ns, __atomic_load_n(&o->ewma_stamp_ns, __ATOMIC_RELAXED),
+                         __ATOMIC_RELAXED);
+    }
+    if (!e->added_ms) e->added_ms = o->added_ms;
+}
+
+/* Keeps what was learnt of the endpoints over a reload (see cluster.h). */
+void sk_clusters_inherit(sk_config *next, const sk_config *prev)
+{
+    for (size_t i = 0; prev && i < next->nclusters; i++) {
+        sk_cluster *cl = next->clusters[i];
+        const sk_cluster *old = NULL;
+        for (size_t k = 0; k < prev->nclusters && !old; k++)
+            if (strcmp(prev->clusters[k]->name, cl->name) == 0) old = prev->clusters[k];
+        if (!old) continue;
+        sk_endpoint_set *s = sk_cluster_endpoints(cl), *os = sk_cluster_endpoints(old);
+        size_t kept = 0;
+        for (size_t k = 0; s && os && k < s->n; k++)
+            for (size_t j = 0; j < os->n; j++)
+                if (strcmp(s->eps[k]->address.text, os->eps[j]->address.text) == 0) {
+                    inherit_endpoint(cl, s->eps[k], old, os->eps[j]);
+                    kept++;
+                    break;
+                }
+        if (kept)
+            sk_debug("cluster %s: %zu endpoint(s) keep their health and ejection state", cl->name, kept);
+        sk_endpoint_set_unref(s);
+        sk_endpoint_set_unref(os);
+    }
+}
+
 /* One counter of the stats of every cluster of cfg (offset into sk_cluster_stats). */
 static int render_counter(sk_buf *out, const sk_config *cfg, const char *name, const char *help, size_t off,
                           const char *label)

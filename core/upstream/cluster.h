@@ -186,6 +186,18 @@ const sk_discovery_state *sk_cluster_discovery(const sk_cluster *cl);
  */
 int sk_clusters_carry_over(sk_config *next, const sk_config *prev);
 
+/*
+ * A reload keeps what was learnt of the endpoints (main thread, after
+ * sk_clusters_carry_over, before next is published): each endpoint of a
+ * cluster of next whose cluster of the same name in prev has an endpoint
+ * at the same address takes over its health and checks in a row (when both
+ * clusters check the same health_check path), its ejection and failure
+ * count (when both do outlier detection), its ewma estimate (both ewma)
+ * and its slow-start arrival. So a reload neither sends traffic to an
+ * endpoint known to be down nor forgets an ejection.
+ */
+void sk_clusters_inherit(sk_config *next, const sk_config *prev);
+
 /* Appends the clusters' series of cfg in Prometheus text format:
  * sidekick_cluster_endpoints{cluster,source} (every cluster) and
  * sidekick_cluster_discovery_age_seconds{cluster} (discovery clusters with

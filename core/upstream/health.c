@@ -64,6 +64,7 @@ static int on_headers_complete(llhttp_t *lp)
 {
     sk_health_parse *hp = lp->data;
     int status = lp->status_code;
+    if (status < 100 || status > 999) return -1;                      /* not a status */
     if (status >= 100 && status < 200) return status == 101 ? -1 : 0; /* interim: the final one follows */
     hp->status = status;
     return HPE_PAUSED;

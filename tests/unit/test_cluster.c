@@ -540,6 +540,59 @@ static void test_panic(void)
     cl.upstream_free(cl.upstream);
 }
 
+/* A reload keeps health, ejection and ewma of the endpoints that stay. */
+static void test_inherit(void)
+{
+    sk_endpoint_conf e1[2] = {{.address = addr(8301), .index = 0}, {.address = addr(8302), .index = 1}};
+    sk_endpoint_conf e2[2] = {{.address = addr(8302), .index = 0}, {.address = addr(8303), .index = 1}};
+    sk_cluster p1 = {.name = "c",
+                     .endpoints = e1,
+                     .nendpoints = 2,
+                     .health_check = "/h",
+                     .outlier_failures = 2,
+                     .lb = SK_LB_EWMA};
+    sk_cluster n1 = {.name = "c",
+                     .endpoints = e2,
+                     .nendpoints = 2,
+                     .health_check = "/h",
+                     .outlier_failures = 2,
+                     .lb = SK_LB_EWMA,
+                     .health_initial_unhealthy = true};
+    sk_cluster n2 = {.name = "other", .endpoints = e1, .nendpoints = 2};
+    sk_cluster *pc[1] = {&p1}, *nc[2] = {&n1, &n2};
+    sk_config prev = {.clusters = pc, .nclusters = 1}, next = {.clusters = nc, .nclusters = 2};
+    ASSERT(sk_clusters_init(&prev) == 0 && sk_clusters_init(&next) == 0);
+    sk_endpoint_set *ps = sk_cluster_endpoints(&p1);
+    ASSERT(ps);
+    sk_endpoint *o = ps->eps[1]; /* 8302, in both */
+    o->health = SK_HEALTH_UNHEALTHY;
+    o->hc_failures = 4;
+    o->ejected_until_ms = sk_now_ms() + 50000;
+    o->ejection_ms = 60000;
+    o->ejections = 2;
+    o->eject_level = 2;
+    o->ewma_ns = 7 * 1000000;
+    o->ewma_stamp_ns = sk_now_ns();
+    sk_clusters_inherit(&next, &prev);
+    sk_endpoint_set *ns = sk_cluster_endpoints(&n1);
+    ASSERT(ns && ns->n == 2);
+    sk_endpoint *e = ns->eps[0], *fresh = ns->eps[1];
+    CHECK(e != o && e->health == SK_HEALTH_UNHEALTHY && e->hc_failures == 4);
+    CHECK(sk_endpoint_ejected(e, sk_now_ms()) && e->ejection_ms == 60000 && e->ejections == 2 &&
+          e->eject_level == 2);
+    CHECK(e->ewma_ns == 7 * 1000000 && e->ewma_stamp_ns == o->ewma_stamp_ns);
+    CHECK(fresh->health == SK_HEALTH_UNHEALTHY && fresh->hc_failures == 0); /* health_initial = unhealthy */
+    /* another cluster of the same addresses keeps nothing */
+    sk_endpoint_set *os = sk_cluster_endpoints(&n2);
+    CHECK(os && os->eps[1]->health == SK_HEALTH_UNKNOWN && os->eps[1]->ejections == 0);
+    sk_endpoint_set_unref(os);
+    sk_endpoint_set_unref(ns);
+    sk_endpoint_set_unref(ps);
+    p1.upstream_free(p1.upstream);
+    n1.upstream_free(n1.upstream);
+    n2.upstream_free(n2.upstream);
+}
+
 /* ---- outlier detection and ewma under concurrent reports ---------------------------------- */
 
 #define REPORTS 200000
@@ -635,6 +688,7 @@ int main(void)
     test_concurrent_updates();
     test_outlier();
     test_panic();
+    test_inherit();
     test_outlier_concurrent();
     printf("test_cluster: %d checks, %d failed\n", checks, failures);
     return failures != 0;
