@@ -4,10 +4,11 @@ library only).
 
 CtlUpstream is an HTTP/1.1 server (keep-alive, content-length bodies) whose
 behaviour is switched on command while it runs, either from the test's own
-process (the side channel: set_mode(), set_health()) or over HTTP on its own
-port (a control URL: GET /__ctl?mode=...&health=..., answered 200 and never
-counted as traffic), so a benchmark can drive a standalone instance
-(`python3 ctlup.py --port P --name a`).
+process (set_mode(), set_health()), over HTTP on its own port (a control URL:
+GET /__ctl?mode=...&health=..., answered 200 and never counted as
+traffic), or, for a standalone instance (`python3 ctlup.py --port P --name
+a`, CtlProcess below), over its side channel: a second port that answers
+while the upstream refuses.
 
 Modes for traffic (every path but the health path):
   ok           200, body "<name>\\n", header x-upstream: <name>
@@ -36,8 +37,9 @@ from urllib.parse import parse_qs, urlsplit
 
 class CtlUpstream:
     def __init__(self, name: str = "up", host: str = "127.0.0.1", port: int = 0,
-                 health_path: str = "/healthz", mode: str = "ok", health: str = "healthy"):
+                 health_path: str = "/healthz", mode: str = "ok", health: str = "healthy", tls=None):
         self.name = name
+        self.tls = tls  # an ssl.SSLContext (server side): every connection is TLS
         self.host = host
         self.health_path = health_path
         self.lock = threading.Lock()
@@ -141,6 +143,10 @@ class CtlUpstream:
         with self.lock:
             s, self.sock = self.sock, None
         if s is not None:
+            try:  # stops listening at once, even while the accept loop waits on it (Linux)
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             s.close()
 
     def _accept_loop(self):
@@ -157,7 +163,26 @@ class CtlUpstream:
             c.settimeout(None)
             with self.lock:
                 self._conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+            threading.Thread(target=self._start, args=(c,), daemon=True).start()
+
+    def _start(self, c: socket.socket):
+        if self.tls is not None:
+            raw = c
+            try:
+                raw.settimeout(10)
+                c = self.tls.wrap_socket(raw, server_side=True)
+                c.settimeout(None)
+            except (OSError, ValueError):
+                with self.lock:
+                    if raw in self._conns:
+                        self._conns.remove(raw)
+                raw.close()
+                return
+            with self.lock:
+                if raw in self._conns:
+                    self._conns.remove(raw)
+                self._conns.append(c)
+        self._serve(c)
 
     def _read_request(self, c: socket.socket, buf: bytearray):
         while b"\r\n\r\n" not in buf:
@@ -270,16 +295,121 @@ class CtlUpstream:
         return headers.get("connection", "").lower() != "close"
 
 
+class _CtlHandler:
+    """The side channel of a standalone instance: its own port, so that it
+    answers while the upstream refuses. GET /mode?set=M, /health?set=H,
+    /stats (JSON: requests, health_checks, max_active), /reset (counters)."""
+
+    def __init__(self, up: "CtlUpstream", host: str):
+        import http.server
+        import json
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                u = urlsplit(self.path)
+                q = parse_qs(u.query)
+                if u.path == "/mode" and "set" in q:
+                    up.set_mode(q["set"][0])
+                elif u.path == "/health" and "set" in q:
+                    up.set_health(q["set"][0])
+                elif u.path == "/reset":
+                    with up.lock:
+                        up.traffic.clear()
+                        up.checks.clear()
+                        up.max_active = 0
+                elif u.path != "/stats":
+                    self.send_error(404)
+                    return
+                with up.lock:
+                    body = json.dumps({"requests": len(up.traffic), "health_checks": len(up.checks),
+                                       "max_active": up.max_active, "mode": up._mode}).encode()
+                self.send_response(200)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), H)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class CtlProcess:
+    """A CtlUpstream in a process of its own (`python3 ctlup.py`), driven
+    over its side channel: the same set_mode / set_health / requests /
+    health_checks as the in-process one. Its threads do not share the
+    test's interpreter lock, so its answer times do not depend on what the
+    test and the other upstreams are doing (the ewma tests need that)."""
+
+    def __init__(self, name: str = "up", host: str = "127.0.0.1", health_path: str = "/healthz",
+                 mode: str = "ok"):
+        import subprocess
+        import sys
+        self.name = name
+        self.host = host
+        self.proc = subprocess.Popen([sys.executable, __file__, "--name", name, "--host", host, "--port", "0",
+                                      "--mode", mode, "--health-path", health_path],
+                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline().split()
+        if len(line) != 4 or line[0] != "ctlup":
+            self.proc.kill()
+            raise RuntimeError(f"ctlup.py did not start: {line}")
+        self.addr = line[2]
+        self.port = int(self.addr.rsplit(":", 1)[1])
+        self.ctl_port = int(line[3])
+
+    def _get(self, path: str) -> dict:
+        import http.client
+        import json
+        c = http.client.HTTPConnection(self.host, self.ctl_port, timeout=10)
+        try:
+            c.request("GET", path)
+            return json.loads(c.getresponse().read())
+        finally:
+            c.close()
+
+    def set_mode(self, mode: str):
+        self._get(f"/mode?set={mode}")
+
+    def set_health(self, health: str):
+        self._get(f"/health?set={health}")
+
+    def reset(self):
+        self._get("/reset")
+
+    @property
+    def requests(self) -> int:
+        return self._get("/stats")["requests"]
+
+    @property
+    def health_checks(self) -> int:
+        return self._get("/stats")["health_checks"]
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except Exception:
+                self.proc.kill()
+
+
 def main():
     ap = argparse.ArgumentParser(description="a controllable test upstream (see the module's text)")
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--port", type=int, required=True, help="0: any free port (printed)")
     ap.add_argument("--name", default="up")
     ap.add_argument("--mode", default="ok")
     ap.add_argument("--health-path", default="/healthz")
     a = ap.parse_args()
     u = CtlUpstream(a.name, a.host, a.port, a.health_path, a.mode)
-    print(f"ctlup {a.name} on {u.addr}", flush=True)
+    ctl = _CtlHandler(u, a.host)
+    # the first line says where it listens and where its side channel is
+    print(f"ctlup {a.name} {u.addr} {ctl.port}", flush=True)
     try:
         while True:
             time.sleep(3600)
