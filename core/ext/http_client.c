@@ -763,6 +763,15 @@ void sk_http_instance_closing(sk_instance *pi)
 }
 
 /* See http_client.h. */
+size_t sk_http_instance_calls(const sk_instance *pi)
+{
+    size_t n = 0;
+    for (const sk_http_call *c = H.calls; c; c = c->next)
+        if (c->owner == pi && !c->cancelled) n++;
+    return n;
+}
+
+/* See http_client.h. */
 void sk_http_instance_closed(sk_instance *pi)
 {
     for (sk_http_call *c = H.calls, *next; c; c = next) {

@@ -32,6 +32,9 @@ const char *sk_http_strerror(int error);
  */
 void sk_http_instance_closing(sk_instance *pi);
 
+/* Calls of `pi` in flight (started, not ended or cancelled). Main thread. */
+size_t sk_http_instance_calls(const sk_instance *pi);
+
 /* Called just after `pi`'s destroy hook: drops anything destroy still
  * started and lets the address be reused by a new instance. */
 void sk_http_instance_closed(sk_instance *pi);

@@ -326,6 +326,28 @@ void sk_instance_free(sk_instance *pi)
     free(pi);
 }
 
+/* See plugin_host.h. */
+void sk_plugins_drain(sk_config *cfg)
+{
+    for (size_t i = 0; i < cfg->nplugins; i++) {
+        sk_instance *pi = cfg->plugins[i];
+        if (pi->drained || !pi->inst) continue;
+        pi->drained = true;
+        if (pi->def->abi_minor < 2 || !pi->def->on_drain) continue;
+        sk_instance *prev = enter(pi);
+        pi->def->on_drain(pi->inst);
+        leave(prev);
+    }
+}
+
+/* See plugin_host.h. */
+size_t sk_plugins_http_calls(const sk_config *cfg)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < cfg->nplugins; i++) n += sk_http_instance_calls(cfg->plugins[i]);
+    return n;
+}
+
 /* worker_init of every instance on this worker thread. */
 int sk_plugins_worker_init(sk_config *cfg, int worker_id, void *loop)
 {
@@ -672,6 +694,8 @@ static int h_request_info(sk_req *r, sk_req_info *info)
     v.attempts = q->attempts;
     v.status = q->status;
     v.reason = q->reason ? mkstr(q->reason, strlen(q->reason)) : mkstr(NULL, 0);
+    v.generation = q->config ? q->config->generation : 0;
+    v.tls = q->secure ? 1 : 0;
     size_t n = info->size < sizeof(v) ? info->size : sizeof(v);
     v.size = n;
     memcpy(info, &v, n);

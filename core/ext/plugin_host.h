@@ -61,6 +61,7 @@ struct sk_instance {
     sk_config *config;        /* the generation owning it (not a reference) */
     sk_hlink main_handles;    /* its timers and watchers on the main loop (main thread only) */
     sk_hlink *worker_handles; /* the same per worker, [nworkers] (each list: its worker only) */
+    bool drained;             /* sk_plugins_drain reached it (on_drain ran, if it has one) */
 };
 
 /* Allocates an instance for section `name`; NULL on OOM. */
@@ -90,6 +91,15 @@ void sk_instance_free(sk_instance *pi);
  * that worker's loop are stopped and freed (with a warning). */
 int sk_plugins_worker_init(sk_config *cfg, int worker_id, void *loop);
 void sk_plugins_worker_fini(sk_config *cfg, int worker_id);
+
+/* Calls on_drain (ABI 1.2) of every instance of cfg that has it, once per
+ * instance: cfg will serve no more requests (every worker ran
+ * worker_fini for it). Main thread, before cfg is released; the caller
+ * then runs the main loop while sk_plugins_http_calls(cfg) > 0, within its
+ * bound, before dropping cfg. */
+void sk_plugins_drain(sk_config *cfg);
+/* HTTP client calls in flight of the instances of cfg. Main thread. */
+size_t sk_plugins_http_calls(const sk_config *cfg);
 
 /* Runs one hook of instance pi for request r (worker thread). */
 sk_status sk_plugin_on_request(sk_instance *pi, sk_request *r);

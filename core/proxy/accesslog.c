@@ -107,6 +107,38 @@ static void line_end(sk_wctx *w, sk_buf *b)
     }
 }
 
+/* Is s (n bytes or more) a trace id: 32 lowercase hex digits, not all zero? */
+static bool trace_id_ok(const char *s, size_t n)
+{
+    if (n < 32) return false;
+    bool nonzero = false;
+    for (size_t i = 0; i < 32; i++) {
+        char ch = s[i];
+        if (!((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'f'))) return false;
+        nonzero |= ch != '0';
+    }
+    return nonzero;
+}
+
+/* The trace id of the request: metadata trace_id (what the tracing plugin
+ * sent upstream, whatever the propagation format), else the trace-id field
+ * of the traceparent header as it went upstream; NULL when neither is a
+ * trace id. Points at 32 characters, not NUL-terminated. */
+static const char *trace_id(const sk_request *r)
+{
+    for (const sk_meta *m = r->meta; m; m = m->next)
+        if (strcmp(m->key, "trace_id") == 0) {
+            if (strlen(m->value) == 32 && trace_id_ok(m->value, 32)) return m->value;
+            break; /* the newest value only */
+        }
+    const sk_header *tp =
+        r->head.views && r->state != SK_REQ_HEAD ? sk_head_get(&r->head, "traceparent") : NULL;
+    if (tp && tp->value_len >= 35 && tp->value[2] == '-' && trace_id_ok(tp->value + 3, tp->value_len - 3) &&
+        (tp->value_len == 35 || tp->value[35] == '-'))
+        return tp->value + 3;
+    return NULL;
+}
+
 /* Writes the access log line of a finished (or aborted) request. */
 void sk_accesslog_write(sk_request *r)
 {
@@ -154,12 +186,8 @@ void sk_accesslog_write(sk_request *r)
     sk_buf_printf(b, ",\"attempts\":%u,\"request_id\":", r->attempts);
     json_cstr(b, r->request_id[0] ? r->request_id : NULL);
     sk_buf_append(b, ",\"trace_id\":", 12);
-    const sk_header *tp =
-        r->head.views && r->state != SK_REQ_HEAD ? sk_head_get(&r->head, "traceparent") : NULL;
-    if (tp && tp->value_len >= 35 && tp->value[2] == '-')
-        json_str(b, tp->value + 3, 32);
-    else
-        json_str(b, NULL, 0);
+    const char *tid = trace_id(r);
+    json_str(b, tid, tid ? 32 : 0);
     line_end(w, b);
 }
 

@@ -66,14 +66,40 @@ static void help(void)
            "operations.md (reload, drain, signals, Kubernetes), lua.md, plugins.md.\n");
 }
 
+static sk_config *retired[1024];
+static size_t nretired;
+
+/* HTTP calls in flight of the plugin instances of every generation. */
+static size_t plugin_calls(void)
+{
+    size_t n = sk_plugins_http_calls(sk_srv.config);
+    for (size_t i = 0; i < nretired; i++) n += sk_plugins_http_calls(retired[i]);
+    return n;
+}
+
 static void on_drain_poll(struct ev_loop *loop, ev_timer *t, int revents)
 {
+    static bool plugins_drained;
+    bool late = sk_now_ms() >= drain_deadline_ms;
     if (sk_workers_running() == 0) {
-        sk_info("drained, exiting");
-        ev_break(loop, EVBREAK_ALL);
+        /* No request any more: the plugins' last calls (a span export)
+         * may finish, within the drain deadline. */
+        if (!plugins_drained) {
+            plugins_drained = true;
+            sk_plugins_drain(sk_srv.config);
+            for (size_t i = 0; i < nretired; i++) sk_plugins_drain(retired[i]);
+        }
+        size_t calls = plugin_calls();
+        if (calls == 0 || late) {
+            if (calls)
+                sk_warn("drain_timeout reached with %zu plugin HTTP call(s) in flight, exiting", calls);
+            else
+                sk_info("drained, exiting");
+            ev_break(loop, EVBREAK_ALL);
+        }
         return;
     }
-    if (sk_now_ms() >= drain_deadline_ms) {
+    if (late) {
         sk_warn("drain_timeout reached with requests in flight, exiting");
         ev_break(loop, EVBREAK_ALL);
     }
@@ -91,23 +117,38 @@ void sk_server_drain(void)
     ev_timer_start(sk_srv.loop, &drain_poll);
 }
 
-/* Generations replaced by a reload: main keeps a reference to each until it
- * is the last holder, so that plugin destroy() and dlclose() run here. */
-static sk_config *retired[1024];
-static size_t nretired;
+/* Generations replaced by a reload (retired[], above): main keeps a
+ * reference to each until it is the last holder, so that plugin destroy()
+ * and dlclose() run here. Once it is, the plugins' on_drain runs and the
+ * generation is kept while their HTTP calls are in flight, at most
+ * drain_timeout (retired_drain_ms: when on_drain ran, 0 before). */
+static uint64_t retired_drain_ms[1024];
 static ev_timer retire_poll;
 
 static void on_retire_poll(struct ev_loop *loop, ev_timer *t, int revents)
 {
     size_t k = 0;
+    uint64_t now = sk_now_ms();
     for (size_t i = 0; i < nretired; i++) {
         sk_config *c = retired[i];
+        uint64_t drained = retired_drain_ms[i];
         if (__atomic_load_n(&c->refcnt, __ATOMIC_ACQUIRE) == 1) {
-            sk_info("generation %llu released", (unsigned long long)c->generation);
-            sk_config_unref(c);
-        } else {
-            retired[k++] = c;
+            if (!drained) {
+                sk_plugins_drain(c);
+                drained = now ? now : 1;
+            }
+            size_t calls = sk_plugins_http_calls(c);
+            if (calls == 0 || now - drained >= c->drain_timeout_ms) {
+                if (calls)
+                    sk_warn("generation %llu: drain_timeout reached with %zu plugin HTTP call(s) in flight",
+                            (unsigned long long)c->generation, calls);
+                sk_info("generation %llu released", (unsigned long long)c->generation);
+                sk_config_unref(c);
+                continue;
+            }
         }
+        retired_drain_ms[k] = drained;
+        retired[k++] = c;
     }
     nretired = k;
     if (nretired == 0) ev_timer_stop(loop, t);
@@ -165,6 +206,7 @@ int sk_server_reload(char **errp)
         *errp = err;
         return -1;
     }
+    retired_drain_ms[nretired] = 0;
     retired[nretired++] = cur;
     if (!ev_is_active(&retire_poll)) {
         ev_timer_init(&retire_poll, on_retire_poll, 0.05, 0.05);

@@ -592,6 +592,7 @@ static sk_status answer(ratelimit *rl, sk_req *r, const verdict *v, int result)
 {
     const sk_host_api *h = rl->host;
     h->metric_add_at(rl->decisions, (size_t)result, 1);
+    if (v->allowed && !rl->headers) return SK_CONTINUE; /* nothing to say: no formatting */
     char value[256];
     snprintf(value, sizeof value, "%s;r=%llu;t=%llu", rl->pname, (unsigned long long)v->remaining,
              (unsigned long long)(v->allowed ? v->reset_s : v->retry_s));

@@ -203,3 +203,25 @@ def test_access_log_json_escaping(sidekick, up):
     assert lines[1]["path"] == "/api/caf\u00e9"
     assert lines[2]["status"] == 400 and lines[2]["reason"] == "bad_request"
     assert lines[2]["path"] == '/api/q"\\'
+
+
+def test_access_log_trace_id_from_traceparent(sidekick, up):
+    """Without a tracing plugin, trace_id is the trace-id field of the
+    traceparent sent upstream, only when it is 32 lowercase hex digits, not
+    all zero."""
+    sk = sidekick(sk_ini(BODY, access_log="stdout"), up=up.port)
+    p = sk.port("listen")
+    t = "4bf92f3577b34da6a3ce929d0e0e4736"
+    cases = [
+        (f"00-{t}-00f067aa0ba902b7-01", t),
+        (f"01-{t}-00f067aa0ba902b7-01-more", t),
+        (f"00-{t.upper()}-00f067aa0ba902b7-01", None),
+        (f"00-{'0' * 32}-00f067aa0ba902b7-01", None),
+        (f"00-{t[:31]}x-00f067aa0ba902b7-01", None),
+        (f"00-{t}x-00f067aa0ba902b7-01", None),
+    ]
+    for i, (tp, _) in enumerate(cases):
+        http_request(p, "GET", f"/api/t{i}", headers={"traceparent": tp})
+    assert wait_for(lambda: len(sk.access_log_lines()) == len(cases))
+    for i, (_, want) in enumerate(cases):
+        assert by_path(sk.access_log_lines(), f"/api/t{i}")["trace_id"] == want, cases[i]

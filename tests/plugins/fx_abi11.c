@@ -27,6 +27,8 @@
  */
 #include <sidekick/plugin.h>
 
+#include <stddef.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,7 +222,9 @@ static void on_log(void *inst, void *wdata, sk_req *r)
     const sk_host_api *h = f->host;
     sk_req_info info;
     memset(&info, 0xff, sizeof info); /* the host must fill every field */
-    info.size = sizeof info;
+    /* the 1.1 layout, as a plugin built against the 1.1 header passes it
+     * (ABI 1.2 appended generation and tls): the host fills no more */
+    info.size = offsetof(sk_req_info, generation);
     if (h->request_info(r, &info) != 0) {
         h->log(f->self, SK_LOG_ERROR, "request_info failed");
         return;

@@ -44,8 +44,11 @@
  * up to SK_METRIC_MAX_LABELS labels); and SK_HTTP_UNLIMITED for the body
  * of streamed HTTP client responses; the HTTP client speaks https:// (the
  * server's certificate always verified, against [sidekick] http_client_ca
- * or the system's CA bundle) and reports SK_HTTP_ETLS. Nothing was appended
- * to sk_plugin.
+ * or the system's CA bundle) and reports SK_HTTP_ETLS; to sk_req_info:
+ * generation and tls; and to sk_plugin: on_drain (the instance's last
+ * chance to finish its HTTP calls, e.g. a final span export, before
+ * destroy). A plugin built for 1.1 or 1.0 still loads: the host never reads
+ * sk_plugin members past on_cluster of a plugin built with abi_minor < 2.
  *
  * Lifetimes the host guarantees:
  *  - `self` (sk_instance) and the string instance_name(self) returns: from
@@ -141,6 +144,9 @@ typedef struct sk_req_info {
     uint32_t attempts;               /* upstream attempts (tries) made, 0 for a local reply */
     int status;                      /* status sent to the client, 0 before */
     sk_str reason;                   /* x-sidekick-reason ("upstream_timeout"), ptr NULL if none */
+    /* ABI 1.2 */
+    uint64_t generation; /* the config generation the request started on (1 at start-up) */
+    int tls;             /* 1 when the request came over TLS (a `tls =` listener), else 0 */
 } sk_req_info;
 
 /* ABI 1.1: one endpoint of host->set_endpoints_weighted(). */
@@ -533,6 +539,25 @@ typedef struct sk_plugin {
      * is refused at load. */
     int (*on_cluster)(void *inst, const char *cluster, const char *arg, char *err, size_t err_size);
     /* --- end of ABI 1.1 core members --- */
+
+    /* ---- ABI 1.2 (read by the host only when abi_minor >= 2) ---- */
+
+    /* The instance will serve no more requests: every worker has run its
+     * worker_fini for it, at shutdown once the workers drained, or after a
+     * reload once its (retired) generation's last request is done. Main
+     * thread, once, before destroy; never for an instance whose generation
+     * did not serve (`sidekick -t`, a refused reload, a failed start), nor
+     * when the process exits at drain_timeout with work in flight. The
+     * plugin may start HTTP client calls here (a last export of what it
+     * holds). The host then keeps running the main loop, and the instance
+     * alive, while it has HTTP calls in flight (calls started from their
+     * callbacks included): at shutdown until the drain deadline
+     * (drain_timeout after the drain began), after a reload for at most
+     * drain_timeout from this call. Then destroy follows as usual (calls
+     * still in flight get on_done(SK_HTTP_ECANCELLED) first). Timers alone
+     * do not hold the instance: those still pending are stopped at destroy. */
+    void (*on_drain)(void *inst);
+    /* --- end of ABI 1.2 --- */
 } sk_plugin;
 
 #ifdef __cplusplus
