@@ -547,12 +547,16 @@ static void cancel(sk_request *r)
 /* ---- what the cluster learns of each attempt (ewma, outlier detection) ---- */
 
 /* The attempt in flight is over: tell its cluster once, with its latency
- * from the start of the attempt. */
+ * from the request going out on a ready connection (a new connection's
+ * connect is not the endpoint's answer time), or from the attempt's start
+ * when it never got one. */
 static void report_attempt(sk_request *r, bool failed)
 {
     if (!r->attempt_open || !r->pool) return;
     r->attempt_open = false;
-    sk_cluster_report(r->cluster, r->pool->endpoint, failed, sk_now_ns() - r->upstream_start_ns);
+    uint64_t from =
+        r->upstream_connect_ns > r->upstream_start_ns ? r->upstream_connect_ns : r->upstream_start_ns;
+    sk_cluster_report(r->cluster, r->pool->endpoint, failed, sk_now_ns() - from);
 }
 
 /* An attempt failed with `reason`: gateway failures count against the

@@ -99,8 +99,11 @@ void sk_cluster_report(sk_cluster *cl, sk_endpoint *e, bool failed, uint64_t lat
             __atomic_store_n(&e->failures, 0, __ATOMIC_RELAXED);
         return;
     }
+    /* failures of requests still on an ejected endpoint change nothing: it
+     * starts from 0 when it returns */
+    if (sk_endpoint_ejected(e, sk_now_ms())) return;
     unsigned n = __atomic_add_fetch(&e->failures, 1, __ATOMIC_RELAXED);
-    if (n >= cl->outlier_failures && !sk_endpoint_ejected(e, sk_now_ms())) try_eject(cl, e, n);
+    if (n >= cl->outlier_failures) try_eject(cl, e, n);
 }
 
 /* Ends an ejection (see cluster.h). */
