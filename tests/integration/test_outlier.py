@@ -183,3 +183,44 @@ def test_single_endpoint_ejected_then_panic_sends_to_it(sidekick, ctlup):
         assert c.get("/")[0] == 503
     assert ep(sk, u)["ejected"] is True and u.requests == 5
     assert clusters(sk)["c"]["panic"] is True
+
+
+def test_tcp_listener_ring_hash_and_ejection(sidekick, ctlup):
+    """A tcp listener's cluster: ring_hash on client_ip keeps each client
+    address on one endpoint (the relayed bytes reach it), and connect
+    failures count for outlier detection: after outlier_failures refused
+    connects the endpoint is ejected and new connections go elsewhere."""
+    import socket
+    ups = [ctlup(n) for n in "abc"]
+    sk = sidekick(ini("[listener t]\naddress = 127.0.0.1:{listen}\nprotocol = tcp\ncluster = c\n\n" +
+                      cluster_ini("c", ups, "lb = ring_hash\nhash_key = client_ip\noutlier_failures = 2\n"
+                                            "connect_timeout = 500ms\n")))
+
+    def relay(src):
+        s = socket.create_connection(("127.0.0.1", sk.port("listen")), timeout=10, source_address=(src, 0))
+        try:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(4096)
+                except ConnectionResetError:  # the relay gave up on a refused connect
+                    break
+                if not chunk:
+                    break
+                data += chunk
+            return data
+        finally:
+            s.close()
+    owner = {}
+    for ip in range(1, 7):
+        got = {relay(f"127.0.0.{ip}").split(b"\r\n\r\n", 1)[-1] for _ in range(3)}
+        assert len(got) == 1, got
+        owner[ip] = got.pop()
+    victim = next(u for u in ups if f"{u.name}\n".encode() in owner.values())
+    ips = [ip for ip, b in owner.items() if b == f"{victim.name}\n".encode()]
+    victim.set_mode("refuse")
+    for _ in range(2):
+        assert relay(f"127.0.0.{ips[0]}") == b""  # the relay closes: the connect was refused
+    assert ep(sk, victim)["ejected"] is True
+    assert relay(f"127.0.0.{ips[0]}").endswith(b"\n") and victim.requests == len(ips) * 3
