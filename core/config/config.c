@@ -384,6 +384,10 @@ static void *new_object(ctx *x, int kind, const char *name)
         l->idle_timeout_ms = 60000;
         l->max_header_bytes = 64 * 1024;
         l->max_headers = 100;
+        l->h2_max_streams = 100;
+        l->h2_frame_size = 16384;
+        l->h2_stream_window = 65536;
+        l->h2_conn_window = 1024 * 1024;
     } else if (kind == SEC_ROUTE) {
         sk_route *r = obj;
         r->name = nm;
@@ -400,7 +404,7 @@ static void *new_object(ctx *x, int kind, const char *name)
         t->verify = -1;
         t->min_version = 12;
         t->session_tickets = true;
-        if (!(t->alpn = sk__cfg_strdup(x, "http/1.1"))) return NULL;
+        if (!(t->alpn = sk__cfg_strdup(x, "h2,http/1.1"))) return NULL;
     } else {
         sk_cluster *cl = obj;
         cl->name = nm;

@@ -63,7 +63,7 @@ struct sk_tls {
     char **peer_ids;         /* `peer_identity`: exact SPIFFE IDs or prefix/-star patterns */
     size_t npeer_ids;        /* number of them (0 = anyone verified) */
     char *sni;               /* `sni` (cluster side), or NULL */
-    char *alpn;              /* `alpn`, comma-separated, default "http/1.1" */
+    char *alpn;              /* `alpn`, comma-separated, default "h2,http/1.1" (listener side) */
     int min_version;         /* `min_version`: 12 or 13, default 12 */
     char *ciphers;           /* `ciphers` (wolfSSL list), or NULL for the defaults */
     bool session_tickets;    /* `session_tickets` (listener side), default on */
@@ -116,12 +116,17 @@ struct sk_listener {
     uint64_t max_body_bytes;    /* `max_body_bytes`, default 0 = unlimited */
     bool merge_slashes;         /* `merge_slashes`, default off: "//" in paths → "/" */
     int escaped_slashes;        /* `escaped_slashes`, enum sk_escaped_slashes, default reject */
+    unsigned h2_max_streams;    /* `max_concurrent_streams` of an HTTP/2 connection, default 100 */
+    uint64_t h2_frame_size;     /* `http2_max_frame_size` accepted, default 16k (16k..16m-1) */
+    uint64_t h2_stream_window;  /* `http2_initial_window_size` of a stream, default 64k */
+    uint64_t h2_conn_window;    /* `http2_connection_window_size`, default 1m */
     sk_tls *tls;                /* `tls`: terminate TLS with this section, or NULL */
     sk_instance **plugins;      /* `plugins`, in order (owned by the config) */
     size_t nplugins;            /* number of plugins */
     sk_route **routes;          /* routes naming this listener, in file order */
     size_t nroutes;             /* number of routes */
     unsigned active_conns;      /* open connections of this generation's listener (atomic) */
+    size_t metrics_row;         /* row of its requests that matched no route (obs/metrics.h) */
     int line;                   /* line of the section header, for messages */
 };
 
@@ -153,8 +158,7 @@ struct sk_route {
     size_t nlua_keys;              /* number of them */
     char *lua_src;                 /* the script as read at load (the generation's copy) */
     size_t lua_src_len;            /* its length */
-    uint64_t lua_errors[3];        /* Lua failures by kind (error, budget, memory), atomic */
-    size_t metrics_row;            /* row of its request counters (metrics.c), by name */
+    size_t metrics_row;            /* row of its request and Lua counters (obs/metrics.h) */
     int line;                      /* line of the section header */
 };
 
@@ -188,6 +192,7 @@ struct sk_cluster {
     sk_tls *tls;                 /* `tls`: originate TLS to the endpoints with this section, or NULL */
     int line;                    /* line of the section header */
     sk_config *config;           /* the generation it belongs to (not a reference) */
+    size_t metrics_row;          /* row of its upstream counters (obs/metrics.h), by name */
 
     /* Traffic management (docs/traffic.md), the upstream layer's part. */
     int hash_key;                  /* `hash_key` kind, enum sk_hash_key (lb = ring_hash only) */

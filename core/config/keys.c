@@ -230,6 +230,10 @@ static const keydef listener_keys[] = {
     {"max_body_bytes", k_size, 0, LST(max_body_bytes), 0, UINT64_MAX},
     {"merge_slashes", k_merge_slashes, 0, 0, 0, 0},
     {"escaped_slashes", k_escaped_slashes, 0, 0, 0, 0},
+    {"max_concurrent_streams", k_uint, 0, LST(h2_max_streams), 1, 10000},
+    {"http2_max_frame_size", k_size, 0, LST(h2_frame_size), 16384, 16777215},
+    {"http2_initial_window_size", k_size, 0, LST(h2_stream_window), 1024, 2147483647},
+    {"http2_connection_window_size", k_size, 0, LST(h2_conn_window), 65535, 2147483647},
     {NULL, NULL, 0, 0, 0, 0},
 };
 
@@ -651,16 +655,22 @@ static int k_alpn(ctx *x, sect *s, const keydef *k, const char *v)
     int n = sk__cfg_split_list(x, v, &copy, &items);
     if (n < 0) return -1;
     int rc = 0;
+    bool h2 = false, h1 = false;
     for (int i = 0; i < n && rc == 0; i++) {
         if (strcmp(items[i], "h2") == 0)
-            rc = sk__cfg_bad(x, "'h2' needs HTTP/2, which this version does not speak yet");
-        else if (strcmp(items[i], "http/1.1") != 0)
-            rc = sk__cfg_bad(x, "unknown protocol '%s' (expected http/1.1)", items[i]);
+            h2 = true;
+        else if (strcmp(items[i], "http/1.1") == 0)
+            h1 = true;
+        else
+            rc = sk__cfg_bad(x, "unknown protocol '%s' (expected h2 or http/1.1)", items[i]);
     }
     free(items);
     free(copy);
     if (rc < 0) return -1;
-    return sk__cfg_set_str(x, &((sk_tls *)s->obj)->alpn, sk__cfg_strdup(x, "http/1.1"));
+    if (!h2 && !h1) return sk__cfg_bad(x, "no protocol given (expected h2 and/or http/1.1)");
+    /* stored in the order of preference sidekick uses, whatever the order written */
+    const char *v2 = h2 && h1 ? "h2,http/1.1" : h2 ? "h2" : "http/1.1";
+    return sk__cfg_set_str(x, &((sk_tls *)s->obj)->alpn, sk__cfg_strdup(x, v2));
 }
 
 static int k_min_version(ctx *x, sect *s, const keydef *k, const char *v)

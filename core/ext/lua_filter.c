@@ -21,6 +21,7 @@
  * pcall/xpcall hand the error on, so a script cannot catch its way out.
  */
 #include "lua_internal.h"
+#include "metrics.h"
 
 /* ---- memory and time ------------------------------------------------------------------ */
 
@@ -827,9 +828,11 @@ void sk__lua_push_failure(lua_State *L, lua_State *co, int rc, int kill)
     lua_remove(L, -2);
 }
 
+/* Counts a failure of the route's filter in the worker's row of the route
+ * (obs/metrics.h): it goes on across reloads that keep the route. */
 static void count_error(sk_request *r, int kind)
 {
-    __atomic_add_fetch(&((sk_route *)r->route)->lua_errors[kind], 1, __ATOMIC_RELAXED);
+    sk_metrics_count(r->worker->metrics, r->route->metrics_row, SK_MC_LUA_ERROR + kind);
 }
 
 void sk_lua_worker_prepare(sk_config *c, int worker_id)
@@ -913,25 +916,4 @@ void sk_lua_request_done(sk_request *r)
     }
     r->lua_co = NULL;
     r->lua_q = NULL;
-}
-
-int sk_lua_render_prometheus(sk_buf *out, const sk_config *c)
-{
-    static const char *const kinds[] = {"error", "budget", "memory"};
-    bool any = false;
-    int rc = 0;
-    for (size_t i = 0; i < c->nroutes; i++) {
-        const sk_route *rt = c->routes[i];
-        if (!rt->lua) continue;
-        if (!any)
-            rc |= sk_buf_puts(out, "# HELP sidekick_lua_errors_total Lua filter failures answered with 500 "
-                                   "filter_error, by route and kind.\n"
-                                   "# TYPE sidekick_lua_errors_total counter\n");
-        any = true;
-        for (int k = 0; k < 3; k++)
-            rc |= sk_buf_printf(out, "sidekick_lua_errors_total{route=\"%s\",kind=\"%s\"} %llu\n", rt->name,
-                                kinds[k],
-                                (unsigned long long)__atomic_load_n(&rt->lua_errors[k], __ATOMIC_RELAXED));
-    }
-    return rc ? -1 : 0;
 }

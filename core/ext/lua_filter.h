@@ -46,9 +46,6 @@ void sk_lua_open_patterns(struct lua_State *L, int string_table);
  * false for a state that is not a filter state. */
 bool sk_lua_over_budget(struct lua_State *L);
 
-/* sidekick_lua_errors_total for every route with a script. 0 or -1. */
-int sk_lua_render_prometheus(sk_buf *out, const sk_config *c);
-
 /* `sidekick lua-test [--] FILE...` (argv after "lua-test"): runs offline filter
  * tests; --help prints the usage. Exit status: 0, 1 (a failure), 2 (usage). */
 int sk_lua_test_main(int argc, char **argv);

@@ -1,6 +1,6 @@
 /*
  * codec.h — the seam between the request layer (proxy/) and the codecs
- * (http/): HTTP/1 server and client today, HTTP/2 later.
+ * (http/): the HTTP/1 and HTTP/2 server codecs, the HTTP/1 client.
  *
  * The request layer talks to a codec only through an ops table and hears
  * from it only through the callbacks it registered, as h2o's protocols call
@@ -52,8 +52,15 @@ typedef struct sk_server_ops {
     /* Queues body bytes by reference: valid until the next flush, which the
      * caller makes before the memory goes. 0 or -1. */
     int (*send_body)(void *s, const void *p, size_t n);
-    /* The body is complete (trailers are not forwarded yet). 0 or -1. */
+    /* The body is complete. 0 or -1. */
     int (*send_end)(void *s);
+    /* The body is complete and trailer fields hdrs[0..n) follow it (instead
+     * of send_end; a send_end after it does nothing). HTTP/2 sends them as a
+     * HEADERS frame that ends the stream; HTTP/1 as the trailer section of a
+     * chunked body, and drops them with other framings (there is nowhere to
+     * put them). The request layer forwards none yet (the HTTP/1 client
+     * drops an upstream's trailers); gRPC will. 0 or -1. */
+    int (*send_trailers)(void *s, const sk_header *hdrs, size_t n);
     /* Tells a client that waits for it (Expect: 100-continue) to send the body. */
     int (*send_continue)(void *s);
     /* Answers the request locally with x-sidekick-reason `reason` (static),
@@ -89,7 +96,10 @@ typedef struct sk_server_cbs {
      * the request waits for a filter (hold the body until chain_resumed), -1
      * when the stream must stop (a reply was queued, or it is gone). */
     int (*head)(void *req);
-    /* A piece of request body (decoded) / its end. 0, or -1 to stop. */
+    /* A piece of request body (decoded) / its end. 0, or -1 to stop.
+     * body_end comes for a request without a body too (right after head,
+     * or after chain_resumed when a filter held it): the upstream
+     * connection is reused only once the request has ended. */
     int (*body)(void *req, const char *p, size_t n);
     int (*body_end)(void *req);
     /* Everything one read brought was delivered (body pieces may wait to be

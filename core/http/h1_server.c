@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "h1_server.h"
+#include "h2_server.h"
 #include "metrics.h"
 #include "normalize.h"
 #include "tls.h"
@@ -154,6 +155,7 @@ void sk_conn_set_generation(sk_conn *c, sk_config *cfg, const sk_listener *l)
 /* Is c between requests with nothing unparsed or unwritten? */
 bool sk_conn_idle(const sk_conn *c)
 {
+    if (c->h2) return sk_h2_idle(c);
     return !c->req && c->rpos == c->rlen && sk_out_pending(&c->out) == 0;
 }
 
@@ -161,6 +163,10 @@ bool sk_conn_idle(const sk_conn *c)
 void sk_conn_close_when_flushed(sk_conn *c)
 {
     if (c->dead) return;
+    if (c->h2) {
+        sk_h2_drain(c);
+        return;
+    }
     if (c->req) {
         c->req->close_after = true;
         return;
@@ -170,14 +176,18 @@ void sk_conn_close_when_flushed(sk_conn *c)
     conn_flush(c);
 }
 
-/* Closes c now: cuts its request, releases the socket; freed later. */
-void sk_conn_close(sk_conn *c)
+/* Closes c: cuts its requests (logged with `reason` unless they have
+ * one), releases the socket; freed later. */
+static void close_conn(sk_conn *c, const char *reason)
 {
     if (c->dead) return;
     sk_wctx *w = c->worker;
     c->dead = true;
     ev_timer_stop(w->loop, &c->timer);
-    if (c->req) {
+    if (c->h2) {
+        sk_h2_close(c, reason);
+    } else if (c->req) {
+        if (reason && !c->req->reason) c->req->reason = reason;
         void *rq = c->rq;
         c->req = NULL;
         c->rq = NULL;
@@ -191,10 +201,23 @@ void sk_conn_close(sk_conn *c)
     sk_wctx_defer(w, sk_conn_free, c);
 }
 
+/* Closes c now: cuts its request, releases the socket; freed later. */
+void sk_conn_close(sk_conn *c)
+{
+    close_conn(c, NULL);
+}
+
+/* Closes c now; its requests are logged with `reason` (see h1_server.h). */
+void sk_conn_cut(sk_conn *c, const char *reason)
+{
+    close_conn(c, reason);
+}
+
 /* Frees a closed connection (from the thread's reaper). */
 void sk_conn_free(void *p)
 {
     sk_conn *c = p;
+    sk_h2_free(c->h2);
     sk_out_free(&c->out);
     sk_config_unref(c->config);
     free(c);
@@ -203,6 +226,10 @@ void sk_conn_free(void *p)
 /* Draining: an idle connection closes now; a busy one after its response. */
 void sk_conn_drain(sk_conn *c)
 {
+    if (c->h2) {
+        sk_h2_drain(c);
+        return;
+    }
     if (sk_conn_idle(c)) {
         sk_conn_close(c);
         return;
@@ -513,6 +540,28 @@ static int op_send_end(void *s)
     return sk_out_copy(&c->out, "0\r\n\r\n", 5);
 }
 
+/* Ends a chunked body with a trailer section; with other framings there
+ * is nowhere to put trailers: they are dropped and the body just ends. */
+static int op_send_trailers(void *s, const sk_header *hdrs, size_t n)
+{
+    sk_conn *c = s;
+    if (c->resp_framing != SK_BODY_CHUNKED) return 0;
+    c->resp_framing = SK_BODY_NONE; /* a send_end after this writes nothing */
+    int rc = sk_out_copy(&c->out, "0\r\n", 3);
+    size_t total = 5;
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        const sk_header *h = &hdrs[i];
+        rc |= sk_out_copy(&c->out, h->name, h->name_len);
+        rc |= sk_out_copy(&c->out, ": ", 2);
+        rc |= sk_out_copy(&c->out, h->value, h->value_len);
+        rc |= sk_out_copy(&c->out, "\r\n", 2);
+        total += h->name_len + h->value_len + 4;
+    }
+    rc |= sk_out_copy(&c->out, "\r\n", 2);
+    c->req->bytes_sent += total;
+    return rc ? -1 : 0;
+}
+
 static int op_send_continue(void *s)
 {
     sk_conn *c = s;
@@ -577,6 +626,7 @@ const sk_server_ops sk_h1_server_ops = {
     .send_head = op_send_head,
     .send_body = op_send_body,
     .send_end = op_send_end,
+    .send_trailers = op_send_trailers,
     .send_continue = op_send_continue,
     .local_reply = op_local_reply,
     .flush = op_flush,
@@ -654,7 +704,7 @@ static int bad_request(sk_conn *c, int status)
 }
 
 /* The normalisation flags of a listener's `merge_slashes` and `escaped_slashes`. */
-static unsigned path_flags(const sk_listener *l)
+unsigned sk_listener_path_flags(const sk_listener *l)
 {
     unsigned f = l->merge_slashes ? SK_PATH_MERGE_SLASHES : 0;
     if (l->escaped_slashes == SK_ESCAPED_SLASHES_KEEP) f |= SK_PATH_KEEP_SLASHES;
@@ -672,8 +722,6 @@ static int parse_target(sk_msg *r, const sk_listener *l, bool *absolute)
     const char *u = r->head.raw.data + r->head.url;
     size_t n = r->head.url_len;
     *absolute = false;
-    for (size_t i = 0; i < n; i++) /* llhttp 8 lets a TAB through */
-        if ((unsigned char)u[i] <= 0x20 || (unsigned char)u[i] == 0x7f) return -1;
     if (n >= 7 && strncasecmp(u, "http://", 7) == 0) {
         /* absolute-form: the path starts after the authority; an empty
          * path means "/" (RFC 9112 3.2.2) */
@@ -684,6 +732,8 @@ static int parse_target(sk_msg *r, const sk_listener *l, bool *absolute)
         r->authority_len = i - 7;
         *absolute = true;
         if (i == n || u[i] == '?') {
+            for (size_t j = i; j < n; j++) /* llhttp 8 lets a TAB through */
+                if ((unsigned char)u[j] <= 0x20 || (unsigned char)u[j] == 0x7f) return -1;
             r->path = "/";
             r->path_len = 1;
             if (i < n) {
@@ -695,20 +745,7 @@ static int parse_target(sk_msg *r, const sk_listener *l, bool *absolute)
         n -= i;
         u += i;
     }
-    if (n == 0 || (u[0] != '/' && !(n == 1 && u[0] == '*'))) return -1;
-    const char *q = memchr(u, '?', n);
-    r->path = u;
-    r->path_len = q ? (size_t)(q - u) : n;
-    if (q) {
-        r->query = q + 1;
-        r->query_len = n - r->path_len - 1;
-    }
-    if (u[0] == '*') return 0;
-    unsigned flags = path_flags(l);
-    char *buf = NULL;
-    if (!sk_path_is_normal(r->path, r->path_len, flags) && !(buf = sk_arena_alloc(&r->arena, r->path_len)))
-        return -2;
-    return sk_path_normalize(r->path, r->path_len, flags, buf, &r->path, &r->path_len);
+    return sk_msg_origin_target(r, u, n, sk_listener_path_flags(l));
 }
 
 /* The fields the codec itself looks at, found in one pass over the head. */
@@ -959,10 +996,36 @@ static void client_closed(sk_conn *c)
     conn_flush(c);
 }
 
+/* Chooses the connection's protocol before its first request: HTTP/2 when
+ * ALPN chose "h2", or when a plain connection starts with the connection
+ * preface (prior knowledge). Returns true when HTTP/2 took over. */
+static bool choose_protocol(sk_conn *c)
+{
+    if (c->tr.ops == &sk_tls_ops) {
+        c->chosen = true;
+        if (c->tr.alpn && strcmp(c->tr.alpn, "h2") == 0) {
+            sk_h2_start(c);
+            return true;
+        }
+        return false;
+    }
+    if (c->rlen == 0) return false; /* nothing read yet */
+    size_t k = c->rlen < SK_H2_PREFACE_LEN ? c->rlen : SK_H2_PREFACE_LEN;
+    if (memcmp(c->rbuf, SK_H2_PREFACE, k) != 0) {
+        c->chosen = true;
+        return false;
+    }
+    if (c->rlen < SK_H2_PREFACE_LEN) return true; /* so far the preface: wait for the rest */
+    c->chosen = true;
+    sk_h2_start(c);
+    return true;
+}
+
 static void on_readable(sk_transport *t)
 {
     sk_conn *c = t->data;
     if (c->dead) return;
+    if (!c->chosen && c->tr.ops == &sk_tls_ops && choose_protocol(c)) return;
     if (c->lingering) {
         char sink[4096];
         for (int i = 0;; i++) {
@@ -1018,6 +1081,7 @@ static void on_readable(sk_transport *t)
         }
         return;
     }
+    if (!c->chosen && choose_protocol(c)) return;
     process(c);
 }
 

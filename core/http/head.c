@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "message.h"
+#include "normalize.h"
 
 /* Appends a piece of a header name; starts a new header when the previous
  * piece was a value. Returns 0, or -1 when a limit is exceeded / OOM. */
@@ -230,4 +231,32 @@ int sk_method_id(const char *name, size_t len)
     for (size_t i = 0; i < SK_ARRAY_LEN(methods); i++)
         if (strlen(methods[i].name) == len && memcmp(methods[i].name, name, len) == 0) return methods[i].id;
     return SK_METHOD_OTHER;
+}
+
+/* The static name of a method id (sk_method_id's table), NULL for OTHER. */
+const char *sk_method_name(int id)
+{
+    static const char *const names[] = {NULL,     "GET",     "HEAD",  "POST",  "PUT",
+                                        "DELETE", "OPTIONS", "TRACE", "PATCH", "CONNECT"};
+    return id > 0 && (size_t)id < SK_ARRAY_LEN(names) ? names[id] : NULL;
+}
+
+/* Splits and normalises an origin-form target (see message.h). */
+int sk_msg_origin_target(sk_msg *r, const char *u, size_t n, unsigned flags)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)u[i] <= 0x20 || (unsigned char)u[i] == 0x7f) return -1;
+    if (n == 0 || (u[0] != '/' && !(n == 1 && u[0] == '*'))) return -1;
+    const char *q = memchr(u, '?', n);
+    r->path = u;
+    r->path_len = q ? (size_t)(q - u) : n;
+    if (q) {
+        r->query = q + 1;
+        r->query_len = n - r->path_len - 1;
+    }
+    if (u[0] == '*') return 0;
+    char *buf = NULL;
+    if (!sk_path_is_normal(r->path, r->path_len, flags) && !(buf = sk_arena_alloc(&r->arena, r->path_len)))
+        return -2;
+    return sk_path_normalize(r->path, r->path_len, flags, buf, &r->path, &r->path_len);
 }

@@ -2,8 +2,8 @@
  * message.h — one request/response exchange as every codec sees it, in
  * protocol-neutral form: method, target, authority, headers, body framing
  * and counters on the request side; status, headers, progress on the
- * response side. An HTTP/1 codec fills it from llhttp today; an HTTP/2 codec
- * fills the same fields from HEADERS frames.
+ * response side. The HTTP/1 codec fills it from llhttp, the HTTP/2 codec
+ * the same fields from HEADERS frames.
  *
  * The request layer's sk_request embeds these fields (SK_MSG_FIELDS, in the
  * way the Linux kernel's struct_group() does) so that the proxy reads
@@ -78,6 +78,18 @@ typedef struct sk_msg {
 
 /* The enum sk_method of a method name. */
 int sk_method_id(const char *name, size_t len);
+/* The name of an enum sk_method (static), NULL for SK_METHOD_OTHER. */
+const char *sk_method_name(int id);
+
+/*
+ * Sets r->path and r->query from an origin-form request target u[0..n)
+ * ("/path?query", or "*"), as the server codecs share it: the path is
+ * normalised once under `flags` (normalize.h SK_PATH_*), into a copy in
+ * r->arena when that changes it; r->query points into u. Returns 0, -1 for
+ * a malformed target (not starting with "/", a space or control byte), -2
+ * on OOM, or a negative enum sk_path_error.
+ */
+int sk_msg_origin_target(sk_msg *r, const char *u, size_t n, unsigned flags);
 
 /* Is a request with this method safe to send twice (RFC 9110 9.2.2)? */
 static inline bool sk_method_idempotent(int m)

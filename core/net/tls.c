@@ -984,7 +984,9 @@ static void opts_of(const sk_tls *t, bool server, sk_tls_opts *o)
     o->ca = t->ca;
     o->verify = (sk_tls_verify)(server ? t->verify_server : t->verify_client);
     o->min_version = t->min_version;
-    o->alpn = t->alpn;
+    /* A cluster speaks HTTP/1.1 upstream whatever the section lists: the
+     * upstream codec has no HTTP/2 yet, so it must not be offered there. */
+    o->alpn = server ? t->alpn : "http/1.1";
     o->sni = server ? NULL : t->sni;
     o->ciphers = t->ciphers;
     o->no_tickets = !t->session_tickets;

@@ -119,6 +119,26 @@ static void release_cluster(sk_request *r)
     }
 }
 
+/* Counts an event of the request's cluster (enum sk_mcounter). */
+static void count_cluster(sk_request *r, int which)
+{
+    sk_metrics_count(r->worker->metrics, r->cluster->metrics_row, which);
+}
+
+/* Counts the status of an upstream response head in the endpoint's row. */
+static void count_upstream_code(sk_request *r, int status)
+{
+    sk_mrow *row = r->pool ? sk_metrics_row(r->worker->metrics, r->pool->endpoint->metrics_row) : NULL;
+    if (row) sk_metrics_code(row, status);
+}
+
+/* Observes the duration of the attempt that just ended in the cluster's histogram. */
+static void observe_upstream(sk_request *r)
+{
+    sk_mrow *row = sk_metrics_row(r->worker->metrics, r->cluster->metrics_row);
+    if (row) sk_metrics_observe(row, (sk_now_ns() - r->upstream_start_ns) / 1000);
+}
+
 static void stop_timeout(sk_request *r)
 {
     if (ev_is_active(&r->timeout)) ev_timer_stop(r->worker->loop, &r->timeout);
@@ -293,6 +313,7 @@ static void go_upstream(sk_request *r)
         r->cluster_override ? r->cluster_override : sk_route_pick_cluster(rt, sk_wctx_rand(r->worker));
     if (__atomic_add_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED) > r->cluster->max_requests) {
         __atomic_sub_fetch(&r->cluster->active_requests, 1, __ATOMIC_RELAXED);
+        count_cluster(r, SK_MC_OVERFLOW_REQUESTS);
         reply(r, 503, "overloaded", NULL, false);
         return;
     }
@@ -556,7 +577,8 @@ static void report_attempt(sk_request *r, bool failed)
     r->attempt_open = false;
     uint64_t from =
         r->upstream_connect_ns > r->upstream_start_ns ? r->upstream_connect_ns : r->upstream_start_ns;
-    sk_cluster_report(r->cluster, r->pool->endpoint, failed, sk_now_ns() - from);
+    if (sk_cluster_report(r->cluster, r->pool->endpoint, failed, sk_now_ns() - from))
+        count_cluster(r, SK_MC_EJECTIONS);
 }
 
 /* An attempt failed with `reason`: gateway failures count against the
@@ -600,18 +622,29 @@ static void upstream_error(sk_request *r, int status, const char *reason, bool r
     report_failure(r, reason);
     release_upstream(r, false);
     sk_request_pending_done(r);
-    if (strcmp(reason, "upstream_connect_failure") == 0)
-        SK_INC(r->worker->metrics->upstream_connect_failures);
+    /* what went wrong with the attempt, by cluster (not the local refusals:
+     * no endpoint, a circuit breaker, an internal error) */
+    if (r->cluster) {
+        if (strcmp(reason, "upstream_connect_failure") == 0 ||
+            strcmp(reason, "upstream_identity_mismatch") == 0)
+            count_cluster(r, SK_MC_CONNECT_FAILURES);
+        else if (strcmp(reason, "upstream_reset") == 0 || strcmp(reason, "upstream_protocol_error") == 0)
+            count_cluster(r, SK_MC_RESETS);
+        else if (strcmp(reason, "upstream_timeout") == 0)
+            count_cluster(r, SK_MC_TIMEOUTS);
+    }
     if (retryable && may_retry_stale(r)) {
         r->stale_retried = true;
         r->attempts--;
         sk_debug("pooled upstream connection was stale, retrying on a new one");
+        count_cluster(r, SK_MC_RETRIES);
         start_upstream(r);
         return;
     }
     if (retryable && may_retry(r)) {
         sk_debug("retrying %s %.*s after %s (attempt %u)", r->method, (int)r->path_len, r->path, reason,
                  r->attempts + 1);
+        count_cluster(r, SK_MC_RETRIES);
         start_upstream(r);
         return;
     }
@@ -634,11 +667,14 @@ static void up_connected(void *rq)
     sk_request_pending_done(r);
 }
 
-/* A 502/503/504 answer is retried (not forwarded) while retries are left. */
+/* A 502/503/504 answer is retried (not forwarded) while retries are left.
+ * Asked once per final response head: a retried one is counted here. */
 static bool up_retry_status(void *rq, int status)
 {
     report_attempt(rq, status >= 500); /* every final response head comes here first */
-    return (status == 502 || status == 503 || status == 504) && may_retry(rq);
+    bool retry = (status == 502 || status == 503 || status == 504) && may_retry(rq);
+    if (retry) count_upstream_code(rq, status);
+    return retry;
 }
 
 /* Sends the response head to the client, after the on_response hooks. */
@@ -646,6 +682,7 @@ static int up_response_head(void *rq, int status, bool no_body, bool has_length,
 {
     sk_request *r = rq;
     sk_head *h = &r->rhead;
+    count_upstream_code(r, status);
     if (sk_head_finish(h) < 0) return -1;
     if (r->chain_pos || r->lua_ran) {
         r->status = status;
@@ -684,6 +721,7 @@ static void up_response_end(void *rq, bool reusable)
     void *down = r->down;
     ops->send_end(down);
     r->upstream_end_ns = sk_now_ns();
+    observe_upstream(r);
     stop_timeout(r);
     /* Flush while the body still points into the upstream read buffer. */
     ops->flush(down);
@@ -699,6 +737,8 @@ static void up_retry(void *rq, bool reusable)
     sk_request *r = rq;
     const sk_server_ops *ops = r->down_ops;
     void *down = r->down;
+    observe_upstream(r);
+    count_cluster(r, SK_MC_RETRIES);
     release_upstream(r, reusable && r->up_body_done);
     sk_head_reset(&r->rhead);
     sk_debug("retrying %s %.*s after an upstream %s (attempt %u)", r->method, (int)r->path_len, r->path,

@@ -109,7 +109,8 @@ void sk_request_finish(sk_request *r)
 {
     uint64_t dur_us = (sk_now_ns() - r->start_ns) / 1000;
     if (r->status >= 100 && r->status <= 599)
-        sk_metrics_request(r->worker->metrics, r->route, r->status, dur_us);
+        sk_metrics_request(r->worker->metrics, r->route ? r->route->metrics_row : r->listener->metrics_row,
+                           r->status, dur_us);
     sk_request_log(r);
     sk_request_free(r);
 }

@@ -63,7 +63,7 @@ static void tcp_close(sk_tcp *t)
     sk_endpoint_unref(t->ep);
     if (t->up_counted) {
         __atomic_sub_fetch(&t->listener->cluster->active_connections, 1, __ATOMIC_RELAXED);
-        SK_DEC(w->metrics->upstream_active);
+        sk_metrics_gauge(w->metrics, t->listener->cluster->metrics_row, SK_MG_CX_ACTIVE, -1);
     }
     sk_tcp_log e = {
         .generation = t->config->generation,
@@ -188,7 +188,8 @@ static void start_relay(sk_tcp *t)
 static void report_connect(sk_tcp *t, bool failed)
 {
     if (!t->ep) return;
-    sk_cluster_report(t->listener->cluster, t->ep, failed, sk_now_ns() - t->start_ns);
+    if (sk_cluster_report(t->listener->cluster, t->ep, failed, sk_now_ns() - t->start_ns))
+        sk_metrics_count(t->worker->metrics, t->listener->cluster->metrics_row, SK_MC_EJECTIONS);
     sk_endpoint_unref(t->ep);
     t->ep = NULL;
 }
@@ -201,7 +202,7 @@ static void on_up_connected(sk_transport *tr, int err)
     if (err) {
         sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint.text,
                  err == ETIMEDOUT ? "timed out" : strerror(err));
-        SK_INC(t->worker->metrics->upstream_connect_failures);
+        sk_metrics_count(t->worker->metrics, t->listener->cluster->metrics_row, SK_MC_CONNECT_FAILURES);
         t->reason = err == EACCES ? "upstream_identity_mismatch" : "upstream_connect_failure";
         tcp_close(t);
         return;
@@ -297,13 +298,14 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     sk_endpoint_ref(t->ep);
     if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
         __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+        sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_OVERFLOW_CONNECTIONS);
         t->reason = "overloaded";
         tcp_close(t);
         return;
     }
     t->up_counted = true;
-    SK_INC(w->metrics->upstream_active);
-    SK_INC(w->metrics->upstream_opened);
+    sk_metrics_gauge(w->metrics, cl->metrics_row, SK_MG_CX_ACTIVE, 1);
+    sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_CX_CREATED);
     const sk_addr *a = &t->endpoint;
     void *up_tls = cl->tls ? sk_tls_slot_conn(cl->tls->state, false, -1, w->metrics) : NULL;
     int rc = cl->tls && !up_tls ? (errno = ENOMEM, -1)
@@ -312,7 +314,7 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
                                                        up_tls, &side_cbs, &t->up);
     if (rc < 0 && up_tls && !t->up.tr.ops) sk_tls_conn_free(up_tls);
     if (rc < 0) {
-        SK_INC(w->metrics->upstream_connect_failures);
+        sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_CONNECT_FAILURES);
         report_connect(t, true);
         t->reason = "upstream_connect_failure";
         tcp_close(t);

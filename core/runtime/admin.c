@@ -641,6 +641,89 @@ static int render_json(json_t *j, bool ok)
     return rc;
 }
 
+/* ---- /metrics and /stats ------------------------------------------------ */
+
+/* The endpoints of the running config's sets in force, as the metrics
+ * renderers show them; the sets are held until endpoints_release(). */
+typedef struct endpoint_list {
+    sk_metrics_endpoint *v;
+    size_t n;
+    sk_endpoint_set **sets; /* one per cluster (NULL entries allowed) */
+    size_t nsets;
+} endpoint_list;
+
+static void endpoints_release(endpoint_list *l)
+{
+    for (size_t i = 0; i < l->nsets; i++) sk_endpoint_set_unref(l->sets[i]);
+    free(l->sets);
+    free(l->v);
+    memset(l, 0, sizeof(*l));
+}
+
+/* Gathers the endpoints of cfg's clusters (none without cfg). 0 or -1 (OOM). */
+static int endpoints_gather(endpoint_list *l, const sk_config *cfg)
+{
+    memset(l, 0, sizeof(*l));
+    if (!cfg || cfg->nclusters == 0) return 0;
+    l->sets = calloc(cfg->nclusters, sizeof(*l->sets));
+    if (!l->sets) return -1;
+    size_t total = 0;
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        l->sets[i] = sk_cluster_endpoints(cfg->clusters[i]);
+        l->nsets++;
+        if (l->sets[i]) total += l->sets[i]->n;
+    }
+    if (total && !(l->v = calloc(total, sizeof(*l->v)))) {
+        endpoints_release(l);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->nclusters; i++) {
+        const sk_endpoint_set *s = l->sets[i];
+        for (size_t k = 0; s && k < s->n; k++) {
+            const sk_endpoint *ep = s->eps[k];
+            l->v[l->n++] = (sk_metrics_endpoint){
+                .cluster = cfg->clusters[i]->name,
+                .address = ep->address.text,
+                .row = ep->metrics_row,
+                .healthy = sk_endpoint_healthy(ep),
+                .ejected = sk_endpoint_ejected(ep, sk_now_ms()),
+                .active = __atomic_load_n(&ep->active, __ATOMIC_RELAXED),
+            };
+        }
+    }
+    return 0;
+}
+
+/* GET /stats: the core figures (obs/metrics.c), and the failures of the
+ * plugin instances, which the extension layer counts. */
+static json_t *stats_json(const sk_config *cfg, bool *ok)
+{
+    endpoint_list eps;
+    if (endpoints_gather(&eps, cfg) < 0) {
+        *ok = false;
+        return NULL;
+    }
+    json_t *j = sk_metrics_json(cfg, eps.v, eps.n, sk_srv.metrics, sk_srv.nworkers);
+    endpoints_release(&eps);
+    json_t *pe = json_array();
+    for (size_t i = 0; pe && cfg && i < cfg->nplugins; i++) {
+        json_t *o = json_object();
+        if (o) {
+            jset(o, "instance", json_string(cfg->plugins[i]->name), ok);
+            jset(o, "count", jint(__atomic_load_n(&cfg->plugins[i]->errors, __ATOMIC_RELAXED)), ok);
+        }
+        jpush(pe, o, ok);
+    }
+    if (!j || !pe) {
+        json_decref(j);
+        json_decref(pe);
+        *ok = false;
+        return NULL;
+    }
+    jset(j, "plugin_errors", pe, ok);
+    return j;
+}
+
 /* ---- request dispatch --------------------------------------------------- */
 
 enum { M_GET = 1, M_POST = 2 };
@@ -733,16 +816,21 @@ static void handle_request(conn *c)
         } else
             respond_text(c, 200, "ready\n");
     } else if (strcmp(p, "/metrics") == 0) {
-        int rc = sk_metrics_render_prometheus(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);
-        /* then what the extensions count: plugin metrics, Lua errors */
+        endpoint_list eps;
+        int rc = endpoints_gather(&eps, cfg);
+        if (rc == 0)
+            rc =
+                sk_metrics_render_prometheus(&admin.body, cfg, eps.v, eps.n, sk_srv.metrics, sk_srv.nworkers);
+        endpoints_release(&eps);
+        /* then what the other layers keep: endpoint sets, plugin metrics, certificates */
         if (rc == 0 && cfg)
             rc = sk_clusters_render_prometheus(&admin.body, cfg) |
-                 sk_plugins_render_prometheus(&admin.body, cfg) | sk_lua_render_prometheus(&admin.body, cfg) |
+                 sk_plugins_render_prometheus(&admin.body, cfg) |
                  sk_certs_render_prometheus(&admin.body, cfg);
         respond_body(c, rc, "text/plain; version=0.0.4; charset=utf-8");
     } else if (strcmp(p, "/stats") == 0) {
-        int rc = sk_metrics_render_json(&admin.body, cfg, sk_srv.metrics, sk_srv.nworkers);
-        respond_body(c, rc, JSON_TYPE);
+        bool ok = true;
+        respond_body(c, render_json(stats_json(cfg, &ok), ok), JSON_TYPE);
     } else if (strcmp(p, "/config") == 0 || strcmp(p, "/clusters") == 0) {
         if (!cfg) {
             respond_text(c, 503, "no configuration loaded\n");

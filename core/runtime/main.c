@@ -190,7 +190,7 @@ int sk_server_reload(char **errp)
             sk_clusters_inherit(next, cur); /* health, ejections, ewma of endpoints that stay */
             sk_metrics_assign_rows(next);
             char *berr = NULL;
-            if (sk_workers_reload(cur, next, sk_metrics_rows_needed(), &berr) < 0) {
+            if (sk_workers_reload(cur, next, &berr) < 0) {
                 snprintf(msg, sizeof(msg), "%s: %s", next->file, berr ? berr : "out of memory");
                 err = strdup(msg);
             }

@@ -290,11 +290,12 @@ static bool generation_used(sk_worker *w, const sk_config *cfg, bool cut)
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
         if (c->dead) continue;
-        /* a connection moves only between requests: its request runs on its generation */
+        /* a connection moves only between requests: its request runs on its
+         * generation (an HTTP/2 connection never moves: its streams finish
+         * after a GOAWAY) */
         if (c->config == cfg) {
             used = true;
-            if (cut && c->req && !c->req->reason) c->req->reason = "drain_timeout";
-            if (cut) sk_conn_close(c);
+            if (cut) sk_conn_cut(c, "drain_timeout");
         }
     }
     return sk_tcp_uses_generation(&w->tcp_conns, cfg, cut) || used;
@@ -324,7 +325,6 @@ static void on_retire_check(struct ev_loop *loop, ev_timer *t, int revents)
 typedef struct reload_msg {
     sk_config *config; /* reference, dropped by the last worker */
     int *fds;          /* [worker][listener] new sockets, -1 = keep the old one */
-    size_t rows;       /* metrics rows needed */
     int remaining;     /* workers that have not switched yet (atomic) */
 } reload_msg;
 
@@ -386,7 +386,6 @@ static void apply_reload(void *arg)
     if (sk_plugins_worker_init(nc, w->id, w->loop) < 0)
         sk_error("worker %d: a plugin failed to initialise; its hooks may misbehave", w->id);
     sk_lua_worker_prepare(nc, w->id);
-    sk_metrics_reserve(w->metrics, m->rows);
     sk_wgen *old = w->gen;
     sk_pools_retire(old->clusters, old->config->nclusters);
     old->retired_ms = sk_now_ms();
@@ -394,12 +393,17 @@ static void apply_reload(void *arg)
     w->retired = old;
     w->gen = g;
     w->config = nc;
-    /* Idle keep-alive connections move now; busy ones after their request. */
+    /* Idle keep-alive connections move now; busy ones after their request.
+     * HTTP/2 connections get a graceful GOAWAY: their open streams finish
+     * on this generation, and the clients reconnect to the new one (as
+     * nginx and HAProxy reloads do). */
     sk_link *l = w->conns.next;
     while (l != &w->conns) {
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
-        if (!c->req) {
+        if (sk_conn_is_h2(c)) {
+            sk_conn_drain(c);
+        } else if (!c->req) {
             adopt_generation(c);
         } else {
             /* busy: moves after its request, or ends then if its listener is gone */
@@ -424,7 +428,7 @@ bool sk_workers_wait_switched(uint64_t timeout_ms)
     return true;
 }
 
-int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
+int sk_workers_reload(sk_config *cur, sk_config *next, char **err)
 {
     size_t n = next->nlisteners;
     reload_msg *m = calloc(1, sizeof(*m));
@@ -438,7 +442,6 @@ int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err)
     for (size_t i = 0; i < (size_t)nworkers * n; i++) fds[i] = -1;
     m->fds = fds;
     m->config = next;
-    m->rows = rows;
     m->remaining = nworkers;
     sk_config_ref(next);
     for (size_t i = 0; i < n; i++) {

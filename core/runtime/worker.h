@@ -82,10 +82,10 @@ void sk_workers_drain(void);
  * does not have (one socket per worker), then each worker switches at its
  * next loop iteration: listeners with an unchanged address keep their
  * sockets, removed ones close, idle keep-alive connections move over, and
- * in-flight work finishes on `cur`. `rows` is the metrics rows needed.
+ * in-flight work finishes on `cur`. next's metric rows are assigned.
  * Returns 0, or -1 with *err (malloc'd) and nothing changed.
  */
-int sk_workers_reload(sk_config *cur, sk_config *next, size_t rows, char **err);
+int sk_workers_reload(sk_config *cur, sk_config *next, char **err);
 /* Waits (main thread, bounded) until every worker applied the reloads
  * posted so far. false when timeout_ms passed first. */
 bool sk_workers_wait_switched(uint64_t timeout_ms);

@@ -12,6 +12,7 @@
 
 #include "balancer.h"
 #include "cluster.h"
+#include "metrics.h"
 
 /* Set by health.c once it runs checks (see cluster.h). */
 const sk_health_hooks *sk__health_hooks;
@@ -25,7 +26,10 @@ void sk_endpoint_ref(sk_endpoint *e)
 /* Drops a reference on e; the last one frees it. */
 void sk_endpoint_unref(sk_endpoint *e)
 {
-    if (e && __atomic_sub_fetch(&e->refcnt, 1, __ATOMIC_ACQ_REL) == 0) free(e);
+    if (e && __atomic_sub_fetch(&e->refcnt, 1, __ATOMIC_ACQ_REL) == 0) {
+        sk_metrics_row_release(e->metrics_row);
+        free(e);
+    }
 }
 
 /* Ejected while the clock is below the ejection's end. */
@@ -159,9 +163,9 @@ static sk_endpoint *find_endpoint(sk_endpoint **sorted, size_t n, const char *te
 /*
  * Makes the set of cl that replaces `old` (NULL for the first): endpoints
  * of old with an address of addrs are taken over, the others are new
- * objects; repeated addresses count once (the first, with its weight). The
- * weights and their running sums live in the same allocation as the set.
- * New objects are "added" (slow start, a neutral ewma estimate) unless
+ * objects (each with its metrics row); repeated addresses count once (the
+ * first, with its weight). The weights and their running sums live in the
+ * same allocation as the set. New objects are "added" (slow start, a neutral ewma estimate) unless
  * `initial` (the cluster's first endpoints, or a reload's carried set) or
  * old was empty. Builds the hash ring of a ring_hash cluster. Main thread,
  * with old held. Returns the set (refcnt 1) or NULL on OOM.
@@ -207,6 +211,7 @@ static sk_endpoint_set *make_set(const sk_cluster *cl, const sk_endpoint_set *ol
         } else if ((e = calloc(1, sizeof(*e))) != NULL) {
             e->address = addrs[i];
             e->refcnt = 1;
+            e->metrics_row = sk_metrics_row_acquire('e', cl->name, e->address.text);
             if (cl->health_check && cl->health_initial_unhealthy) e->health = SK_HEALTH_UNHEALTHY;
             if (added) {
                 e->added_ms = now_ms ? now_ms : 1;
@@ -454,22 +459,13 @@ static int render_counter(sk_buf *out, const sk_config *cfg, const char *name, c
     return rc;
 }
 
-/* The traffic series: each endpoint's health, the clusters' panic state,
- * ejections, checks and health transitions (see docs/operations.md). */
+/* The traffic series: the clusters' panic state, checks and health
+ * transitions (see docs/operations.md). */
 static int render_traffic(sk_buf *out, const sk_config *cfg, uint64_t now)
 {
-    int rc =
-        sk_buf_printf(out, "# HELP sidekick_endpoint_healthy Whether an endpoint of the set in force may get "
-                           "traffic (1: not failing its health checks and not ejected).\n"
-                           "# TYPE sidekick_endpoint_healthy gauge\n");
-    for (size_t i = 0; i < cfg->nclusters; i++) {
-        sk_endpoint_set *s = sk_cluster_endpoints(cfg->clusters[i]);
-        for (size_t k = 0; s && k < s->n; k++)
-            rc |= sk_buf_printf(out, "sidekick_endpoint_healthy{cluster=\"%s\",endpoint=\"%s\"} %d\n",
-                                cfg->clusters[i]->name, s->eps[k]->address.text,
-                                sk_endpoint_usable(s->eps[k], now) ? 1 : 0);
-        sk_endpoint_set_unref(s);
-    }
+    /* sidekick_endpoint_healthy, _ejected and sidekick_outlier_ejections_total are
+     * obs/metrics.c's (its endpoint and cluster rows) */
+    int rc = 0;
     rc |=
         sk_buf_printf(out, "# HELP sidekick_cluster_panic Whether a cluster balances over all its endpoints "
                            "because fewer than panic_threshold percent are healthy.\n"
@@ -482,9 +478,6 @@ static int render_traffic(sk_buf *out, const sk_config *cfg, uint64_t now)
                                 sk_cluster_check_panic(cfg->clusters[i], s, now, &usable) ? 1 : 0);
         sk_endpoint_set_unref(s);
     }
-    rc |= render_counter(out, cfg, "sidekick_outlier_ejections_total",
-                         "Endpoints ejected by outlier detection (consecutive failures).",
-                         offsetof(sk_cluster_stats, ejections), NULL);
     rc |= render_counter(out, cfg, "sidekick_cluster_panics_total",
                          "Times a cluster went into panic (fewer than panic_threshold percent healthy).",
                          offsetof(sk_cluster_stats, panics), NULL);

@@ -59,6 +59,8 @@ typedef struct sk_endpoint {
     uint64_t ewma_stamp_ns;    /* sk_now_ns() of the estimate's last update, 0 = none (atomic) */
     unsigned active;           /* requests in flight to it, across workers (atomic) */
     int refcnt;                /* references (atomic); freed at 0 */
+    size_t metrics_row;        /* its (cluster, address) row of upstream counters (obs/metrics.h),
+                                * held while the object lives (immutable) */
 } sk_endpoint;
 
 struct sk_ring;
@@ -96,7 +98,7 @@ typedef struct sk_discovery_state {
 /* What a cluster counted since the process started, kept by cluster name
  * across reloads (the generation's state points at it). Atomics. */
 typedef struct sk_cluster_stats {
-    uint64_t ejections;        /* outlier ejections */
+    uint64_t ejections;        /* outlier ejections (the series is obs/metrics.c's SK_MC_EJECTIONS) */
     uint64_t checks_passed;    /* active health checks that passed */
     uint64_t checks_failed;    /* ... that failed */
     uint64_t became_healthy;   /* endpoints that became healthy by their checks */
@@ -199,9 +201,13 @@ int sk_clusters_carry_over(sk_config *next, const sk_config *prev);
 void sk_clusters_inherit(sk_config *next, const sk_config *prev);
 
 /* Appends the clusters' series of cfg in Prometheus text format:
- * sidekick_cluster_endpoints{cluster,source} (every cluster) and
+ * sidekick_cluster_endpoints{cluster,source} (every cluster),
  * sidekick_cluster_discovery_age_seconds{cluster} (discovery clusters with
- * an answer). Main thread. 0, or -1 on OOM. */
+ * an answer), sidekick_cluster_panic{cluster} and
+ * sidekick_cluster_panics_total{cluster} (every cluster),
+ * sidekick_health_checks_total{cluster,result} and
+ * sidekick_health_transitions_total{cluster,to} (clusters with
+ * health_check). Main thread. 0, or -1 on OOM. */
 int sk_clusters_render_prometheus(sk_buf *out, const sk_config *cfg);
 
 /* The set in force of cl with a reference the caller drops with
@@ -222,9 +228,10 @@ uint64_t sk_cluster_version(const sk_cluster *cl);
  * start to the response head (or the failure). Feeds lb = ewma's latency
  * estimate and outlier detection: outlier_failures failures in a row eject
  * e (within max_ejection_percent), a response resets the count. Any
- * thread; lock-free unless an ejection is decided.
+ * thread; lock-free unless an ejection is decided. Returns true when this
+ * report ejected e (the caller counts it in its thread's metrics).
  */
-void sk_cluster_report(sk_cluster *cl, sk_endpoint *e, bool failed, uint64_t latency_ns);
+bool sk_cluster_report(sk_cluster *cl, sk_endpoint *e, bool failed, uint64_t latency_ns);
 
 /* Ends e's ejection at once (an active check passed). Main thread. */
 void sk__endpoint_uneject(sk_cluster *cl, sk_endpoint *e);

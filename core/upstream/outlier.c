@@ -40,7 +40,7 @@ void sk__cluster_health_changed(sk_cluster *cl)
 
 /* Ejects e when the cluster's limit allows it. Under eject_lock: one
  * decision at a time, so the percentage holds across workers. */
-static void try_eject(sk_cluster *cl, sk_endpoint *e, unsigned failures)
+static bool try_eject(sk_cluster *cl, sk_endpoint *e, unsigned failures)
 {
     sk_cluster_state *st = cl->upstream;
     pthread_mutex_lock(&st->eject_lock);
@@ -61,7 +61,7 @@ static void try_eject(sk_cluster *cl, sk_endpoint *e, unsigned failures)
                      "(max_ejection_percent = %u)",
                      cl->name, e->address.text, failures, ejected, n, cl->max_ejection_percent);
         sk_endpoint_set_unref(set);
-        return;
+        return false;
     }
     /* the level: back to the first after a long good spell */
     uint64_t last_end = __atomic_load_n(&e->ejected_until_ms, __ATOMIC_RELAXED);
@@ -81,29 +81,30 @@ static void try_eject(sk_cluster *cl, sk_endpoint *e, unsigned failures)
             "%zu ejected now)",
             cl->name, e->address.text, (unsigned long long)len, failures, count, ejected + 1, n);
     sk_endpoint_set_unref(set);
+    return true;
 }
 
 /* An attempt to e is over (see cluster.h). */
-void sk_cluster_report(sk_cluster *cl, sk_endpoint *e, bool failed, uint64_t latency_ns)
+bool sk_cluster_report(sk_cluster *cl, sk_endpoint *e, bool failed, uint64_t latency_ns)
 {
-    if (!cl->upstream || !e) return;
+    if (!cl->upstream || !e) return false;
     if (cl->lb == SK_LB_EWMA) {
         uint64_t sample = latency_ns, floor_ns = cl->connect_timeout_ms * 1000000;
         if (failed && sample < floor_ns) sample = floor_ns;
         sk_ewma_update(e, sample, sk_now_ns(), cl->ewma_decay_ms * 1000000);
     }
-    if (!cl->outlier_failures) return;
+    if (!cl->outlier_failures) return false;
     if (!failed) {
         /* a load first: the common case writes nothing to the shared line */
         if (__atomic_load_n(&e->failures, __ATOMIC_RELAXED))
             __atomic_store_n(&e->failures, 0, __ATOMIC_RELAXED);
-        return;
+        return false;
     }
     /* failures of requests still on an ejected endpoint change nothing: it
      * starts from 0 when it returns */
-    if (sk_endpoint_ejected(e, sk_now_ms())) return;
+    if (sk_endpoint_ejected(e, sk_now_ms())) return false;
     unsigned n = __atomic_add_fetch(&e->failures, 1, __ATOMIC_RELAXED);
-    if (n >= cl->outlier_failures) try_eject(cl, e, n);
+    return n >= cl->outlier_failures && try_eject(cl, e, n);
 }
 
 /* Ends an ejection (see cluster.h). */

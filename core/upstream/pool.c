@@ -29,16 +29,18 @@ static void pool_done(sk_pool *p)
 static void conn_closed(sk_upconn *u)
 {
     sk_pool *p = u->owner_data;
+    int state = SK_MG_CX_ACTIVE;
     if (!sk_list_empty(&u->link)) {
         sk_list_remove(&u->link);
         p->nidle--;
+        state = SK_MG_CX_IDLE;
     }
     if (u->req) { /* closed under a request (an error): the request is gone from it */
         pool_done(p);
         sk_upconn_detach(u);
     }
     __atomic_sub_fetch(&p->cluster->active_connections, 1, __ATOMIC_RELAXED);
-    SK_DEC(u->worker->metrics->upstream_active);
+    sk_metrics_gauge(u->worker->metrics, p->cluster->metrics_row, state, -1);
     if (--p->conns == 0 && p->orphan && p->active == 0) pool_free(p);
 }
 
@@ -288,11 +290,14 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
         p->nidle--;
         u = SK_CONTAINER(l, sk_upconn, link);
         sk_upconn_unpark(u);
-        SK_INC(w->metrics->upstream_reused);
+        sk_metrics_gauge(w->metrics, cl->metrics_row, SK_MG_CX_IDLE, -1);
+        sk_metrics_gauge(w->metrics, cl->metrics_row, SK_MG_CX_ACTIVE, 1);
+        sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_CX_REUSED);
         *got = SK_POOL_REUSED;
     } else {
         if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+            sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_OVERFLOW_CONNECTIONS);
             *got = SK_POOL_OVERLOADED;
             return NULL;
         }
@@ -300,10 +305,10 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
         if (__atomic_add_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED) > cl->max_pending) {
             __atomic_sub_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED);
             __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
+            sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_OVERFLOW_PENDING);
             *got = SK_POOL_OVERLOADED;
             return NULL;
         }
-        SK_INC(w->metrics->upstream_opened);
         const sk_addr *a = &p->endpoint->address;
         void *tls = NULL;
         if (cl->tls && !(tls = sk_tls_slot_conn(cl->tls->state, false, -1, w->metrics))) errno = ENOMEM;
@@ -318,7 +323,8 @@ sk_upconn *sk_pool_get(sk_wctx *w, sk_pool *p, int *got)
             *got = SK_POOL_FAILED;
             return NULL;
         }
-        SK_INC(w->metrics->upstream_active);
+        sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_CX_CREATED);
+        sk_metrics_gauge(w->metrics, cl->metrics_row, SK_MG_CX_ACTIVE, 1);
         p->conns++;
         if (u->connected) {
             __atomic_sub_fetch(&cl->active_pending, 1, __ATOMIC_RELAXED);
@@ -347,6 +353,8 @@ void sk_pool_put(sk_upconn *u, bool reuse)
     sk_upconn_park(u, SK_UPSTREAM_IDLE_MS);
     sk_list_insert(&p->idle, &u->link);
     p->nidle++;
+    sk_metrics_gauge(u->worker->metrics, p->cluster->metrics_row, SK_MG_CX_ACTIVE, -1);
+    sk_metrics_gauge(u->worker->metrics, p->cluster->metrics_row, SK_MG_CX_IDLE, 1);
 }
 
 /* Frees the pools of cluster states: idle connections close; a pool still

@@ -181,6 +181,23 @@ FIXED_METRICS = [
 ]
 
 
+# the `h2c` part: HTTP/2 with prior knowledge from h2load, HTTP/1.1 upstream
+H2C_METRICS = [
+    ("h2c_c1m10_rps", "h2c requests/s (h2load -c1 -m10)", "%.0f", "abs"),
+    ("h2c_c1m10_cpu_us", "proxy CPU µs/request, h2c -c1 -m10", "%.2f", "abs"),
+    ("h2c_c1m10_cpu_user_us", "  of which user space", "%.2f", "abs"),
+    ("h2c_c10m100_rps", "h2c requests/s (h2load -c10 -m100)", "%.0f", "abs"),
+    ("h2c_c10m100_cpu_us", "proxy CPU µs/request, h2c -c10 -m100", "%.2f", "abs"),
+    ("h2c_c10m100_cpu_user_us", "  of which user space", "%.2f", "abs"),
+    ("h2c_fx_rps", "h2c requests/s achieved at the fixed rate (-c10 -m10)", "%.0f", "abs"),
+    ("h2c_fx_cpu_us", "proxy CPU µs/request at the h2c fixed rate", "%.2f", "abs"),
+    ("h2c_fx_cpu_user_us", "  of which user space", "%.2f", "abs"),
+    ("h2c_fx_p50", "h2c p50 latency µs at the fixed rate", "%.0f", "lat"),
+    ("h2c_fx_p99", "h2c p99 latency µs at the fixed rate", "%.0f", "lat"),
+    ("h2c_fx_p999", "h2c p99.9 latency µs at the fixed rate", "%.0f", "lat"),
+]
+
+
 # the `tls` part (tests/bench/tls/bench-tls): bulk, handshakes, absolute latency, wolfCrypt
 TLS_METRICS = [
     ("bulk_mbps", "MB/s, 1 MiB responses (wrk -c4)", "%.0f", "abs"),
@@ -287,7 +304,7 @@ def table(raw, out, info):
             " | ".join(ratio(a, b) for _, a, b in ratios)))
 
     for scen in scen_order:
-        if scen in ("memory", "strace", "fixed"):
+        if scen in ("memory", "strace", "fixed", "h2c"):
             continue
         if scen == "crypto":
             for key, label, f, kind in CRYPTO_METRICS:
@@ -298,6 +315,9 @@ def table(raw, out, info):
     if "fixed" in scen_order:
         for key, label, f, kind in FIXED_METRICS + lat:
             emit("fixed", key, label, f, kind)
+    if "h2c" in scen_order:
+        for key, label, f, kind in H2C_METRICS:
+            emit("h2c", key, label, f, kind)
     if "memory" in scen_order:
         for key, label, f, kind in MEM_METRICS:
             emit("memory", key, label, f, kind)

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "generation.h"
+#include "h2_server.h"
 #include "request.h"
 #include "server.h"
 #include "worker.h"
@@ -187,14 +188,33 @@ static void fuzz_write_sliced(int fd, uint8_t mode, const uint8_t *p, size_t n)
     }
 }
 
+/* Fires a request's route (or paused filter) timeout when it runs. */
+static void fuzz_fire_request_timer(void *rq, void *arg)
+{
+    sk_request *r = rq;
+    bool *fired = arg;
+    if (ev_is_active(&r->timeout)) {
+        ev_feed_event(fuzz_worker.loop, &r->timeout, EV_TIMER);
+        *fired = true;
+    }
+}
+
 /* Fires the pending timeout of every open connection (route timeout
- * first, else header / idle / body timeout), as if the time had passed. */
+ * first, else header / idle / body timeout), as if the time had passed.
+ * On an HTTP/2 connection: every stream's route timeout, else the
+ * connection's timer. */
 static void fuzz_fire_timers(void)
 {
     sk_link *l = fuzz_worker.conns.next;
     while (l != &fuzz_worker.conns) {
         sk_conn *c = SK_CONTAINER(l, sk_conn, link);
         l = l->next;
+        if (sk_conn_is_h2(c)) {
+            bool fired = false;
+            sk_h2_each_request(c, fuzz_fire_request_timer, &fired);
+            if (!fired && ev_is_active(&c->timer)) ev_feed_event(fuzz_worker.loop, &c->timer, EV_TIMER);
+            continue;
+        }
         sk_request *r = c->rq;
         if (r && ev_is_active(&r->timeout))
             ev_feed_event(fuzz_worker.loop, &r->timeout, EV_TIMER);

@@ -99,7 +99,7 @@ def test_metrics_families(env):
     for fam in ["sidekick_request_duration_seconds_bucket",
                 "sidekick_request_duration_seconds_sum",
                 "sidekick_request_duration_seconds_count",
-                "sidekick_upstream_connections_opened_total",
+                "sidekick_upstream_connections_created_total",
                 "sidekick_downstream_connections_active"]:
         assert fam in names, f"{fam} missing from /metrics:\n{text}"
     # histogram sanity: cumulative buckets ending in +Inf == count
@@ -109,7 +109,7 @@ def test_metrics_families(env):
     inf = sum(v for le, v in buckets if le == "+Inf")
     count = metric_value(s, "sidekick_request_duration_seconds_count")
     assert inf == count >= 3
-    assert metric_value(s, "sidekick_upstream_connections_opened_total") >= 1
+    assert metric_value(s, "sidekick_upstream_connections_created_total") >= 1
     # TYPE lines for the histogram and counters
     assert "# TYPE sidekick_request_duration_seconds histogram" in text
     assert "# TYPE sidekick_requests_total counter" in text

@@ -434,7 +434,16 @@ def test_termination_tls_versions_and_alpn(sidekick, upstream, pki, version):
     c = TLSClient(sk.port("inbound"), ctx)
     with c:
         assert c.sock.version() == f"TLSv{version}"
-        # h2 is not offered by sidekick yet: http/1.1 is negotiated
+        # the listener prefers h2 (test_http2.py speaks it)
+        assert c.sock.selected_alpn_protocol() == "h2"
+    alpn = ("http/1.1",)
+    if version == "1.2":
+        ctx = client_ctx(pki, pki.client, max_v=ssl.TLSVersion.TLSv1_2, alpn=alpn)
+    else:
+        ctx = client_ctx(pki, pki.client, min_v=ssl.TLSVersion.TLSv1_3, alpn=alpn)
+    c = TLSClient(sk.port("inbound"), ctx)
+    with c:
+        assert c.sock.version() == f"TLSv{version}"
         assert c.sock.selected_alpn_protocol() == "http/1.1"
         for i in range(3):  # keep-alive on the TLS connection
             r = c.request("GET", f"/v{version}/{i}")
@@ -444,7 +453,7 @@ def test_termination_tls_versions_and_alpn(sidekick, upstream, pki, version):
     q = up.requests[0]
     assert q.header_all("x-forwarded-proto") == ["https"]
     assert xfcc(q) == [f"URI={FRONTEND}"]
-    wait_hs(sk, "server", "ok", 1)
+    wait_hs(sk, "server", "ok", 2)  # the h2 connection and the http/1.1 one
 
 
 def test_termination_with_curl(sidekick, upstream, pki):
@@ -461,7 +470,7 @@ def test_termination_with_curl(sidekick, upstream, pki):
         out = res.stdout.decode()
         body, _, tail = out.rpartition("\n")
         assert body == f"app GET /curl/{want}", out
-        assert tail == "200 1.1 0", out
+        assert tail == "200 2 0", out  # h2 by ALPN (curl offers it first)
     assert up.wait_requests(2)
     for q in up.requests:
         assert xfcc(q) == [f"URI={FRONTEND}"], q.headers
@@ -1146,7 +1155,7 @@ def test_pooled_tls_connections_concurrent_clients(sidekick, upstream, pki):
     assert errors == []
     assert up.wait_requests(1000, timeout=WAIT)
     server_hs = hs_done(ssk, "server")
-    opened = metric(csk, "sidekick_upstream_connections_opened_total")
+    opened = metric(csk, "sidekick_upstream_connections_created_total")
     assert 1 <= server_hs <= 4, tls_metrics_text(ssk)
     assert server_hs == opened == hs_done(csk, "client"), (server_hs, opened)
 
@@ -1206,7 +1215,7 @@ def test_resumption_towards_the_upstream(sidekick, upstream, pki, mode):
     assert http_request(csk.port("outbound"), "GET", "/one").status == 200
 
     def pool_empty():
-        return (metric(csk, "sidekick_upstream_connections_active") or 0) == 0
+        return (metric(csk, "sidekick_upstream_connections") or 0) == 0
     assert wait_for(pool_empty, WAIT), "the server sidecar did not close the idle connection"
     assert http_request(csk.port("outbound"), "GET", "/two").status == 200
     if mode == "mtls":
@@ -1525,7 +1534,7 @@ def bad_config_cases(pki, tmp_path):
                                    ["tls = nosuch"], "[cluster app]", "tls"),
         "listener_without_cert": (listener + tls_section("srv", None, None, pki.ca1.cert),
                                   ["[tls srv]", "tls = srv"], "srv", "cert"),
-        "alpn_h2": (listener + srv(extra="alpn = h2\n"), ["alpn ="], "[tls srv]", "alpn"),
+        "alpn_spdy": (listener + srv(extra="alpn = spdy/3\n"), ["alpn ="], "[tls srv]", "alpn"),
         "min_version_1_1": (listener + srv(extra="min_version = 1.1\n"), ["min_version ="],
                             "[tls srv]", "min_version"),
         "unknown_key": (listener + srv(extra="colour = blue\n"), ["colour ="], "[tls srv]",
@@ -1540,7 +1549,7 @@ BAD_CASES = ["missing_cert", "unreadable_key", "key_is_a_directory", "mismatched
              "expired_own_cert", "required_without_ca", "sni_on_listener_side",
              "session_tickets_on_cluster_side", "optional_on_cluster_side",
              "unknown_tls_on_listener", "unknown_tls_on_cluster", "listener_without_cert",
-             "alpn_h2", "min_version_1_1", "unknown_key", "cluster_verifies_without_ca"]
+             "alpn_spdy", "min_version_1_1", "unknown_key", "cluster_verifies_without_ca"]
 
 
 def write_config(tmp_path, body, name="bad.ini"):

@@ -11,6 +11,11 @@
  *                              source; without it set_endpoints (weights ignored)
  *     answer_file = PATH       instead of once after delay_ms: every delay_ms, the
  *                              timer looks for PATH, and publishes once it exists
+ *     endpoints_file = PATH    instead of `endpoints`: every delay_ms, the timer
+ *                              reads PATH (the same "a:1, b:2 3" list) and publishes
+ *                              it each time its content changed (a missing file:
+ *                              nothing), so a test can change the set as often as
+ *                              it likes within one generation
  *
  * From create it starts a timer on the main loop; when it fires it calls
  * host->set_endpoints (or set_endpoints_from) for the `cluster` key's
@@ -43,6 +48,9 @@ typedef struct fx {
     size_t neps;
     char source[32];
     char answer_file[512];
+    char endpoints_file[512];
+    char last[1024];                  /* endpoints_file: the content published last */
+    int published;                    /* endpoints_file: something was published */
     char clusters[MAX_CLUSTERS][128]; /* told by on_cluster */
     size_t nclusters;
     unsigned delay_ms;
@@ -64,10 +72,53 @@ static void answer(fx *f, const char *cluster)
     if (rc == 0) f->host->metric_add(f->updates, 1);
 }
 
+/* "a:1, b:2 3" in f->list: comma-separated, each an address and an optional weight. */
+static void parse_list(fx *f)
+{
+    f->neps = 0;
+    for (char *save = NULL, *p = strtok_r(f->list, ",", &save); p && f->neps < MAX_EPS;
+         p = strtok_r(NULL, ",", &save)) {
+        while (*p == ' ' || *p == '\n') p++;
+        char *end = p + strlen(p);
+        while (end > p && (end[-1] == '\n' || end[-1] == ' ')) *--end = 0;
+        if (!*p) continue;
+        char *sp = strchr(p, ' ');
+        f->weps[f->neps].weight = sp ? (uint32_t)strtoul(sp + 1, NULL, 10) : 1;
+        if (sp) *sp = 0;
+        f->weps[f->neps].address = p;
+        f->eps[f->neps++] = p;
+    }
+}
+
+/* endpoints_file: true when PATH holds a list other than the one published last (now in f->eps). */
+static int read_endpoints_file(fx *f)
+{
+    char buf[sizeof f->list];
+    FILE *fp = fopen(f->endpoints_file, "r");
+    if (!fp) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = 0;
+    if (f->published && strcmp(buf, f->last) == 0) return 0;
+    memcpy(f->last, buf, n + 1);
+    memcpy(f->list, buf, n + 1);
+    f->published = 1;
+    parse_list(f);
+    return 1;
+}
+
 static void publish(void *arg)
 {
     fx *f = arg;
     f->timer = NULL; /* fired: the host freed it */
+    if (f->endpoints_file[0]) {
+        if (read_endpoints_file(f)) {
+            if (f->cluster[0]) answer(f, f->cluster);
+            for (size_t i = 0; i < f->nclusters; i++) answer(f, f->clusters[i]);
+        }
+        f->timer = f->host->timer_start(f->host->main_loop(), f->delay_ms, publish, f);
+        return;
+    }
     if (f->answer_file[0] && access(f->answer_file, F_OK) != 0) {
         f->timer = f->host->timer_start(f->host->main_loop(), f->delay_ms, publish, f);
         return;
@@ -102,9 +153,12 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
             snprintf(f->source, sizeof f->source, "%s", v);
         } else if (strcmp(k, "answer_file") == 0) {
             snprintf(f->answer_file, sizeof f->answer_file, "%s", v);
+        } else if (strcmp(k, "endpoints_file") == 0) {
+            snprintf(f->endpoints_file, sizeof f->endpoints_file, "%s", v);
         } else {
             snprintf(err, err_size,
-                     "fx_discovery: unknown key '%s' (line %d); known: cluster, endpoints, delay_ms, source",
+                     "fx_discovery: unknown key '%s' (line %d); known: cluster, endpoints, delay_ms, source, "
+                     "answer_file, endpoints_file",
                      k, keys[i].line);
             free(f);
             return NULL;
@@ -115,17 +169,7 @@ static void *create(const sk_host_api *host, sk_instance *self, const sk_kv *key
         free(f);
         return NULL;
     }
-    /* "a:1, b:2 3": comma-separated, each an address and an optional weight */
-    for (char *save = NULL, *p = strtok_r(f->list, ",", &save); p && f->neps < MAX_EPS;
-         p = strtok_r(NULL, ",", &save)) {
-        while (*p == ' ') p++;
-        if (!*p) continue;
-        char *sp = strchr(p, ' ');
-        f->weps[f->neps].weight = sp ? (uint32_t)strtoul(sp + 1, NULL, 10) : 1;
-        if (sp) *sp = 0;
-        f->weps[f->neps].address = p;
-        f->eps[f->neps++] = p;
-    }
+    parse_list(f);
     f->updates = host->counter(self, "fx_discovery_updates_total", "set_endpoints calls that succeeded");
     f->posts = host->counter(self, "fx_discovery_posts_total", "post_to_workers callbacks run");
     sk_loop *main = host->main_loop();
