@@ -17,7 +17,7 @@ enum { SEC_SIDEKICK = 0, SEC_LISTENER, SEC_ROUTE, SEC_CLUSTER, SEC_PLUGIN, SEC_T
 /* Section kind names, by SEC_* (config.c). */
 extern const char *const sk__cfg_kind_names[SEC_COUNT];
 
-#define MAX_KEYS   24
+#define MAX_KEYS   48
 #define KEY_REPEAT 1u /* the key may appear more than once in a section */
 
 /* One section of the file, with what pass 2 and 3 need to know about it. */
