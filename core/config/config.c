@@ -102,6 +102,8 @@ static void config_free(sk_config *c)
         free(c->clusters[i]->endpoints);
         free(c->clusters[i]->discovery);
         free(c->clusters[i]->discovery_arg);
+        free(c->clusters[i]->hash_key_name);
+        free(c->clusters[i]->health_check);
         if (c->clusters[i]->upstream) c->clusters[i]->upstream_free(c->clusters[i]->upstream);
         free(c->clusters[i]);
     }
@@ -417,6 +419,15 @@ static void *new_object(ctx *x, int kind, const char *name)
         cl->max_retries = 1024;
         cl->retry_budget_ppm = 200000; /* 20% */
         cl->retry_budget_min = 10;
+        cl->ewma_decay_ms = 10000;
+        cl->health_interval_ms = 5000;
+        cl->health_timeout_ms = 1000;
+        cl->healthy_threshold = 2;
+        cl->unhealthy_threshold = 3;
+        cl->outlier_failures = 5;
+        cl->outlier_ejection_ms = 30000;
+        cl->max_ejection_percent = 50;
+        cl->panic_threshold = 50;
     }
     return obj;
 }
@@ -606,6 +617,32 @@ static int check_route_traffic(ctx *x, sect *s, sk_route *r)
     return 0;
 }
 
+/* The traffic keys of a cluster that only make sense together
+ * (docs/traffic.md): refused rather than silently ignored. */
+static int check_traffic(ctx *x, sect *s, const sk_cluster *cl)
+{
+    int hk = sk__cfg_key_line(s, "hash_key");
+    if (hk && cl->lb != SK_LB_RING_HASH)
+        return sk__cfg_fail_at(x, hk, s, "hash_key", "only lb = ring_hash hashes a key (set lb = ring_hash)");
+    int ed = sk__cfg_key_line(s, "ewma_decay");
+    if (ed && cl->lb != SK_LB_EWMA) return sk__cfg_fail_at(x, ed, s, "ewma_decay", "only for lb = ewma");
+    static const char *const hc_keys[] = {"health_interval", "health_timeout", "healthy_threshold",
+                                          "unhealthy_threshold", "health_initial"};
+    for (size_t i = 0; i < SK_ARRAY_LEN(hc_keys) && !cl->health_check; i++) {
+        int l = sk__cfg_key_line(s, hc_keys[i]);
+        if (l) return sk__cfg_fail_at(x, l, s, hc_keys[i], "needs 'health_check' (the path to check)");
+    }
+    if (!cl->outlier_failures) {
+        int l = SK_MAX(sk__cfg_key_line(s, "outlier_ejection"), sk__cfg_key_line(s, "max_ejection_percent"));
+        if (l)
+            return sk__cfg_fail_at(x, l, s,
+                                   l == sk__cfg_key_line(s, "outlier_ejection") ? "outlier_ejection"
+                                                                                : "max_ejection_percent",
+                                   "outlier detection is off (outlier_failures = 0)");
+    }
+    return 0;
+}
+
 static int check_section(ctx *x, sect *s)
 {
     if (s->kind == SEC_LISTENER) {
@@ -660,8 +697,10 @@ static int check_section(ctx *x, sect *s)
             return sk__cfg_fail_at(x, s->line, s, NULL, "missing 'endpoints' (or 'discovery')");
         int wl = sk__cfg_key_line(s, "wait_for_endpoints");
         if (wl && !cl->discovery)
-            return sk__cfg_fail_at(x, wl, s, "wait_for_endpoints",
-                                   "needs 'discovery' (only a discovery instance's first answer is waited for)");
+            return sk__cfg_fail_at(
+                x, wl, s, "wait_for_endpoints",
+                "needs 'discovery' (only a discovery instance's first answer is waited for)");
+        if (check_traffic(x, s, cl) < 0) return -1;
     } else if (s->kind == SEC_TLS) {
         sk_tls *t = s->obj;
         if (t->cert && !t->key) return sk__cfg_fail_at(x, sk__cfg_key_line(s, "cert"), s, "cert", "needs 'key'");

@@ -37,7 +37,14 @@ enum sk_escaped_slashes {
     SK_ESCAPED_SLASHES_KEEP,       /* stays %2F, part of its segment */
     SK_ESCAPED_SLASHES_DECODE,     /* becomes "/" before dot-segment removal */
 };
-enum sk_lb { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST, SK_LB_RANDOM };
+enum sk_lb { SK_LB_ROUND_ROBIN = 0, SK_LB_LEAST_REQUEST, SK_LB_RANDOM, SK_LB_RING_HASH, SK_LB_EWMA };
+/* `hash_key` of a ring_hash cluster: what of a request is hashed. */
+enum sk_hash_key {
+    SK_HASH_NONE = 0,  /* no key: round robin */
+    SK_HASH_HEADER,    /* header:NAME, the first value of that request header */
+    SK_HASH_COOKIE,    /* cookie:NAME, the value of that cookie */
+    SK_HASH_CLIENT_IP, /* client_ip, the downstream peer's address (without port) */
+};
 
 /* What makes a failed attempt retryable: the `retry_on` conditions of a
  * route (a bit each, SK_RETRY_BIT), and the `retry_reason` of the access
@@ -232,6 +239,22 @@ struct sk_cluster {
     int line;                    /* line of the section header */
     sk_config *config;           /* the generation it belongs to (not a reference) */
     size_t metrics_row;          /* row of its upstream counters (obs/metrics.h), by name */
+
+    /* Traffic management (docs/traffic.md), the upstream layer's part. */
+    int hash_key;                  /* `hash_key` kind, enum sk_hash_key (lb = ring_hash only) */
+    char *hash_key_name;           /* its header (lower-cased) or cookie name, or NULL */
+    uint64_t slow_start_ms;        /* `slow_start`: a new endpoint's weight ramps up over this; 0 = off */
+    uint64_t ewma_decay_ms;        /* `ewma_decay`: time constant of lb = ewma's latency average, 10s */
+    char *health_check;            /* `health_check`: path (and query) of the active check, or NULL */
+    uint64_t health_interval_ms;   /* `health_interval`, default 5s */
+    uint64_t health_timeout_ms;    /* `health_timeout`, default 1s */
+    unsigned healthy_threshold;    /* `healthy_threshold`: passes in a row to become healthy, default 2 */
+    unsigned unhealthy_threshold;  /* `unhealthy_threshold`: failures in a row to become unhealthy, 3 */
+    bool health_initial_unhealthy; /* `health_initial = unhealthy`: endpoints wait for a first pass */
+    unsigned outlier_failures;     /* `outlier_failures`: consecutive failures that eject, 5; 0 = off */
+    uint64_t outlier_ejection_ms;  /* `outlier_ejection`: base ejection time, 30s (× ejections, ≤ 300s) */
+    unsigned max_ejection_percent; /* `max_ejection_percent`, default 50 (one endpoint always may be) */
+    unsigned panic_threshold;      /* `panic_threshold`: % healthy below which all get traffic, 50; 0 = off */
 
     /* Runtime circuit-breaker counters, shared by all workers (atomics).
      * With `upstream`, the only mutable part of a config. */

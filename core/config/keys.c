@@ -27,7 +27,10 @@ static int k_duration(ctx *x, sect *s, const keydef *k, const char *v)
 {
     uint64_t ms;
     if (sk_parse_duration(v, &ms) < 0) return sk__cfg_bad(x, "bad duration '%s'", v);
-    if (ms < k->min) return sk__cfg_bad(x, "duration '%s' must be greater than 0", v);
+    if (ms < k->min)
+        return k->min <= 1 ? sk__cfg_bad(x, "duration '%s' must be greater than 0", v)
+                           : sk__cfg_bad(x, "duration '%s' is too short (at least %llums)", v,
+                                         (unsigned long long)k->min);
     if (ms > k->max)
         return k->max < 60000 ? sk__cfg_bad(x, "duration '%s' is too long (at most %llums)", v,
                                             (unsigned long long)k->max)
@@ -641,17 +644,60 @@ static int k_retry_budget(ctx *x, sect *s, const keydef *k, const char *v)
 
 static int k_lb(ctx *x, sect *s, const keydef *k, const char *v)
 {
+    static const char *const names[] = {"round_robin", "least_request", "random", "ring_hash", "ewma"};
+    for (int i = 0; i < (int)SK_ARRAY_LEN(names); i++) {
+        if (strcmp(v, names[i]) == 0) {
+            ((sk_cluster *)s->obj)->lb = i; /* enum sk_lb, in this order */
+            return 0;
+        }
+    }
+    return sk__cfg_bad(x, "bad value '%s' (expected round_robin, least_request, random, ring_hash or ewma)",
+                       v);
+}
+
+/* `hash_key = header:NAME | cookie:NAME | client_ip` (lb = ring_hash). */
+static int k_hash_key(ctx *x, sect *s, const keydef *k, const char *v)
+{
     sk_cluster *c = s->obj;
-    if (strcmp(v, "round_robin") == 0)
-        c->lb = SK_LB_ROUND_ROBIN;
-    else if (strcmp(v, "least_request") == 0)
-        c->lb = SK_LB_LEAST_REQUEST;
-    else if (strcmp(v, "random") == 0)
-        c->lb = SK_LB_RANDOM;
-    else if (strcmp(v, "ring_hash") == 0)
-        return sk__cfg_bad(x, "ring_hash is not supported yet in this version");
+    if (strcmp(v, "client_ip") == 0) {
+        c->hash_key = SK_HASH_CLIENT_IP;
+        return sk__cfg_set_str(x, &c->hash_key_name, NULL);
+    }
+    int kind = strncmp(v, "header:", 7) == 0   ? SK_HASH_HEADER
+               : strncmp(v, "cookie:", 7) == 0 ? SK_HASH_COOKIE
+                                               : 0;
+    const char *name = v + 7;
+    if (!kind) return sk__cfg_bad(x, "bad value '%s' (expected header:NAME, cookie:NAME or client_ip)", v);
+    if (!sk__cfg_is_token(name) || strlen(name) > 256)
+        return sk__cfg_bad(x, "bad %s name '%s'", kind == SK_HASH_HEADER ? "header" : "cookie", name);
+    char *n = sk__cfg_strdup(x, name);
+    if (!n) return -1;
+    if (kind == SK_HASH_HEADER)
+        for (char *q = n; *q; q++) *q = (char)tolower((unsigned char)*q);
+    c->hash_key = kind;
+    return sk__cfg_set_str(x, &c->hash_key_name, n);
+}
+
+/* `health_check = /path[?query]`: what the active check asks for. */
+static int k_health_check(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    if (v[0] != '/') return sk__cfg_bad(x, "'%s' must start with '/'", v);
+    if (strlen(v) > 1024) return sk__cfg_bad(x, "path too long (at most 1024 bytes)");
+    for (const char *p = v; *p; p++)
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p >= 0x7f || *p == '#')
+            return sk__cfg_bad(x, "'%s': a path has no spaces, controls, '#' or bytes outside ASCII", v);
+    return sk__cfg_set_str(x, &((sk_cluster *)s->obj)->health_check, sk__cfg_strdup(x, v));
+}
+
+static int k_health_initial(ctx *x, sect *s, const keydef *k, const char *v)
+{
+    sk_cluster *c = s->obj;
+    if (strcmp(v, "healthy") == 0)
+        c->health_initial_unhealthy = false;
+    else if (strcmp(v, "unhealthy") == 0)
+        c->health_initial_unhealthy = true;
     else
-        return sk__cfg_bad(x, "bad value '%s' (expected round_robin, least_request or random)", v);
+        return sk__cfg_bad(x, "bad value '%s' (expected healthy or unhealthy)", v);
     return 0;
 }
 
@@ -662,7 +708,9 @@ static const keydef cluster_keys[] = {
     {"discovery", k_discovery, 0, 0, 0, 0},
     {"wait_for_endpoints", k_duration, 0, CL(wait_for_endpoints_ms), 0, DUR_MAX},
     {"lb", k_lb, 0, 0, 0, 0},
-    {"hash_key", NULL, 0, 0, 0, 0},
+    {"hash_key", k_hash_key, 0, 0, 0, 0},
+    {"slow_start", k_duration, 0, CL(slow_start_ms), 0, 3600000},
+    {"ewma_decay", k_duration, 0, CL(ewma_decay_ms), 10, 600000},
     {"connect_timeout", k_duration, 0, CL(connect_timeout_ms), 1, DUR_MAX},
     {"max_connections", k_uint, 0, CL(max_connections), 1, 10000000},
     {"max_pending", k_uint, 0, CL(max_pending), 1, 10000000},
@@ -670,10 +718,16 @@ static const keydef cluster_keys[] = {
     {"max_retries", k_uint, 0, CL(max_retries), 0, 10000000},
     {"retry_budget", k_retry_budget, 0, 0, 0, 0},
     {"retry_budget_min", k_uint, 0, CL(retry_budget_min), 0, 1000000},
-    {"health_check", NULL, 0, 0, 0, 0},
-    {"health_interval", NULL, 0, 0, 0, 0},
-    {"outlier_failures", NULL, 0, 0, 0, 0},
-    {"outlier_ejection", NULL, 0, 0, 0, 0},
+    {"health_check", k_health_check, 0, 0, 0, 0},
+    {"health_interval", k_duration, 0, CL(health_interval_ms), 10, 3600000},
+    {"health_timeout", k_duration, 0, CL(health_timeout_ms), 10, 600000},
+    {"healthy_threshold", k_uint, 0, CL(healthy_threshold), 1, 100},
+    {"unhealthy_threshold", k_uint, 0, CL(unhealthy_threshold), 1, 100},
+    {"health_initial", k_health_initial, 0, 0, 0, 0},
+    {"outlier_failures", k_uint, 0, CL(outlier_failures), 0, 1000},
+    {"outlier_ejection", k_duration, 0, CL(outlier_ejection_ms), 10, 300000},
+    {"max_ejection_percent", k_uint, 0, CL(max_ejection_percent), 0, 100},
+    {"panic_threshold", k_uint, 0, CL(panic_threshold), 0, 100},
     {"tls", k_tls_ref, 0, 0, 0, 0},
     {NULL, NULL, 0, 0, 0, 0},
 };

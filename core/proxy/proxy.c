@@ -21,6 +21,7 @@
 #include <strings.h>
 
 #include "h1_client.h"
+#include "hashkey.h"
 #include "head.h"
 #include "filter.h"
 #include "metrics.h"
@@ -298,6 +299,9 @@ extern const sk_client_cbs sk_proxy_client_cbs;
 static sk_pool *pick_endpoint(sk_request *r)
 {
     sk_balance_ctx ctx = {.avoid = r->tried, .navoid = r->ntried < SK_TRIED_MAX ? r->ntried : SK_TRIED_MAX};
+    const char *key = NULL;
+    ctx.hash_key_len = sk_request_hash_key(r, r->cluster, &key);
+    ctx.hash_key = key;
     sk_pool *pool = sk_cluster_pick(r->worker, r->cluster, &ctx);
     if (pool) r->tried[r->ntried++ % SK_TRIED_MAX] = pool->endpoint;
     return pool;
@@ -322,6 +326,7 @@ static void start_upstream(sk_request *r)
         upstream_error(r, 503, "overloaded", false);
         return;
     }
+    r->attempt_open = true; /* report_attempt tells the cluster how it went */
     if (!u) {
         upstream_error(r, 502, "upstream_connect_failure", true);
         return;
@@ -731,6 +736,36 @@ static void cancel(sk_request *r)
     release_cluster(r);
 }
 
+/* ---- what the cluster learns of each attempt (ewma, outlier detection) ---- */
+
+/* The attempt in flight is over: tell its cluster once, with its latency
+ * from the request going out on a ready connection (a new connection's
+ * connect is not the endpoint's answer time), or from the attempt's start
+ * when it never got one. */
+static void report_attempt(sk_request *r, bool failed)
+{
+    if (!r->attempt_open || !r->pool) return;
+    r->attempt_open = false;
+    uint64_t from =
+        r->upstream_connect_ns > r->upstream_start_ns ? r->upstream_connect_ns : r->upstream_start_ns;
+    if (sk_cluster_report(r->cluster, r->pool->endpoint, failed, sk_now_ns() - from))
+        count_cluster(r, SK_MC_EJECTIONS);
+}
+
+/* An attempt failed with `reason`: gateway failures count against the
+ * endpoint; our own limits and errors (overloaded, internal_error) do not. */
+static void report_failure(sk_request *r, const char *reason)
+{
+    static const char *const gateway[] = {"upstream_connect_failure", "upstream_reset", "upstream_timeout",
+                                          "upstream_protocol_error", "upstream_identity_mismatch"};
+    for (size_t i = 0; i < SK_ARRAY_LEN(gateway); i++)
+        if (strcmp(reason, gateway[i]) == 0) {
+            report_attempt(r, true);
+            return;
+        }
+    r->attempt_open = false;
+}
+
 /* ---- retry policy ---- */
 
 /*
@@ -826,6 +861,7 @@ static int failure_cond(const char *reason)
  * client connection when part of the response is already sent. */
 static void upstream_error(sk_request *r, int status, const char *reason, bool retryable)
 {
+    report_failure(r, reason);
     release_upstream(r, false);
     sk_request_pending_done(r);
     stop_try_timer(r, true);
@@ -873,6 +909,8 @@ static void on_try_timer(struct ev_loop *loop, ev_timer *t, int revents)
         return;
     }
     sk_debug("%s %.*s: try %u cut after per_try_timeout", r->method, (int)r->path_len, r->path, r->attempts);
+    report_failure(r, "upstream_timeout"); /* a try that timed out counts against its endpoint */
+    count_cluster(r, SK_MC_TIMEOUTS);
     release_upstream(r, false);
     sk_request_pending_done(r);
     if (retry_allowed(r, SK_RETRY_PER_TRY_TIMEOUT))
@@ -898,6 +936,7 @@ static void up_connected(void *rq)
 static bool up_retry_status(void *rq, int status)
 {
     sk_request *r = rq;
+    report_attempt(r, status >= 500); /* every final response head comes here first */
     int cond = status == 502   ? SK_RETRY_502
                : status == 503 ? SK_RETRY_503
                : status == 504 ? SK_RETRY_504

@@ -64,6 +64,8 @@ struct sk_request {
     unsigned ntried;             /* endpoints tried so far (tried[] holds the last SK_TRIED_MAX) */
     bool up_reused;              /* the current upstream connection came from the pool */
     bool stale_retried;          /* the one free retry after a stale pooled connection is used */
+    bool attempt_open;           /* the attempt in flight is not reported to its cluster yet (proxy.c
+                                  * report_attempt: ewma, outlier detection) */
     void *up;                    /* the upstream connection in use (sk_upconn), or NULL */
     const sk_client_ops *up_ops; /* its codec */
     sk_header *up_hdrs;          /* header fields sent upstream (grown, reused; kept for retries) */

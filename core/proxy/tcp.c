@@ -42,6 +42,7 @@ typedef struct sk_tcp {
     ev_timer timer;   /* idle timeout */
     sk_addr endpoint; /* where the bytes go */
     bool has_endpoint;
+    sk_endpoint *ep; /* its object (a reference) until the connect's outcome is reported */
     uint64_t start_ns;
     uint64_t bytes_in, bytes_out;
     char client_addr[64];
@@ -59,6 +60,7 @@ static void tcp_close(sk_tcp *t)
         sk_wctx_buf_put(w, s[i]->buf);
     }
     ev_timer_stop(w->loop, &t->timer);
+    sk_endpoint_unref(t->ep);
     if (t->up_counted) {
         __atomic_sub_fetch(&t->listener->cluster->active_connections, 1, __ATOMIC_RELAXED);
         sk_metrics_gauge(w->metrics, t->listener->cluster->metrics_row, SK_MG_CX_ACTIVE, -1);
@@ -182,10 +184,21 @@ static void start_relay(sk_tcp *t)
     touch(t);
 }
 
+/* The connect's outcome counts for the endpoint (outlier detection, ewma). */
+static void report_connect(sk_tcp *t, bool failed)
+{
+    if (!t->ep) return;
+    if (sk_cluster_report(t->listener->cluster, t->ep, failed, sk_now_ns() - t->start_ns))
+        sk_metrics_count(t->worker->metrics, t->listener->cluster->metrics_row, SK_MC_EJECTIONS);
+    sk_endpoint_unref(t->ep);
+    t->ep = NULL;
+}
+
 static void on_up_connected(sk_transport *tr, int err)
 {
     side *o = tr->data;
     sk_tcp *t = o->t;
+    report_connect(t, err != 0);
     if (err) {
         sk_debug("tcp listener %s: connect to %s: %s", t->listener->name, t->endpoint.text,
                  err == ETIMEDOUT ? "timed out" : strerror(err));
@@ -268,6 +281,11 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
 
     sk_cluster *cl = l->cluster;
     sk_balance_ctx bctx = {0};
+    if (cl->lb == SK_LB_RING_HASH && cl->hash_key == SK_HASH_CLIENT_IP) { /* the address without its port */
+        const char *colon = strrchr(t->client_addr, ':');
+        bctx.hash_key = t->client_addr;
+        bctx.hash_key_len = colon ? (size_t)(colon - t->client_addr) : strlen(t->client_addr);
+    }
     sk_pool *pool = sk_cluster_pick(w, cl, &bctx);
     if (!pool) {
         t->reason = "no_healthy_upstream";
@@ -276,6 +294,8 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     }
     t->endpoint = pool->endpoint->address;
     t->has_endpoint = true;
+    t->ep = pool->endpoint;
+    sk_endpoint_ref(t->ep);
     if (__atomic_add_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED) > cl->max_connections) {
         __atomic_sub_fetch(&cl->active_connections, 1, __ATOMIC_RELAXED);
         sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_OVERFLOW_CONNECTIONS);
@@ -295,9 +315,13 @@ void sk_tcp_accept(sk_wctx *w, const sk_tcp_owner *o, void *owner, sk_config *cf
     if (rc < 0 && up_tls && !t->up.tr.ops) sk_tls_conn_free(up_tls);
     if (rc < 0) {
         sk_metrics_count(w->metrics, cl->metrics_row, SK_MC_CONNECT_FAILURES);
+        report_connect(t, true);
         t->reason = "upstream_connect_failure";
         tcp_close(t);
         return;
     }
-    if (rc == 1) start_relay(t);
+    if (rc == 1) {
+        report_connect(t, false);
+        start_relay(t);
+    }
 }

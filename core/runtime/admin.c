@@ -262,6 +262,8 @@ static const char *lb_name(int lb)
     case SK_LB_ROUND_ROBIN: return "round_robin";
     case SK_LB_LEAST_REQUEST: return "least_request";
     case SK_LB_RANDOM: return "random";
+    case SK_LB_RING_HASH: return "ring_hash";
+    case SK_LB_EWMA: return "ewma";
     default: return "unknown";
     }
 }
@@ -436,6 +438,38 @@ static json_t *route_json(const sk_route *r, bool *ok)
     return o;
 }
 
+/* What traffic management says of set->eps[i] (docs/operations.md):
+ * health, checks in a row, ejection, slow-start weight, ewma score. */
+static void endpoint_traffic_json(json_t *e, const sk_cluster *c, const sk_endpoint_set *set, size_t i,
+                                  bool *ok)
+{
+    sk_endpoint_status st;
+    uint64_t now = sk_now_ms();
+    sk_endpoint_status_of(c, set, i, now, &st);
+    jset(e, "healthy", json_boolean(st.usable), ok);
+    jset(e, "health", json_string(st.health), ok);
+    jset(e, "health_check_failures", jint(st.hc_failures), ok);
+    jset(e, "health_check_successes", jint(st.hc_passes), ok);
+    jset(e, "ejected", json_boolean(st.ejected), ok);
+    if (st.ejected) {
+        /* the end on the wall clock, and what is left of it */
+        uint64_t left = st.ejected_until_ms - now;
+        jset(e, "ejected_until", json_real((double)time(NULL) + (double)left / 1e3), ok);
+        jset(e, "ejected_for_ms", jint(left), ok);
+    } else {
+        jset(e, "ejected_until", json_null(), ok);
+        jset(e, "ejected_for_ms", jint(0), ok);
+    }
+    jset(e, "ejection_ms", jint(st.ejection_ms), ok);
+    jset(e, "ejections", jint(st.ejections), ok);
+    jset(e, "consecutive_failures", jint(st.failures), ok);
+    jset(e, "effective_weight", json_real(st.effective_weight), ok);
+    if (c->lb == SK_LB_EWMA) {
+        jset(e, "ewma_ms", st.ewma_ms < 0 ? json_null() : json_real(st.ewma_ms), ok);
+        jset(e, "ewma_score", json_real(st.ewma_score), ok);
+    }
+}
+
 /* `endpoints` as configured (/config), or the set in force with each
  * endpoint object's weight, health, requests in flight and source
  * (/clusters): discovery may have replaced it. */
@@ -455,17 +489,47 @@ static json_t *endpoints_json(const sk_cluster *c, bool with_health, bool *ok)
         if (e) {
             jset(e, "address", json_string(ep->address.text), ok);
             jset(e, "weight", jint(set->weights[i]), ok);
-            /* no health checking or outlier ejection yet: every endpoint
-             * is healthy */
-            jset(e, "healthy", json_boolean(sk_endpoint_healthy(ep)), ok);
             jset(e, "active_requests", jint(SK_LOAD(ep->active)), ok);
             jset(e, "source", json_string(set->source), ok);
+            endpoint_traffic_json(e, c, set, i, ok);
         }
         jpush(a, e, ok);
     }
     sk_endpoint_set_unref(set);
     if (!a) *ok = false;
     return a;
+}
+
+/* A cluster's traffic keys in /config (docs/traffic.md). */
+static void config_traffic_json(json_t *o, const sk_cluster *c, bool *ok)
+{
+    static const char *const keys[] = {"none", "header", "cookie", "client_ip"};
+    if (c->lb == SK_LB_RING_HASH) {
+        char k[300];
+        snprintf(k, sizeof(k), "%s%s%s", keys[c->hash_key], c->hash_key_name ? ":" : "",
+                 c->hash_key_name ? c->hash_key_name : "");
+        jset(o, "hash_key", c->hash_key ? json_string(k) : json_null(), ok);
+    }
+    if (c->lb == SK_LB_EWMA) jset(o, "ewma_decay_ms", jint(c->ewma_decay_ms), ok);
+    jset(o, "slow_start_ms", jint(c->slow_start_ms), ok);
+    json_t *h = json_null();
+    if (c->health_check && (h = json_object()) != NULL) {
+        jset_str(h, "path", c->health_check, ok);
+        jset(h, "interval_ms", jint(c->health_interval_ms), ok);
+        jset(h, "timeout_ms", jint(c->health_timeout_ms), ok);
+        jset(h, "healthy_threshold", jint(c->healthy_threshold), ok);
+        jset(h, "unhealthy_threshold", jint(c->unhealthy_threshold), ok);
+        jset(h, "initial", json_string(c->health_initial_unhealthy ? "unhealthy" : "healthy"), ok);
+    }
+    jset(o, "health_check", h, ok);
+    json_t *od = json_object();
+    if (od) {
+        jset(od, "failures", jint(c->outlier_failures), ok);
+        jset(od, "ejection_ms", jint(c->outlier_ejection_ms), ok);
+        jset(od, "max_ejection_percent", jint(c->max_ejection_percent), ok);
+    }
+    jset(o, "outlier_detection", od, ok);
+    jset(o, "panic_threshold", jint(c->panic_threshold), ok);
 }
 
 static json_t *cluster_json(const sk_cluster *c, bool *ok)
@@ -492,6 +556,7 @@ static json_t *cluster_json(const sk_cluster *c, bool *ok)
     jset(o, "max_connections", jint(c->max_connections), ok);
     jset(o, "max_pending", jint(c->max_pending), ok);
     jset(o, "max_requests", jint(c->max_requests), ok);
+    config_traffic_json(o, c, ok);
     jset(o, "max_retries", jint(c->max_retries), ok);
     jset(o, "retry_budget",
          c->retry_budget_ppm == SK_RETRY_BUDGET_OFF ? json_string("off") : ppm_json(c->retry_budget_ppm), ok);
@@ -565,6 +630,19 @@ static json_t *discovery_json(const sk_config *cfg, const sk_cluster *c, bool *o
     return d;
 }
 
+/* A cluster's balancing and panic state in /clusters. */
+static void cluster_traffic_json(json_t *o, sk_cluster *c, bool *ok)
+{
+    sk_endpoint_set *set = sk_cluster_endpoints(c);
+    size_t usable = 0;
+    bool panic = set && sk_cluster_check_panic(c, set, sk_now_ms(), &usable);
+    sk_endpoint_set_unref(set);
+    jset(o, "lb", json_string(lb_name(c->lb)), ok);
+    jset(o, "healthy_endpoints", jint(usable), ok);
+    jset(o, "panic", json_boolean(panic), ok);
+    jset(o, "panic_threshold", jint(c->panic_threshold), ok);
+}
+
 static json_t *clusters_json(const sk_config *cfg, bool *ok)
 {
     json_t *o = json_object();
@@ -585,6 +663,7 @@ static json_t *clusters_json(const sk_config *cfg, bool *ok)
             jset(e, "active_connections", jint(SK_LOAD(c->active_connections)), ok);
             jset(e, "active_pending", jint(SK_LOAD(c->active_pending)), ok);
             if (c->discovery) jset(e, "discovery", discovery_json(cfg, c, ok), ok);
+            cluster_traffic_json(e, c, ok);
         }
         jpush(cs, e, ok);
     }
@@ -654,7 +733,7 @@ static int endpoints_gather(endpoint_list *l, const sk_config *cfg)
                 .address = ep->address.text,
                 .row = ep->metrics_row,
                 .healthy = sk_endpoint_healthy(ep),
-                .ejected = __atomic_load_n(&ep->ejected, __ATOMIC_RELAXED),
+                .ejected = sk_endpoint_ejected(ep, sk_now_ms()),
                 .active = __atomic_load_n(&ep->active, __ATOMIC_RELAXED),
             };
         }

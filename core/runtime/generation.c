@@ -11,6 +11,7 @@
 
 #include "cluster.h"
 #include "generation.h"
+#include "health.h"
 #include "loader.h"
 #include "tls.h"
 
@@ -101,6 +102,9 @@ static void on_wait_timer(struct ev_loop *loop, ev_timer *t, int revents)
 void sk_generation_started(sk_config *cfg, struct ev_loop *loop)
 {
     cfg->started_ms = sk_now_ms();
+    /* the active health checks are the running generation's */
+    if (waits.cfg && waits.cfg != cfg) sk_clusters_health_stop(waits.cfg);
+    if (sk_clusters_health_start(cfg, loop) < 0) sk_error("out of memory starting health checks");
     if (!waits.init) {
         ev_init(&waits.timer, on_wait_timer);
         waits.init = true;

@@ -19,6 +19,7 @@
 #include "certs.h"
 #include "cluster.h"
 #include "generation.h"
+#include "health.h"
 #include "plugin_host.h"
 #include "lua_filter.h"
 #include "server.h"
@@ -186,6 +187,7 @@ int sk_server_reload(char **errp)
              * until the new instances give theirs */
             if (sk_clusters_carry_over(next, cur) < 0)
                 sk_warn("reload: out of memory keeping the discovered endpoints; clusters start afresh");
+            sk_clusters_inherit(next, cur); /* health, ejections, ewma of endpoints that stay */
             sk_metrics_assign_rows(next);
             char *berr = NULL;
             if (sk_workers_reload(cur, next, &berr) < 0) {
@@ -375,6 +377,7 @@ int main(int argc, char **argv)
 
     ev_run(sk_srv.loop, 0);
 
+    sk_clusters_health_stop(sk_srv.config);
     sk_admin_stop();
     sk_certs_stop();
     /* After a clean drain every worker released the generation: drop ours so

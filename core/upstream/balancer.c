@@ -10,6 +10,8 @@ const sk_balancer *sk_balancer_get(int lb)
     switch (lb) {
     case SK_LB_LEAST_REQUEST: return &sk_balancer_least_request;
     case SK_LB_RANDOM: return &sk_balancer_random;
+    case SK_LB_RING_HASH: return &sk_balancer_ring_hash;
+    case SK_LB_EWMA: return &sk_balancer_ewma;
     default: return &sk_balancer_round_robin;
     }
 }

@@ -94,7 +94,12 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
     sk_pool **sorted = calloc(wc->npools ? wc->npools : 1, sizeof(*sorted));
     /* the weights may have changed with the set: smooth round robin starts over */
     int64_t *current = calloc(n ? n : 1, sizeof(*current));
-    bool ok = pools && sorted && current;
+    /* the view: a set of capacity n (eps, cum, weights as make_set lays them out), positions, usable */
+    sk_endpoint_set *view =
+        calloc(1, sizeof(*view) + n * (sizeof(view->eps[0]) + sizeof(uint64_t) + sizeof(uint32_t)));
+    size_t *view_pos = calloc(n ? n : 1, sizeof(*view_pos));
+    bool *usable = calloc(n ? n : 1, sizeof(*usable));
+    bool ok = pools && sorted && current && view && view_pos && usable;
     if (ok) {
         if (wc->npools) memcpy(sorted, wc->pools, wc->npools * sizeof(*sorted));
         qsort(sorted, wc->npools, sizeof(*sorted), cmp_pool);
@@ -125,6 +130,9 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
         }
         free(pools);
         free(current);
+        free(view);
+        free(view_pos);
+        free(usable);
         sk_endpoint_set_unref(set);
         return -1;
     }
@@ -146,6 +154,18 @@ static int adopt_endpoints(sk_cluster *cl, sk_wcluster *wc, sk_wctx *w)
     wc->npools = n;
     free(wc->rr_current);
     wc->rr_current = current;
+    free(wc->view);
+    free(wc->view_pos);
+    free(wc->usable);
+    view->refcnt = 1; /* never shared: freed with free() */
+    view->cum = (uint64_t *)(void *)(view->eps + n);
+    view->weights = (uint32_t *)(void *)((uint64_t *)(void *)(view->eps + n) + n);
+    memcpy(view->source, set->source, sizeof(view->source));
+    view->version = set->version;
+    wc->view = view;
+    wc->view_pos = view_pos;
+    wc->usable = usable;
+    wc->view_made = false;
     sk_endpoint_set_unref(wc->set);
     wc->set = set;
     sk_debug("worker %d: cluster %s now has %zu endpoint(s)", w->id, cl->name, n);
@@ -159,19 +179,103 @@ void sk_wcluster_init(sk_wcluster *wc, uint32_t rr_start)
     wc->rr = rr_start;
 }
 
+/* Whether the thread's view of cl must be remade: never made for this
+ * set, the cluster's health changed, or its time came. The common case
+ * (nothing ejected, ramping or changed) reads one shared counter and no
+ * clock. */
+static bool view_stale(const sk_cluster *cl, const sk_wcluster *wc)
+{
+    const sk_cluster_state *st = cl->upstream;
+    return !wc->view_made || (st && __atomic_load_n(&st->health_gen, __ATOMIC_ACQUIRE) != wc->view_gen) ||
+           (wc->view_until_ms != UINT64_MAX && sk_now_ms() >= wc->view_until_ms);
+}
+
+/* Slow start moves the effective weights on in steps of this much of
+ * slow_start (at least 50 ms). */
+#define RAMP_STEPS 20
+
+/*
+ * Works out which endpoints of the adopted set may get traffic now and at
+ * what weight: the usable ones (not unhealthy, not ejected), or all of them
+ * when the cluster is in panic; each weight times its slow-start ramp
+ * (scaled by 100 so that ramping endpoints of weight 1 move in steps). When
+ * every endpoint is in at its full weight the balancer gets the adopted set
+ * itself (view_active off). When the next change is due by time alone (an
+ * ejection ending, a ramp step) view_until_ms says when.
+ */
+static void refresh_view(sk_cluster *cl, sk_wcluster *wc)
+{
+    const sk_cluster_state *st = cl->upstream;
+    const sk_endpoint_set *set = wc->set;
+    uint64_t gen = st ? __atomic_load_n(&st->health_gen, __ATOMIC_ACQUIRE) : 0;
+    uint64_t now = sk_now_ms(), until = UINT64_MAX;
+    size_t nusable;
+    bool panic = sk_cluster_check_panic(cl, set, now, &nusable), ramping = false;
+    uint64_t step = cl->slow_start_ms / RAMP_STEPS < 50 ? 50 : cl->slow_start_ms / RAMP_STEPS;
+    for (size_t i = 0; i < set->n; i++) {
+        const sk_endpoint *e = set->eps[i];
+        wc->usable[i] = panic || sk_endpoint_usable(e, now);
+        uint64_t end = __atomic_load_n(&e->ejected_until_ms, __ATOMIC_ACQUIRE);
+        if (end > now && end < until) until = end;
+        if (sk_endpoint_ramp(cl, e, now) < 1.) {
+            ramping = true;
+            if (now + step < until) until = now + step;
+        }
+    }
+    bool all = nusable == set->n || panic;
+    wc->view_active = !all || ramping;
+    wc->view_made = true;
+    wc->view_gen = gen;
+    wc->view_until_ms = until;
+    if (!wc->view_active) return;
+    /* the worker-local set: the adopted set's layout (cluster.c make_set), filled in place */
+    sk_endpoint_set *v = wc->view;
+    uint32_t *w = (uint32_t *)v->weights;
+    uint64_t *cum = (uint64_t *)v->cum;
+    uint64_t scale = ramping && set->total_weight < (UINT32_MAX / 100) ? 100 : 1;
+    v->n = 0;
+    v->total_weight = 0;
+    v->uniform = true;
+    for (size_t i = 0; i < set->n; i++) {
+        if (!wc->usable[i]) continue;
+        double ramp = ramping ? sk_endpoint_ramp(cl, set->eps[i], now) : 1.;
+        uint64_t wi = (uint64_t)((double)(set->weights[i] * scale) * ramp + 0.5);
+        if (wi < 1) wi = 1;
+        if (v->n && wi != w[0]) v->uniform = false;
+        w[v->n] = (uint32_t)wi;
+        v->total_weight += wi;
+        cum[v->n] = v->total_weight;
+        wc->view_pos[v->n] = i;
+        v->eps[v->n++] = set->eps[i];
+    }
+    /* positions and weights changed: smooth round robin starts over */
+    memset(wc->rr_current, 0, (wc->npools ? wc->npools : 1) * sizeof(*wc->rr_current));
+}
+
 /* Picks the pool of an endpoint of cl through the cluster's balancer,
- * adopting a changed endpoint set first. NULL when the cluster has no
- * endpoint. */
+ * adopting a changed endpoint set and remaking the usable view first.
+ * ring_hash with a key walks the adopted set's ring (skipping what may not
+ * be picked); without one it is round robin. NULL when no endpoint may get
+ * traffic. */
 sk_pool *sk_cluster_pick(sk_wctx *w, sk_cluster *cl, sk_balance_ctx *ctx)
 {
     sk_wcluster *wc = w->cluster_state(w, cl);
     if (!wc) return NULL;
     if (!wc->set || sk_cluster_version(cl) != wc->set->version) adopt_endpoints(cl, wc, w);
     if (!wc->set) return NULL;
+    if (view_stale(cl, wc)) refresh_view(cl, wc);
     ctx->w = w;
     ctx->cursor = &wc->rr;
     ctx->rr_current = wc->rr_current;
-    if (!sk_balancer_get(cl->lb)->pick(wc->set, ctx)) return NULL;
+    ctx->usable = wc->view_active ? wc->usable : NULL;
+    ctx->ewma_decay_ns = cl->ewma_decay_ms * 1000000;
+    if (cl->lb == SK_LB_RING_HASH && ctx->hash_key_len && wc->set->ring) {
+        if (!sk_balancer_ring_hash.pick(wc->set, ctx)) return NULL;
+        return wc->pools[ctx->picked];
+    }
+    const sk_balancer *b = cl->lb == SK_LB_RING_HASH ? &sk_balancer_round_robin : sk_balancer_get(cl->lb);
+    if (!b->pick(wc->view_active ? wc->view : wc->set, ctx)) return NULL;
+    if (wc->view_active) ctx->picked = wc->view_pos[ctx->picked];
     return wc->pools[ctx->picked];
 }
 
@@ -270,6 +374,13 @@ void sk_pools_free(sk_wcluster *wcs, size_t n)
         wc->npools = 0;
         free(wc->rr_current);
         wc->rr_current = NULL;
+        free(wc->view);
+        free(wc->view_pos);
+        free(wc->usable);
+        wc->view = NULL;
+        wc->view_pos = NULL;
+        wc->usable = NULL;
+        wc->view_made = wc->view_active = false;
         sk_endpoint_set_unref(wc->set);
         wc->set = NULL;
     }

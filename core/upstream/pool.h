@@ -37,7 +37,21 @@ typedef struct sk_wcluster {
     sk_pool **pools;      /* pools[i] serves set->eps[i] */
     size_t npools;        /* number of pools (= set->n) */
     uint32_t rr;          /* round-robin cursor */
-    int64_t *rr_current;  /* smooth weighted round-robin state, [npools], zeroed with each adopted set */
+    int64_t *rr_current;  /* smooth weighted round-robin state, [npools], zeroed with each adopted set
+                           * and each remade view */
+    /* Which endpoints may get traffic now, and at what weight (pool.c
+     * refresh_view): remade when the cluster's health_gen moves, at
+     * view_until_ms, and with each adopted set. */
+    sk_endpoint_set *view;  /* this thread's set of the usable endpoints (all of them in panic) with
+                             * their effective (slow-start) weights, capacity npools; its eps are the
+                             * adopted set's (not referenced); in use only when view_active */
+    size_t *view_pos;       /* view->eps[k] is set->eps[view_pos[k]] */
+    bool *usable;           /* usable[i]: set->eps[i] may get traffic (ring_hash walks over the rest) */
+    bool view_active;       /* some endpoint is left out or weighted down: balance over `view` */
+    bool view_made;         /* view, usable and view_active describe the adopted set */
+    uint64_t view_gen;      /* the cluster's health_gen they were made at */
+    uint64_t view_until_ms; /* remade at this sk_now_ms() (an ejection ends, slow start moves on);
+                             * UINT64_MAX = only on a change */
 } sk_wcluster;
 
 /* Initialises a thread's state of a cluster (no pools until first use). */

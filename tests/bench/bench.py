@@ -170,6 +170,7 @@ METRICS = [
      ("diff", "cpu_us", "base_cpu_us")),
     ("cost_cpu_user_us", "  of which user space", "%.2f",
      ("diff", "cpu_user_us", "base_cpu_user_us")),
+    ("redis_timeout_share_pct", "% of decisions past redis_timeout (allowed), whole run", "%.4f", "abs"),
 ]
 
 # the `fixed` part: one offered load for every target

@@ -6,6 +6,8 @@ Fixtures for sidekick's integration tests (see harness.py for the helpers).
   failure the tail of its stderr is printed.
 * upstream(handler=None, **kw) -> Upstream: a recording origin server,
   closed at teardown.
+* ctlup(name, **kw) -> CtlUpstream: an upstream whose behaviour the test
+  switches while it runs (ctlup.py), closed at teardown.
 """
 
 import os
@@ -78,6 +80,41 @@ def upstream():
 
     def factory(handler=None, **kw) -> Upstream:
         u = Upstream(handler, **kw)
+        made.append(u)
+        return u
+
+    yield factory
+    for u in made:
+        u.close()
+
+
+@pytest.fixture
+def ctlup():
+    """ctlup(name, **kw) -> CtlUpstream (ctlup.py): an upstream switched on
+    command (ok, status:N, slow:S, reset, stall, refuse; healthy/unhealthy
+    health path), closed at teardown."""
+    from ctlup import CtlUpstream
+    made = []
+
+    def factory(name: str = "up", **kw):
+        u = CtlUpstream(name, **kw)
+        made.append(u)
+        return u
+
+    yield factory
+    for u in made:
+        u.close()
+
+
+@pytest.fixture
+def ctlproc():
+    """ctlproc(name, **kw) -> CtlProcess (ctlup.py): the same upstream in a
+    process of its own, driven over its side channel; stopped at teardown."""
+    from ctlup import CtlProcess
+    made = []
+
+    def factory(name: str = "up", **kw):
+        u = CtlProcess(name, **kw)
         made.append(u)
         return u
 

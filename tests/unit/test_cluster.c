@@ -6,8 +6,14 @@
  * updates (one thread replacing sets in a bounded loop while two threads
  * take sets, pick through a balancer and hold and release endpoint
  * references and in-flight counts, as worker pools do); discovery's state
- * of a cluster and its carry-over by a reload. Meant to run under
- * the ASan build, and built with -fsanitize=thread too (unit_cluster_tsan).
+ * of a cluster and its carry-over by a reload; outlier detection (ejection
+ * at exactly outlier_failures failures in a row, the reset by a response,
+ * max_ejection_percent with 1, 2, 3 and 10 endpoints, the growth of the
+ * ejection time and its cap, the level's reset after a good spell, the end
+ * of an ejection by a passed check) and the same shared state under
+ * concurrent reports from several threads (failure counts, ejections,
+ * ewma estimates, panic state). Meant to run under the ASan build, and
+ * built with -fsanitize=thread too (unit_cluster_tsan).
  */
 #include <arpa/inet.h>
 #include <pthread.h>
@@ -380,6 +386,301 @@ static void test_concurrent_updates(void)
     shared.upstream_free(shared.upstream); /* the last set and its endpoints: LeakSanitizer checks the rest */
 }
 
+/* ---- outlier detection --------------------------------------------------------------------- */
+
+/* A cluster of n endpoints 127.0.0.1:6000+i with outlier detection. */
+static void outlier_cluster(sk_cluster *cl, size_t n, unsigned nfail, uint64_t ejection_ms, unsigned pct)
+{
+    memset(cl, 0, sizeof(*cl));
+    cl->name = "od";
+    cl->outlier_failures = nfail;
+    cl->outlier_ejection_ms = ejection_ms;
+    cl->max_ejection_percent = pct;
+    sk_addr a[16];
+    for (size_t i = 0; i < n; i++) a[i] = addr(6000 + (unsigned)i);
+    sk_cluster_set_endpoints(cl, a, NULL, n, "test");
+}
+
+static size_t ejected_now(sk_cluster *cl)
+{
+    sk_endpoint_set *s = sk_cluster_endpoints(cl);
+    size_t k = 0;
+    uint64_t now = sk_now_ms();
+    for (size_t i = 0; s && i < s->n; i++) k += sk_endpoint_ejected(s->eps[i], now);
+    sk_endpoint_set_unref(s);
+    return k;
+}
+
+static void test_outlier(void)
+{
+    sk_cluster cl;
+    outlier_cluster(&cl, 3, 3, 1000, 50);
+    sk_endpoint_set *s = sk_cluster_endpoints(&cl);
+    ASSERT(s && s->n == 3);
+    sk_endpoint *e = s->eps[0];
+    sk_cluster_state *st = cl.upstream;
+    uint64_t gen = st->health_gen;
+    /* two failures, a response: the count starts over */
+    sk_cluster_report(&cl, e, true, 0);
+    sk_cluster_report(&cl, e, true, 0);
+    CHECK(e->failures == 2 && !sk_endpoint_ejected(e, sk_now_ms()));
+    sk_cluster_report(&cl, e, false, 0);
+    CHECK(e->failures == 0);
+    /* exactly three in a row eject it, for outlier_ejection × 1 */
+    sk_cluster_report(&cl, e, true, 0);
+    sk_cluster_report(&cl, e, true, 0);
+    CHECK(!sk_endpoint_ejected(e, sk_now_ms()) && st->health_gen == gen);
+    uint64_t before = sk_now_ms();
+    sk_cluster_report(&cl, e, true, 0);
+    CHECK(sk_endpoint_ejected(e, sk_now_ms()) && !sk_endpoint_usable(e, sk_now_ms()));
+    CHECK(e->ejections == 1 && e->ejection_ms == 1000 && e->failures == 0);
+    CHECK(e->ejected_until_ms >= before + 1000 && e->ejected_until_ms <= sk_now_ms() + 1000);
+    CHECK(st->health_gen == gen + 1 && st->stats && st->stats->ejections >= 1);
+    /* failures while ejected (requests in flight) change nothing */
+    uint64_t until = e->ejected_until_ms;
+    for (int k = 0; k < 5; k++) sk_cluster_report(&cl, e, true, 0);
+    CHECK(e->ejections == 1 && e->ejected_until_ms == until && e->failures == 0);
+    /* a second endpoint of three: 50 % of 3 rounds to 1, and one is ejected already */
+    for (int k = 0; k < 10; k++) sk_cluster_report(&cl, s->eps[1], true, 0);
+    CHECK(!sk_endpoint_ejected(s->eps[1], sk_now_ms()) && ejected_now(&cl) == 1);
+    /* the time is up (moved back here): it returns; the next ejection is twice as long */
+    __atomic_store_n(&e->ejected_until_ms, sk_now_ms() - 1, __ATOMIC_RELEASE);
+    CHECK(!sk_endpoint_ejected(e, sk_now_ms()) && sk_endpoint_usable(e, sk_now_ms()));
+    sk_cluster_report(&cl, e, true, 0);
+    sk_cluster_report(&cl, e, true, 0);
+    CHECK(e->ejections == 1); /* it came back counting from 0 */
+    sk_cluster_report(&cl, e, true, 0);
+    CHECK(e->ejections == 2 && e->ejection_ms == 2000);
+    /* a passed active check ends it at once */
+    sk__endpoint_uneject(&cl, e);
+    CHECK(!sk_endpoint_ejected(e, sk_now_ms()) && e->failures == 0);
+    for (int k = 0; k < 3; k++) sk_cluster_report(&cl, e, true, 0);
+    CHECK(e->ejections == 3 && e->ejection_ms == 3000);
+    /* after a good spell longer than the cap, the level starts over */
+    __atomic_store_n(&e->ejected_until_ms, sk_now_ms() - SK_EJECTION_MAX_MS - 10, __ATOMIC_RELEASE);
+    for (int k = 0; k < 3; k++) sk_cluster_report(&cl, e, true, 0);
+    CHECK(e->ejections == 4 && e->ejection_ms == 1000);
+    /* outlier detection off: nothing */
+    cl.outlier_failures = 0;
+    for (int k = 0; k < 10; k++) sk_cluster_report(&cl, s->eps[2], true, 0);
+    CHECK(s->eps[2]->failures == 0 && !sk_endpoint_ejected(s->eps[2], sk_now_ms()));
+    sk_endpoint_set_unref(s);
+    cl.upstream_free(cl.upstream);
+
+    /* the cap: 200 s, then 300 s (not 400), then 300 s */
+    outlier_cluster(&cl, 1, 2, 200000, 50);
+    s = sk_cluster_endpoints(&cl);
+    ASSERT(s);
+    e = s->eps[0];
+    static const uint64_t want[3] = {200000, 300000, 300000};
+    for (int round = 0; round < 3; round++) {
+        sk_cluster_report(&cl, e, true, 0);
+        sk_cluster_report(&cl, e, true, 0);
+        CHECK(e->ejection_ms == want[round] && sk_endpoint_ejected(e, sk_now_ms()));
+        CHECK(e->ejected_until_ms <= sk_now_ms() + SK_EJECTION_MAX_MS);
+        sk__endpoint_uneject(&cl, e); /* as a passed check does */
+    }
+    sk_endpoint_set_unref(s);
+    cl.upstream_free(cl.upstream);
+
+    /* max_ejection_percent with 1, 2, 3 and 10 endpoints (and 20 %, 0 %, 100 % of 10):
+     * every endpoint fails; at most that share is ejected, but always one */
+    static const struct {
+        size_t n;
+        unsigned pct;
+        size_t ejected;
+    } cases[] = {{1, 50, 1},  {2, 50, 1}, {3, 50, 1},    {10, 50, 5},
+                 {10, 20, 2}, {10, 0, 1}, {10, 100, 10}, {3, 100, 3}};
+    for (size_t c = 0; c < SK_ARRAY_LEN(cases); c++) {
+        outlier_cluster(&cl, cases[c].n, 2, 60000, cases[c].pct);
+        s = sk_cluster_endpoints(&cl);
+        ASSERT(s);
+        for (int round = 0; round < 3; round++)
+            for (size_t i = 0; i < s->n; i++) sk_cluster_report(&cl, s->eps[i], true, 0);
+        CHECK(ejected_now(&cl) == cases[c].ejected);
+        if (ejected_now(&cl) != cases[c].ejected)
+            fprintf(stderr, "  %zu endpoints at %u%%: %zu ejected\n", cases[c].n, cases[c].pct,
+                    ejected_now(&cl));
+        /* one that returns makes room for the next */
+        for (size_t i = 0; i < s->n; i++)
+            if (sk_endpoint_ejected(s->eps[i], sk_now_ms())) {
+                sk__endpoint_uneject(&cl, s->eps[i]);
+                break;
+            }
+        for (size_t i = 0; i < s->n; i++) sk_cluster_report(&cl, s->eps[i], true, 0);
+        for (size_t i = 0; i < s->n; i++) sk_cluster_report(&cl, s->eps[i], true, 0);
+        CHECK(ejected_now(&cl) == cases[c].ejected);
+        sk_endpoint_set_unref(s);
+        cl.upstream_free(cl.upstream);
+    }
+}
+
+/* Panic: below panic_threshold percent usable; the state changes once per transition. */
+static void test_panic(void)
+{
+    sk_cluster cl;
+    outlier_cluster(&cl, 4, 0, 0, 0);
+    cl.panic_threshold = 50;
+    sk_endpoint_set *s = sk_cluster_endpoints(&cl);
+    ASSERT(s);
+    sk_cluster_state *st = cl.upstream;
+    size_t usable;
+    CHECK(!sk_cluster_check_panic(&cl, s, sk_now_ms(), &usable) && usable == 4);
+    s->eps[0]->health = SK_HEALTH_UNHEALTHY;
+    s->eps[1]->health = SK_HEALTH_UNHEALTHY;
+    CHECK(!sk_cluster_check_panic(&cl, s, sk_now_ms(), &usable) && usable == 2); /* 50 % is not below */
+    uint64_t panics = st->stats->panics;
+    __atomic_store_n(&s->eps[2]->ejected_until_ms, sk_now_ms() + 60000, __ATOMIC_RELEASE);
+    CHECK(sk_cluster_check_panic(&cl, s, sk_now_ms(), &usable) && usable == 1 && st->panic == 1);
+    CHECK(sk_cluster_check_panic(&cl, s, sk_now_ms(), &usable)); /* still: counted once */
+    CHECK(st->stats->panics == panics + 1);
+    s->eps[3]->health = SK_HEALTH_UNHEALTHY;
+    CHECK(sk_cluster_check_panic(&cl, s, sk_now_ms(), &usable) && usable == 0);
+    cl.panic_threshold = 0; /* off: never, even with none usable */
+    CHECK(!sk_cluster_check_panic(&cl, s, sk_now_ms(), &usable) && st->panic == 0);
+    sk_endpoint_set_unref(s);
+    cl.upstream_free(cl.upstream);
+}
+
+/* A reload keeps health, ejection and ewma of the endpoints that stay. */
+static void test_inherit(void)
+{
+    sk_endpoint_conf e1[2] = {{.address = addr(8301), .index = 0}, {.address = addr(8302), .index = 1}};
+    sk_endpoint_conf e2[2] = {{.address = addr(8302), .index = 0}, {.address = addr(8303), .index = 1}};
+    sk_cluster p1 = {.name = "c",
+                     .endpoints = e1,
+                     .nendpoints = 2,
+                     .health_check = "/h",
+                     .outlier_failures = 2,
+                     .lb = SK_LB_EWMA};
+    sk_cluster n1 = {.name = "c",
+                     .endpoints = e2,
+                     .nendpoints = 2,
+                     .health_check = "/h",
+                     .outlier_failures = 2,
+                     .lb = SK_LB_EWMA,
+                     .health_initial_unhealthy = true};
+    sk_cluster n2 = {.name = "other", .endpoints = e1, .nendpoints = 2};
+    sk_cluster *pc[1] = {&p1}, *nc[2] = {&n1, &n2};
+    sk_config prev = {.clusters = pc, .nclusters = 1}, next = {.clusters = nc, .nclusters = 2};
+    ASSERT(sk_clusters_init(&prev) == 0 && sk_clusters_init(&next) == 0);
+    sk_endpoint_set *ps = sk_cluster_endpoints(&p1);
+    ASSERT(ps);
+    sk_endpoint *o = ps->eps[1]; /* 8302, in both */
+    o->health = SK_HEALTH_UNHEALTHY;
+    o->hc_failures = 4;
+    o->ejected_until_ms = sk_now_ms() + 50000;
+    o->ejection_ms = 60000;
+    o->ejections = 2;
+    o->eject_level = 2;
+    o->ewma_ns = 7 * 1000000;
+    o->ewma_stamp_ns = sk_now_ns();
+    sk_clusters_inherit(&next, &prev);
+    sk_endpoint_set *ns = sk_cluster_endpoints(&n1);
+    ASSERT(ns && ns->n == 2);
+    sk_endpoint *e = ns->eps[0], *fresh = ns->eps[1];
+    CHECK(e != o && e->health == SK_HEALTH_UNHEALTHY && e->hc_failures == 4);
+    CHECK(sk_endpoint_ejected(e, sk_now_ms()) && e->ejection_ms == 60000 && e->ejections == 2 &&
+          e->eject_level == 2);
+    CHECK(e->ewma_ns == 7 * 1000000 && e->ewma_stamp_ns == o->ewma_stamp_ns);
+    CHECK(fresh->health == SK_HEALTH_UNHEALTHY && fresh->hc_failures == 0); /* health_initial = unhealthy */
+    /* another cluster of the same addresses keeps nothing */
+    sk_endpoint_set *os = sk_cluster_endpoints(&n2);
+    CHECK(os && os->eps[1]->health == SK_HEALTH_UNKNOWN && os->eps[1]->ejections == 0);
+    sk_endpoint_set_unref(os);
+    sk_endpoint_set_unref(ns);
+    sk_endpoint_set_unref(ps);
+    p1.upstream_free(p1.upstream);
+    n1.upstream_free(n1.upstream);
+    n2.upstream_free(n2.upstream);
+}
+
+/* ---- outlier detection and ewma under concurrent reports ---------------------------------- */
+
+#define REPORTS 200000
+
+static sk_cluster od_shared;
+static int od_done;
+
+typedef struct od_result {
+    unsigned over_limit; /* samples with more ejected than the limit */
+    unsigned samples;
+} od_result;
+
+/* A worker's part: reports attempts of random endpoints, failing most of
+ * the time, feeding ewma samples; bounded by REPORTS. */
+static void *od_reporter(void *arg)
+{
+    sk_wctx w = {.rng = (uint64_t)(uintptr_t)arg | 1};
+    sk_endpoint_set *s = sk_cluster_endpoints(&od_shared);
+    for (unsigned k = 0; s && k < REPORTS; k++) {
+        uint32_t r = sk_wctx_rand(&w);
+        sk_endpoint *e = s->eps[r % s->n];
+        sk_cluster_report(&od_shared, e, (r >> 8) % 4 != 0, (r >> 12) % 1000000);
+    }
+    sk_endpoint_set_unref(s);
+    return NULL;
+}
+
+/* The main thread's part: ends ejections (as passed checks do) and flips
+ * health, until the reporters are done. Then also a monitor: the number
+ * ejected never passes the limit. */
+static void *od_main(void *arg)
+{
+    od_result *res = arg;
+    sk_endpoint_set *s = sk_cluster_endpoints(&od_shared);
+    size_t limit = s->n * od_shared.max_ejection_percent / 100;
+    for (unsigned k = 0; k < 10000000 && !__atomic_load_n(&od_done, __ATOMIC_ACQUIRE); k++) {
+        size_t ej = ejected_now(&od_shared);
+        res->samples++;
+        if (ej > limit) res->over_limit++;
+        if (k % 16 == 0) sk__endpoint_uneject(&od_shared, s->eps[k % s->n]);
+        if (k % 32 == 0) {
+            __atomic_store_n(&s->eps[(k / 32) % s->n]->health,
+                             (k / 32) % 3 ? SK_HEALTH_HEALTHY : SK_HEALTH_UNHEALTHY, __ATOMIC_RELAXED);
+            sk__cluster_health_changed(&od_shared);
+        }
+        size_t usable;
+        sk_cluster_check_panic(&od_shared, s, sk_now_ms(), &usable);
+        sched_yield();
+    }
+    sk_endpoint_set_unref(s);
+    return NULL;
+}
+
+static void test_outlier_concurrent(void)
+{
+    outlier_cluster(&od_shared, 8, 2, 60000, 50);
+    od_shared.lb = SK_LB_EWMA;
+    od_shared.ewma_decay_ms = 1000;
+    od_shared.connect_timeout_ms = 1;
+    od_shared.panic_threshold = 50;
+    pthread_t tr[3], tm;
+    od_result res = {0};
+    int level = sk_log_level;
+    sk_log_level = SK_LOG_ERROR; /* thousands of ejection and panic lines otherwise */
+    ASSERT(pthread_create(&tm, NULL, od_main, &res) == 0);
+    for (uintptr_t i = 0; i < 3; i++) ASSERT(pthread_create(&tr[i], NULL, od_reporter, (void *)(i + 1)) == 0);
+    for (int i = 0; i < 3; i++) pthread_join(tr[i], NULL);
+    __atomic_store_n(&od_done, 1, __ATOMIC_RELEASE);
+    pthread_join(tm, NULL);
+    sk_log_level = level;
+    CHECK(res.samples > 0 && res.over_limit == 0);
+    sk_endpoint_set *s = sk_cluster_endpoints(&od_shared);
+    ASSERT(s);
+    unsigned ejections = 0;
+    bool sampled = true;
+    for (size_t i = 0; i < s->n; i++) {
+        ejections += s->eps[i]->ejections;
+        sampled &= s->eps[i]->ewma_stamp_ns != 0;
+    }
+    sk_cluster_state *st = od_shared.upstream;
+    CHECK(ejections > 0 && st->stats && st->stats->ejections >= ejections && sampled);
+    CHECK(ejected_now(&od_shared) <= 4);
+    sk_endpoint_set_unref(s);
+    od_shared.upstream_free(od_shared.upstream);
+}
+
 int main(void)
 {
     test_first_set();
@@ -387,6 +688,10 @@ int main(void)
     test_discovery_state();
     test_carry_over();
     test_concurrent_updates();
+    test_outlier();
+    test_panic();
+    test_inherit();
+    test_outlier_concurrent();
     printf("test_cluster: %d checks, %d failed\n", checks, failures);
     return failures != 0;
 }

@@ -432,6 +432,41 @@ static void test_defaults(void)
     sk_cluster *cl = c->clusters[0];
     CHECK(cl->lb == SK_LB_ROUND_ROBIN && cl->connect_timeout_ms == 1000);
     CHECK(cl->max_connections == 1024 && cl->max_pending == 1024 && cl->max_requests == 1024);
+    /* traffic management's defaults (docs/traffic.md) */
+    CHECK(cl->hash_key == SK_HASH_NONE && cl->slow_start_ms == 0 && cl->ewma_decay_ms == 10000);
+    CHECK(cl->health_check == NULL && cl->health_interval_ms == 5000 && cl->health_timeout_ms == 1000);
+    CHECK(cl->healthy_threshold == 2 && cl->unhealthy_threshold == 3 && !cl->health_initial_unhealthy);
+    CHECK(cl->outlier_failures == 5 && cl->outlier_ejection_ms == 30000 && cl->max_ejection_percent == 50);
+    CHECK(cl->panic_threshold == 50);
+    sk_config_unref(c);
+
+    /* every traffic key */
+    c = load_text(
+        "[listener in]\naddress = 127.0.0.1:0\n[route r]\nlistener = in\ncluster = a\n"
+        "[cluster a]\nendpoints = 127.0.0.1:1\nlb = ring_hash\nhash_key = header:X-User\n"
+        "slow_start = 30s\nhealth_check = /healthz?full=1\nhealth_interval = 2s\nhealth_timeout = 500ms\n"
+        "healthy_threshold = 1\nunhealthy_threshold = 4\nhealth_initial = unhealthy\n"
+        "outlier_failures = 7\noutlier_ejection = 10s\nmax_ejection_percent = 0\npanic_threshold = 0\n"
+        "[cluster b]\nendpoints = 127.0.0.1:2\nlb = ring_hash\nhash_key = cookie:Session\n"
+        "[cluster e]\nendpoints = 127.0.0.1:3\nlb = ewma\newma_decay = 2s\noutlier_failures = 0\n"
+        "[cluster f]\nendpoints = 127.0.0.1:4\nlb = ring_hash\nhash_key = client_ip\n",
+        &err);
+    if (!c) fprintf(stderr, "config refused: %s\n", err);
+    ASSERT(c != NULL && c->nclusters == 4);
+    cl = c->clusters[0];
+    CHECK(cl->lb == SK_LB_RING_HASH && cl->hash_key == SK_HASH_HEADER);
+    CHECK_STR(cl->hash_key_name, "x-user");
+    CHECK(cl->slow_start_ms == 30000);
+    CHECK_STR(cl->health_check, "/healthz?full=1");
+    CHECK(cl->health_interval_ms == 2000 && cl->health_timeout_ms == 500 && cl->healthy_threshold == 1);
+    CHECK(cl->unhealthy_threshold == 4 && cl->health_initial_unhealthy);
+    CHECK(cl->outlier_failures == 7 && cl->outlier_ejection_ms == 10000 && cl->max_ejection_percent == 0);
+    CHECK(cl->panic_threshold == 0);
+    CHECK(c->clusters[1]->hash_key == SK_HASH_COOKIE);
+    CHECK_STR(c->clusters[1]->hash_key_name, "Session"); /* cookie names are case-sensitive */
+    CHECK(c->clusters[2]->lb == SK_LB_EWMA && c->clusters[2]->ewma_decay_ms == 2000);
+    CHECK(c->clusters[2]->outlier_failures == 0);
+    CHECK(c->clusters[3]->hash_key == SK_HASH_CLIENT_IP && c->clusters[3]->hash_key_name == NULL);
     sk_config_unref(c);
 
     /* access_log = off; a weight of 0 is allowed as long as the total is not 0; a UTF-8 BOM. */
@@ -579,20 +614,45 @@ static const struct {
      "t.ini:6: [sidekick] lua_memory: size 1k out of range (1048576..1099511627776 bytes)"},
     {BASE "[cluster d]\ndiscovery = dns api.example:80\n",
      "t.ini:6: [cluster d] discovery: unknown plugin 'dns' (no [plugin dns] section)"},
-    {BASE "[cluster d]\nhash_key = header:x\n",
-     "t.ini:6: [cluster d] hash_key: not supported yet in this version"},
-    {BASE "[cluster d]\nhealth_check = /h\n",
-     "t.ini:6: [cluster d] health_check: not supported yet in this version"},
-    {BASE "[cluster d]\nhealth_interval = 5s\n",
-     "t.ini:6: [cluster d] health_interval: not supported yet in this version"},
-    {BASE "[cluster d]\noutlier_failures = 5\n",
-     "t.ini:6: [cluster d] outlier_failures: not supported yet in this version"},
-    {BASE "[cluster d]\noutlier_ejection = 30s\n",
-     "t.ini:6: [cluster d] outlier_ejection: not supported yet in this version"},
-    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = client\n",
-     "t.ini:7: [cluster d] tls: unknown tls section 'client' (no [tls client])"},
-    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = ring_hash\n",
-     "t.ini:7: [cluster d] lb: ring_hash is not supported yet in this version"},
+    /* traffic keys that only make sense together, and bad values */
+#define EP "[cluster d]\nendpoints = 127.0.0.1:1\n"
+    {BASE EP "hash_key = header:x\n",
+     "t.ini:7: [cluster d] hash_key: only lb = ring_hash hashes a key (set lb = ring_hash)"},
+    {BASE EP "lb = ring_hash\nhash_key = ip\n",
+     "t.ini:8: [cluster d] hash_key: bad value 'ip' (expected header:NAME, cookie:NAME or client_ip)"},
+    {BASE EP "lb = ring_hash\nhash_key = header:a b\n", "t.ini:8: [cluster d] hash_key: bad header name 'a b'"},
+    {BASE EP "lb = ring_hash\nhash_key = cookie:\n", "t.ini:8: [cluster d] hash_key: bad cookie name ''"},
+    {BASE EP "ewma_decay = 5s\n", "t.ini:7: [cluster d] ewma_decay: only for lb = ewma"},
+    {BASE EP "lb = ewma\newma_decay = 1ms\n",
+     "t.ini:8: [cluster d] ewma_decay: duration '1ms' is too short (at least 10ms)"},
+    {BASE EP "slow_start = 2h\n", "t.ini:7: [cluster d] slow_start: bad duration '2h'"},
+    {BASE EP "slow_start = 61m\n", "t.ini:7: [cluster d] slow_start: duration '61m' is too long (at most 60m)"},
+    {BASE EP "health_check = healthz\n", "t.ini:7: [cluster d] health_check: 'healthz' must start with '/'"},
+    {BASE EP "health_check = /a#b\n",
+     "t.ini:7: [cluster d] health_check: '/a#b': a path has no spaces, controls, '#' or bytes outside ASCII"},
+    {BASE EP "health_interval = 5s\n",
+     "t.ini:7: [cluster d] health_interval: needs 'health_check' (the path to check)"},
+    {BASE EP "health_initial = unhealthy\n",
+     "t.ini:7: [cluster d] health_initial: needs 'health_check' (the path to check)"},
+    {BASE EP "health_check = /h\nhealth_interval = 5ms\n",
+     "t.ini:8: [cluster d] health_interval: duration '5ms' is too short (at least 10ms)"},
+    {BASE EP "health_check = /h\nhealthy_threshold = 0\n",
+     "t.ini:8: [cluster d] healthy_threshold: 0 out of range (1..100)"},
+    {BASE EP "health_check = /h\nunhealthy_threshold = 101\n",
+     "t.ini:8: [cluster d] unhealthy_threshold: 101 out of range (1..100)"},
+    {BASE EP "health_check = /h\nhealth_initial = maybe\n",
+     "t.ini:8: [cluster d] health_initial: bad value 'maybe' (expected healthy or unhealthy)"},
+    {BASE EP "outlier_failures = 0\noutlier_ejection = 30s\n",
+     "t.ini:8: [cluster d] outlier_ejection: outlier detection is off (outlier_failures = 0)"},
+    {BASE EP "outlier_failures = 0\nmax_ejection_percent = 30\n",
+     "t.ini:8: [cluster d] max_ejection_percent: outlier detection is off (outlier_failures = 0)"},
+    {BASE EP "outlier_ejection = 301s\n",
+     "t.ini:7: [cluster d] outlier_ejection: duration '301s' is too long (at most 5m)"},
+    {BASE EP "max_ejection_percent = 101\n",
+     "t.ini:7: [cluster d] max_ejection_percent: 101 out of range (0..100)"},
+    {BASE EP "panic_threshold = 50%\n", "t.ini:7: [cluster d] panic_threshold: bad number '50%'"},
+#undef EP
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = client\n", "t.ini:7: [cluster d] tls: unknown tls section 'client' (no [tls client])"},
 
     /* [sidekick] */
     {BASE "[sidekick]\nworkers = 0\n",
@@ -778,8 +838,8 @@ static const struct {
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1, localhost:1\n",
      "t.ini:6: [cluster d] endpoints: duplicate endpoint '127.0.0.1:1'"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nlb = fastest\n",
-     "t.ini:7: [cluster d] lb: bad value 'fastest' (expected round_robin, least_request or "
-     "random)"},
+     "t.ini:7: [cluster d] lb: bad value 'fastest' (expected round_robin, least_request, random, "
+     "ring_hash or ewma)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nconnect_timeout = 0ms\n",
      "t.ini:7: [cluster d] connect_timeout: duration '0ms' must be greater than 0"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nmax_connections = 0\n",
