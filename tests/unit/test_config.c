@@ -507,33 +507,25 @@ static const struct {
     {BASE "[]\n", "t.ini:5: [] unknown section"},
     {BASE "[tls mesh]\ncert = a.pem\n", "t.ini:6: [tls mesh] cert: needs 'key'"},
     {BASE "[tls mesh]\nkey = a.key\n", "t.ini:6: [tls mesh] key: needs 'cert'"},
-    {BASE "[tls m]\nverify = sometimes\n",
-     "t.ini:6: [tls m] verify: bad value 'sometimes' (expected none, optional or required)"},
+    {BASE "[tls m]\nverify = sometimes\n", "t.ini:6: [tls m] verify: bad value 'sometimes' (expected none, optional or required)"},
     {BASE "[tls m]\nverify = required\n", "t.ini:6: [tls m] verify: needs 'ca'"},
-    {BASE "[tls m]\nmin_version = 1.1\n",
-     "t.ini:6: [tls m] min_version: bad value '1.1' (expected 1.2 or 1.3)"},
-    {BASE "[tls m]\nalpn = spdy/3\n",
-     "t.ini:6: [tls m] alpn: unknown protocol 'spdy/3' (expected h2 or http/1.1)"},
+    {BASE "[tls m]\nmin_version = 1.1\n", "t.ini:6: [tls m] min_version: bad value '1.1' (expected 1.2 or 1.3)"},
+    {BASE "[tls m]\nalpn = spdy/3\n", "t.ini:6: [tls m] alpn: unknown protocol 'spdy/3' (expected h2 or http/1.1)"},
     {BASE "[tls m]\npeer_identity = spiffe://td/a, http://x/y\n",
-     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'http://x/y' (spiffe://trust-domain/path, or a prefix "
-     "ending in /*)"},
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'http://x/y' (spiffe://trust-domain/path, or a prefix ending in /*)"},
     {BASE "[tls m]\npeer_identity = spiffe://TD/a\n",
-     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://TD/a' (spiffe://trust-domain/path, or a prefix "
-     "ending in /*)"},
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://TD/a' (spiffe://trust-domain/path, or a prefix ending in /*)"},
     {BASE "[tls m]\npeer_identity = spiffe://td/a/../b\n",
-     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://td/a/../b' (spiffe://trust-domain/path, or a "
-     "prefix ending in /*)"},
+     "t.ini:6: [tls m] peer_identity: bad SPIFFE ID 'spiffe://td/a/../b' (spiffe://trust-domain/path, or a prefix ending in /*)"},
     {BASE "[tls m]\nsni = a b\n", "t.ini:6: [tls m] sni: bad server name 'a b' (a DNS name)"},
-    {BASE "[tls m]\nsession_tickets = maybe\n",
-     "t.ini:6: [tls m] session_tickets: bad value 'maybe' (expected on or off)"},
+    {BASE "[tls m]\nsession_tickets = maybe\n", "t.ini:6: [tls m] session_tickets: bad value 'maybe' (expected on or off)"},
     {BASE "[tls m]\nciphers = A B\n", "t.ini:6: [tls m] ciphers: bad cipher list 'A B'"},
     {BASE "[tls m]\nbogus = 1\n", "t.ini:6: [tls m] bogus: unknown key"},
     {BASE "[tls m]\n[tls m]\n", "t.ini:6: [tls m] duplicate section (first at line 5)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\n",
      "t.ini:8: [tls m] [listener l] terminates TLS with it: needs 'cert' and 'key'"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\ncert = a\nkey = b\nsni = x.internal\n",
-     "t.ini:11: [tls m] sni: client-side key, but [listener l] terminates TLS with this section (use a "
-     "separate "
+     "t.ini:11: [tls m] sni: client-side key, but [listener l] terminates TLS with this section (use a separate "
      "[tls] section for the cluster side)"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = m\n[tls m]\ncert = a\nkey = b\nverify = optional\n",
      "t.ini:11: [tls m] verify: verifying client certificates needs 'ca'"},
@@ -541,17 +533,14 @@ static const struct {
           "peer_identity = spiffe://td/x\n",
      "t.ini:11: [tls m] peer_identity: needs client certificates verified (verify = none)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\nsession_tickets = off\n",
-     "t.ini:10: [tls m] session_tickets: listener-side key, but [cluster d] originates TLS with this section "
-     "(use "
+     "t.ini:10: [tls m] session_tickets: listener-side key, but [cluster d] originates TLS with this section (use "
      "a separate [tls] section for the listener side)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nca = ca.pem\nverify = optional\n",
-     "t.ini:10: [tls m] verify: 'optional' is for listeners; [cluster d] verifies its upstream (required) or "
-     "not "
+     "t.ini:10: [tls m] verify: 'optional' is for listeners; [cluster d] verifies its upstream (required) or not "
      "(none)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\n",
      "t.ini:8: [tls m] [cluster d] verifies its upstream's certificate: needs 'ca' (or verify = none)"},
-    {BASE
-     "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nverify = none\npeer_identity = spiffe://td/x\n",
+    {BASE "[cluster d]\nendpoints = 127.0.0.1:1\ntls = m\n[tls m]\nverify = none\npeer_identity = spiffe://td/x\n",
      "t.ini:10: [tls m] peer_identity: needs the upstream verified (verify = none is set)"},
     {BASE "[plugin]\nload = rl.so\n", "t.ini:5: [plugin] missing name (write [plugin NAME])"},
     {BASE "[plugin rl]\n[plugin rl]\n", "t.ini:6: [plugin rl] duplicate section (first at line 5)"},
@@ -590,8 +579,7 @@ static const struct {
      "t.ini:7: [listener l] endpoints: unknown key"},
 
     /* not supported yet */
-    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = mesh\n",
-     "t.ini:7: [listener l] tls: unknown tls section 'mesh' (no [tls mesh])"},
+    {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = mesh\n", "t.ini:7: [listener l] tls: unknown tls section 'mesh' (no [tls mesh])"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\ntls = a b\n", "t.ini:7: [listener l] tls: bad name 'a b'"},
     {BASE "[listener l]\naddress = 127.0.0.1:1\nplugins = a\n",
      "t.ini:7: [listener l] plugins: unknown plugin 'a' (no [plugin a] section)"},
@@ -848,7 +836,6 @@ static const struct {
      "t.ini:7: [cluster d] max_pending: 0 out of range (1..10000000)"},
     {BASE "[cluster d]\nendpoints = 127.0.0.1:1\nmax_requests = x\n",
      "t.ini:7: [cluster d] max_requests: bad number 'x'"},
-
     /* traffic management (docs/traffic.md) */
     {BASE "[route r]\nlistener = in\ncluster = c\nretry_on = reset\n",
      "t.ini:8: [route r] retry_on: has no effect without 'retries' (at least 1)"},
