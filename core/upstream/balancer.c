@@ -65,3 +65,36 @@ size_t sk_balance_random_allowed(const sk_endpoint_set *set, sk_balance_ctx *ctx
     }
     return SIZE_MAX; /* not reached */
 }
+
+/* The second candidate: another draw by weight, redrawn a few times while
+ * it is the first (a heavy endpoint is drawn twice often); equal weights
+ * take the next endpoint instead, as the classic P2C does. */
+static size_t second(const sk_endpoint_set *set, sk_balance_ctx *ctx, size_t a)
+{
+    if (set->uniform) {
+        size_t b = sk_wctx_rand(ctx->w) % set->n;
+        return b == a ? (a + 1) % set->n : b;
+    }
+    size_t b = a;
+    for (int k = 0; k < 3 && b == a; k++) b = sk_balance_random(set, ctx);
+    return b;
+}
+
+/* The two candidates of a power-of-two-choices pick (see balancer.h). */
+void sk_balance_two(const sk_endpoint_set *set, sk_balance_ctx *ctx, size_t *pa, size_t *pb)
+{
+    size_t a = sk_balance_random(set, ctx), b = second(set, ctx, a);
+    if (ctx->navoid) {
+        bool ta = sk_balance_avoided(ctx, set->eps[a]), tb = sk_balance_avoided(ctx, set->eps[b]);
+        if (ta && tb) {
+            size_t c = sk_balance_random_allowed(set, ctx);
+            if (c != SIZE_MAX) a = b = c; /* else all were tried: compare the two drawn */
+        } else if (ta) {
+            a = b;
+        } else if (tb) {
+            b = a;
+        }
+    }
+    *pa = a;
+    *pb = b;
+}

@@ -73,6 +73,11 @@ size_t sk_balance_random(const sk_endpoint_set *set, sk_balance_ctx *ctx);
  * not avoid, or SIZE_MAX when every endpoint is avoided. Linear in the set
  * (the retry path). For the policies. */
 size_t sk_balance_random_allowed(const sk_endpoint_set *set, sk_balance_ctx *ctx);
+/* The two candidates of a power-of-two-choices pick (least_request, ewma)
+ * of a set of at least two: drawn by weight, the second another endpoint
+ * when it can be; an avoided candidate is replaced by the other, two
+ * avoided ones by an allowed endpoint if there is one. */
+void sk_balance_two(const sk_endpoint_set *set, sk_balance_ctx *ctx, size_t *pa, size_t *pb);
 
 /* ---- ring_hash (ring_hash.c) ---- */
 

@@ -74,18 +74,6 @@ double sk_ewma_cost(uint64_t estimate_ns, unsigned active, uint32_t weight, doub
     return est * (1. + (double)active * mean_weight / (double)weight);
 }
 
-/* The second candidate, as least_request draws it. */
-static size_t second(const sk_endpoint_set *set, sk_balance_ctx *ctx, size_t a)
-{
-    if (set->uniform) {
-        size_t b = sk_wctx_rand(ctx->w) % set->n;
-        return b == a ? (a + 1) % set->n : b;
-    }
-    size_t b = a;
-    for (int k = 0; k < 3 && b == a; k++) b = sk_balance_random(set, ctx);
-    return b;
-}
-
 static sk_endpoint *ewma_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
 {
     size_t n = set->n;
@@ -94,18 +82,8 @@ static sk_endpoint *ewma_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
         ctx->picked = 0;
         return set->eps[0];
     }
-    size_t a = sk_balance_random(set, ctx), b = second(set, ctx, a);
-    if (ctx->navoid) {
-        bool ta = sk_balance_avoided(ctx, set->eps[a]), tb = sk_balance_avoided(ctx, set->eps[b]);
-        if (ta && tb) {
-            size_t c = sk_balance_random_allowed(set, ctx);
-            if (c != SIZE_MAX) a = b = c; /* else all were tried: compare the two drawn */
-        } else if (ta) {
-            a = b;
-        } else if (tb) {
-            b = a;
-        }
-    }
+    size_t a, b;
+    sk_balance_two(set, ctx, &a, &b);
     if (a != b) {
         uint64_t now = sk_now_ns();
         ctx->picked = cost(set, a, now, ctx->ewma_decay_ns) <= cost(set, b, now, ctx->ewma_decay_ns) ? a : b;

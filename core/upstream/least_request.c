@@ -13,20 +13,6 @@ static unsigned active(const sk_endpoint *e)
     return __atomic_load_n(&e->active, __ATOMIC_RELAXED);
 }
 
-/* The second candidate: another draw by weight, redrawn a few times while
- * it is the first (a heavy endpoint is drawn twice often); equal weights
- * take the next endpoint instead, as the classic P2C does. */
-static size_t second(const sk_endpoint_set *set, sk_balance_ctx *ctx, size_t a)
-{
-    if (set->uniform) {
-        size_t b = sk_wctx_rand(ctx->w) % set->n;
-        return b == a ? (a + 1) % set->n : b;
-    }
-    size_t b = a;
-    for (int k = 0; k < 3 && b == a; k++) b = sk_balance_random(set, ctx);
-    return b;
-}
-
 static sk_endpoint *lr_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
 {
     size_t n = set->n;
@@ -35,18 +21,8 @@ static sk_endpoint *lr_pick(const sk_endpoint_set *set, sk_balance_ctx *ctx)
         ctx->picked = 0;
         return set->eps[0];
     }
-    size_t a = sk_balance_random(set, ctx), b = second(set, ctx, a);
-    if (ctx->navoid) {
-        bool ta = sk_balance_avoided(ctx, set->eps[a]), tb = sk_balance_avoided(ctx, set->eps[b]);
-        if (ta && tb) {
-            size_t c = sk_balance_random_allowed(set, ctx);
-            if (c != SIZE_MAX) a = b = c; /* else all were tried: compare the two drawn */
-        } else if (ta) {
-            a = b;
-        } else if (tb) {
-            b = a;
-        }
-    }
+    size_t a, b;
+    sk_balance_two(set, ctx, &a, &b);
     /* active(a) / w(a) <= active(b) / w(b), without division */
     uint64_t la = (uint64_t)active(set->eps[a]) * set->weights[b];
     uint64_t lb = (uint64_t)active(set->eps[b]) * set->weights[a];
